@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up the environment, then run the whole test suite (unit and the slow integration tests).
+# Usage: bash scripts/test.sh [pytest args]      e.g. bash scripts/test.sh -m "not slow" for the unit tests only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export SIMMTM_DATA_DIR=${SIMMTM_DATA_DIR:-$(cd .. && pwd)/shared/data}
+export RAY_memory_monitor_refresh_ms=0
+python -m pytest "$@"

@@ -1,0 +1,52 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simmtm.errors import UserError
+
+__all__ = ["save_state", "load_state", "CHECKPOINT_FILE", "latest_checkpoint", "encoder_state"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` via a temporary file and a rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint (a file, or a directory holding ``checkpoint.pt``) with ``weights_only=True``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: no checkpoint there")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise UserError(f"{path}: not a readable simmtm checkpoint ({exc.__class__.__name__}: {exc})") from None
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint of a run directory (``checkpoints/last.pt``), or None."""
+    path = Path(run_dir) / "checkpoints" / "last.pt"
+    return path if path.is_file() else None
+
+
+def encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The encoder's weights out of a full SimMTM (or fine-tuned) model state dict."""
+    prefix = "encoder."
+    # DistributedDataParallel prefixes "module."; a checkpoint written by N workers loads on one process.
+    state = {k.removeprefix("module."): v for k, v in model_state.items()}
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -1,0 +1,184 @@
+"""``simmtm pretrain``, ``simmtm finetune`` and ``simmtm run`` (pre-train, fine-tune and compare with random init)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simmtm.checkpoint import latest_checkpoint, load_state
+from simmtm.config import RunConfig, load_config
+from simmtm.errors import UserError
+
+__all__ = ["register", "prepare_pretrain_dir", "format_metrics"]
+
+# Keys that may change between a run and its resumption (more epochs, a larger step cap).
+_RESUMABLE_CHANGES = {"pretrain.epochs", "pretrain.max_steps", "threads", "device", "data.num_workers"}
+# What a run directory may hold; anything else means --out points at somebody else's folder.
+_RUN_FILES = {"config.yaml", "checkpoints", "tb", "history.jsonl", "metrics.json"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="pre-train SimMTM from a config", description="Pre-train SimMTM. Re-running with the same --out resumes.")
+    _common(p)
+    p.add_argument("--restart", action="store_true", help="discard a previous run in --out and start afresh")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune (or probe) a pre-trained encoder",
+                       description="Fine-tune on the downstream task; without --from this is the random-init baseline.")
+    _common(p)
+    p.add_argument("--from", dest="pretrained", type=Path, help="a `simmtm pretrain` output directory or checkpoint file")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier fine-tuning run in --out")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("run", help="pre-train, fine-tune, and fine-tune a random-init baseline for comparison",
+                       description="Writes DIR/pretrain, DIR/finetune and (unless --no-baseline) DIR/baseline.")
+    _common(p)
+    p.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline")
+    p.add_argument("--restart", action="store_true", help="discard a previous pre-training in DIR/pretrain")
+    p.set_defaults(func=cmd_run)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="a run or sweep YAML file")
+    p.add_argument("--out", type=Path, required=True, help="output directory (everything the run writes goes here)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set pretrain.mask_ratio=0.3 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def check_inputs(config: RunConfig) -> None:
+    """Load the data and build the model once, so that bad input fails before any directory is touched."""
+    from simmtm.inputs import load_inputs
+    from simmtm.pretrain import build_model
+
+    build_model(config, load_inputs(config))
+
+
+def prepare_pretrain_dir(out: Path, config: RunConfig, *, restart: bool) -> dict[str, Any] | None:
+    """Decide between a fresh start and resumption; return the state to resume from, or None.
+
+    Refuses (UserError) a directory that holds something other than a simmtm run, or a run whose config differs
+    in more than the epoch budget, unless ``restart``.
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return None
+    if not entries <= _RUN_FILES:
+        raise UserError(f"--out {out}: not empty and not a simmtm run directory (holds {', '.join(sorted(entries - _RUN_FILES))}); choose another --out")
+    if restart:
+        for name in entries:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        return None
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        return None
+    state = load_state(ckpt)
+    if state.get("kind") != "simmtm-pretrain":
+        raise UserError(f"--out {out}: holds a {state.get('kind', 'foreign')} checkpoint, not a pre-training run")
+    changed = sorted(k for k in _diff(state["config"], config.run_dict()) if k not in _RESUMABLE_CHANGES)
+    if changed:
+        raise UserError(f"--out {out}: holds a run with a different config ({', '.join(changed)}); pass --restart to discard it or choose another --out")
+    return state
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in _diff(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    check_inputs(config)
+    metrics = _pretrain(config, args.out, restart=args.restart, progress=not args.no_progress)
+    print(format_metrics("pre-training", metrics))
+    print(f"run directory: {args.out}")
+    return 0
+
+
+def _pretrain(config: RunConfig, out: Path, *, restart: bool, progress: bool) -> dict[str, Any]:
+    from simmtm import pretrain
+
+    resume = prepare_pretrain_dir(out, config, restart=restart)
+    return pretrain.run(config, run_dir=out, resume=resume, progress=progress)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    if args.pretrained is not None:
+        from simmtm.finetune import load_pretrained
+
+        load_pretrained(args.pretrained)  # a wrong --from fails before anything is written
+    _guard_finetune_dir(args.out, overwrite=args.overwrite)
+    metrics = _finetune(config, args.out, args.pretrained, progress=not args.no_progress)
+    print(format_metrics("fine-tuning" if args.pretrained else "random-init baseline", metrics))
+    print(f"run directory: {args.out}")
+    return 0
+
+
+def _guard_finetune_dir(out: Path, *, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise UserError(f"--out {out}: already exists and is not empty; pass --overwrite to replace it or choose another --out")
+        if not (out / "metrics.json").exists() and not (out / "config.yaml").exists():
+            raise UserError(f"--out {out}: not a simmtm run directory; refusing to overwrite it")
+        shutil.rmtree(out)
+
+
+def _finetune(config: RunConfig, out: Path, pretrained: Path | None, *, progress: bool) -> dict[str, Any]:
+    from simmtm import finetune
+
+    return finetune.run(config, run_dir=out, pretrained=pretrained, progress=progress)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    check_inputs(config)
+    progress = not args.no_progress
+    pre_dir, ft_dir, base_dir = args.out / "pretrain", args.out / "finetune", args.out / "baseline"
+    for d in (ft_dir, base_dir):
+        _guard_finetune_dir(d, overwrite=True)
+    _pretrain(config, pre_dir, restart=args.restart, progress=progress)
+    results = {"SimMTM": _finetune(config, ft_dir, pre_dir, progress=progress)}
+    if not args.no_baseline:
+        results["random init"] = _finetune(config, base_dir, None, progress=progress)
+    print(comparison_table(results))
+    (args.out / "summary.yaml").write_text(yaml.safe_dump({k: _headline(v) for k, v in results.items()}, sort_keys=False))
+    return 0
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("mse", "mae", "accuracy", "f1")
+    out = {k: round(float(metrics[k]), 6) for k in keys if k in metrics}
+    for h, m in metrics.get("horizons", {}).items():
+        out[f"mse_{h}"] = round(float(m["mse"]), 6)
+        out[f"mae_{h}"] = round(float(m["mae"]), 6)
+    return out
+
+
+def comparison_table(results: dict[str, dict[str, Any]]) -> str:
+    rows = {name: _headline(m) for name, m in results.items()}
+    cols = list(dict.fromkeys(k for r in rows.values() for k in r))
+    width = max(len(n) for n in rows) + 2
+    lines = ["".ljust(width) + "".join(c.rjust(11) for c in cols)]
+    for name, r in rows.items():
+        lines.append(name.ljust(width) + "".join(f"{r[c]:11.4f}" if c in r else " " * 11 for c in cols))
+    return "\n".join(lines)
+
+
+def format_metrics(title: str, metrics: dict[str, Any]) -> str:
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    body = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items())
+    lines = [f"{title}: {body}"]
+    for h, m in metrics.get("horizons", {}).items():
+        lines.append(f"  horizon {h}: mse={m['mse']:.4f} mae={m['mae']:.4f} (val mse {m['val_mse']:.4f}, best epoch {m['best_epoch']})")
+    return "\n".join(lines)

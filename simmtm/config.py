@@ -1,0 +1,232 @@
+"""The typed run config: one YAML file (plus ``key=value`` overrides) describes a whole run.
+
+Every component receives its own small section (``DataConfig``, ``ModelConfig``, ...), never the whole
+namespace. Unknown keys, wrong types and out-of-range values are rejected with one line that names the key and
+what would be valid (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simmtm.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "PretrainConfig",
+    "FinetuneConfig",
+    "RunConfig",
+    "load_config",
+    "parse_config",
+    "apply_overrides",
+    "dump_config",
+    "SWEEP_SECTIONS",
+]
+
+# Sections that only `simmtm sweep` reads; a run ignores them so that a sweep file is also a runnable config.
+SWEEP_SECTIONS = ("search", "tune", "resources")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the series come from and how they are cut into windows."""
+
+    name: str | None = None  # a named data set (ETTh1, GunPoint, ...) resolved under the data directory
+    path: str | None = None  # any file instead of a name (.csv, .ts, .pt, .npz)
+    task: Literal["forecasting", "classification"] | None = None  # inferred from the file when omitted
+    seq_len: int = Field(336, ge=2)
+    features: Literal["M", "S"] = "M"  # M: all channels; S: the `target` column only
+    target: str = "OT"
+    stride: int = Field(1, ge=1)  # step between training window starts (evaluation always uses 1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # classification: share of the train file held out
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _name_or_path(self) -> DataConfig:
+        if self.name is None and self.path is None:
+            raise ValueError("set data.name (a named data set) or data.path (a file)")
+        return self
+
+
+class ModelConfig(_Section):
+    """The encoder (chosen by name) and the SimMTM heads around it."""
+
+    encoder: str = "transformer"
+    d_model: int = Field(32, ge=1)
+    n_heads: int = Field(16, ge=1)
+    n_layers: int = Field(3, ge=1)
+    d_ff: int = Field(64, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    patch_len: int = Field(16, ge=1)  # encoder `patch` only
+    patch_stride: int = Field(8, ge=1)  # encoder `patch` only
+    kernel_sizes: list[int] = Field(default_factory=lambda: [7, 5, 3])  # encoder `resnet1d`: the convolutions of each block
+    channel_independent: bool | None = None  # None: True for forecasting, False for classification
+    projector_dim: int = Field(128, ge=1)
+    projector_norm: Literal["batch", "layer", "none"] = "batch"
+
+
+class PretrainConfig(_Section):
+    """SimMTM pre-training: masking, the objective and the optimiser."""
+
+    mask_ratio: float = Field(0.5, gt=0, lt=1)  # r: fraction of time points masked
+    num_masked: int = Field(3, ge=1)  # M: masked copies per series
+    mask_length: float = Field(3.0, ge=1)  # lm: mean length of a masked run (geometric masking)
+    masking: Literal["geometric", "random"] = "geometric"
+    temperature: float = Field(0.2, gt=0)  # tau
+    loss_weighting: Literal["auto", "fixed"] = "auto"  # auto: the official learnable weighting
+    constraint_weight: float = Field(0.1, ge=0)  # lambda, with loss_weighting: fixed
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(16, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["cosine", "none"] = "cosine"
+    grad_clip: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # stop after this many optimiser steps (smoke runs)
+    val_batches: int | None = Field(None, ge=1)  # cap on validation batches per epoch
+    gather: bool | None = None  # all-gather across data-parallel workers; None: on when workers > 1
+
+
+class FinetuneConfig(_Section):
+    """Downstream training of a head on the (pre-trained or random) encoder."""
+
+    mode: Literal["full", "probe"] = "full"  # probe: frozen encoder, only the head learns
+    horizons: list[int] = Field(default_factory=lambda: [96, 192, 336, 720])
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    lr_decay: float = Field(0.5, gt=0, le=1)  # multiply the lr by this after each epoch
+    patience: int = Field(3, ge=1)  # early stopping on the validation score
+    max_steps: int | None = Field(None, ge=1)  # per horizon
+    eval_batch_size: int = Field(256, ge=1)
+    val_batches: int | None = Field(None, ge=1)  # cap on validation batches per epoch
+
+    @model_validator(mode="after")
+    def _positive_horizons(self) -> FinetuneConfig:
+        if not self.horizons or any(h < 1 for h in self.horizons):
+            raise ValueError(f"horizons must be a non-empty list of positive integers, got {self.horizons}")
+        return self
+
+
+class RunConfig(_Section):
+    """A whole run. Sweep files add `search`, `tune` and `resources`, which only `simmtm sweep` reads."""
+
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    search: dict[str, Any] | None = None
+    tune: dict[str, Any] | None = None
+    resources: dict[str, Any] | None = None
+
+    def run_dict(self) -> dict[str, Any]:
+        """The config without the sweep-only sections, as plain data."""
+        return self.model_dump(mode="json", exclude={*SWEEP_SECTIONS})
+
+
+# --- loading -------------------------------------------------------------------------------------------------
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_known_keys(ann, prefix + name + "."))
+    return keys
+
+
+def _format_error(err: dict[str, Any], source: str) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        siblings = [k for k in _known_keys(RunConfig) if k.startswith(parent) and "." not in k[len(parent):]]
+        close = difflib.get_close_matches(key, siblings, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        valid = ", ".join(k[len(parent):] for k in siblings)
+        return f"{source}: unknown key '{key}'{hint}; valid keys here: {valid}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"{source}: missing key '{key}'"
+    if not key:
+        return f"{source}: {msg}"
+    return f"{source}: {key}: {msg} (got {err.get('input')!r})"
+
+
+def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
+    """Validate a plain dict into a RunConfig, or raise ConfigError with one line per problem (first shown)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data, model, pretrain, ...), got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(e, source) for e in exc.errors()]
+        more = f" (and {len(lines) - 1} more problem(s))" if len(lines) > 1 else ""
+        raise ConfigError(lines[0] + more) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, *, source: str = "--set") -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict, in place, and return it."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"{source}: '{item}' is not key=value (for example pretrain.mask_ratio=0.3)")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: '{key}': '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; a config needs at least a data section")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, pretrain, ...)")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run (or sweep) file, apply ``--set`` overrides, validate."""
+    raw = apply_overrides(read_yaml(path), overrides)
+    return parse_config(raw, source=str(path))
+
+
+def dump_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (the run-only part: sweep sections are left out)."""
+    Path(path).write_text(yaml.safe_dump(config.run_dict(), sort_keys=False))

@@ -1,0 +1,61 @@
+"""Downstream models: a (pre-trained or random) encoder plus a task head.
+
+Inputs are normalised per series exactly as in pre-training (every point kept), so the encoder sees the same
+distribution it was pre-trained on; forecasts are mapped back to the input's scale.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from simmtm.encoders import Encoder
+from simmtm.model import from_series, masked_instance_norm, to_series
+
+__all__ = ["Forecaster", "Classifier"]
+
+
+class Forecaster(nn.Module):
+    """Encoder -> flatten (T * D) -> Linear -> horizon, per series (channel-independent by default)."""
+
+    def __init__(self, encoder: Encoder, *, seq_len: int, horizon: int, channels: int, channel_independent: bool) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.horizon = horizon
+        self.channel_independent = channel_independent
+        self.series_channels = 1 if channel_independent else channels
+        tokens = encoder.num_tokens(seq_len)
+        self.head = nn.Sequential(nn.Flatten(1), nn.Linear(tokens * encoder.d_model, horizon * self.series_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, L, C) -> (B, H, C)``."""
+        b = x.shape[0]
+        series = to_series(x, self.channel_independent)  # (N, L, c)
+        normed, mean, std = masked_instance_norm(series, torch.ones_like(series, dtype=torch.bool))
+        z = self.encoder(normed)  # (N, T, D)
+        y = self.head(z).view(-1, self.horizon, self.series_channels) * std + mean  # (N, H, c)
+        return from_series(y, b, self.channel_independent)
+
+
+class Classifier(nn.Module):
+    """Encoder -> flatten -> Linear -> sigmoid -> Linear -> classes (the official classification head)."""
+
+    def __init__(
+        self, encoder: Encoder, *, seq_len: int, channels: int, num_classes: int, channel_independent: bool, hidden: int = 64
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.channel_independent = channel_independent
+        self.series_per_sample = channels if channel_independent else 1
+        tokens = encoder.num_tokens(seq_len)
+        self.head = nn.Sequential(
+            nn.Linear(self.series_per_sample * tokens * encoder.d_model, hidden), nn.Sigmoid(), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, L, C) -> (B, classes)`` logits."""
+        b = x.shape[0]
+        series = to_series(x, self.channel_independent)  # (N, L, c)
+        normed, _, _ = masked_instance_norm(series, torch.ones_like(series, dtype=torch.bool))
+        z = self.encoder(normed)  # (N, T, D)
+        return self.head(z.reshape(b, -1))  # (B, classes)

@@ -1,0 +1,85 @@
+"""From a run config to torch datasets: the one place that knows both the data module and the model's needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset
+
+from simmtm.config import RunConfig
+from simmtm.data import ClassificationSplits, ForecastingSplits, LabelledDataset, WindowDataset, load_splits
+
+__all__ = ["Inputs", "load_inputs"]
+
+
+@dataclass
+class Inputs:
+    """Datasets for one stage plus the shapes the model is built from."""
+
+    task: str  # "forecasting" or "classification"
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    seq_len: int  # L
+    channels: int  # C of a window
+    channel_independent: bool  # every channel its own univariate series
+    horizon: int = 0
+    num_classes: int = 0
+    columns: tuple[str, ...] = ()
+
+    @property
+    def series_channels(self) -> int:
+        """c: channels of one series as the encoder sees it."""
+        return 1 if self.channel_independent else self.channels
+
+
+def load_inputs(config: RunConfig, *, horizon: int = 0, labelled: bool = False) -> Inputs:
+    """Load and split the data of ``config``.
+
+    ``horizon`` > 0 gives forecasting windows with targets; ``labelled`` gives classification labels (both for
+    fine-tuning). Pre-training takes unlabelled windows of ``data.seq_len`` (classification: whole series).
+    """
+    splits = load_splits(config.data, horizon=horizon, seed=config.seed)
+    if isinstance(splits, ForecastingSplits):
+        seq_len = config.data.seq_len
+        ci = True if config.model.channel_independent is None else config.model.channel_independent
+        return Inputs(
+            task="forecasting",
+            train=WindowDataset(splits.train, seq_len, horizon, stride=config.data.stride),
+            val=WindowDataset(splits.val, seq_len, horizon),
+            test=WindowDataset(splits.test, seq_len, horizon),
+            seq_len=seq_len,
+            channels=splits.channels,
+            channel_independent=ci,
+            horizon=horizon,
+            columns=tuple(splits.columns),
+        )
+    assert isinstance(splits, ClassificationSplits)
+    ci = False if config.model.channel_independent is None else config.model.channel_independent
+
+    def dataset(part: tuple) -> Dataset:
+        return LabelledDataset(*part) if labelled else _Unlabelled(LabelledDataset(*part))
+
+    return Inputs(
+        task="classification",
+        train=dataset(splits.train),
+        val=dataset(splits.val),
+        test=dataset(splits.test),
+        seq_len=splits.length,
+        channels=splits.channels,
+        channel_independent=ci,
+        num_classes=splits.num_classes,
+    )
+
+
+class _Unlabelled(Dataset):
+    """Series without their labels, for pre-training."""
+
+    def __init__(self, labelled: LabelledDataset) -> None:
+        self.labelled = labelled
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def __getitem__(self, index: int):
+        return self.labelled[index][0]

@@ -1,0 +1,115 @@
+"""Masking strategies: which time points of each masked copy are hidden.
+
+All strategies return a boolean tensor of the requested shape ``(..., L)`` where ``True`` marks a *masked*
+(hidden) point, drawn on the given device with no Python loop over time points. Each series along the leading
+dimensions gets its own independent draw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["geometric_mask", "random_mask", "MASKINGS", "make_mask"]
+
+MaskFn = Callable[..., torch.Tensor]
+
+
+def geometric_mask(
+    shape: tuple[int, ...],
+    ratio: float,
+    mean_length: float = 3.0,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Segment masking (Zerveas et al. 2021, as used by SimMTM), one independent chain per series.
+
+    A two-state Markov chain alternates masked runs of mean length ``mean_length`` and unmasked runs of mean
+    length ``mean_length * (1 - ratio) / ratio``; it starts masked with probability ``ratio``, so the expected
+    masked fraction is ``ratio``. When that unmasked mean would fall below one point (``ratio`` above
+    ``mean_length / (mean_length + 1)``), masked runs lengthen to ``ratio / (1 - ratio)`` instead. Run lengths are drawn directly (geometric), then placed by a cumulative sum.
+    """
+    *lead, length = shape
+    series = math.prod(lead)
+    # Unmasked runs last at least one point; at high ratios the masked runs lengthen to keep the ratio.
+    mean_length = max(mean_length, ratio / (1 - ratio))
+    mean_unmasked = mean_length * (1 - ratio) / ratio
+    p_masked_end = 1.0 / mean_length  # probability a masked run ends at each step
+    p_unmasked_end = min(1.0, 1.0 / mean_unmasked)
+
+    # Enough runs to cover `length` points with overwhelming probability; in the rare case they fall short,
+    # redraw with one run per point, which always covers the series since every run is at least one point.
+    starts_masked = torch.rand(series, 1, generator=generator, device=device) < ratio  # (S, 1)
+    for n_runs in (_runs_needed(length, mean_length, mean_unmasked), length):
+        run_index = torch.arange(n_runs, device=device)
+        run_is_masked = starts_masked ^ (run_index & 1).bool()  # (S, K): runs alternate state
+        scale = torch.where(run_is_masked, _geometric_scale(p_masked_end), _geometric_scale(p_unmasked_end))
+        lengths = _geometric(scale, generator=generator)  # (S, K), each >= 1
+        ends = lengths.cumsum(dim=1)  # (S, K): exclusive end of each run
+        if bool((ends[:, -1] >= length).all()):
+            break
+    # Mark where each run ends, then a running count of ended runs gives every point its run index;
+    # runs alternate, so the parity of that index decides masked or not.
+    boundaries = torch.zeros(series, length + 1, dtype=torch.int32, device=device)
+    boundaries.scatter_(1, ends.clamp(max=length).long(), 1)
+    which_run = boundaries[:, :length].cumsum(dim=1)  # (S, L)
+    mask = starts_masked ^ (which_run & 1).bool()
+    return mask.reshape(*lead, length)
+
+
+def random_mask(
+    shape: tuple[int, ...],
+    ratio: float,
+    mean_length: float = 1.0,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Independent Bernoulli(ratio) masking of every point (``mean_length`` is ignored)."""
+    return torch.rand(shape, generator=generator, device=device) < ratio
+
+
+MASKINGS: dict[str, MaskFn] = {"geometric": geometric_mask, "random": random_mask}
+
+
+def make_mask(
+    name: str,
+    shape: tuple[int, ...],
+    ratio: float,
+    mean_length: float,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Draw a mask with the strategy registered under ``name``."""
+    try:
+        fn = MASKINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown masking '{name}'; valid: {', '.join(sorted(MASKINGS))}") from None
+    return fn(shape, ratio, mean_length, generator=generator, device=device)
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _geometric_scale(p: float) -> float:
+    """Scale that turns a Uniform(0, 1] draw U into a Geometric(p) draw on {1, 2, ...}: floor(log U * scale) + 1."""
+    return 0.0 if p >= 1 else 1.0 / math.log1p(-p)
+
+
+def _geometric(scale: torch.Tensor, *, generator: torch.Generator | None) -> torch.Tensor:
+    """Geometric draws by inversion of uniform draws, vectorised (``scale`` from ``_geometric_scale``)."""
+    u = torch.rand(scale.shape, generator=generator, device=scale.device)
+    log_u = u.clamp_min_(torch.finfo(u.dtype).tiny).log_()
+    return log_u.mul_(scale).floor_().add_(1).to(torch.int32)
+
+
+def _runs_needed(length: int, mean_masked: float, mean_unmasked: float) -> int:
+    """Runs to draw so that they cover ``length`` points with overwhelming probability."""
+    mean_pair = mean_masked + mean_unmasked
+    expected = 2 * length / mean_pair
+    return int(min(length, math.ceil(expected + 5 * math.sqrt(expected) + 8)))
+

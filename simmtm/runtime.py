@@ -1,0 +1,75 @@
+"""What differs between an in-process run and a data-parallel worker, behind one small interface.
+
+The training loops (``simmtm.pretrain.run``, ``simmtm.finetune.run``) take a ``Runtime`` and never ask where they
+run: the local one below is the default, and ``simmtm.distributed`` supplies one for Ray Train workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+__all__ = ["Report", "Runtime", "LocalRuntime", "pick_device", "no_report"]
+
+log = logging.getLogger(__name__)
+
+
+class Report(Protocol):
+    """Called after each epoch with its metrics and, when a checkpoint is due, the state to persist.
+
+    The state is a plain dict of tensors and primitives (``torch.save``-able, ``weights_only``-loadable).
+    Every worker calls it; ``state`` is given on the main worker only.
+    """
+
+    def __call__(self, metrics: Mapping[str, float], state: dict[str, Any] | None = None) -> None: ...
+
+
+def no_report(metrics: Mapping[str, float], state: dict[str, Any] | None = None) -> None:
+    """A report that keeps nothing (the loops still write their own run directory)."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for but torch sees no CUDA device")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Runtime:
+    """In-process defaults; subclasses override the hooks for data parallelism."""
+
+    device: torch.device = field(default_factory=pick_device)
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Move the model to the device (and wrap it for data parallelism)."""
+        return model.to(self.device)
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+        """Shard the loader across workers (a no-op in process)."""
+        return loader
+
+    def gather(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Concatenate tensors across workers along dim 0 with gradients, or None in process."""
+        return None
+
+    def all_reduce_mean(self, value: float) -> float:
+        """Average a scalar over workers (identity in process)."""
+        return value
+
+
+class LocalRuntime(Runtime):
+    """One process, one device."""
