@@ -66,6 +66,10 @@ class ModelConfig(_Section):
     n_layers: int = Field(3, ge=1)
     d_ff: int = Field(64, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
+    # Dropout on attention weights (the official code uses `dropout` there too). Off by default: with it, torch's
+    # fused CPU attention falls back to the math kernel, which stores every L x L map (out of memory at the paper's
+    # ETTh1 batch of 16); dropout still acts on the residual and feed-forward paths.
+    attention_dropout: float = Field(0.0, ge=0, lt=1)
     patch_len: int = Field(16, ge=1)  # encoder `patch` only
     patch_stride: int = Field(8, ge=1)  # encoder `patch` only
     kernel_sizes: list[int] = Field(default_factory=lambda: [7, 5, 3])  # encoder `resnet1d`: the convolutions of each block
@@ -204,6 +208,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, *, source:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; expected a YAML config file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:

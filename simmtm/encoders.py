@@ -91,9 +91,9 @@ class SelfAttention(nn.Module):
 class EncoderLayer(nn.Module):
     """Post-LayerNorm Transformer layer, as in the official SimMTM / Time-Series-Library encoder."""
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, attention_dropout: float = 0.0) -> None:
         super().__init__()
-        self.attention = SelfAttention(d_model, n_heads, dropout)
+        self.attention = SelfAttention(d_model, n_heads, attention_dropout)
         self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
@@ -108,7 +108,7 @@ class TransformerStack(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            EncoderLayer(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout) for _ in range(cfg.n_layers)
+            EncoderLayer(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, cfg.attention_dropout) for _ in range(cfg.n_layers)
         )
         self.norm = nn.LayerNorm(cfg.d_model)
 

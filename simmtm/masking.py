@@ -51,12 +51,12 @@ def geometric_mask(
         ends = lengths.cumsum(dim=1)  # (S, K): exclusive end of each run
         if bool((ends[:, -1] >= length).all()):
             break
-    # Mark where each run ends, then a running count of ended runs gives every point its run index;
-    # runs alternate, so the parity of that index decides masked or not.
-    boundaries = torch.zeros(series, length + 1, dtype=torch.int32, device=device)
-    boundaries.scatter_(1, ends.clamp(max=length).long(), 1)
-    which_run = boundaries[:, :length].cumsum(dim=1)  # (S, L)
-    mask = starts_masked ^ (which_run & 1).bool()
+    # Mark where each run ends (plus a mark at t = 0 when the chain starts masked): the running count of marks
+    # is then odd exactly on masked points, since runs alternate.
+    boundaries = torch.zeros(series, length + 1, dtype=torch.uint8, device=device)
+    boundaries.scatter_(1, ends.clamp_(max=length), 1)
+    boundaries[:, :1] = starts_masked
+    mask = boundaries[:, :length].cumsum(dim=1, dtype=torch.int32).bitwise_and_(1).bool()  # (S, L)
     return mask.reshape(*lead, length)
 
 
@@ -104,7 +104,7 @@ def _geometric(scale: torch.Tensor, *, generator: torch.Generator | None) -> tor
     """Geometric draws by inversion of uniform draws, vectorised (``scale`` from ``_geometric_scale``)."""
     u = torch.rand(scale.shape, generator=generator, device=scale.device)
     log_u = u.clamp_min_(torch.finfo(u.dtype).tiny).log_()
-    return log_u.mul_(scale).floor_().add_(1).to(torch.int32)
+    return log_u.mul_(scale).floor_().add_(1).long()
 
 
 def _runs_needed(length: int, mean_masked: float, mean_unmasked: float) -> int:
