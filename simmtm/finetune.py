@@ -28,7 +28,7 @@ from simmtm.inputs import Inputs, load_inputs
 from simmtm.runtime import LocalRuntime, Report, Runtime, no_report, pick_device
 from simmtm.tracking import RunLog, write_json
 
-__all__ = ["run", "load_pretrained", "macro_f1"]
+__all__ = ["run", "check_inputs", "load_pretrained", "macro_f1"]
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,8 @@ def run(
     runtime = runtime or LocalRuntime(pick_device(config.device))
     if config.threads:
         torch.set_num_threads(config.threads)
-    state = load_pretrained(pretrained) if pretrained is not None else None
-    if state is not None:
-        config = _adopt_pretrained_shape(config, state)
-    # Load every split first: bad data fails before anything is written.
-    first = load_inputs(config, horizon=config.finetune.horizons[0], labelled=True)
+    config, state, stages = _prepare(config, pretrained)  # bad input fails here, before anything is written
+    first = next(iter(stages.values()))
     run_path = Path(run_dir) if run_dir is not None and runtime.is_main else None
     if run_path is not None:
         run_path.mkdir(parents=True, exist_ok=True)
@@ -94,8 +91,7 @@ def run(
             metrics = _finetune_one(config, first, state, runtime, report, run_log, run_path, tag="classification", progress=progress)
         else:
             per_horizon = {}
-            for h in config.finetune.horizons:
-                inputs = first if h == first.horizon else load_inputs(config, horizon=h, labelled=True)
+            for h, inputs in stages.items():
                 per_horizon[str(h)] = _finetune_one(config, inputs, state, runtime, report, run_log, run_path, tag=f"h{h}", progress=progress)
             metrics = {
                 "horizons": per_horizon,
@@ -110,6 +106,30 @@ def run(
     return metrics
 
 
+def check_inputs(config: RunConfig, *, pretrained: str | Path | dict[str, Any] | None = None) -> None:
+    """Load the pre-trained state and the data of every stage and build the model once, writing nothing:
+    a UserError here names what is wrong before a caller touches any directory."""
+    _prepare(config, pretrained)
+
+
+def _prepare(
+    config: RunConfig, pretrained: str | Path | dict[str, Any] | None
+) -> tuple[RunConfig, dict[str, Any] | None, dict[int, Inputs]]:
+    """The config to run (with the pre-trained architecture), the pre-trained state, and the inputs of each stage
+    (by horizon; one stage for classification). Every split of every stage is loaded and the model built once."""
+    state = load_pretrained(pretrained) if pretrained is not None else None
+    if state is not None:
+        config = _adopt_pretrained_shape(config, state)
+    horizons = config.finetune.horizons
+    first = load_inputs(config, horizon=horizons[0], labelled=True)
+    if first.task == "classification":
+        stages = {0: first}
+    else:
+        stages = {h: first if h == horizons[0] else load_inputs(config, horizon=h, labelled=True) for h in horizons}
+    _build(config, first, state)  # a bad architecture or a pre-trained encoder that does not fit fails here
+    return config, state, stages
+
+
 def _build(config: RunConfig, inputs: Inputs, state: dict[str, Any] | None) -> nn.Module:
     torch.manual_seed(config.seed)
     try:
@@ -117,7 +137,14 @@ def _build(config: RunConfig, inputs: Inputs, state: dict[str, Any] | None) -> n
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if state is not None:
-        encoder.load_state_dict(encoder_state(state["model"]))
+        try:
+            encoder.load_state_dict(encoder_state(state["model"]))
+        except RuntimeError as exc:  # another channel count than the pre-training data had
+            reason = str(exc).splitlines()[-1].strip() if str(exc) else type(exc).__name__
+            raise UserError(
+                f"--from: the pre-trained encoder does not fit {config.data.name or config.data.path} ({reason}); "
+                "fine-tune on data with the pre-training data's channels"
+            ) from None
     if inputs.task == "classification":
         return Classifier(encoder, seq_len=inputs.seq_len, channels=inputs.channels, num_classes=inputs.num_classes,
                           channel_independent=inputs.channel_independent)

@@ -71,10 +71,11 @@ def masked_instance_norm(x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Ten
 
     ``x, keep: (N, L, c)`` -> normalised ``(N, L, c)``, mean and std ``(N, 1, c)``.
     """
-    keep = keep.to(x.dtype)
-    count = keep.sum(dim=1, keepdim=True).clamp_min(1.0)  # (N, 1, c)
-    mean = (x * keep).sum(dim=1, keepdim=True) / count
-    centred = (x - mean) * keep
+    keep = keep.bool()
+    count = keep.sum(dim=1, keepdim=True).clamp_min(1).to(x.dtype)  # (N, 1, c)
+    # where, not multiply by keep: a masked NaN or inf times 0 would still be NaN
+    mean = torch.where(keep, x, 0.0).sum(dim=1, keepdim=True) / count
+    centred = torch.where(keep, x - mean, 0.0)
     std = torch.sqrt((centred * centred).sum(dim=1, keepdim=True) / count + EPS)
     return centred / std, mean, std
 

@@ -1,0 +1,103 @@
+"""Shared fixtures: a tiny synthetic forecasting CSV, a tiny run-config factory, the shared data folder."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+# Small enough that a pre-training step takes milliseconds on one CPU core.
+TINY_MODEL = {"encoder": "transformer", "d_model": 8, "n_heads": 2, "n_layers": 1, "d_ff": 16, "dropout": 0.0,
+              "projector_dim": 8}
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Runs with ``threads`` set torch's process-wide thread count; give the next test the original back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_series_csv(path: Path, *, rows: int = 320, columns: int = 2, seed: int = 0) -> Path:
+    """An hourly CSV (``date`` plus ``columns`` numeric columns: noisy sines); not an ETT name, so 70/10/20 split."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(rows)[:, None]
+    values = np.sin(2 * np.pi * t / (12 + 5 * np.arange(columns))) + 0.1 * rng.normal(size=(rows, columns))
+    frame = pd.DataFrame(values, columns=[f"c{i}" for i in range(columns)])
+    frame.insert(0, "date", pd.date_range("2021-01-01", periods=rows, freq="h"))
+    frame.to_csv(path, index=False)
+    return path
+
+
+def deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+@pytest.fixture(scope="session")
+def csv_writer() -> Callable[..., Path]:
+    """``csv_writer(path, rows=..., columns=..., seed=...)``: the tiny CSV writer, for tests that need several files."""
+    return write_series_csv
+
+
+@pytest.fixture
+def tiny_csv(tmp_path: Path) -> Path:
+    return write_series_csv(tmp_path / "series.csv")
+
+
+def tiny_raw_config(csv: Path, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A raw config dict for a seconds-long run over ``csv`` (nested ``changes`` merge per section)."""
+    raw = {
+        "seed": 0,
+        "device": "cpu",
+        "threads": 1,  # tiny models: one thread is fastest and does not fight other processes for the 2 cores
+        "data": {"path": str(csv), "seq_len": 24},
+        "model": copy.deepcopy(TINY_MODEL),
+        "pretrain": {"num_masked": 2, "epochs": 1, "batch_size": 8, "max_steps": 3, "val_batches": 1},
+        "finetune": {"horizons": [4, 8], "epochs": 1, "batch_size": 16, "max_steps": 2, "val_batches": 1},
+    }
+    return deep_update(raw, copy.deepcopy(changes or {}))
+
+
+@pytest.fixture(scope="session")
+def make_config() -> Callable[..., dict[str, Any]]:
+    """``make_config(csv, changes)``: ``tiny_raw_config`` for fixtures of any scope."""
+    return tiny_raw_config
+
+
+@pytest.fixture
+def tiny_config(tiny_csv: Path) -> Callable[..., dict[str, Any]]:
+    """``tiny_config(changes)`` -> a raw config dict over ``tiny_csv``."""
+    return lambda changes=None: tiny_raw_config(tiny_csv, changes)
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """``write_config(raw, name)`` -> a YAML file under tmp_path holding ``raw``."""
+
+    def write(raw: dict[str, Any], name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    value = os.environ.get("SIMMTM_DATA_DIR")
+    assert value, "set SIMMTM_DATA_DIR to the shared data folder (CI: ../shared/data)"
+    return Path(value)
