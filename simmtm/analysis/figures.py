@@ -1,0 +1,275 @@
+"""The sensitivity figures, drawn with matplotlib (PNG files, the report, notebooks) and Optuna's plotly plots
+(interactive views in the report and notebooks).
+
+Every function takes a loaded ``Sweep`` (and what was computed from it) and returns a figure; nothing here reads
+files or keeps global pyplot state, so the same calls serve the report and the notebooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+import warnings
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from optuna.distributions import FloatDistribution, IntDistribution
+
+from simmtm.analysis.importance import Importance
+from simmtm.analysis.levels import levels_of
+from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, SHORT_NAMES, TAU_KEY, Sweep, analysis_study
+
+__all__ = [
+    "heatmap_matrix",
+    "heatmap_figure",
+    "importance_figure",
+    "slices_figure",
+    "history_figure",
+    "parallel_figure",
+    "m_vs_r_figure",
+    "interactive_figures",
+    "save_figures",
+    "FIGURES",
+]
+
+logger = logging.getLogger(__name__)
+
+# name -> what it shows; the report's sections and the PNG file names follow this order.
+FIGURES = {
+    "importance": "parameter importance, PED-ANOVA and fANOVA side by side",
+    "heatmap": "r x M: mean score per cell (over seeds, repeats and the other parameters), trial count per cell",
+    "slices": "score against each searched parameter, coloured by encoder",
+    "history": "optimisation history: score per trial and best so far",
+    "parallel": "parallel coordinates of the finished trials",
+    "m_vs_r": "the best M in each bin of r, and the fitted line",
+}
+
+
+def _name(key: str) -> str:
+    return SHORT_NAMES.get(key, key)
+
+
+def _better(sweep: Sweep) -> str:
+    return "lower is better" if sweep.mode == "min" else "higher is better"
+
+
+def _cmap(sweep: Sweep) -> str:
+    return "viridis_r" if sweep.mode == "min" else "viridis"  # the better end is always yellow
+
+
+# --- r x M -----------------------------------------------------------------------------------------------------
+
+
+def heatmap_matrix(sweep: Sweep, *, n_bins: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(mean score, trial count) per r level (rows) and M level (columns); NaN where no trial landed."""
+    if R_KEY not in sweep.params or M_KEY not in sweep.params:
+        raise ValueError("the sweep did not search both r (pretrain.mask_ratio) and M (pretrain.num_masked)")
+    done = sweep.finished.dropna(subset=[R_KEY, M_KEY])
+    r = levels_of(done[R_KEY], sweep.distributions.get(R_KEY), n_bins=n_bins)
+    m = levels_of(done[M_KEY], sweep.distributions.get(M_KEY), n_bins=n_bins)
+    sums = np.zeros((len(r.labels), len(m.labels)))
+    counts = np.zeros_like(sums)
+    np.add.at(sums, (r.index, m.index), done["score"].to_numpy(float))
+    np.add.at(counts, (r.index, m.index), 1)
+    with np.errstate(invalid="ignore"):
+        means = np.where(counts > 0, sums / np.where(counts > 0, counts, 1), np.nan)
+    index = pd.Index(r.labels, name="r")
+    columns = pd.Index(m.labels, name="M")
+    return pd.DataFrame(means, index=index, columns=columns), pd.DataFrame(counts.astype(int), index=index, columns=columns)
+
+
+def heatmap_figure(sweep: Sweep, *, n_bins: int = 5) -> Figure:
+    means, counts = heatmap_matrix(sweep, n_bins=n_bins)
+    fig = Figure(figsize=(1.1 * len(means.columns) + 2.5, 0.6 * len(means.index) + 2), layout="constrained")
+    ax = fig.add_subplot()
+    data = np.ma.masked_invalid(means.to_numpy())
+    cmap = matplotlib.colormaps[_cmap(sweep)].with_extremes(bad="white")  # empty cells stay blank
+    image = ax.imshow(data, cmap=cmap, aspect="auto", origin="lower")
+    for i in range(means.shape[0]):
+        for j in range(means.shape[1]):
+            if counts.iat[i, j]:
+                ax.text(j, i, f"{means.iat[i, j]:.3g}\nn={counts.iat[i, j]}", ha="center", va="center", fontsize=8,
+                        color="black", bbox=dict(boxstyle="round,pad=0.15", fc="white", alpha=0.6, lw=0))
+    ax.set_xticks(range(len(means.columns)), means.columns)
+    ax.set_yticks(range(len(means.index)), means.index)
+    ax.set_xlabel("M (masked series per sample)")
+    ax.set_ylabel("r (masking ratio)")
+    ax.set_title(f"{sweep.metric} by r and M (mean over trials; blank: no trial)")
+    fig.colorbar(image, ax=ax, label=f"{sweep.metric} ({_better(sweep)})")
+    return fig
+
+
+# --- importance ------------------------------------------------------------------------------------------------
+
+
+def importance_figure(importance: Importance) -> Figure:
+    table = importance.table
+    fig = Figure(figsize=(8, 0.45 * max(len(table), 2) + 1.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    labels = [_name(p) for p in table.index]
+    for ax, (col, title) in zip(axes, (("ped_anova", "PED-ANOVA (what sets the top trials apart)"),
+                                       ("fanova", "fANOVA (share of score variance)"))):
+        ax.barh(labels, table[col].to_numpy(float), color="tab:blue" if col == "ped_anova" else "tab:orange")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("importance (sums to 1)")
+    axes[0].invert_yaxis()
+    fig.suptitle(f"parameter importance, {importance.n_trials} finished trials")
+    return fig
+
+
+# --- slices ----------------------------------------------------------------------------------------------------
+
+
+def _encoders(sweep: Sweep, done: pd.DataFrame) -> pd.Series:
+    if ENCODER_KEY in done.columns:
+        return done[ENCODER_KEY].astype(str)
+    return pd.Series([str(sweep.fixed_value(ENCODER_KEY) or "encoder")] * len(done), index=done.index)
+
+
+def slices_figure(sweep: Sweep) -> Figure:
+    """Score against tau and each other parameter, one panel per parameter, one colour per encoder."""
+    done = sweep.finished
+    params = [p for p in sweep.params if p != ENCODER_KEY and p in done.columns]
+    params.sort(key=lambda p: (p != TAU_KEY, p))  # tau first, as the issue asks to see it
+    panels = params + ([ENCODER_KEY] if ENCODER_KEY in sweep.params else [])
+    ncols = min(3, max(len(panels), 1))
+    nrows = max(1, -(-len(panels) // ncols))
+    fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    enc = _encoders(sweep, done)
+    names = sorted(enc.unique())
+    colours = {e: f"C{i}" for i, e in enumerate(names)}
+    for ax, p in zip(axes, panels):
+        if p == ENCODER_KEY:
+            for i, e in enumerate(names):
+                y = done.loc[enc == e, "score"].to_numpy(float)
+                x = i + np.linspace(-0.15, 0.15, len(y)) if len(y) > 1 else np.full(len(y), float(i))
+                ax.scatter(x, y, color=colours[e], alpha=0.7, s=18)
+            ax.set_xticks(range(len(names)), names)
+        else:
+            dist = sweep.distributions.get(p)
+            x = pd.to_numeric(done[p], errors="coerce")
+            for e in names:
+                sel = enc == e
+                ax.scatter(x[sel], done.loc[sel, "score"], color=colours[e], alpha=0.7, s=18, label=e)
+            if isinstance(dist, (FloatDistribution, IntDistribution)) and dist.log:
+                ax.set_xscale("log")
+        ax.set_xlabel(f"{_name(p)} ({p})" if _name(p) != p else p)
+        ax.set_ylabel(sweep.metric)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    if len(names) > 1 and panels:
+        axes[0].legend(title="encoder", fontsize=8)
+    fig.suptitle(f"{sweep.metric} against each parameter ({_better(sweep)})")
+    return fig
+
+
+# --- history and parallel coordinates --------------------------------------------------------------------------
+
+
+def history_figure(sweep: Sweep) -> Figure:
+    """Score of each finished trial in the order trials were started, and the best so far."""
+    t = sweep.trials.reset_index(drop=True)
+    ok = (t["state"] == "COMPLETE") & t["score"].notna()
+    x = np.flatnonzero(ok.to_numpy())
+    y = t.loc[ok, "score"].to_numpy(float)
+    best = np.minimum.accumulate(y) if sweep.mode == "min" else np.maximum.accumulate(y)
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(x, y, s=18, alpha=0.7, label="trial")
+    ax.step(x, best, where="post", color="tab:red", label="best so far")
+    failed = np.flatnonzero((t["state"] == "FAILED").to_numpy())
+    if len(failed) and len(y):
+        ax.scatter(failed, np.full(len(failed), best[-1]), marker="x", color="grey", label="failed")
+    ax.set_xlabel("trial (in start order)")
+    ax.set_ylabel(sweep.metric)
+    ax.set_title(f"optimisation history ({_better(sweep)})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def parallel_figure(sweep: Sweep) -> Figure:
+    """Optuna's parallel-coordinate plot (matplotlib) of the finished trials."""
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental" warning of optuna.visualization.matplotlib
+        ax = plot_parallel_coordinate(analysis_study(sweep), target_name=sweep.metric)
+    fig = ax.figure
+    fig.set_size_inches(max(7.0, 2.2 * len(sweep.params) + 2.5), 4.8)
+    ax.set_title(f"parallel coordinates ({_better(sweep)})")
+    fig.tight_layout()
+    plt.close(fig)  # leave no pyplot state behind; the figure itself stays usable
+    return fig
+
+
+# --- M against r -----------------------------------------------------------------------------------------------
+
+
+def m_vs_r_figure(sweep: Sweep, relation: dict[str, Any]) -> Figure:
+    """The best M per bin of r (marker size: trials in the bin), with the fitted line and its slope interval."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    points = relation.get("points") or []
+    if points:
+        r = np.array([p["r"] for p in points])
+        m = np.array([p["best_M"] for p in points])
+        n = np.array([p["n_trials"] for p in points])
+        ax.scatter(r, m, s=20 + 80 * n / n.max(), label="best mean score in the bin of r")
+        if relation.get("slope") is not None and relation.get("intercept") is not None:
+            xs = np.linspace(r.min(), r.max(), 20)
+            ax.plot(xs, relation["intercept"] + relation["slope"] * xs, color="tab:red", label="best M of the fitted surface")
+    ci = relation.get("ci")
+    sub = f"slope {relation['slope']:.3g} M per unit r" if relation.get("slope") is not None else relation.get("message", "")
+    if ci:
+        sub += f", {relation.get('confidence', 0.95):.0%} CI [{ci[0]:.3g}, {ci[1]:.3g}]"
+    ax.set_title("does the best M grow with r?\n" + textwrap.fill(sub, 70), fontsize=9)
+    ax.set_xlabel("r (masking ratio)")
+    ax.set_ylabel("best M")
+    ax.grid(alpha=0.3)
+    if points:
+        ax.legend(fontsize=8)
+    return fig
+
+
+# --- interactive ----------------------------------------------------------------------------------------------
+
+
+def interactive_figures(sweep: Sweep) -> dict[str, Any]:
+    """Optuna's plotly views of the finished trials: parallel coordinates, slices, history and the r-M contour."""
+    from optuna import visualization as vis
+
+    study = analysis_study(sweep)
+    out = {
+        "parallel": vis.plot_parallel_coordinate(study, target_name=sweep.metric),
+        "slices": vis.plot_slice(study, target_name=sweep.metric),
+        "history": vis.plot_optimization_history(study, target_name=sweep.metric),
+    }
+    if R_KEY in sweep.distributions and M_KEY in sweep.distributions and len(study.trials) >= 3:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out["contour"] = vis.plot_contour(study, params=[R_KEY, M_KEY], target_name=sweep.metric)
+    return out
+
+
+# --- files -----------------------------------------------------------------------------------------------------
+
+
+def save_figures(figures: dict[str, Figure], out_dir: str | Path, *, dpi: int = 110) -> dict[str, Path]:
+    """Write each figure as ``out_dir/<name>.png``; return the paths by name."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, fig in figures.items():
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=dpi)
+        paths[name] = path
+    return paths

@@ -1,0 +1,546 @@
+"""Read a sweep directory (finished, still running or resumed) into one table of trials plus its metadata.
+
+A sweep directory, as ``simmtm sweep`` writes it:
+
+- ``sweep.json``: ``metric``, ``mode`` (min/max), ``study_name``, ``storage``, ``params`` (dotted keys searched),
+  ``search_space``, ``method`` (tpe/random/grid), ``seed``. Its presence is what makes a folder a sweep directory.
+- ``sweep.yaml``: the resolved sweep file (a run config plus search/tune/resources sections).
+- ``optuna.db``: the Optuna study (SQLite); read through a snapshot, so a running sweep is never written to.
+- ``trials.csv``: one row per trial: ``trial_id, state, score, val_score, test_score, repeat, epochs, wall_s,
+  error`` and one column per searched parameter.
+
+Either table may be missing or lag behind while a sweep runs; the one holding more finished trials is used. Trials
+that a warm start copied from an earlier sweep (Optuna user attribute ``warm_start_from``) are not this sweep's own
+and are left out of the table (counted in ``Sweep.n_warm_start``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import optuna
+import pandas as pd
+import yaml
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from simmtm.errors import UserError
+
+__all__ = [
+    "R_KEY",
+    "M_KEY",
+    "TAU_KEY",
+    "ENCODER_KEY",
+    "STATES",
+    "Sweep",
+    "load_sweep",
+    "finished_trials",
+    "search_distributions",
+    "analysis_study",
+    "param_value",
+]
+
+logger = logging.getLogger(__name__)
+
+R_KEY = "pretrain.mask_ratio"
+M_KEY = "pretrain.num_masked"
+TAU_KEY = "pretrain.temperature"
+ENCODER_KEY = "model.encoder"
+# Short names for tables and axes.
+SHORT_NAMES = {R_KEY: "r", M_KEY: "M", TAU_KEY: "tau", ENCODER_KEY: "encoder"}
+
+STATES = ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")
+_BASE_COLUMNS = ("trial_id", "state", "score", "val_score", "test_score", "repeat", "epochs", "wall_s", "error")
+_OPTUNA_STATES = {
+    TrialState.COMPLETE: "COMPLETE",
+    TrialState.PRUNED: "PRUNED",
+    TrialState.FAIL: "FAILED",
+    TrialState.RUNNING: "RUNNING",
+    TrialState.WAITING: "PENDING",
+}
+WARM_START_ATTR = "warm_start_from"
+
+
+@dataclass
+class Sweep:
+    """One sweep directory, read: its metadata and a table with one row per trial of its own."""
+
+    path: Path
+    metric: str
+    mode: Literal["min", "max"]
+    method: str
+    seed: int
+    study_name: str
+    params: list[str]  # dotted keys searched, in the order of sweep.json
+    search_space: dict[str, Any]  # the search section as written
+    run_config: dict[str, Any]  # sweep.yaml without search/tune/resources
+    trials: pd.DataFrame  # columns: _BASE_COLUMNS, then one per searched parameter
+    distributions: dict[str, BaseDistribution]  # per searched parameter: the space it was drawn from
+    source: str  # "trials.csv", "optuna.db" or "none"
+    n_warm_start: int = 0  # trials in the study copied from an earlier sweep
+    notes: list[str] = field(default_factory=list)  # things a reader should know (stale files, ...)
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        """COMPLETE trials with a finite score: the only ones any analysis uses."""
+        t = self.trials
+        return t[(t["state"] == "COMPLETE") & np.isfinite(t["score"].astype(float))].reset_index(drop=True)
+
+    @property
+    def direction(self) -> Literal["minimize", "maximize"]:
+        return "minimize" if self.mode == "min" else "maximize"
+
+    @property
+    def sign(self) -> float:
+        """+1 when larger scores are better, -1 when smaller are: ``sign * score`` is always 'higher is better'."""
+        return 1.0 if self.mode == "max" else -1.0
+
+    def counts(self) -> dict[str, int]:
+        """How many trials are in each state (all of STATES, zeros included)."""
+        vc = self.trials["state"].value_counts()
+        return {s: int(vc.get(s, 0)) for s in STATES}
+
+    def fixed_value(self, key: str) -> Any:
+        """The value of a dotted key in the run config (for parameters the sweep did not search)."""
+        node: Any = self.run_config
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def label(self) -> str:
+        return self.path.name or str(self.path)
+
+    def params_of(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's searched parameters as plain Python values of their distribution's type (M an int, ...)."""
+        return {p: param_value(row[p], self.distributions.get(p)) for p in self.params}
+
+
+def param_value(value: Any, dist: BaseDistribution | None) -> Any:
+    """``value`` (as read from a table) as the type ``dist`` holds: int, float or the exact categorical choice."""
+    value = _plain(value)
+    if value is None or _isnan(value):
+        return None
+    if isinstance(dist, IntDistribution):
+        return int(round(float(value)))
+    if isinstance(dist, FloatDistribution):
+        return float(value)
+    if isinstance(dist, CategoricalDistribution):
+        match = _match_choice(value, dist.choices)
+        return value if match is None else match
+    return value
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read a sweep directory; ``UserError`` (one line) when ``path`` is not one."""
+    path = Path(path)
+    meta = _read_meta(path)
+    params = [str(p) for p in meta.get("params") or []]
+    run_config = _read_run_config(path)
+    search_space = meta.get("search_space") or {}
+    if not isinstance(search_space, dict):
+        search_space = {}
+    notes: list[str] = []
+
+    study = _load_study_snapshot(path, meta, notes)
+    study_frame, dists, n_warm = _frame_from_study(study, params) if study is not None else (None, {}, 0)
+    csv_frame = _frame_from_csv(path / "trials.csv", params, notes)
+
+    frame, source = _choose(csv_frame, study_frame)
+    if source == "trials.csv" and study_frame is not None:
+        behind = _n_finished(study_frame) - _n_finished(csv_frame)
+        if behind > 0:
+            notes.append(f"trials.csv lags behind the Optuna study by {behind} finished trial(s)")
+    elif source == "optuna.db" and csv_frame is not None:
+        notes.append("trials.csv holds fewer finished trials than the Optuna study; the study was used")
+
+    distributions = _resolve_distributions(params, dists, search_space, frame)
+    frame = _snap_to_distributions(frame, distributions)
+    return Sweep(
+        path=path,
+        metric=str(meta["metric"]),
+        mode=meta["mode"],
+        method=str(meta.get("method") or "unknown"),
+        seed=int(meta.get("seed") or 0),
+        study_name=str(meta.get("study_name") or ""),
+        params=params,
+        search_space=search_space,
+        run_config=run_config,
+        trials=frame,
+        distributions=distributions,
+        source=source,
+        n_warm_start=n_warm,
+        notes=notes,
+    )
+
+
+def finished_trials(path: str | Path) -> list[tuple[dict[str, Any], float]]:
+    """The finished trials of a sweep directory as ``(params, score)`` pairs (params by dotted key)."""
+    sweep = load_sweep(path)
+    return [(sweep.params_of(row), float(row["score"])) for _, row in sweep.finished.iterrows()]
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    hint = "pass the --out directory of a `simmtm sweep` run"
+    if not path.exists():
+        raise UserError(f"{path}: no such directory; {hint}")
+    if not path.is_dir():
+        raise UserError(f"{path}: not a directory; {hint}")
+    meta_path = path / "sweep.json"
+    if not meta_path.is_file():
+        raise UserError(f"{path}: not a sweep directory (no sweep.json); {hint}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{meta_path}: not readable JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path}: expected a JSON object with metric, mode, params, ...")
+    for key in ("metric", "mode", "params"):
+        if key not in meta:
+            raise UserError(f"{meta_path}: missing key '{key}' (a sweep.json holds metric, mode, study_name, storage, "
+                            "params, search_space, method, seed)")
+    if meta["mode"] not in ("min", "max"):
+        raise UserError(f"{meta_path}: mode must be 'min' or 'max', got {meta['mode']!r}")
+    if not isinstance(meta["params"], list):
+        raise UserError(f"{meta_path}: params must be a list of dotted keys, got {meta['params']!r}")
+    return meta
+
+
+def _read_run_config(path: Path) -> dict[str, Any]:
+    from simmtm.config import SWEEP_SECTIONS
+
+    yaml_path = path / "sweep.yaml"
+    if not yaml_path.is_file():
+        return {}
+    try:
+        raw = yaml.safe_load(yaml_path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{yaml_path}: not readable YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{yaml_path}: expected a mapping of sections (data, model, pretrain, ...)")
+    return {k: v for k, v in raw.items() if k not in SWEEP_SECTIONS}
+
+
+def _load_study_snapshot(path: Path, meta: Mapping[str, Any], notes: list[str]) -> optuna.Study | None:
+    """Load the study from a consistent copy of the SQLite file (the running sweep's file is only read)."""
+    db = path / "optuna.db"
+    storage_url = str(meta.get("storage") or "")
+    name = meta.get("study_name")
+    if not db.is_file():
+        if storage_url and not storage_url.startswith("sqlite"):
+            return _load_remote_study(storage_url, name, notes)
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix="simmtm-analysis-"))
+    snapshot = tmp / "optuna.db"
+    try:
+        src = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, timeout=30)
+        dst = sqlite3.connect(snapshot)
+        with dst:
+            src.backup(dst)
+        src.close()
+        dst.close()
+    except sqlite3.Error as exc:
+        notes.append(f"optuna.db could not be read ({exc}); trials.csv only")
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{snapshot}")
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    except Exception as exc:  # a file that is not an Optuna database
+        notes.append(f"optuna.db is not an Optuna study database ({type(exc).__name__}); trials.csv only")
+        return None
+    if not names:
+        return None
+    if name not in names:
+        if len(names) > 1:
+            notes.append(f"optuna.db has no study '{name}' (has {', '.join(names)}); trials.csv only")
+            return None
+        name = names[0]
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _load_remote_study(url: str, name: Any, notes: list[str]) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except Exception as exc:  # unreachable database, missing driver, unknown study
+        notes.append(f"study storage {url} could not be read ({type(exc).__name__}: {exc}); trials.csv only")
+        return None
+
+
+def _frame_from_study(study: optuna.Study, params: Sequence[str]) -> tuple[pd.DataFrame, dict[str, BaseDistribution], int]:
+    rows, dists, n_warm = [], {}, 0
+    for t in study.get_trials(deepcopy=False):
+        if WARM_START_ATTR in t.user_attrs:
+            n_warm += 1
+            continue
+        state = _OPTUNA_STATES.get(t.state, str(t.state.name))
+        value = t.value if t.state == TrialState.COMPLETE and t.values else np.nan
+        attrs = t.user_attrs
+        row = {
+            "trial_id": str(attrs.get("tune_trial_id", attrs.get("trial_id", t.number))),
+            "state": state,
+            "score": value,
+            "val_score": attrs.get("val_score", value),
+            "test_score": attrs.get("test_score", np.nan),
+            "repeat": attrs.get("repeat", 0),
+            "epochs": attrs.get("epochs", np.nan),
+            "wall_s": t.duration.total_seconds() if t.duration is not None else np.nan,
+            "error": attrs.get("error", attrs.get("reason", "")),
+        }
+        for p in params:
+            row[p] = t.params.get(p, np.nan)
+        for p, d in t.distributions.items():
+            if p in params:
+                dists[p] = _merge(dists.get(p), d)
+        rows.append(row)
+    return _typed(pd.DataFrame(rows, columns=[*_BASE_COLUMNS, *params]), params), dists, n_warm
+
+
+def _frame_from_csv(csv: Path, params: Sequence[str], notes: list[str]) -> pd.DataFrame | None:
+    if not csv.is_file():
+        return None
+    try:
+        frame = pd.read_csv(csv, dtype={"trial_id": str, "error": str, "state": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, UnicodeDecodeError) as exc:
+        notes.append(f"trials.csv could not be read ({type(exc).__name__}); the Optuna study was used")
+        return None
+    missing = [c for c in ("trial_id", "state", "score") if c not in frame.columns]
+    if missing:
+        notes.append(f"trials.csv lacks column(s) {', '.join(missing)}; the Optuna study was used")
+        return None
+    for col in _BASE_COLUMNS:
+        if col not in frame.columns:
+            frame[col] = "" if col == "error" else np.nan
+    for p in params:
+        if p not in frame.columns:
+            frame[p] = np.nan
+    aliases = {"FAIL": "FAILED", "WAITING": "PENDING", "ERROR": "FAILED", "TERMINATED": "COMPLETE"}  # Optuna/Tune words
+    frame["state"] = frame["state"].fillna("").str.upper().replace(aliases)
+    frame["error"] = frame["error"].fillna("")
+    return _typed(frame[[*_BASE_COLUMNS, *params]], params)
+
+
+def _typed(frame: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
+    frame = frame.copy()
+    for col in ("score", "val_score", "test_score", "epochs", "wall_s"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+    frame["repeat"] = pd.to_numeric(frame["repeat"], errors="coerce").fillna(0).astype(int)
+    frame["trial_id"] = frame["trial_id"].astype(str)
+    for p in params:
+        numeric = pd.to_numeric(frame[p], errors="coerce")
+        if numeric.notna().sum() == frame[p].notna().sum():  # all present values are numbers
+            frame[p] = numeric
+    return frame.reset_index(drop=True)
+
+
+def _n_finished(frame: pd.DataFrame | None) -> int:
+    if frame is None:
+        return -1
+    return int(((frame["state"] == "COMPLETE") & frame["score"].notna()).sum())
+
+
+def _choose(csv: pd.DataFrame | None, study: pd.DataFrame | None) -> tuple[pd.DataFrame, str]:
+    if csv is None and study is None:
+        return _typed(pd.DataFrame(columns=list(_BASE_COLUMNS)), []), "none"
+    if study is None or (csv is not None and _n_finished(csv) >= _n_finished(study)):
+        return csv, "trials.csv"
+    return study, "optuna.db"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --- search space --------------------------------------------------------------------------------------------
+
+_CHOICE_KEYS = ("choices", "values", "grid", "grid_search", "categorical", "choice")
+_LOW_KEYS = ("low", "min", "lower")
+_HIGH_KEYS = ("high", "max", "upper")
+_RANGE_KEYS = {"uniform": "float", "float": "float", "loguniform": "logfloat", "int": "int", "randint": "int",
+               "qrandint": "int", "range": "auto", "logint": "logint"}
+
+
+def search_distributions(search: Mapping[str, Any], params: Sequence[str]) -> dict[str, BaseDistribution]:
+    """Optuna distributions for the searched parameters, read from a search section written in any common form.
+
+    A parameter's spec may sit at ``search[key]``, ``search["params"|"space"|"parameters"][key]`` or nested by
+    its dotted path, and may be a list (choices or grid values), ``{low, high[, log, step, type]}``,
+    ``{choices|values|grid: [...]}``, ``{type: float|int|categorical|grid, ...}`` or ``{uniform|loguniform|int: [a, b]}``.
+    Parameters whose spec cannot be read are left out.
+    """
+    out = {}
+    for key in params:
+        spec = _find_spec(search, key)
+        dist = _parse_spec(spec) if spec is not None else None
+        if dist is not None:
+            out[key] = dist
+    return out
+
+
+def _find_spec(search: Mapping[str, Any], key: str) -> Any:
+    for root in (search, *(search.get(k) for k in ("params", "space", "parameters", "grid"))):
+        if not isinstance(root, Mapping):
+            continue
+        if key in root:
+            return root[key]
+        node: Any = root
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None:
+            return node
+    return None
+
+
+def _parse_spec(spec: Any) -> BaseDistribution | None:
+    try:
+        if isinstance(spec, (list, tuple)):
+            return _categorical(spec)
+        if not isinstance(spec, Mapping):
+            return None
+        kind = str(spec.get("type", spec.get("distribution", ""))).lower()
+        for k in _CHOICE_KEYS:
+            if isinstance(spec.get(k), (list, tuple)):
+                return _categorical(spec[k])
+        for k, rkind in _RANGE_KEYS.items():
+            if isinstance(spec.get(k), (list, tuple)) and len(spec[k]) == 2:
+                low, high = spec[k]
+                log = bool(spec.get("log", False)) or rkind.startswith("log")
+                return _numeric(low, high, kind=rkind if rkind != "auto" else "", log=log, step=spec.get("step"))
+        low = next((spec[k] for k in _LOW_KEYS if k in spec), None)
+        high = next((spec[k] for k in _HIGH_KEYS if k in spec), None)
+        if low is not None and high is not None:
+            log = bool(spec.get("log", False)) or kind.startswith("log")
+            return _numeric(low, high, kind=kind, log=log, step=spec.get("step", spec.get("q")))
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+def _categorical(values: Sequence[Any]) -> CategoricalDistribution | None:
+    values = [_plain(v) for v in values]
+    if not values or not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
+        return None
+    return CategoricalDistribution(list(dict.fromkeys(values)))
+
+
+def _numeric(low: Any, high: Any, *, kind: str, log: bool, step: Any) -> BaseDistribution:
+    ints = isinstance(low, int) and isinstance(high, int) and not isinstance(step, float)
+    is_int = "int" in kind or (kind in ("", "auto") and ints)
+    if is_int:
+        return IntDistribution(int(low), int(high), log=log, step=1 if log or step is None else int(step))
+    return FloatDistribution(float(low), float(high), log=log, step=None if log or step is None else float(step))
+
+
+def _merge(a: BaseDistribution | None, b: BaseDistribution) -> BaseDistribution:
+    """Two distributions seen for one parameter (a define-by-run space may vary): the smallest one holding both."""
+    if a is None or a == b:
+        return b
+    if isinstance(a, CategoricalDistribution) and isinstance(b, CategoricalDistribution):
+        return CategoricalDistribution(list(dict.fromkeys([*a.choices, *b.choices])))
+    if isinstance(a, (FloatDistribution, IntDistribution)) and isinstance(b, (FloatDistribution, IntDistribution)):
+        low, high = min(a.low, b.low), max(a.high, b.high)
+        if isinstance(a, IntDistribution) and isinstance(b, IntDistribution):
+            return IntDistribution(int(low), int(high), log=a.log and b.log)
+        return FloatDistribution(float(low), float(high), log=a.log and b.log)
+    return b
+
+
+def _resolve_distributions(params: Sequence[str], from_study: Mapping[str, BaseDistribution],
+                           search: Mapping[str, Any], frame: pd.DataFrame) -> dict[str, BaseDistribution]:
+    """Per parameter: the study's own distribution, else the search section's, else one inferred from the values;
+    widened where a recorded value falls outside it."""
+    parsed = search_distributions(search, params)
+    out = {}
+    for p in params:
+        dist = from_study.get(p) or parsed.get(p)
+        values = frame[p].dropna() if p in frame.columns else pd.Series([], dtype=float)
+        if dist is None:
+            dist = _infer(values)
+        if dist is None:
+            continue
+        out[p] = _widen(dist, values)
+    return out
+
+
+def _infer(values: pd.Series) -> BaseDistribution | None:
+    if values.empty:
+        return None
+    if pd.api.types.is_numeric_dtype(values):
+        if np.all(np.equal(np.mod(values, 1), 0)):
+            return IntDistribution(int(values.min()), int(values.max()))
+        return FloatDistribution(float(values.min()), float(values.max()))
+    return CategoricalDistribution(sorted({str(v) for v in values}))
+
+
+def _widen(dist: BaseDistribution, values: pd.Series) -> BaseDistribution:
+    if values.empty:
+        return dist
+    if isinstance(dist, CategoricalDistribution):
+        extra = [v for v in dict.fromkeys(_plain(v) for v in values) if _match_choice(v, dist.choices) is None]
+        return CategoricalDistribution([*dist.choices, *extra]) if extra else dist
+    if not pd.api.types.is_numeric_dtype(values):
+        return _infer(values) or dist
+    low, high = float(values.min()), float(values.max())
+    if low >= dist.low and high <= dist.high:
+        return dist
+    if isinstance(dist, IntDistribution):
+        return IntDistribution(int(min(dist.low, math.floor(low))), int(max(dist.high, math.ceil(high))), log=dist.log)
+    return FloatDistribution(min(dist.low, low), max(dist.high, high), log=dist.log)
+
+
+def _match_choice(value: Any, choices: Sequence[Any]) -> Any:
+    """The choice equal to ``value`` (numbers compared with a tolerance: CSV round trips), or None."""
+    for c in choices:
+        if c == value:
+            return c
+        if isinstance(c, (int, float)) and not isinstance(c, bool) and isinstance(value, (int, float)):
+            if math.isclose(float(c), float(value), rel_tol=1e-9, abs_tol=1e-12):
+                return c
+        if isinstance(c, str) and str(value) == c:
+            return c
+    return None
+
+
+def _snap_to_distributions(frame: pd.DataFrame, dists: Mapping[str, BaseDistribution]) -> pd.DataFrame:
+    """Replace recorded values of categorical parameters by the exact choice they stand for."""
+    for p, d in dists.items():
+        if isinstance(d, CategoricalDistribution) and p in frame.columns:
+            frame[p] = [(_match_choice(_plain(v), d.choices) if not _isnan(v) else v) for v in frame[p]]
+    return frame
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+# --- an Optuna study of exactly the analysed trials ----------------------------------------------------------
+
+
+def analysis_study(sweep: Sweep) -> optuna.Study:
+    """An in-memory Optuna study holding this sweep's finished trials (warm-start copies excluded), with one
+    distribution per parameter: what Optuna's importance evaluators and plots are given."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=sweep.direction, study_name=sweep.study_name or sweep.label())
+    params = [p for p in sweep.params if p in sweep.distributions]
+    for _, row in sweep.finished.iterrows():
+        # A conditional parameter (searched only `when` another has some value) is absent from some trials.
+        values = {p: v for p in params if (v := param_value(row[p], sweep.distributions[p])) is not None}
+        dists = {p: sweep.distributions[p] for p in values}
+        study.add_trial(optuna.trial.create_trial(params=values, distributions=dists, value=float(row["score"]),
+                                                  user_attrs={"trial_id": row["trial_id"], "repeat": int(row["repeat"])}))
+    return study

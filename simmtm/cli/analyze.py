@@ -1,0 +1,75 @@
+"""``simmtm analyze DIR`` (the sensitivity report) and ``simmtm recommend DIR`` (what to run next)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="sensitivity report of a sweep directory",
+                       description="Write report.html, figures/*.png and recommendation.json for a sweep directory "
+                                   "(finished, still running or resumed).")
+    p.add_argument("sweep_dir", type=Path, metavar="DIR", help="the --out directory of `simmtm sweep`")
+    p.add_argument("--out", type=Path, metavar="REPORT_DIR", help="where to write the report (default: DIR-report beside DIR)")
+    p.add_argument("--no-interactive", action="store_true", help="PNG figures only: no plotly views (a much smaller file)")
+    _analysis_options(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("recommend", help="recommended r, M (tau, encoder) from a sweep directory",
+                       description="Recommend parameters with an expected score and its bootstrap interval; flag a best "
+                                   "region at the edge of the searched space; fit how the best M moves with r.")
+    p.add_argument("sweep_dir", type=Path, metavar="DIR", help="the --out directory of `simmtm sweep`")
+    p.add_argument("--write", type=Path, metavar="BEST_YAML",
+                   help="also write the recommended run config (for `simmtm pretrain`)")
+    p.add_argument("--json", action="store_true", help="print the recommendation as JSON instead of text")
+    _analysis_options(p)
+    p.set_defaults(func=cmd_recommend)
+
+
+def _analysis_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of fANOVA (default 0)")
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from simmtm.analysis.report import write_report
+
+    report = write_report(args.sweep_dir, args.out, interactive=not args.no_interactive, n_boot=args.bootstrap, seed=args.seed)
+    counts = report.sweep.counts()
+    print("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v or k == "COMPLETE"))
+    for line in report.recommendation.summary():
+        print(line)
+    reasons: dict[str, list[str]] = {}
+    for name, why in report.skipped.items():
+        reasons.setdefault(why, []).append(name)
+    for why, names in reasons.items():
+        print(f"not drawn: {', '.join(names)} ({why})")
+    print(f"report: {report.html}")
+    print(f"recommendation: {report.recommendation_json}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from simmtm.analysis.load import load_sweep
+    from simmtm.analysis.recommend import recommend, write_best_config
+
+    sweep = load_sweep(args.sweep_dir)
+    rec = recommend(sweep, n_boot=args.bootstrap, seed=args.seed)
+    if args.json:
+        print(json.dumps(rec.to_dict(), indent=2, default=str))
+    else:
+        for line in rec.summary():
+            print(line)
+    if rec.status != "ok":
+        if args.write is not None:
+            print(f"not written: {args.write}")
+        return 1
+    if args.write is not None:
+        write_best_config(sweep, rec, args.write)
+        if not args.json:
+            print(f"run config: {args.write}   (simmtm pretrain {args.write} --out runs/{args.write.stem})")
+    return 0
