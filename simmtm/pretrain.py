@@ -85,7 +85,12 @@ def run(
         torch.set_num_threads(config.threads)
     inputs = load_inputs(config)  # bad data fails here, before anything is written
     cfg = config.pretrain
-    per_worker_batch = cfg.batch_size // runtime.world_size if runtime.world_size > 1 else cfg.batch_size
+    if cfg.batch_size % runtime.world_size:
+        raise UserError(
+            f"pretrain.batch_size ({cfg.batch_size}) is the global batch and must divide evenly over the "
+            f"{runtime.world_size} workers; use a multiple of {runtime.world_size}"
+        )
+    per_worker_batch = cfg.batch_size // runtime.world_size
     if len(inputs.train) < cfg.batch_size:
         raise UserError(
             f"pretrain.batch_size ({cfg.batch_size}) exceeds the {len(inputs.train)} training samples of "

@@ -17,14 +17,18 @@ __all__ = ["register", "prepare_pretrain_dir", "format_metrics"]
 
 # Keys that may change between a run and its resumption (more epochs, a larger step cap).
 _RESUMABLE_CHANGES = {"pretrain.epochs", "pretrain.max_steps", "threads", "device", "data.num_workers"}
-# What a run directory may hold; anything else means --out points at somebody else's folder.
-_RUN_FILES = {"config.yaml", "checkpoints", "tb", "history.jsonl", "metrics.json"}
+# What a run directory may hold (`ray`: a distributed run's Ray Train storage); anything else means --out points at
+# somebody else's folder.
+_RUN_FILES = {"config.yaml", "checkpoints", "tb", "history.jsonl", "metrics.json", "ray"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="pre-train SimMTM from a config", description="Pre-train SimMTM. Re-running with the same --out resumes.")
+    p = sub.add_parser("pretrain", help="pre-train SimMTM from a config",
+                       description="Pre-train SimMTM, in this process or (--workers N) data-parallel on Ray Train. "
+                                   "Re-running with the same --out resumes.")
     _common(p)
-    p.add_argument("--restart", action="store_true", help="discard a previous run in --out and start afresh")
+    p.add_argument("--restart", action="store_true", help="discard a previous run in --out (and its Ray storage) and start afresh")
+    _distributed(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("finetune", help="fine-tune (or probe) a pre-trained encoder",
@@ -48,6 +52,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set pretrain.mask_ratio=0.3 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _distributed(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("distributed (Ray Train; without --workers the run stays in this process, without Ray)")
+    g.add_argument("--workers", type=int, metavar="N", help="data-parallel Ray Train workers; pretrain.batch_size is the global batch")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs each worker reserves (default 0: CPU)")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C", help="CPUs each worker reserves and its torch threads (default 1)")
+    g.add_argument("--address", metavar="ADDR", help="join this Ray cluster (e.g. 10.0.0.1:6379 or auto); default: start a local Ray instance")
+    g.add_argument("--storage", metavar="PATH", help="where Ray keeps checkpoints: a local path, or on a multi-node cluster a "
+                                                       "path all nodes share (NFS, s3://, gs://); default OUT/ray")
+    g.add_argument("--max-failures", type=int, default=2, metavar="K", help="restart the worker group from the last checkpoint up to K times (default 2)")
+    g.add_argument("--placement", default="PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+                   help="placement of the workers on nodes (default PACK; STRICT_SPREAD: one worker per node)")
 
 
 def check_inputs(config: RunConfig) -> None:
@@ -99,7 +116,15 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     check_inputs(config)
-    metrics = _pretrain(config, args.out, restart=args.restart, progress=not args.no_progress)
+    if args.workers is None:
+        for flag, value, default in (("--address", args.address, None), ("--storage", args.storage, None),
+                                     ("--gpus-per-worker", args.gpus_per_worker, 0.0), ("--cpus-per-worker", args.cpus_per_worker, 1.0),
+                                     ("--max-failures", args.max_failures, 2), ("--placement", args.placement, "PACK")):
+            if value != default:
+                raise UserError(f"{flag} applies to distributed runs only; add --workers N")
+        metrics = _pretrain(config, args.out, restart=args.restart, progress=not args.no_progress)
+    else:
+        metrics = _pretrain_distributed(config, args)
     print(format_metrics("pre-training", metrics))
     print(f"run directory: {args.out}")
     return 0
@@ -110,6 +135,36 @@ def _pretrain(config: RunConfig, out: Path, *, restart: bool, progress: bool) ->
 
     resume = prepare_pretrain_dir(out, config, restart=restart)
     return pretrain.run(config, run_dir=out, resume=resume, progress=progress)
+
+
+def _pretrain_distributed(config: RunConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """The same run directory semantics as in process (resume unless --restart), with Ray Train workers."""
+    from simmtm import distributed
+
+    scaling = distributed.Scaling(workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                                  cpus_per_worker=args.cpus_per_worker, placement_strategy=args.placement)
+    scaling.check(config)  # a bad --workers fails before anything is touched
+    if args.max_failures < 0:
+        raise UserError(f"--max-failures must be >= 0, got {args.max_failures}")
+    out = args.out
+    resume = prepare_pretrain_dir(out, config, restart=args.restart)  # --restart empties --out (default storage too)
+    storage = distributed.resolve_storage(out, args.storage)
+    if args.restart and args.storage:
+        distributed.clear_run(storage, distributed.run_name(out, storage))
+    _check_resumable_config(out, config, restart=args.restart)
+    return distributed.pretrain_distributed(config, out=out, scaling=scaling, address=args.address, storage=storage,
+                                            max_failures=args.max_failures, resume=resume)
+
+
+def _check_resumable_config(out: Path, config: RunConfig, *, restart: bool) -> None:
+    """A distributed run writes config.yaml before its first checkpoint: refuse to resume it with another config."""
+    path = out / "config.yaml"
+    if restart or not path.is_file():
+        return
+    saved = yaml.safe_load(path.read_text()) or {}
+    changed = sorted(k for k in _diff(saved, config.run_dict()) if k not in _RESUMABLE_CHANGES)
+    if changed:
+        raise UserError(f"--out {out}: holds a run with a different config ({', '.join(changed)}); pass --restart to discard it or choose another --out")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
