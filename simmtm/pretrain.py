@@ -24,7 +24,7 @@ from simmtm.model import SimMTM, to_series
 from simmtm.runtime import LocalRuntime, Report, Runtime, no_report, pick_device
 from simmtm.tracking import RunLog, write_json
 
-__all__ = ["run", "build_model", "draw_masks", "TrainingDiverged"]
+__all__ = ["run", "check_inputs", "build_model", "draw_masks", "TrainingDiverged"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,24 @@ def build_model(config: RunConfig, inputs: Inputs) -> SimMTM:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     return SimMTM(encoder, seq_len=inputs.seq_len, channels=inputs.series_channels, model=config.model, pretrain=config.pretrain)
+
+
+def check_inputs(config: RunConfig, *, world_size: int = 1) -> Inputs:
+    """Load the data and build the model once: every input error surfaces here, before anything is written."""
+    inputs = load_inputs(config)
+    cfg = config.pretrain
+    if cfg.batch_size % world_size:
+        raise UserError(
+            f"pretrain.batch_size ({cfg.batch_size}) is the global batch and must divide evenly over the "
+            f"{world_size} workers; use a multiple of {world_size}"
+        )
+    if len(inputs.train) < cfg.batch_size:
+        raise UserError(
+            f"pretrain.batch_size ({cfg.batch_size}) exceeds the {len(inputs.train)} training samples of "
+            f"{config.data.name or config.data.path}; use at most {len(inputs.train)}"
+        )
+    build_model(config, inputs)
+    return inputs
 
 
 def draw_masks(
@@ -83,19 +101,9 @@ def run(
     runtime = runtime or LocalRuntime(pick_device(config.device))
     if config.threads:
         torch.set_num_threads(config.threads)
-    inputs = load_inputs(config)  # bad data fails here, before anything is written
+    inputs = check_inputs(config, world_size=runtime.world_size)  # bad input fails here, before anything is written
     cfg = config.pretrain
-    if cfg.batch_size % runtime.world_size:
-        raise UserError(
-            f"pretrain.batch_size ({cfg.batch_size}) is the global batch and must divide evenly over the "
-            f"{runtime.world_size} workers; use a multiple of {runtime.world_size}"
-        )
     per_worker_batch = cfg.batch_size // runtime.world_size
-    if len(inputs.train) < cfg.batch_size:
-        raise UserError(
-            f"pretrain.batch_size ({cfg.batch_size}) exceeds the {len(inputs.train)} training samples of "
-            f"{config.data.name or config.data.path}; use at most {len(inputs.train)}"
-        )
 
     torch.manual_seed(config.seed)  # the same initial weights on every worker
     model = runtime.prepare_model(build_model(config, inputs))
@@ -111,9 +119,12 @@ def run(
     )
     steps_per_epoch = len(train_loader)
     total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(total_steps)))
-        if cfg.scheduler == "cosine" else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    # A plain function (not saved in the scheduler's state), so a resumed run with a larger budget follows the
+    # new cosine length instead of climbing back up after the old one.
+    horizon = max(1, int(total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, horizon) / horizon))) if cfg.scheduler == "cosine" else (lambda _: 1.0),
     )
 
     epoch, step, metrics = 0, 0, {}
@@ -136,6 +147,7 @@ def run(
             sampler = getattr(train_loader, "sampler", None)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
+            loader_seed.manual_seed(config.seed * 1_000_003 + epoch)  # the data order depends on the epoch alone
             model.train()
             sums = {"loss": 0.0, "reconstruction": 0.0, "constraint": 0.0}
             seen = 0

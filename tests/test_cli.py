@@ -111,14 +111,6 @@ CASES: dict[str, Case] = {
         commands=("finetune", "run")),
 }
 
-# Known bugs in files this test suite does not own (reported with their fixes); strict, so a fix shows up.
-_RUN_CHECKS_PRETRAIN_ONLY = pytest.mark.xfail(
-    strict=True, reason="simmtm/cli/train.py: check_inputs loads only the pre-training inputs (reported)")
-_OVERWRITE_BUG = pytest.mark.xfail(
-    strict=True, reason="simmtm/cli/train.py: cmd_finetune empties --out (--overwrite) before loading the data")
-_RESTART_BUG = pytest.mark.xfail(
-    strict=True, reason="simmtm/cli/train.py: --restart empties --out before pretrain.run checks the batch size")
-_KNOWN = {("run", "horizon longer than a split"): _RUN_CHECKS_PRETRAIN_ONLY}
 
 
 def config_file(case: str, tmp_path: Path, tiny_config, write_config) -> tuple[Path, list[str], str]:
@@ -139,7 +131,7 @@ def check_refused(argv: list[str], out_dir: Path, expected: str, capsys) -> None
 
 @pytest.mark.parametrize(
     "command, case",
-    [pytest.param(command, case, marks=_KNOWN.get((command, case), ()))
+    [pytest.param(command, case)
      for case, spec in CASES.items() for command in spec.commands],
 )
 def test_bad_input_is_refused(command: str, case: str, tmp_path: Path, tiny_config, write_config, capsys) -> None:
@@ -154,9 +146,9 @@ def test_bad_input_is_refused(command: str, case: str, tmp_path: Path, tiny_conf
         ("unknown key", "pretrain"), ("mask_ratio 0", "pretrain"), ("seq_len too long", "pretrain"),
         ("missing data file", "pretrain"), ("unknown key", "run"), ("seq_len too long", "run"),
         ("unknown key", "finetune"), ("mask_ratio 0", "finetune"),
-        pytest.param("seq_len too long", "finetune", marks=_OVERWRITE_BUG),
-        pytest.param("NaN column", "finetune", marks=_OVERWRITE_BUG),
-        pytest.param("batch larger than the data", "pretrain", marks=_RESTART_BUG),
+        pytest.param("seq_len too long", "finetune"),
+        pytest.param("NaN column", "finetune"),
+        pytest.param("batch larger than the data", "pretrain"),
     ],
 )
 def test_an_existing_output_directory_is_left_untouched(case: str, command: str, tmp_path: Path, tiny_config,

@@ -141,7 +141,6 @@ def _interrupt_after(epochs: int):
     return report
 
 
-@pytest.mark.xfail(strict=True, reason="simmtm/pretrain.py: the resumed epoch replays epoch 1's data order (reported)")
 def test_an_interrupted_pretraining_resumes_exactly(tiny_config, tmp_path: Path) -> None:
     config = parse_config(tiny_config({**RESUMABLE, "pretrain": {"epochs": 3, "max_steps": None}}))
     whole = pretrain.run(config, run_dir=tmp_path / "whole")
@@ -156,8 +155,6 @@ def test_an_interrupted_pretraining_resumes_exactly(tiny_config, tmp_path: Path)
     assert resumed["train_loss"] == pytest.approx(whole["train_loss"])
 
 
-@pytest.mark.xfail(strict=True, reason="simmtm/pretrain.py: a resumed run keeps the old cosine T_max, so the lr "
-                                       "climbs back up after the old budget (reported)")
 def test_more_epochs_stretch_the_cosine_schedule(tiny_config, tmp_path: Path) -> None:
     raw = tiny_config(RESUMABLE)
     pretrain.run(parse_config(raw), run_dir=tmp_path / "run")

@@ -67,12 +67,13 @@ def _distributed(p: argparse.ArgumentParser) -> None:
                    help="placement of the workers on nodes (default PACK; STRICT_SPREAD: one worker per node)")
 
 
-def check_inputs(config: RunConfig) -> None:
+def check_inputs(config: RunConfig, *, workers: int = 1, finetuning: bool = False) -> None:
     """Load the data and build the model once, so that bad input fails before any directory is touched."""
-    from simmtm.inputs import load_inputs
-    from simmtm.pretrain import build_model
+    from simmtm import finetune, pretrain
 
-    build_model(config, load_inputs(config))
+    pretrain.check_inputs(config, world_size=workers)
+    if finetuning:
+        finetune.check_inputs(config)
 
 
 def prepare_pretrain_dir(out: Path, config: RunConfig, *, restart: bool) -> dict[str, Any] | None:
@@ -115,7 +116,7 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    check_inputs(config)
+    check_inputs(config, workers=args.workers or 1)
     if args.workers is None:
         for flag, value, default in (("--address", args.address, None), ("--storage", args.storage, None),
                                      ("--gpus-per-worker", args.gpus_per_worker, 0.0), ("--cpus-per-worker", args.cpus_per_worker, 1.0),
@@ -169,10 +170,9 @@ def _check_resumable_config(out: Path, config: RunConfig, *, restart: bool) -> N
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    if args.pretrained is not None:
-        from simmtm.finetune import load_pretrained
+    from simmtm import finetune
 
-        load_pretrained(args.pretrained)  # a wrong --from fails before anything is written
+    finetune.check_inputs(config, pretrained=args.pretrained)  # bad input or --from fails before anything is written
     _guard_finetune_dir(args.out, overwrite=args.overwrite)
     metrics = _finetune(config, args.out, args.pretrained, progress=not args.no_progress)
     print(format_metrics("fine-tuning" if args.pretrained else "random-init baseline", metrics))
@@ -197,7 +197,7 @@ def _finetune(config: RunConfig, out: Path, pretrained: Path | None, *, progress
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    check_inputs(config)
+    check_inputs(config, finetuning=True)
     progress = not args.no_progress
     pre_dir, ft_dir, base_dir = args.out / "pretrain", args.out / "finetune", args.out / "baseline"
     for d in (ft_dir, base_dir):
