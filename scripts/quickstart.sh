@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Set up the environment, then run the main job on this machine (a local, embedded Ray where Ray is used).
-# Usage: bash scripts/quickstart.sh [OUT_DIR]     (default: runs/quick)
+# Set up the environment, then run the main job on this machine: the quick sweep (8 trials of r, M and tau on a
+# local, embedded Ray; a few minutes on 2 CPU cores), which ends by printing the best r and M.
+# Usage: bash scripts/quickstart.sh [OUT_DIR]     (default: runs/quick-sweep; re-running continues or re-reports it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export SIMMTM_DATA_DIR=${SIMMTM_DATA_DIR:-$(cd .. && pwd)/shared/data}
-OUT=${1:-runs/quick}
-simmtm run sweeps/quick.yaml --out "$OUT"
+export RAY_memory_monitor_refresh_ms=${RAY_memory_monitor_refresh_ms:-0}  # a shared box: no OOM-killer surprises
+OUT=${1:-runs/quick-sweep}
+RESUME=()
+if [ -f "$OUT/sweep.json" ]; then
+  RESUME=(--resume)  # an earlier (possibly interrupted) run of the same sweep: continue it
+fi
+simmtm sweep sweeps/quick.yaml --out "$OUT" "${RESUME[@]}"

@@ -320,12 +320,6 @@ class Scaling:
             raise UserError(f"--cpus-per-worker must be > 0 and --gpus-per-worker >= 0; got {self.cpus_per_worker}, {self.gpus_per_worker}")
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
             raise UserError(f"--placement: '{self.placement_strategy}' is not one of {', '.join(PLACEMENT_STRATEGIES)}")
-        batch = config.pretrain.batch_size
-        if batch % self.workers:
-            raise UserError(
-                f"pretrain.batch_size ({batch}) is the global batch and must divide evenly over --workers "
-                f"{self.workers}; use a multiple of {self.workers}"
-            )
         if config.device == "cuda" and self.gpus_per_worker == 0:
             raise UserError("device: cuda with --workers needs --gpus-per-worker (for example 1)")
         if config.device == "cpu" and self.gpus_per_worker > 0:

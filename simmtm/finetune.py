@@ -71,10 +71,13 @@ def run(
     pretrained: str | Path | dict[str, Any] | None = None,
     runtime: Runtime | None = None,
     progress: bool = False,
+    score_test: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune (``finetune.mode: full``) or probe (``probe``) and return the test metrics.
 
     ``pretrained``: a pre-training run directory, checkpoint file or state; None gives the random-init baseline.
+    ``score_test=False`` leaves the test split alone and returns validation metrics only (sweep trials: the test
+    split is scored once, for the best configurations).
     """
     runtime = runtime or LocalRuntime(pick_device(config.device))
     if config.threads:
@@ -88,15 +91,15 @@ def run(
     run_log = RunLog(run_path)
     try:
         if first.task == "classification":
-            metrics = _finetune_one(config, first, state, runtime, report, run_log, run_path, tag="classification", progress=progress)
+            metrics = _finetune_one(config, first, state, runtime, report, run_log, run_path, tag="classification", progress=progress,
+                                    score_test=score_test)
         else:
             per_horizon = {}
             for h, inputs in stages.items():
-                per_horizon[str(h)] = _finetune_one(config, inputs, state, runtime, report, run_log, run_path, tag=f"h{h}", progress=progress)
-            metrics = {
-                "horizons": per_horizon,
-                **{k: float(np.mean([m[k] for m in per_horizon.values()])) for k in ("mse", "mae", "val_mse")},
-            }
+                per_horizon[str(h)] = _finetune_one(config, inputs, state, runtime, report, run_log, run_path, tag=f"h{h}", progress=progress,
+                                                    score_test=score_test)
+            keys = ("mse", "mae", "val_mse", "val_mae") if score_test else ("val_mse", "val_mae")
+            metrics = {"horizons": per_horizon, **{k: float(np.mean([m[k] for m in per_horizon.values()])) for k in keys}}
     finally:
         run_log.close()
     metrics["pretrained"] = state is not None
@@ -154,7 +157,7 @@ def _build(config: RunConfig, inputs: Inputs, state: dict[str, Any] | None) -> n
 
 def _finetune_one(
     config: RunConfig, inputs: Inputs, state: dict[str, Any] | None, runtime: Runtime, report: Report,
-    run_log: RunLog, run_path: Path | None, *, tag: str, progress: bool,
+    run_log: RunLog, run_path: Path | None, *, tag: str, progress: bool, score_test: bool = True,
 ) -> dict[str, float]:
     """Train one head with early stopping on validation, then score the selected weights on test once."""
     cfg = config.finetune
@@ -230,10 +233,11 @@ def _finetune_one(
         save_state({"kind": "simmtm-finetune", "model": best_state, "epoch": best_epoch, "config": config.run_dict()},
                    run_path / "checkpoints" / tag / "best.pt")
     val = evaluate(model, inputs.val, inputs.task, runtime, batch_size=cfg.eval_batch_size)
-    test = evaluate(model, inputs.test, inputs.task, runtime, batch_size=cfg.eval_batch_size)
+    test = evaluate(model, inputs.test, inputs.task, runtime, batch_size=cfg.eval_batch_size) if score_test else {}
     result = {**{k: v for k, v in test.items() if k != "loss"}, **{f"val_{k}": v for k, v in val.items() if k != "loss"},
               "best_epoch": best_epoch, "epochs": len(history)}
-    log.info("%s: test %s", tag, ", ".join(f"{k}={v:.4f}" for k, v in test.items()))
+    if test:
+        log.info("%s: test %s", tag, ", ".join(f"{k}={v:.4f}" for k, v in test.items()))
     return result
 
 

@@ -240,7 +240,7 @@ def test_cli_rejects_distributed_flags_without_workers_and_an_uneven_batch(tiny_
     assert main(["pretrain", str(cfg), "--out", str(tmp_path / "a"), "--address", "auto"]) == 2
     assert "--address applies to distributed runs only" in capsys.readouterr().err
     assert main(["pretrain", str(cfg), "--out", str(tmp_path / "b"), "--workers", "3"]) == 2
-    assert "must divide evenly over --workers 3" in capsys.readouterr().err
+    assert "must divide evenly over the 3 workers" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

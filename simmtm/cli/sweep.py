@@ -1,0 +1,56 @@
+"""``simmtm sweep SWEEP.yaml --out DIR``: search r, M, tau and the encoder with Ray Tune + Optuna."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep", help="search pre-training settings (Ray Tune + Optuna, ASHA on a downstream probe)",
+        description="Run the sweep in SWEEP.yaml (a run config plus search/tune/resources). Trials are pruned on a "
+                    "probe's validation score and end with a full fine-tune; the best configurations are scored on "
+                    "test once. Interrupted sweeps continue with --resume.",
+    )
+    p.add_argument("config", type=Path, metavar="SWEEP.yaml", help="a sweep file")
+    p.add_argument("--out", type=Path, required=True, help="sweep directory (trials.csv, best.yaml, optuna.db, tb/, ray/)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
+    p.add_argument("--address", help="a running Ray cluster (e.g. auto or ray://head:10001); default: a fresh local Ray")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the sweep file, e.g. --set tune.num_samples=16 (repeatable)")
+    p.add_argument("--quiet-table", action="store_true", help="no live trial table")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from simmtm.sweep.driver import run_sweep
+
+    outcome = run_sweep(args.config, args.out, resume=args.resume, address=args.address, overrides=args.overrides,
+                        verbose=0 if args.quiet_table else 1)
+    counts = {s: sum(r.state == s for r in outcome.rows) for s in ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")}
+    summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
+    print(f"sweep: {len(outcome.rows)} trials ({summary}) in {outcome.wall_s:.0f} s; results in {outcome.out}")
+    if not outcome.finished:
+        print(f"sweep interrupted; continue it with: simmtm sweep {args.config} --out {args.out} --resume", file=sys.stderr)
+        return 130
+    for r in outcome.rows:
+        if r.state == "FAILED":
+            print(f"  failed {r.trial_id}: {r.error}")
+    if not outcome.best:
+        print("no trial completed; nothing to recommend", file=sys.stderr)
+        return 1
+    best = outcome.best[0]
+    mean = sum(r.score for r in outcome.best) / len(outcome.best)
+    params = "  ".join(f"{k}={best.params.get(k)}" for k in outcome.param_keys if best.params.get(k) is not None)
+    test = [r.test_score for r in outcome.best if r.test_score is not None]
+    test_text = f", test {outcome.metric.removeprefix('val_')} {sum(test) / len(test):.4f}" if test else ""
+    print(f"best: {params}  ({outcome.metric} {mean:.4f}{test_text})")
+    r_value, m_value = best.params.get("pretrain.mask_ratio"), best.params.get("pretrain.num_masked")
+    if r_value is not None or m_value is not None:
+        print(f"best r = {r_value if r_value is not None else 'as configured'}, best M = {m_value if m_value is not None else 'as configured'}")
+    print(f"run it: simmtm pretrain {outcome.out / 'best.yaml'} --out runs/best")
+    return 0

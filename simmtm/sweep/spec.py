@@ -1,0 +1,387 @@
+"""The sweep file schema: a run config plus ``search``, ``tune`` and ``resources``.
+
+Searched parameters are addressed by their dotted config key (``pretrain.mask_ratio``); every bound, choice and grid
+value is checked by putting it into the run config and validating that, so a sweep can never propose a value the
+run would reject. ``validate_sweep_sections`` turns any problem into one ``ConfigError`` line that names the file
+and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simmtm.config import RunConfig, _known_keys, parse_config
+from simmtm.errors import ConfigError
+
+__all__ = [
+    "ParamSpec",
+    "SearchSpec",
+    "SchedulerSpec",
+    "TuneSpec",
+    "ResourcesSpec",
+    "SweepSpec",
+    "sweep_spec",
+    "validate_sweep_sections",
+    "searchable_keys",
+    "get_key",
+    "set_key",
+    "condition_holds",
+    "PAPER_DEFAULTS",
+    "resolve_metric",
+    "first_point",
+    "flat_config",
+    "apply_params",
+]
+
+# The first trial of a TPE/random sweep: the paper's settings (Dong et al. 2023) for r, M and tau; any other
+# searched key starts from the schema default.
+PAPER_DEFAULTS = {"pretrain.mask_ratio": 0.5, "pretrain.num_masked": 3, "pretrain.temperature": 0.2}
+
+# Keys a sweep may not search: they decide where and how a trial runs, not what it learns.
+_NOT_SEARCHABLE = {"device", "threads", "data.name", "data.path", "data.task", "data.num_workers"}
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParamSpec(_Spec):
+    """One searched parameter: a float or int range, or categorical choices, optionally conditional."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)  # discretisation of a float/int range
+    choices: list[Any] | None = None
+    when: dict[str, Any] | None = None  # only searched when these keys have these values (a value or a list)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("a categorical parameter takes 'choices' only, not low/high/log/step")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"a {self.type} parameter takes low/high, not 'choices' (use type: categorical)")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs both 'low' and 'high'")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0 (got low={self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"an int parameter needs whole-number bounds (got low={self.low}, high={self.high})")
+        return self
+
+    def values_to_check(self) -> list[Any]:
+        """Values whose validity against the run config decides whether the range is legal."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
+class SearchSpec(_Spec):
+    """What is searched and how: TPE (Optuna's default), random, or a full grid."""
+
+    method: Literal["tpe", "random", "grid"] = "tpe"
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] | None = None  # method: grid; every combination is run (times tune.repeats)
+    first: Literal["paper", "config", "none"] = "paper"  # the first TPE/random trial: paper defaults, the run config's own values, or none
+
+    @model_validator(mode="after")
+    def _method_matches(self) -> SearchSpec:
+        if self.method == "grid":
+            if not self.grid:
+                raise ValueError("method: grid needs a 'grid' mapping of dotted keys to value lists")
+            if self.params:
+                raise ValueError("method: grid takes its values from 'grid', not 'params' (remove 'params')")
+            for key, values in self.grid.items():
+                if not values:
+                    raise ValueError(f"grid.{key}: needs at least one value")
+                if len({repr(v) for v in values}) != len(values):
+                    raise ValueError(f"grid.{key}: repeated values {values}")
+        else:
+            if self.grid:
+                raise ValueError(f"'grid' is only read with method: grid (method is {self.method})")
+            if not self.params:
+                raise ValueError(f"method: {self.method} needs at least one entry under 'params'")
+        return self
+
+    @property
+    def keys(self) -> list[str]:
+        """The searched dotted keys, in file order."""
+        return list(self.grid) if self.method == "grid" else list(self.params)
+
+    def grid_cells(self) -> list[dict[str, Any]]:
+        """Every combination of the grid values (method: grid)."""
+        grid = self.grid or {}
+        return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+
+
+class SchedulerSpec(_Spec):
+    """Early stopping on the probe score: ASHA (asynchronous successive halving) or none (fifo)."""
+
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)  # pre-training epochs before a trial can be stopped
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class TuneSpec(_Spec):
+    """How many trials, how many at once, and how each is scored along the way."""
+
+    num_samples: int | None = Field(None, ge=1)  # configurations (tpe/random; default 8); grid: every cell
+    max_concurrent_trials: int | None = Field(None, ge=1)  # None: as many as the cluster's resources allow
+    time_budget_s: float | None = Field(None, gt=0)
+    repeats: int = Field(1, ge=1)  # seeds per configuration (seed, seed+1, ...)
+    probe_every: int = Field(1, ge=1)  # pre-training epochs between probe scores
+    probe_steps: int = Field(50, ge=1)  # optimiser steps of each probe's head
+    probe_val_batches: int = Field(1, ge=1)  # the probe's per-epoch validation cap (its score uses the full split)
+    probe_overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys set for probes only (e.g. data.features: S)
+    metric: str | None = None  # None: val_mse (forecasting) or val_accuracy (classification)
+    mode: Literal["min", "max"] | None = None  # None: min for mse/mae, max for accuracy/f1
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    max_failures: int = Field(0, ge=0)  # retries of a failed trial (a NaN loss is deterministic: default none)
+    test_top_k: int = Field(1, ge=0)  # configurations whose test score is computed once, after the sweep
+    study_name: str | None = None  # None: the name of --out
+    storage: str | None = None  # an Optuna database URL; None: sqlite:///DIR/optuna.db
+    storage_path: str | None = None  # Ray's experiment storage; None: DIR (use shared storage or s3:// on a cluster)
+    cluster_wait_s: float = Field(120.0, ge=0)  # with --address: how long nodes may take to join before giving up
+
+    def resolved_samples(self, search: SearchSpec) -> int:
+        """Configurations to try: num_samples, or the grid's cell count."""
+        if search.method == "grid":
+            return len(search.grid_cells())
+        return self.num_samples or 8
+
+
+class ResourcesSpec(_Spec):
+    """What one trial occupies: ``workers`` data-parallel processes with these CPUs and GPUs each."""
+
+    workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+
+
+class SweepSpec(_Spec):
+    search: SearchSpec
+    tune: TuneSpec = Field(default_factory=TuneSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+
+# --- dotted keys ---------------------------------------------------------------------------------------------
+
+
+def searchable_keys() -> list[str]:
+    """Leaf keys of the run config that a sweep may search."""
+    sections = {"data", "model", "pretrain", "finetune"}
+    leaves = [k for k in _known_keys(RunConfig) if k not in sections and k.split(".")[0] not in {"search", "tune", "resources"}]
+    return [k for k in leaves if k not in _NOT_SEARCHABLE]
+
+
+def get_key(raw: dict[str, Any], key: str, default: Any = None) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def condition_holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:
+    """True when every ``when`` key has (one of) the required value(s) in ``values``."""
+    for key, wanted in (when or {}).items():
+        allowed = wanted if isinstance(wanted, list) else [wanted]
+        if values.get(key) not in allowed:
+            return False
+    return True
+
+
+# --- validation ----------------------------------------------------------------------------------------------
+
+
+def sweep_spec(config: RunConfig, path: str | Path = "sweep") -> SweepSpec:
+    """The validated sweep sections of ``config``; ConfigError (one line, naming file and key) otherwise."""
+    validate_sweep_sections(config, path)
+    return SweepSpec.model_validate({"search": config.search, "tune": config.tune or {}, "resources": config.resources or {}})
+
+
+def validate_sweep_sections(config: RunConfig, path: str | Path) -> None:
+    """Check the ``search``/``tune``/``resources`` sections of a config (a no-op for a plain run config).
+
+    Raises ConfigError naming the file and key: unknown sections or parameters, empty choices, low >= high, values
+    the run config would reject, conditions on keys that are not set, a metric that does not fit the task.
+    """
+    source = str(path)
+    sections = {"search": config.search, "tune": config.tune, "resources": config.resources}
+    if all(v is None for v in sections.values()):
+        return
+    if config.search is None:
+        raise ConfigError(f"{source}: a sweep needs a 'search' section (tune/resources are set but search is not)")
+    try:
+        spec = SweepSpec.model_validate({k: v if v is not None else {} for k, v in sections.items()})
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_line(exc, source)) from None
+
+    known = searchable_keys()
+    base = config.run_dict()
+    if spec.search.method == "grid":
+        for key, values in (spec.search.grid or {}).items():
+            _check_key(key, known, source, where=f"search.grid.{key}")
+            for value in values:
+                _check_value(base, key, value, source, where=f"search.grid.{key}")
+    else:
+        seen: list[str] = []
+        for key, param in spec.search.params.items():
+            where = f"search.params.{key}"
+            _check_key(key, known, source, where=where)
+            for value in param.values_to_check():
+                _check_value(base, key, value, source, where=where)
+            for cond_key, wanted in (param.when or {}).items():
+                if cond_key not in seen and cond_key not in known:
+                    raise ConfigError(f"{source}: {where}.when: '{cond_key}' is neither a parameter searched before it nor a config key")
+                if cond_key in seen:
+                    cond = spec.search.params[cond_key]
+                    allowed = wanted if isinstance(wanted, list) else [wanted]
+                    if cond.type == "categorical" and not any(a in cond.choices for a in allowed):
+                        raise ConfigError(
+                            f"{source}: {where}.when: {cond_key} never takes {wanted!r} (its choices: {cond.choices})"
+                        )
+            seen.append(key)
+    for key, value in spec.tune.probe_overrides.items():
+        _check_key(key, known, source, where=f"tune.probe_overrides.{key}")
+        _check_value(base, key, value, source, where=f"tune.probe_overrides.{key}")
+    _check_metric(spec.tune, source)
+    if spec.search.method == "grid" and spec.tune.num_samples is not None:
+        cells = len(spec.search.grid_cells())
+        raise ConfigError(
+            f"{source}: tune.num_samples: leave it out with method: grid (the grid runs all {cells} cells, "
+            f"times tune.repeats={spec.tune.repeats})"
+        )
+    r = spec.resources
+    if r.workers > 1 and (r.cpus_per_worker != int(r.cpus_per_worker)):
+        raise ConfigError(f"{source}: resources.cpus_per_worker: use whole CPUs with workers > 1 (got {r.cpus_per_worker})")
+
+
+def _check_key(key: str, known: list[str], source: str, *, where: str) -> None:
+    if key in known:
+        return
+    if key in _NOT_SEARCHABLE:
+        raise ConfigError(f"{source}: {where}: '{key}' cannot be searched (it decides where a trial runs, not what it learns)")
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(f"{source}: {where}: unknown parameter '{key}'{hint}; a parameter is a dotted config key such as pretrain.mask_ratio")
+
+
+def _check_value(base: dict[str, Any], key: str, value: Any, source: str, *, where: str) -> None:
+    raw = copy.deepcopy(base)
+    set_key(raw, key, value)
+    try:
+        config = parse_config(raw, source=where)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {where}: value {value!r} is not valid for the run ({exc})") from None
+    if key == "model.encoder":
+        from simmtm.encoders import ENCODERS
+
+        if config.model.encoder not in ENCODERS:
+            raise ConfigError(f"{source}: {where}: unknown encoder {value!r}; valid: {', '.join(sorted(ENCODERS))}")
+
+
+def _check_metric(tune: TuneSpec, source: str) -> None:
+    if tune.metric is None:
+        return
+    valid = ("val_mse", "val_mae", "val_accuracy", "val_f1")
+    if tune.metric not in valid:
+        raise ConfigError(f"{source}: tune.metric: '{tune.metric}' is not a validation score; valid: {', '.join(valid)}")
+
+
+def _pydantic_line(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'{more}"
+    if err["type"] == "missing":
+        return f"{source}: missing key '{key}'{more}"
+    return f"{source}: {key}: {msg}{more}"
+
+
+def resolve_metric(tune: TuneSpec, task: str) -> tuple[str, str]:
+    """The sweep's metric and mode for a task: val_mse/min for forecasting, val_accuracy/max for classification."""
+    metric = tune.metric or ("val_accuracy" if task == "classification" else "val_mse")
+    if task == "classification" and metric in ("val_mse", "val_mae"):
+        raise ConfigError(f"tune.metric: {metric} is a forecasting score but the data is a classification task; use val_accuracy or val_f1")
+    if task == "forecasting" and metric in ("val_accuracy", "val_f1"):
+        raise ConfigError(f"tune.metric: {metric} is a classification score but the data is a forecasting task; use val_mse or val_mae")
+    mode = tune.mode or ("max" if metric in ("val_accuracy", "val_f1") else "min")
+    return metric, mode
+
+
+def first_point(spec: SweepSpec, base: dict[str, Any]) -> dict[str, Any] | None:
+    """The configuration enqueued as the first TPE/random trial (paper defaults or the run config's values)."""
+    if spec.search.method == "grid" or spec.search.first == "none":
+        return None
+    point: dict[str, Any] = {}
+    defaults = RunConfig.model_validate({"data": {"name": "x"}}).run_dict()
+    for key, param in spec.search.params.items():
+        if not condition_holds(param.when, {**_flat(base), **point}):
+            continue
+        if spec.search.first == "paper":
+            value = PAPER_DEFAULTS.get(key, get_key(defaults, key))
+        else:
+            value = get_key(base, key)
+        if _inside(param, value):
+            point[key] = value
+    return point or None
+
+
+def _inside(param: ParamSpec, value: Any) -> bool:
+    if param.type == "categorical":
+        return value in (param.choices or [])
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    return param.low <= value <= param.high and (param.type != "int" or value == int(value))
+
+
+def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def flat_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A nested run dict as ``{dotted key: value}``."""
+    return _flat(raw)
+
+
+def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the run dict with the searched values set at their dotted keys."""
+    raw = copy.deepcopy(base)
+    for key, value in params.items():
+        set_key(raw, key, value)
+    return raw

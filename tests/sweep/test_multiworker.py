@@ -1,0 +1,93 @@
+"""A two-worker trial on a local two-node Ray cluster (two `ray start` nodes of one CPU each).
+
+The trial launches a TorchTrainer named after its trial id; its workers' probe scores must reach Tune's scheduler
+and the Optuna study through TuneReportCallback, and its Train checkpoint must serve the test scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from simmtm.sweep.outputs import read_trials_csv
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"the Ray head did not open port {port}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM stops a `ray start --block` node; SIGKILL its process group if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def test_a_two_worker_trial_runs_a_named_torchtrainer_across_two_nodes(tiny_sweep, tmp_path: Path) -> None:
+    search = {"method": "grid", "grid": {"pretrain.mask_ratio": [0.5], "pretrain.num_masked": [2]}}
+    path = tiny_sweep(search, tune={"scheduler": {"type": "fifo"}}, resources={"workers": 2, "cpus_per_worker": 1})
+    ray_bin = Path(sys.executable).with_name("ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_memory_monitor_refresh_ms": "0"}  # a test-only cluster
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--block", "--num-cpus=1", "--disable-usage-stats"]  # one CPU per node: two workers need both nodes
+    temp = Path(tempfile.mkdtemp(prefix="simmtm-sw-"))  # short: Ray's socket paths live under it (107-char limit)
+    nodes = []
+    out = tmp_path / "out"
+    try:
+        nodes.append(subprocess.Popen(
+            [str(ray_bin), "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp / 'head'}", *common],
+            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_for_port(port)
+        nodes.append(subprocess.Popen(
+            [str(ray_bin), "start", f"--address={address}", f"--temp-dir={temp / 'worker'}", *common],
+            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        # The driver waits (tune.cluster_wait_s) for the second node to join before it starts the trial.
+        done = subprocess.run([sys.executable, "-m", "simmtm", "sweep", str(path), "--out", str(out), "--address", address,
+                               "--quiet-table"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        for proc in reversed(nodes):
+            _stop(proc)
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
+
+    (row,) = read_trials_csv(out / "trials.csv")
+    assert row["state"] == "COMPLETE" and float(row["score"]) > 0 and int(row["epochs"]) == 3
+    assert row["val_score"] and row["test_score"]  # probe scores came through; the Train checkpoint was scored once
+    train_run = out / "ray" / f"train-{row['trial_id']}"  # the Train run is named after the trial: restorable
+    assert any(p.name.startswith("checkpoint_") for p in train_run.iterdir())
+    meta = json.loads((out / "sweep.json").read_text())
+    (trial,) = optuna.load_study(study_name=meta["study_name"], storage=meta["storage"]).get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.value == pytest.approx(float(row["score"]))
+    assert sorted(trial.intermediate_values) == [1, 2, 3]  # one probe score per epoch, reported by rank 0

@@ -1,0 +1,108 @@
+"""Nothing lost: a sweep interrupted by Ctrl-C or by kill -9 of its driver continues with --resume, re-running no
+finished trial, and its Optuna study agrees with Tune's results.
+
+The driver runs as `simmtm sweep` in its own process group (with its own local Ray). Ctrl-C reaches the whole
+group, as from a terminal; kill -9 hits the driver alone, as a crash would, and the test then cleans up what is
+left of that group before it resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from simmtm.sweep.outputs import read_trials_csv
+
+pytestmark = pytest.mark.slow
+
+SEARCH = {"method": "tpe", "params": {
+    "pretrain.mask_ratio": {"type": "float", "low": 0.1, "high": 0.9},
+    "pretrain.num_masked": {"type": "int", "low": 1, "high": 4},
+}}
+TRIALS = 6
+
+
+def _events(out: Path) -> list[dict]:
+    path = out / "timing.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _sweep_cmd(path: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "simmtm", "sweep", str(path), "--out", str(out), "--quiet-table", *extra]
+
+
+def _pretrain_epochs(out: Path, trial_id: str) -> list[int]:
+    lines = (out / "tb" / trial_id / "pretrain" / "history.jsonl").read_text().splitlines()
+    return [json.loads(line)["epoch"] for line in lines if json.loads(line)["kind"] == "pretrain_epoch"]
+
+
+@pytest.mark.parametrize("how", ["kill -9 of the driver", "Ctrl-C"])
+def test_an_interrupted_sweep_resumes_without_losing_or_rerunning_trials(tiny_sweep, tmp_path: Path, how: str) -> None:
+    # fifo: every trial runs to the end, so the final count is known; 4 epochs make each trial last a few seconds.
+    path = tiny_sweep(SEARCH, tune={"num_samples": TRIALS, "scheduler": {"type": "fifo"}}, run={"pretrain": {"epochs": 4}})
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_memory_monitor_refresh_ms": "0"}
+    driver = subprocess.Popen(_sweep_cmd(path, out), env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 150
+        while sum(e["event"] == "end" for e in _events(out)) < 2:  # two trials finished, others under way
+            assert driver.poll() is None, f"the sweep ended before it could be interrupted: {driver.stderr.read()[-2000:]}"
+            assert time.time() < deadline, "no trial finished in time"
+            time.sleep(0.2)
+        if how == "Ctrl-C":  # a terminal sends SIGINT to the whole foreground group: the driver and its Ray
+            os.killpg(driver.pid, signal.SIGINT)
+            assert driver.wait(timeout=120) == 130  # Tune saved its state; the CLI says how to resume
+            rows = read_trials_csv(out / "trials.csv")
+            assert {r["state"] for r in rows} - {"COMPLETE"}  # a partial table: some trials were not done
+        else:  # the driver dies mid-sweep, without any chance to save
+            os.kill(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+            assert not (out / "trials.csv").exists()
+    finally:
+        time.sleep(2)
+        try:  # what the driver started (its local Ray) shares its process group: stop it, by that group's id
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    finished_before = {e["trial_id"] for e in _events(out) if e["event"] == "end"}
+    assert len(finished_before) >= 2
+
+    done = subprocess.run(_sweep_cmd(path, out, "--resume"), env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "best r = " in done.stdout and "best M = " in done.stdout
+
+    table = read_trials_csv(out / "trials.csv")
+    rows = {r["trial_id"]: r for r in table if r["state"] == "COMPLETE"}
+    assert len(rows) == TRIALS  # every trial Tune knew ran to the end, once
+    orphans = {r["trial_id"] for r in table if r["state"] != "COMPLETE"}
+    assert all(r["state"] == "FAILED" and "driver stopped" in r["error"] for r in table if r["trial_id"] in orphans)
+    assert finished_before <= set(rows)  # nothing lost
+    for trial_id in finished_before:  # and nothing finished re-run: one pre-training pass, epochs 1..4, once
+        assert _pretrain_epochs(out, trial_id) == [1, 2, 3, 4], trial_id
+
+    # The study agrees with Tune: every trial once, with its state and score; an Optuna trial that Tune never
+    # recorded (asked in the instant before the kill) is marked FAIL with the reason.
+    meta = json.loads((out / "sweep.json").read_text())
+    study = optuna.load_study(study_name=meta["study_name"], storage=meta["storage"])
+    by_tune = {}
+    for t in study.get_trials():
+        tid = t.user_attrs.get("tune_trial_id")
+        assert tid not in by_tune
+        by_tune[tid] = t
+        if tid in orphans:
+            assert t.state == TrialState.FAIL and "driver stopped" in t.user_attrs["reason"]
+    assert set(by_tune) == set(rows) | orphans  # the study and trials.csv list the same trials
+    by_tune = {tid: t for tid, t in by_tune.items() if tid in rows}
+    for tid, t in by_tune.items():
+        assert t.state == TrialState.COMPLETE and t.value == pytest.approx(float(rows[tid]["score"]))
+    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]

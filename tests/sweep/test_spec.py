@@ -1,0 +1,192 @@
+"""The sweep file schema, the Optuna searcher's bookkeeping and the CLI's refusals: fast, no Ray cluster."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from simmtm.cli import main
+from simmtm.config import load_config
+from simmtm.errors import ConfigError
+from simmtm.sweep.search import SweepSearch
+from simmtm.sweep.spec import PAPER_DEFAULTS, ResourcesSpec, SweepSpec, first_point, flat_config, sweep_spec
+from simmtm.sweep.driver import check_resources, concurrency
+
+SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
+SWEEP_FILES = ("quick.yaml", "etth1_rm.yaml", "grid_rm.yaml", "gunpoint_sweep.yaml")
+
+R, M, TAU, ENC, PATCH = "pretrain.mask_ratio", "pretrain.num_masked", "pretrain.temperature", "model.encoder", "model.patch_len"
+
+SEARCH = {
+    "method": "tpe",
+    "params": {
+        R: {"type": "float", "low": 0.1, "high": 0.9},
+        M: {"type": "int", "low": 1, "high": 10},
+        TAU: {"type": "float", "low": 0.02, "high": 1.0, "log": True},
+        ENC: {"type": "categorical", "choices": ["transformer", "patch"]},
+        PATCH: {"type": "int", "low": 8, "high": 32, "when": {ENC: "patch"}},
+    },
+}
+
+
+def sweep_raw(tiny_config, search=None, tune=None, resources=None):
+    raw = tiny_config()
+    raw["search"] = copy.deepcopy(search or SEARCH)
+    raw["tune"] = {"num_samples": 4} if tune is None else tune
+    raw["resources"] = resources or {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
+    return raw
+
+
+@pytest.mark.parametrize("name", SWEEP_FILES)
+def test_shipped_sweeps_validate_and_search_r_and_m(name: str) -> None:
+    path = SWEEPS / name
+    spec = sweep_spec(load_config(path), path)
+    assert {R, M} <= set(spec.search.keys)
+    assert path.read_text().startswith("#") and f"simmtm sweep sweeps/{name}" in path.read_text()
+
+
+def test_every_sweep_file_under_sweeps_is_known_here() -> None:
+    sweep_files = {p.name for p in SWEEPS.rglob("*.yaml") if "search" in yaml.safe_load(p.read_text())}
+    assert sweep_files == set(SWEEP_FILES)
+
+
+def test_the_cluster_sweep_and_the_grid_are_the_ones_the_issue_asks_for() -> None:
+    rm = sweep_spec(load_config(SWEEPS / "etth1_rm.yaml"))
+    p = rm.search.params
+    assert (p[R].low, p[R].high, p[M].low, p[M].high) == (0.1, 0.9, 1, 10)
+    assert (p[TAU].low, p[TAU].high, p[TAU].log) == (0.02, 1.0, True)
+    assert p[ENC].choices == ["transformer", "patch"] and p[PATCH].when == {ENC: "patch"}
+    assert rm.resources.gpus_per_worker == 1
+    grid = sweep_spec(load_config(SWEEPS / "grid_rm.yaml"))
+    assert grid.search.grid[R] == [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875]
+    assert grid.search.grid[M] == [1, 2, 3, 5, 8]
+    assert len(grid.search.grid_cells()) == 35 and grid.tune.repeats >= 2
+    quick = sweep_spec(load_config(SWEEPS / "quick.yaml"))
+    assert quick.tune.resolved_samples(quick.search) * quick.tune.repeats >= 8
+
+
+def _param(key, spec):
+    return lambda raw: raw["search"]["params"].__setitem__(key, spec)
+
+
+def _section(name, **values):
+    return lambda raw: raw[name].update(values)
+
+
+BAD = [
+    (lambda raw: raw["search"]["params"].__setitem__("pretrain.mask_ration", raw["search"]["params"].pop(R)),
+     "unknown parameter 'pretrain.mask_ration' (did you mean 'pretrain.mask_ratio'?)"),
+    (_param(R, {"type": "float", "low": 0.9, "high": 0.1}), "low (0.9) must be below high (0.1)"),
+    (_param(R, {"type": "float", "low": 0.5, "high": 0.5}), "low (0.5) must be below high (0.5)"),
+    (_param(ENC, {"type": "categorical", "choices": []}), "needs a non-empty 'choices' list"),
+    (_param(R, {"type": "float", "low": 0.0, "high": 0.9}), "value 0.0 is not valid for the run"),
+    (_param(ENC, {"type": "categorical", "choices": ["transformer", "lstm"]}), "unknown encoder 'lstm'"),
+    (_param("device", {"type": "categorical", "choices": ["cpu"]}), "'device' cannot be searched"),
+    (_param(PATCH, {"type": "int", "low": 8, "high": 32, "when": {ENC: "lstm"}}), "never takes 'lstm'"),
+    (_section("search", method="grid"), "method: grid needs a 'grid' mapping"),
+    (_section("tune", num_samples=0), "tune.num_samples"),
+    (_section("tune", scheduler={"type": "hyperband"}), "tune.scheduler.type"),
+    (_section("resources", gpu_per_worker=1), "unknown key 'resources.gpu_per_worker'"),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), BAD, ids=[e for _, e in BAD])
+def test_bad_sweep_files_fail_with_one_line_and_exit_2(tiny_config, write_config, tmp_path, capsys, change, expected) -> None:
+    raw = sweep_raw(tiny_config)
+    change(raw)
+    path = write_config(raw, "sweep.yaml")
+    out = tmp_path / "out"
+    code = main(["sweep", str(path), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and expected in err[0] and str(path) in err[0], err
+    assert not out.exists()  # nothing started, nothing written
+
+
+def test_resources_this_machine_can_never_hold_fail_before_ray_starts(tiny_config, write_config, tmp_path, capsys) -> None:
+    path = write_config(sweep_raw(tiny_config, resources={"workers": 1, "cpus_per_worker": 4096}), "sweep.yaml")
+    code = main(["sweep", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "resources: a trial needs 1 worker(s) x (4096 CPU, 0 GPU)" in err[0] and "could never start" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_resources_decide_how_many_trials_run_at_once() -> None:
+    two_gpu_nodes = [{"CPU": 16, "GPU": 2}, {"CPU": 16, "GPU": 2}]
+    assert check_resources(ResourcesSpec(workers=1, cpus_per_worker=4, gpus_per_worker=1), nodes=two_gpu_nodes) == 4
+    assert check_resources(ResourcesSpec(workers=1, cpus_per_worker=1, gpus_per_worker=0), nodes=[{"CPU": 2}]) == 2
+    with pytest.raises(ConfigError, match="could never start"):
+        check_resources(ResourcesSpec(workers=3, cpus_per_worker=8, gpus_per_worker=1), nodes=[{"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 1}])
+    spec = SweepSpec.model_validate({"search": SEARCH, "tune": {"num_samples": 10}, "resources": {"workers": 2}})
+    assert concurrency(spec, 4) == 2  # 4 worker slots / 2 workers per trial: no trial driver waits holding a slot
+    spec = SweepSpec.model_validate({"search": SEARCH, "tune": {"num_samples": 1}})
+    assert concurrency(spec, 8) == 1  # never more than there are trials
+
+
+def test_the_first_trial_is_the_papers_setting(tiny_config) -> None:
+    raw = sweep_raw(tiny_config)
+    config = load_config_from(raw)
+    spec = sweep_spec(config)
+    point = first_point(spec, config.run_dict())
+    assert point == {R: PAPER_DEFAULTS[R], M: PAPER_DEFAULTS[M], TAU: PAPER_DEFAULTS[TAU], ENC: "transformer"}
+
+
+def load_config_from(raw):
+    from simmtm.config import parse_config
+
+    return parse_config(raw)
+
+
+def _searcher(tiny_config, *, search=None, repeats=1, storage=None) -> tuple[SweepSearch, optuna.Study]:
+    grid = search is not None and search.get("method") == "grid"
+    config = load_config_from(sweep_raw(tiny_config, search=search, tune={} if grid else None))
+    spec = sweep_spec(config)
+    storage = storage or optuna.storages.InMemoryStorage()
+    searcher = SweepSearch(spec.search, base_values=flat_config(config.run_dict()), metric="val_mse",
+                           probe_metric="probe_val_mse", mode="min", seed=3, storage=storage, study_name="s",
+                           repeats=repeats, first=first_point(spec, config.run_dict()))
+    return searcher, searcher.study
+
+
+def test_searcher_records_complete_pruned_and_failed_trials_honestly(tiny_config) -> None:
+    searcher, study = _searcher(tiny_config)
+    configs = {tid: searcher.suggest(tid) for tid in ("a", "b", "c")}
+    assert configs["a"][R] == 0.5 and configs["a"][M] == 3 and configs["a"]["repeat"] == 0  # the paper's first
+    for tid in configs:  # two probe results each, as Tune passes them on
+        for epoch, value in ((1, 0.9), (2, 0.8)):
+            searcher.on_trial_result(tid, {"probe_val_mse": value, "epoch": epoch, "stage": "probe"})
+    searcher.on_trial_complete("a", {"val_mse": 0.42, "stage": "final", "epoch": 2})
+    # ASHA stopped "b": Tune completes it with its last (probe) result, which Ray's OptunaSearch would call COMPLETE.
+    searcher.on_trial_complete("b", {"probe_val_mse": 0.7, "epoch": 3, "stage": "probe"})
+    searcher.on_trial_complete("c", None, error=True)
+    trials = {t.user_attrs["tune_trial_id"]: t for t in study.get_trials()}
+    assert trials["a"].state == TrialState.COMPLETE and trials["a"].value == pytest.approx(0.42)
+    assert trials["b"].state == TrialState.PRUNED and trials["b"].intermediate_values == {1: 0.9, 2: 0.8, 3: 0.7}
+    assert trials["c"].state == TrialState.FAIL
+    assert all(PATCH in t.params for t in trials.values() if t.params[ENC] == "patch")
+    assert all(PATCH not in t.params for t in trials.values() if t.params[ENC] == "transformer")
+
+
+def test_searcher_runs_each_configuration_once_per_repeat(tiny_config) -> None:
+    searcher, study = _searcher(tiny_config, repeats=2)
+    configs = [searcher.suggest(f"t{i}") for i in range(6)]
+    strip = [{k: v for k, v in c.items() if k != "repeat"} for c in configs]
+    assert [c["repeat"] for c in configs] == [0, 1, 0, 1, 0, 1]
+    assert strip[0] == strip[1] and strip[2] == strip[3] and strip[4] == strip[5] and strip[0] != strip[2]
+    assert [t.user_attrs["repeat"] for t in study.get_trials()] == [0, 1, 0, 1, 0, 1]
+
+
+def test_grid_search_enqueues_every_cell_times_repeats(tiny_config, tmp_path) -> None:
+    grid = {"method": "grid", "grid": {R: [0.25, 0.5, 0.75], M: [1, 3]}}
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher, study = _searcher(tiny_config, search=grid, repeats=2, storage=storage)
+    seen = [searcher.suggest(f"t{i}") for i in range(12)]
+    cells = sorted((c[R], c[M], c["repeat"]) for c in seen)
+    assert cells == sorted((r, m, k) for r in (0.25, 0.5, 0.75) for m in (1, 3) for k in (0, 1))
+    assert study.trials[0].distributions[R].__class__.__name__ == "FloatDistribution"  # numeric axes stay numeric
