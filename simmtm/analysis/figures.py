@@ -127,7 +127,7 @@ def importance_figure(importance: Importance) -> Figure:
 
 def _encoders(sweep: Sweep, done: pd.DataFrame) -> pd.Series:
     if ENCODER_KEY in done.columns:
-        return done[ENCODER_KEY].astype(str)
+        return done[ENCODER_KEY].map(str)
     return pd.Series([str(sweep.fixed_value(ENCODER_KEY) or "encoder")] * len(done), index=done.index)
 
 

@@ -180,7 +180,7 @@ def _neighbours(done: pd.DataFrame, params: list[str], sweep: Sweep, radius: flo
         dist = sweep.distributions[p]
         col = done[p]
         if _is_levels(dist, sweep) or not isinstance(dist, (FloatDistribution, IntDistribution)):
-            keys = col.astype(str).to_numpy()
+            keys = col.map(str).to_numpy()
             near &= keys[:, None] == keys[None, :]
             how[p] = "same value"
         else:
@@ -423,7 +423,7 @@ def _surface_design(done: pd.DataFrame, sweep: Sweep) -> tuple[np.ndarray, tuple
             x = _unit(done[p].to_numpy(), dist)
             cols.extend([x, x * x] if done[p].nunique() > 2 else [x])
         else:
-            keys = done[p].astype(str)
+            keys = done[p].map(str)
             cols.extend((keys == level).to_numpy(float) for level in sorted(keys.unique())[1:])
     return np.column_stack(cols), (r_low, r_span, m_low, m_span)
 

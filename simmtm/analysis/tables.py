@@ -17,7 +17,7 @@ def top_configurations(sweep: Sweep, *, k: int = 10) -> pd.DataFrame:
     if done.empty:
         names = [SHORT_NAMES.get(p, p) for p in params]
         return pd.DataFrame(columns=[*names, "trials", "score", "val_score", "test_score", "best_trial"])
-    key = done[params].astype(str).agg("|".join, axis=1) if params else pd.Series("", index=done.index)
+    key = done[params].map(str).agg("|".join, axis=1) if params else pd.Series("", index=done.index)
     rows = []
     for _, group in done.groupby(key, sort=False):
         best = group.iloc[int(np.argmax(sweep.sign * group["score"].to_numpy(float)))]
