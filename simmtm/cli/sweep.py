@@ -19,7 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", type=Path, metavar="SWEEP.yaml", help="a sweep file")
     p.add_argument("--out", type=Path, required=True, help="sweep directory (trials.csv, best.yaml, optuna.db, tb/, ray/)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
-    p.add_argument("--address", help="a running Ray cluster (e.g. auto or ray://head:10001); default: a fresh local Ray")
+    p.add_argument("--address", help="a running Ray cluster (e.g. auto or ray://head:10001); default: the cluster of the "
+                                     "Ray job this runs in (RAY_ADDRESS set), else a fresh local Ray")
+    p.add_argument("--warm-start", type=Path, metavar="PREVIOUS_DIR",
+                   help="seed the new study with the finished trials of an earlier sweep (same parameters and metric; "
+                        "tpe or random); they guide the sampler and stay out of this sweep's tables")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the sweep file, e.g. --set tune.num_samples=16 (repeatable)")
     p.add_argument("--quiet-table", action="store_true", help="no live trial table")
@@ -30,7 +34,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from simmtm.sweep.driver import run_sweep
 
     outcome = run_sweep(args.config, args.out, resume=args.resume, address=args.address, overrides=args.overrides,
-                        verbose=0 if args.quiet_table else 1)
+                        verbose=0 if args.quiet_table else 1, warm_start=args.warm_start)
     counts = {s: sum(r.state == s for r in outcome.rows) for s in ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")}
     summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
     print(f"sweep: {len(outcome.rows)} trials ({summary}) in {outcome.wall_s:.0f} s; results in {outcome.out}")

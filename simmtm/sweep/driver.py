@@ -1,7 +1,8 @@
 """The sweep driver: a Ray Tune experiment with Optuna (TPE, random or grid), ASHA on probe scores, and resume.
 
-``run_sweep(path, out)`` validates the sweep file, connects to Ray (a fresh local instance unless ``address``),
-checks that the cluster can ever hold one trial, and runs the trials; ``resume=True`` continues an interrupted sweep
+``run_sweep(path, out)`` validates the sweep file, connects to Ray (``address``, else the cluster of the Ray job it
+runs in, else a fresh local instance), checks that a local Ray can ever hold one trial (a joined cluster may still
+grow: its trials wait), optionally seeds the Optuna study from an earlier sweep (``warm_start``), and runs the trials; ``resume=True`` continues an interrupted sweep
 with ``Tuner.restore``. Afterwards it writes the tables from Tune's experiment state (not ``get_dataframe``, which
 may miss rows after a restore), makes the Optuna study agree with them, scores the test split once for the best
 configurations and writes ``best.yaml``.
@@ -9,7 +10,7 @@ configurations and writes ``best.yaml``.
 The sweep directory (read by the analysis notebooks; keep it stable):
 
 - ``sweep.yaml``: the resolved sweep file; ``sweep.json``: metric, mode, study name, storage URL, searched keys,
-  the search section, method and seed;
+  the search section, method and seed (and ``warm_start``: the earlier sweep whose finished trials seeded the study);
 - ``optuna.db``: the Optuna study (SQLite unless ``tune.storage`` names another database, e.g. PostgreSQL);
 - ``trials.csv``, ``best.yaml``, ``best/<trial>/`` (the test-scored fine-tunes), ``timing.json``;
 - ``tb/<trial>/`` (per-trial TensorBoard: pre-training losses, probe and final scores), ``tb/hparams/``;
@@ -25,6 +26,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,8 @@ from simmtm.sweep.outputs import TrialRow, rank_configurations, write_best_yaml,
 from simmtm.sweep.spec import ResourcesSpec, SweepSpec, first_point, flat_config, resolve_metric, sweep_spec
 from simmtm.sweep.trial import CHECKPOINT_NAME, TRIAL_RESERVED_KEYS, probe_key, run_trial, trial_config
 
-__all__ = ["run_sweep", "SweepOutcome", "check_resources", "concurrency", "collect_rows", "EXPERIMENT_NAME"]
+__all__ = ["run_sweep", "SweepOutcome", "check_resources", "concurrency", "plan_trials", "TrialPlan", "resolve_address",
+           "collect_rows", "EXPERIMENT_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +76,14 @@ def run_sweep(
     address: str | None = None,
     overrides: list[str] | None = None,
     verbose: int = 1,
+    warm_start: str | Path | None = None,
 ) -> SweepOutcome:
-    """Run (or, with ``resume``, continue) the sweep in ``sweep_file``, writing everything under ``out``."""
+    """Run (or, with ``resume``, continue) the sweep in ``sweep_file``, writing everything under ``out``.
+
+    ``address``: the Ray cluster to join; None joins the cluster of the Ray job this driver runs in (``RAY_ADDRESS``
+    set), else starts a fresh local Ray (see ``resolve_address``). ``warm_start``: an earlier sweep's directory whose
+    finished trials seed the new Optuna study (same parameters, metric and mode; not with a grid).
+    """
     started = time.time()
     sweep_file, out = Path(sweep_file), Path(out).resolve()
     raw = apply_overrides(read_yaml(sweep_file), overrides)
@@ -86,18 +95,27 @@ def run_sweep(
     except ConfigError as exc:
         raise ConfigError(f"{sweep_file}: {exc}") from None
     resolved = config.model_dump(mode="json")
-    restoring = _prepare_out(out, resolved, resume=resume, sweep_file=sweep_file)
+    restoring = _prepare_out(out, resolved, resume=resume, sweep_file=sweep_file, experiment_dir=_experiment_dir(spec, out))
 
     storage_url = spec.tune.storage or f"sqlite:///{out / 'optuna.db'}"
     study_name = spec.tune.study_name or out.name
     if not restoring:
         _check_study_is_new(storage_url, study_name, sweep_file)
+    if warm_start is not None:
+        warm_start = _check_warm_start(warm_start, spec, out, metric=metric, mode=mode, restoring=restoring)
     param_keys = spec.search.keys
-    if address is None and not _ray_initialized():
+    already = _ray_initialized()
+    address, where = resolve_address(address, os.environ)
+    if not already:
+        log.info("ray: %s", where)
+    if address is None and not already:
         check_resources(spec.resources, nodes=[_local_node()])  # fail before Ray even starts
     started_ray = _connect(address)
     try:
-        max_concurrent = concurrency(spec, _wait_for_resources(spec, address=address))
+        plan = plan_trials(spec, _alive_nodes(), joined=address is not None, address=address)
+        if plan.waiting:
+            log.warning(plan.waiting)
+        max_concurrent = plan.max_concurrent
         if not restoring:
             out.mkdir(parents=True, exist_ok=True)
             (out / "sweep.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -106,10 +124,12 @@ def run_sweep(
                 "search_space": spec.search.model_dump(mode="json", exclude_none=True), "method": spec.search.method,
                 "seed": config.seed, "probe_metric": probe_key(metric), "repeats": spec.tune.repeats,
                 "num_samples": spec.tune.resolved_samples(spec.search), "resources": spec.resources.model_dump(),
+                **({"warm_start": str(warm_start)} if warm_start is not None else {}),
             }, indent=2) + "\n")
         clock = _TrialClock(out / "timing.jsonl")
         tuner = _tuner(config, spec, out, metric=metric, mode=mode, storage_url=storage_url, study_name=study_name,
-                       max_concurrent=max_concurrent, restoring=restoring, clock=clock, verbose=verbose)
+                       max_concurrent=max_concurrent, restoring=restoring, clock=clock, verbose=verbose,
+                       warm_start=warm_start)
         tuner.fit()
     finally:
         if started_ray:
@@ -151,8 +171,12 @@ def _check_data(config: RunConfig, spec: SweepSpec) -> str:
     return inputs.task
 
 
-def _prepare_out(out: Path, resolved: dict[str, Any], *, resume: bool, sweep_file: Path) -> bool:
-    """Check --out against --resume; return True when there is a Tune experiment to restore."""
+def _prepare_out(out: Path, resolved: dict[str, Any], *, resume: bool, sweep_file: Path, experiment_dir: str) -> bool:
+    """Check --out against --resume; return True when there is a Tune experiment to restore.
+
+    ``experiment_dir``: Ray's experiment folder, under ``out`` or under ``tune.storage_path`` (a path or a URI such as
+    ``s3://`` or ``file://``).
+    """
     entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
@@ -172,9 +196,11 @@ def _prepare_out(out: Path, resolved: dict[str, Any], *, resume: bool, sweep_fil
             f"--resume: {sweep_file} differs from the sweep in {out} ({', '.join(changed[:5])}); resume with the same "
             "file and --set values, or start a new --out"
         )
-    if (out / EXPERIMENT_NAME / "tuner.pkl").is_file():
+    from ray.tune import Tuner
+
+    if Tuner.can_restore(experiment_dir):
         return True
-    log.info("%s: the earlier sweep stopped before Tune started; starting it afresh", out)
+    log.info("%s: the earlier sweep stopped before Tune started (no Tune state in %s); starting it afresh", out, experiment_dir)
     for name in entries - {"sweep.yaml", "sweep.json"}:
         target = out / name
         shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -194,6 +220,35 @@ def _check_study_is_new(storage_url: str, study_name: str, sweep_file: Path) -> 
     if study_name in names:
         raise ConfigError(f"{sweep_file}: tune.study_name: the database {storage_url} already holds a study '{study_name}'; "
                           "set another tune.study_name (or --out), or pass --resume to continue that sweep")
+
+
+def _check_warm_start(previous: str | Path, spec: SweepSpec, out: Path, *, metric: str, mode: str, restoring: bool) -> Path:
+    """Fail (UserError, one line) before Ray starts when ``--warm-start`` cannot seed this sweep; return its folder.
+
+    The check copies the earlier trials into a throwaway in-memory study, so every mismatch that would stop the real
+    copy in ``_tuner`` (other parameters, metric or direction; not a sweep folder) stops the run here instead.
+    A resumed sweep's study already holds the copies: it must name the same folder, and nothing is copied again.
+    """
+    previous = Path(previous).resolve()
+    if restoring:
+        meta = json.loads((out / "sweep.json").read_text())
+        if meta.get("warm_start") != str(previous):
+            was = meta.get("warm_start") or "no warm start"
+            raise UserError(f"--warm-start {previous}: the sweep in {out} was started with {was}; resume it without "
+                            "--warm-start (its study already holds the copied trials)")
+        return previous
+    if spec.search.method == "grid":
+        raise UserError(f"--warm-start {previous}: search.method is grid, which runs every cell anyway; "
+                        "a warm start needs method tpe or random")
+    import optuna
+
+    from simmtm.analysis.warm_start import warm_start_study
+    from simmtm.sweep.search import search_distributions
+
+    study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
+    if warm_start_study(study, previous, search_distributions(spec.search), metric=metric) == 0:
+        log.warning("--warm-start %s: no finished trial to copy; the sweep starts from scratch", previous)
+    return previous
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -256,34 +311,60 @@ def check_resources(resources: ResourcesSpec, *, address: str | None = None, nod
     return fits
 
 
-def _wait_for_resources(spec: SweepSpec, *, address: str | None) -> int:
-    """``check_resources`` on the connected cluster; a remote cluster gets ``tune.cluster_wait_s`` to grow.
+@dataclass(frozen=True)
+class TrialPlan:
+    """How many trials run at once, and the warning when no node can hold a trial yet."""
 
-    Nodes may still be joining, or an autoscaler may start them on demand: the driver asks it for one trial's
-    worth of workers (``ray.autoscaler.sdk.request_resources``, a no-op without an autoscaler) and waits.
+    max_concurrent: int
+    waiting: str | None = None
+
+
+def plan_trials(spec: SweepSpec, nodes: list[dict[str, float]], *, joined: bool, address: str | None = None) -> TrialPlan:
+    """Decide, from the nodes that are up now, whether the sweep can start and how many trials run at once.
+
+    A local Ray (``joined`` False) never grows: ConfigError when no trial could ever start. A joined cluster may
+    grow (an autoscaler starts nodes for the pending trials' resource requests, or nodes are still joining), so
+    the sweep starts anyway and its first trial waits. Trials at once: ``tune.max_concurrent_trials`` when set,
+    else as many as the nodes up now hold, at least 1 (set it on an autoscaling cluster: at start it may have no
+    worker node at all).
     """
     try:
-        return check_resources(spec.resources, address=address)
+        slots = check_resources(spec.resources, address=address, nodes=nodes)
     except ConfigError:
-        if address is None or spec.tune.cluster_wait_s <= 0:
+        if not joined:
             raise
-    from ray.autoscaler.sdk import request_resources
+        r = spec.resources
+        have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes) or "no nodes"
+        waiting = (f"resources: a trial needs {r.workers} worker(s) x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} "
+                   f"GPU) but the cluster at {address} has {have} up now; the trials wait for it to grow (an autoscaler "
+                   "starts nodes for their resource requests)")
+        return TrialPlan(concurrency(spec, 0), waiting)
+    return TrialPlan(concurrency(spec, slots))
 
-    r = spec.resources
-    bundle = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
-    log.info("waiting up to %.0f s for the cluster to hold %d worker(s) of %s", spec.tune.cluster_wait_s, r.workers, bundle)
-    request_resources(bundles=[bundle] * r.workers)
-    deadline = time.time() + spec.tune.cluster_wait_s
-    try:
-        while True:
-            time.sleep(2)
-            try:
-                return check_resources(spec.resources, address=address)
-            except ConfigError:
-                if time.time() > deadline:
-                    raise
-    finally:
-        request_resources(bundles=[])  # from here on, the trials' own demand drives the autoscaler
+
+def _alive_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def resolve_address(address: str | None, environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """The Ray cluster to join (None: start a fresh local Ray) and a line saying which, and why, for the log.
+
+    ``--address`` wins. Without it, a driver that runs inside a Ray job (``ray job submit``: Ray sets
+    ``RAY_ADDRESS`` to the cluster's address and ``RAY_JOB_CONFIG_JSON_ENV_VAR``) or on a node with ``RAY_ADDRESS``
+    set joins that cluster, as ``--address auto`` would. ``RAY_ADDRESS`` holding a Jobs API URL (``http://...``,
+    as set on a laptop for ``ray job submit``) names no cluster to join and is ignored.
+    """
+    if address:
+        return address, f"joining the Ray cluster at {address} (--address)"
+    env = environ.get("RAY_ADDRESS", "").strip()
+    if env and env != "local" and not env.startswith(("http://", "https://")):
+        return env, f"joining the Ray cluster at {env} (RAY_ADDRESS is set)"
+    if environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return "auto", "joining the cluster of the Ray job this driver runs in (auto)"
+    note = f" (RAY_ADDRESS={env} is a Jobs API URL, not a cluster to join)" if env.startswith(("http://", "https://")) else ""
+    return None, f"starting a local Ray on this machine{note}"
 
 
 def concurrency(spec: SweepSpec, worker_slots: int) -> int:
@@ -312,7 +393,7 @@ def _trainable(resources: ResourcesSpec):
 
 
 def _tuner(config: RunConfig, spec: SweepSpec, out: Path, *, metric: str, mode: str, storage_url: str, study_name: str,
-           max_concurrent: int, restoring: bool, clock: Any, verbose: int):
+           max_concurrent: int, restoring: bool, clock: Any, verbose: int, warm_start: Path | None = None):
     from ray import tune
 
     # Save Tune's experiment state every 2 s (instead of >= 10 s), so that a driver killed with -9 loses little;
@@ -337,6 +418,11 @@ def _tuner(config: RunConfig, spec: SweepSpec, out: Path, *, metric: str, mode: 
         seed=config.seed, storage=open_storage(storage_url), study_name=study_name, repeats=spec.tune.repeats,
         first=first_point(spec, config.run_dict()),
     )
+    if warm_start is not None:  # checked in run_sweep; a resumed sweep does not get here (no second copy)
+        from simmtm.analysis.warm_start import warm_start_study
+        from simmtm.sweep.search import search_distributions
+
+        warm_start_study(searcher.study, warm_start, search_distributions(spec.search), metric=metric)
     sched = spec.tune.scheduler
     if sched.type == "asha":
         scheduler = tune.schedulers.ASHAScheduler(

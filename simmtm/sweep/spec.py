@@ -158,7 +158,6 @@ class TuneSpec(_Spec):
     study_name: str | None = None  # None: the name of --out
     storage: str | None = None  # an Optuna database URL; None: sqlite:///DIR/optuna.db
     storage_path: str | None = None  # Ray's experiment storage; None: DIR (use shared storage or s3:// on a cluster)
-    cluster_wait_s: float = Field(120.0, ge=0)  # with --address: how long nodes may take to join before giving up
 
     def resolved_samples(self, search: SearchSpec) -> int:
         """Configurations to try: num_samples, or the grid's cell count."""

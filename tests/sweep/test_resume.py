@@ -106,3 +106,25 @@ def test_an_interrupted_sweep_resumes_without_losing_or_rerunning_trials(tiny_sw
     for tid, t in by_tune.items():
         assert t.state == TrialState.COMPLETE and t.value == pytest.approx(float(rows[tid]["score"]))
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+
+
+def test_resume_finds_tunes_state_under_a_storage_uri_outside_out(local_ray, tiny_sweep, tmp_path: Path) -> None:
+    """With tune.storage_path a URI (file:// here, s3:// on a cluster), --resume restores from there: it must not
+    look for DIR/ray, find nothing and start the sweep afresh."""
+    from simmtm.sweep.driver import run_sweep
+
+    store = tmp_path / "bucket"
+    path = tiny_sweep(SEARCH, tune={"num_samples": 2, "scheduler": {"type": "fifo"}, "test_top_k": 0,
+                                    "storage_path": f"file://{store}"})
+    out = tmp_path / "out"
+    first = run_sweep(path, out, verbose=0)
+    assert first.finished and (store / "ray" / "tuner.pkl").is_file() and not (out / "ray").exists()
+    started = [e["trial_id"] for e in _events(out) if e["event"] == "start"]
+
+    again = run_sweep(path, out, resume=True, verbose=0)
+    assert again.finished
+    assert {r.trial_id: r.score for r in again.rows} == {r.trial_id: r.score for r in first.rows}
+    assert [e["trial_id"] for e in _events(out) if e["event"] == "start"] == started  # nothing ran again
+    meta = json.loads((out / "sweep.json").read_text())
+    study = optuna.load_study(study_name=meta["study_name"], storage=meta["storage"])
+    assert sorted(t.user_attrs["tune_trial_id"] for t in study.get_trials()) == sorted(r.trial_id for r in first.rows)

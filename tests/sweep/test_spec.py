@@ -15,7 +15,7 @@ from simmtm.config import load_config
 from simmtm.errors import ConfigError
 from simmtm.sweep.search import SweepSearch
 from simmtm.sweep.spec import PAPER_DEFAULTS, ResourcesSpec, SweepSpec, first_point, flat_config, sweep_spec
-from simmtm.sweep.driver import check_resources, concurrency
+from simmtm.sweep.driver import check_resources, concurrency, plan_trials, resolve_address
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 SWEEP_FILES = ("quick.yaml", "etth1_rm.yaml", "grid_rm.yaml", "gunpoint_sweep.yaml")
@@ -127,6 +127,43 @@ def test_resources_decide_how_many_trials_run_at_once() -> None:
     assert concurrency(spec, 4) == 2  # 4 worker slots / 2 workers per trial: no trial driver waits holding a slot
     spec = SweepSpec.model_validate({"search": SEARCH, "tune": {"num_samples": 1}})
     assert concurrency(spec, 8) == 1  # never more than there are trials
+
+
+def test_a_joined_cluster_that_cannot_hold_a_trial_yet_starts_and_waits_but_a_local_ray_refuses() -> None:
+    gpu_trial = {"workers": 1, "cpus_per_worker": 4, "gpus_per_worker": 1}
+    head_only = [{"CPU": 8}]  # an autoscaling cluster when the driver starts: the head, no GPU node yet
+    spec = SweepSpec.model_validate({"search": SEARCH, "tune": {"num_samples": 16}, "resources": gpu_trial})
+    with pytest.raises(ConfigError, match="could never start"):
+        plan_trials(spec, head_only, joined=False)
+    plan = plan_trials(spec, head_only, joined=True, address="auto")
+    assert plan.max_concurrent == 1 and "the cluster at auto has 8 CPU/0 GPU up now" in plan.waiting
+    assert "wait" in plan.waiting and "\n" not in plan.waiting
+    set_spec = SweepSpec.model_validate({"search": SEARCH, "tune": {"num_samples": 16, "max_concurrent_trials": 8},
+                                         "resources": gpu_trial})
+    assert plan_trials(set_spec, head_only, joined=True).max_concurrent == 8  # tune.max_concurrent_trials wins
+    assert plan_trials(set_spec, [], joined=True).waiting  # not even a head node listed: still starts
+    # Once nodes are up: derived from what they hold, no warning; joined or not makes no difference.
+    nodes = [{"CPU": 8}, {"CPU": 16, "GPU": 2}, {"CPU": 16, "GPU": 2}]
+    assert plan_trials(spec, nodes, joined=True) == plan_trials(spec, nodes, joined=False)
+    assert plan_trials(spec, nodes, joined=True).max_concurrent == 4 and plan_trials(spec, nodes, joined=True).waiting is None
+
+
+@pytest.mark.parametrize(("address", "environ", "joins"), [
+    (None, {}, None),  # a fresh local Ray
+    ("auto", {}, "auto"),
+    ("ray://head:10001", {"RAY_ADDRESS": "10.0.0.1:6379"}, "ray://head:10001"),  # --address wins
+    (None, {"RAY_ADDRESS": "10.0.0.1:6379", "RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}, "10.0.0.1:6379"),  # inside `ray job submit`
+    (None, {"RAY_ADDRESS": "10.0.0.1:6379"}, "10.0.0.1:6379"),  # on a cluster node
+    (None, {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}, "auto"),  # a job context without RAY_ADDRESS
+    (None, {"RAY_ADDRESS": "http://127.0.0.1:8265"}, None),  # a laptop set up for `ray job submit`: not a cluster
+    (None, {"RAY_ADDRESS": ""}, None),
+])
+def test_the_sweep_joins_the_cluster_of_its_ray_job_and_otherwise_starts_a_local_ray(address, environ, joins) -> None:
+    resolved, why = resolve_address(address, environ)
+    assert resolved == joins
+    assert why.startswith("joining") if joins else why.startswith("starting a local Ray")
+    if environ.get("RAY_ADDRESS", "").startswith("http"):
+        assert "Jobs API URL" in why
 
 
 def test_the_first_trial_is_the_papers_setting(tiny_config) -> None:

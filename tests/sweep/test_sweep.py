@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -24,15 +23,6 @@ from simmtm.sweep.outputs import TRIAL_COLUMNS, read_trials_csv
 R, M, TAU = "pretrain.mask_ratio", "pretrain.num_masked", "pretrain.temperature"
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def study_of(out: Path) -> optuna.Study:
