@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from ray_nodes import free_port
 
 from simmtm.cluster import DRIVER_REQUEST, DRIVER_RESOURCE
 
@@ -36,10 +36,6 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ray_nodes import free_port, stop_node, wait_for_port
 import torch
 import yaml
 
@@ -289,21 +289,8 @@ with open(result, "w") as f:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM stops a `ray start --block` node (REFERENCE section 5); SIGKILL its process group if it lingers."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 @pytest.mark.slow
@@ -312,7 +299,7 @@ def test_two_node_cluster_runs_one_worker_per_node_with_shared_storage(tiny_csv:
 
     ray_bin = Path(sys.executable).with_name("ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_memory_monitor_refresh_ms": "0"}  # a test-only cluster
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
     temp = Path(tempfile.mkdtemp(prefix="simmtm-ray-"))  # short: Ray's socket paths live under it (107-char limit)
@@ -322,7 +309,7 @@ def test_two_node_cluster_runs_one_worker_per_node_with_shared_storage(tiny_csv:
             [str(ray_bin), "start", "--head", f"--port={port}", "--include-dashboard=false",
              f"--temp-dir={temp / 'head'}", *common],
             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait_for_port(port)
+        wait_for_port(port)
         nodes.append(subprocess.Popen(
             [str(ray_bin), "start", f"--address={address}", f"--temp-dir={temp / 'worker'}", *common],
             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -334,7 +321,7 @@ def test_two_node_cluster_runs_one_worker_per_node_with_shared_storage(tiny_csv:
         assert done.returncode == 0, done.stderr[-3000:]
     finally:
         for proc in reversed(nodes):
-            _stop(proc)
+            stop_node(proc)
         shutil.rmtree(temp, ignore_errors=True)
 
     report = json.loads(result.read_text())
@@ -345,12 +332,3 @@ def test_two_node_cluster_runs_one_worker_per_node_with_shared_storage(tiny_csv:
     assert len(runs) == 1 and any(p.name.startswith("checkpoint_") for p in runs[0].iterdir())  # in the shared path
     assert load_state(out / "checkpoints" / "last.pt")["epoch"] == 2 == report["metrics"]["epoch"]
 
-
-def _wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"the Ray head did not open port {port}")

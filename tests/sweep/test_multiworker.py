@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
 import pytest
+from ray_nodes import free_port, stop_node, wait_for_port
 from optuna.trial import TrialState
 
 from simmtm.sweep.outputs import read_trials_csv
@@ -25,31 +23,10 @@ from simmtm.sweep.outputs import read_trials_csv
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"the Ray head did not open port {port}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM stops a `ray start --block` node; SIGKILL its process group if it lingers."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def test_a_two_worker_trial_runs_a_named_torchtrainer_across_two_nodes(tiny_sweep, tmp_path: Path) -> None:
@@ -57,7 +34,7 @@ def test_a_two_worker_trial_runs_a_named_torchtrainer_across_two_nodes(tiny_swee
     path = tiny_sweep(search, tune={"scheduler": {"type": "fifo"}}, resources={"workers": 2, "cpus_per_worker": 1})
     ray_bin = Path(sys.executable).with_name("ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_memory_monitor_refresh_ms": "0"}  # a test-only cluster
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     common = ["--block", "--num-cpus=1", "--disable-usage-stats"]  # one CPU per node: two workers need both nodes
     temp = Path(tempfile.mkdtemp(prefix="simmtm-sw-"))  # short: Ray's socket paths live under it (107-char limit)
@@ -67,7 +44,7 @@ def test_a_two_worker_trial_runs_a_named_torchtrainer_across_two_nodes(tiny_swee
         nodes.append(subprocess.Popen(
             [str(ray_bin), "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp / 'head'}", *common],
             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait_for_port(port)
+        wait_for_port(port)
         nodes.append(subprocess.Popen(
             [str(ray_bin), "start", f"--address={address}", f"--temp-dir={temp / 'worker'}", *common],
             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -77,7 +54,7 @@ def test_a_two_worker_trial_runs_a_named_torchtrainer_across_two_nodes(tiny_swee
         assert done.returncode == 0, done.stderr[-3000:]
     finally:
         for proc in reversed(nodes):
-            _stop(proc)
+            stop_node(proc)
         import shutil
 
         shutil.rmtree(temp, ignore_errors=True)
