@@ -26,7 +26,7 @@ from simmtm.errors import UserError
 from simmtm.heads import Classifier, Forecaster
 from simmtm.inputs import Inputs, load_inputs
 from simmtm.runtime import LocalRuntime, Report, Runtime, no_report, pick_device
-from simmtm.tracking import RunLog, write_json
+from simmtm.tracking import RunLog, progress_bar, write_json
 
 __all__ = ["run", "check_inputs", "load_pretrained", "macro_f1"]
 
@@ -176,7 +176,7 @@ def _finetune_one(
         raise UserError(f"finetune: no training samples in {config.data.name or config.data.path}")
     loss_fn = F.cross_entropy if inputs.task == "classification" else F.mse_loss
     total = min(cfg.epochs * len(loader), cfg.max_steps or math.inf)
-    bar = _bar(total, tag, enabled=progress and runtime.is_main)
+    bar = progress_bar(total, f"finetune {tag}", enabled=progress and runtime.is_main)
 
     best_score, best_state, best_epoch, bad_epochs, step = math.inf, None, 0, 0, 0
     history = []
@@ -283,11 +283,3 @@ def macro_f1(labels: np.ndarray, pred: np.ndarray, *, num_classes: int) -> float
             continue
         scores.append(2 * tp / (2 * tp + fp + fn))
     return float(np.mean(scores)) if scores else 0.0
-
-
-def _bar(total: float, tag: str, *, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=int(total), desc=f"finetune {tag}", unit="step", dynamic_ncols=True)

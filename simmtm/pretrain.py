@@ -22,7 +22,7 @@ from simmtm.inputs import Inputs, load_inputs
 from simmtm.masking import make_mask
 from simmtm.model import SimMTM, to_series
 from simmtm.runtime import LocalRuntime, Report, Runtime, no_report, pick_device
-from simmtm.tracking import RunLog, write_json
+from simmtm.tracking import RunLog, progress_bar, write_json
 
 __all__ = ["run", "check_inputs", "build_model", "draw_masks", "TrainingDiverged"]
 
@@ -46,6 +46,13 @@ def build_model(config: RunConfig, inputs: Inputs) -> SimMTM:
 
 def check_inputs(config: RunConfig, *, world_size: int = 1) -> Inputs:
     """Load the data and build the model once: every input error surfaces here, before anything is written."""
+    inputs = _checked_inputs(config, world_size=world_size)
+    build_model(config, inputs)
+    return inputs
+
+
+def _checked_inputs(config: RunConfig, *, world_size: int) -> Inputs:
+    """The data, with the batch checked against it; the model is built (and so checked) by the caller."""
     inputs = load_inputs(config)
     cfg = config.pretrain
     if cfg.batch_size % world_size:
@@ -58,7 +65,6 @@ def check_inputs(config: RunConfig, *, world_size: int = 1) -> Inputs:
             f"pretrain.batch_size ({cfg.batch_size}) exceeds the {len(inputs.train)} training samples of "
             f"{config.data.name or config.data.path}; use at most {len(inputs.train)}"
         )
-    build_model(config, inputs)
     return inputs
 
 
@@ -101,7 +107,8 @@ def run(
     runtime = runtime or LocalRuntime(pick_device(config.device))
     if config.threads:
         torch.set_num_threads(config.threads)
-    inputs = check_inputs(config, world_size=runtime.world_size)  # bad input fails here, before anything is written
+    # Bad input fails here and in build_model below, before anything is written.
+    inputs = _checked_inputs(config, world_size=runtime.world_size)
     cfg = config.pretrain
     per_worker_batch = cfg.batch_size // runtime.world_size
 
@@ -141,7 +148,7 @@ def run(
         dump_config(config, run_path / "config.yaml")
     run_log = RunLog(run_path)
     gather = runtime.gather() if _gather_on(config, runtime) else None
-    bar = _progress_bar(total_steps, step, enabled=progress and runtime.is_main)
+    bar = progress_bar(total_steps, "pretrain", initial=step, enabled=progress and runtime.is_main)
     try:
         while epoch < cfg.epochs and step < total_steps:
             sampler = getattr(train_loader, "sampler", None)
@@ -237,11 +244,3 @@ def _state(model, optimizer, scheduler, epoch: int, step: int, metrics: dict, co
 
 def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-
-
-def _progress_bar(total: float, initial: int, *, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=int(total), initial=initial, desc="pretrain", unit="step", dynamic_ncols=True)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLog", "write_json"]
+__all__ = ["RunLog", "progress_bar", "write_json"]
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -18,6 +18,15 @@ def write_json(path: str | Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
+
+
+def progress_bar(total: float, desc: str, *, initial: int = 0, enabled: bool):
+    """A terminal progress bar over optimiser steps, or None when disabled (workers, tests, --no-progress)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=int(total), initial=initial, desc=desc, unit="step", dynamic_ncols=True)
 
 
 class RunLog:
