@@ -615,8 +615,9 @@ def _reconcile_study(storage_url: str, study_name: str, rows: list[TrialRow], pa
 
     Each Optuna trial carries the Tune trial id it ran as. A finished Tune trial whose Optuna trial is still
     RUNNING is told its state. An Optuna trial without a Tune trial (asked in the instant before the driver died,
-    never saved by Tune, never to run) is marked FAIL with the reason and returned as a FAILED row, so that
-    trials.csv and the study list the same trials.
+    never saved by Tune, never to run; possibly even before it got its Tune trial id, then it is named
+    ``optuna-<number>``) is marked FAIL with the reason and returned as a FAILED row, so that trials.csv and the
+    study list the same trials.
     """
     import optuna
     from optuna.trial import TrialState
@@ -629,6 +630,11 @@ def _reconcile_study(storage_url: str, study_name: str, rows: list[TrialRow], pa
     orphans = []
     for t in study.get_trials(deepcopy=False):
         tune_id = t.user_attrs.get("tune_trial_id")
+        if tune_id is None and t.state == TrialState.RUNNING and "warm_start_from" not in t.user_attrs:
+            # Asked from Optuna, then the driver died before the searcher could tag it with its Tune trial id:
+            # name it after its Optuna number so the study and trials.csv still list the same trials.
+            tune_id = f"optuna-{t.number}"
+            study._storage.set_trial_user_attr(t._trial_id, "tune_trial_id", tune_id)
         row = by_tune.get(tune_id)
         if row is None and tune_id is not None:
             if t.state == TrialState.RUNNING:
