@@ -38,8 +38,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
-    import ray
     import torch
+
+    try:
+        import ray
+    except ImportError:  # in-process figure only (e.g. a GPU image without Ray)
+        ray = None
 
     if not torch.cuda.is_available() and not args.cpu_smoke:
         raise SystemExit("gpu_throughput: torch sees no CUDA device (is the CUDA build of torch installed?)")
@@ -61,9 +65,13 @@ def main() -> None:
     cpus = float(os.cpu_count() or 1)
     ray_cpus = max(1.0, min(8.0, cpus // gpus))  # CPUs (torch threads) per GPU worker
 
-    def ray_up() -> None:
+    def ray_up() -> bool:
+        if ray is None:
+            print("Ray is not installed here: the Ray Train rows are skipped", flush=True)
+            return False
         if not ray.is_initialized():
             ray.init(num_cpus=int(cpus), include_dashboard=False, log_to_driver=False)
+        return True
 
     try:
         if "single" in args.phases:
@@ -75,14 +83,14 @@ def main() -> None:
                 print(f"{gpus} GPUs do not divide the global batch 16: strong-scaling figure skipped", flush=True)
             else:
                 config = sized_config(base, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, batch_size=16)
-                ray_up()
-                record(f"{gpus} GPU(s), global 16", measure_ray(config, workers=gpus, cpus=ray_cpus * gpus, gpus_per_worker=gpus_per_worker))
+                if ray_up():
+                    record(f"{gpus} GPU(s), global 16", measure_ray(config, workers=gpus, cpus=ray_cpus * gpus, gpus_per_worker=gpus_per_worker))
         if "weak" in args.phases and gpus > 1:  # with one GPU this is the strong-scaling run again
             config = sized_config(base, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, batch_size=16 * gpus)
-            ray_up()
-            record(f"{gpus} GPUs, 16 each", measure_ray(config, workers=gpus, cpus=ray_cpus * gpus, gpus_per_worker=gpus_per_worker))
+            if ray_up():
+                record(f"{gpus} GPUs, 16 each", measure_ray(config, workers=gpus, cpus=ray_cpus * gpus, gpus_per_worker=gpus_per_worker))
     finally:
-        if ray.is_initialized():
+        if ray is not None and ray.is_initialized():
             ray.shutdown()
 
 if __name__ == "__main__":
