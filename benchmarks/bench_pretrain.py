@@ -6,6 +6,7 @@ Each configuration runs in a fresh subprocess so that its peak RSS is its own. A
     python benchmarks/bench_pretrain.py                      # the paper's ETTh1 configuration, batch 16, 2 threads
     python benchmarks/bench_pretrain.py --grid               # also sequence lengths, batch sizes and encoders
     python benchmarks/bench_pretrain.py --device cuda        # on a GPU (peak memory = torch.cuda.max_memory_allocated)
+    python benchmarks/bench_pretrain.py --device cuda --no-head-pad   # GPU, heads of size 2 left to the math kernel
     python benchmarks/bench_pretrain.py --json out.json      # keep the figures
 
 The official implementation's figures on this kind of machine (2 CPU threads; ../shared/REFERENCE.md section 3)
@@ -35,6 +36,7 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
     """Run in this process: time `steps` training steps after `warmup`, return figures."""
     import torch
 
+    from simmtm import encoders
     from simmtm.config import ModelConfig, PretrainConfig
     from simmtm.encoders import build_encoder
     from simmtm.masking import geometric_mask
@@ -42,6 +44,7 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    encoders.PAD_HEADS = cfg.get("pad_heads", True)
     dev = torch.device(device)
     model_cfg = ModelConfig(encoder=cfg["encoder"], d_model=cfg["d_model"], n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
                             d_ff=cfg["d_ff"])
@@ -107,6 +110,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="write all figures to this file")
+    parser.add_argument("--no-head-pad", action="store_true",
+                        help="GPU: leave small attention heads unpadded (torch's math kernel), to measure what padding buys")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -114,6 +119,8 @@ def main() -> None:
         return
 
     configs = grid() if args.grid else [dict(PAPER)]
+    if args.no_head_pad:
+        configs = [{**c, "pad_heads": False} for c in configs]
     print(f"# SimMTM pre-training, {args.device}, {args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up; "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
     print(f"{'encoder':<12}{'L':>5}{'batch':>6}{'s/step':>9}{'samples/s':>11}{'peak RSS GB':>13}{'peak GPU GB':>13}")

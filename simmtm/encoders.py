@@ -69,6 +69,27 @@ def build_encoder(cfg: ModelConfig, *, in_channels: int, seq_len: int) -> Encode
 # --- Transformer building blocks -----------------------------------------------------------------------------
 
 
+# CUDA's fused attention kernels (flash, memory-efficient) need a head size that is a multiple of 8 (4 in float32 for
+# the memory-efficient one); below that torch falls back to the math kernel, which keeps every T x T map for the
+# backward pass. The paper's ETTh1 encoder has heads of size 2 (d_model 32, 16 heads), so on a GPU q, k and v are
+# zero-padded to 8: no dot product changes, the padded output columns are dropped, the scale stays 1/sqrt(2).
+# (CPU's fused kernel takes any head size.) A switch for benchmarks: simmtm.encoders.PAD_HEADS = False.
+PAD_HEADS = True
+_HEAD_MULTIPLE = 8
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float = 0.0, pad: bool | None = None) -> torch.Tensor:
+    """``scaled_dot_product_attention`` over (N, h, T, hs), with small heads padded where that keeps it fused."""
+    size = q.shape[-1]
+    if pad is None:
+        pad = PAD_HEADS and q.is_cuda and size % _HEAD_MULTIPLE != 0
+    if not pad:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    extra = -size % _HEAD_MULTIPLE
+    q, k, v = (F.pad(t, (0, extra)) for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=size**-0.5)[..., :size]
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention on the fused kernel (no L x L map is kept in memory for the backward pass)."""
 
@@ -84,7 +105,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
         q, k, v = self.qkv(x).view(n, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (N, h, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (N, h, T, hs)
+        y = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (N, h, T, hs)
         return self.out(y.transpose(1, 2).reshape(n, t, d))
 
 

@@ -37,7 +37,7 @@ from ray.tune import Callback
 from simmtm.config import RunConfig, apply_overrides, parse_config, read_yaml
 from simmtm.errors import ConfigError, UserError
 from simmtm.sweep.outputs import TrialRow, rank_configurations, write_best_yaml, write_hparams, write_trials_csv
-from simmtm.sweep.spec import ResourcesSpec, SweepSpec, first_point, flat_config, resolve_metric, sweep_spec
+from simmtm.sweep.spec import ResourcesSpec, SweepSpec, first_point, flat_config, resolve_metric, sampler_seed, sweep_spec
 from simmtm.sweep.trial import CHECKPOINT_NAME, TRIAL_RESERVED_KEYS, probe_key, run_trial, trial_config
 
 __all__ = ["run_sweep", "SweepOutcome", "check_resources", "concurrency", "plan_trials", "TrialPlan", "resolve_address",
@@ -122,7 +122,7 @@ def run_sweep(
             (out / "sweep.json").write_text(json.dumps({
                 "metric": metric, "mode": mode, "study_name": study_name, "storage": storage_url, "params": param_keys,
                 "search_space": spec.search.model_dump(mode="json", exclude_none=True), "method": spec.search.method,
-                "seed": config.seed, "probe_metric": probe_key(metric), "repeats": spec.tune.repeats,
+                "seed": config.seed, "search_seed": sampler_seed(spec, config.seed), "probe_metric": probe_key(metric), "repeats": spec.tune.repeats,
                 "num_samples": spec.tune.resolved_samples(spec.search), "resources": spec.resources.model_dump(),
                 **({"warm_start": str(warm_start)} if warm_start is not None else {}),
             }, indent=2) + "\n")
@@ -415,7 +415,7 @@ def _tuner(config: RunConfig, spec: SweepSpec, out: Path, *, metric: str, mode: 
 
     searcher = SweepSearch(
         spec.search, base_values=flat_config(config.run_dict()), metric=metric, probe_metric=probe_key(metric), mode=mode,
-        seed=config.seed, storage=open_storage(storage_url), study_name=study_name, repeats=spec.tune.repeats,
+        seed=sampler_seed(spec, config.seed), storage=open_storage(storage_url), study_name=study_name, repeats=spec.tune.repeats,
         first=first_point(spec, config.run_dict()),
     )
     if warm_start is not None:  # checked in run_sweep; a resumed sweep does not get here (no second copy)

@@ -36,6 +36,7 @@ __all__ = [
     "PAPER_DEFAULTS",
     "resolve_metric",
     "first_point",
+    "sampler_seed",
     "flat_config",
     "apply_params",
 ]
@@ -100,6 +101,7 @@ class SearchSpec(_Spec):
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     grid: dict[str, list[Any]] | None = None  # method: grid; every combination is run (times tune.repeats)
     first: Literal["paper", "config", "none"] = "paper"  # the first TPE/random trial: paper defaults, the run config's own values, or none
+    seed: int | None = None  # the sampler's seed; None: the run's seed. Changing it re-draws the search, not the training
 
     @model_validator(mode="after")
     def _method_matches(self) -> SearchSpec:
@@ -335,6 +337,11 @@ def resolve_metric(tune: TuneSpec, task: str) -> tuple[str, str]:
         raise ConfigError(f"tune.metric: {metric} is a classification score but the data is a forecasting task; use val_mse or val_mae")
     mode = tune.mode or ("max" if metric in ("val_accuracy", "val_f1") else "min")
     return metric, mode
+
+
+def sampler_seed(spec: SweepSpec, run_seed: int) -> int:
+    """The Optuna sampler's seed: ``search.seed``, or the run's seed when that is not set."""
+    return run_seed if spec.search.seed is None else spec.search.seed
 
 
 def first_point(spec: SweepSpec, base: dict[str, Any]) -> dict[str, Any] | None:

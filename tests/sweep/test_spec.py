@@ -14,7 +14,7 @@ from simmtm.cli import main
 from simmtm.config import load_config
 from simmtm.errors import ConfigError
 from simmtm.sweep.search import SweepSearch
-from simmtm.sweep.spec import PAPER_DEFAULTS, ResourcesSpec, SweepSpec, first_point, flat_config, sweep_spec
+from simmtm.sweep.spec import PAPER_DEFAULTS, ResourcesSpec, SweepSpec, first_point, flat_config, sampler_seed, sweep_spec
 from simmtm.sweep.driver import check_resources, concurrency, plan_trials, resolve_address
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
@@ -189,6 +189,24 @@ def _searcher(tiny_config, *, search=None, repeats=1, storage=None) -> tuple[Swe
                            probe_metric="probe_val_mse", mode="min", seed=3, storage=storage, study_name="s",
                            repeats=repeats, first=first_point(spec, config.run_dict()))
     return searcher, searcher.study
+
+
+def test_search_seed_redraws_the_search_but_keeps_the_training_seed(tiny_config) -> None:
+    def draws(search_seed):
+        search = {**copy.deepcopy(SEARCH), "first": "none", **({"seed": search_seed} if search_seed is not None else {})}
+        config = load_config_from(sweep_raw(tiny_config, search=search))
+        spec = sweep_spec(config)
+        seed = sampler_seed(spec, config.seed)
+        searcher = SweepSearch(spec.search, base_values=flat_config(config.run_dict()), metric="val_mse",
+                               probe_metric="probe_val_mse", mode="min", seed=seed, storage=optuna.storages.InMemoryStorage(),
+                               study_name="s", repeats=1, first=None)
+        return config.seed, seed, [searcher.suggest(f"t{i}")[R] for i in range(3)]
+
+    run_seed, default_seed, default = draws(None)
+    assert default_seed == run_seed  # unset: the run's seed, as before
+    same_seed, seed_7, with_7 = draws(7)
+    assert same_seed == run_seed and seed_7 == 7  # the training seed is untouched
+    assert with_7 != default and draws(7)[2] == with_7  # another search, and reproducible
 
 
 def test_searcher_records_complete_pruned_and_failed_trials_honestly(tiny_config) -> None:
