@@ -243,20 +243,29 @@ def _load_study_snapshot(path: Path, meta: Mapping[str, Any], notes: list[str]) 
         if storage_url and not storage_url.startswith("sqlite"):
             return _load_remote_study(storage_url, name, notes)
         return None
-    tmp = Path(tempfile.mkdtemp(prefix="simmtm-analysis-"))
-    snapshot = tmp / "optuna.db"
-    try:
-        src = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, timeout=30)
-        dst = sqlite3.connect(snapshot)
-        with dst:
-            src.backup(dst)
-        src.close()
-        dst.close()
-    except sqlite3.Error as exc:
-        notes.append(f"optuna.db could not be read ({exc}); trials.csv only")
-        return None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{snapshot}")
+    with tempfile.TemporaryDirectory(prefix="simmtm-analysis-") as tmp:  # nothing is left behind in /tmp
+        snapshot = Path(tmp) / "optuna.db"
+        try:
+            src = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, timeout=30)
+            dst = sqlite3.connect(snapshot)
+            with dst:
+                src.backup(dst)
+            src.close()
+            dst.close()
+        except sqlite3.Error as exc:
+            notes.append(f"optuna.db could not be read ({exc}); trials.csv only")
+            return None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{snapshot}")
+        try:
+            return _study_in_memory(storage, name, notes)
+        finally:
+            storage.remove_session()
+            storage.engine.dispose()
+
+
+def _study_in_memory(storage: optuna.storages.RDBStorage, name: Any, notes: list[str]) -> optuna.Study | None:
+    """The sweep's study (by name, or the only one) copied into memory, so its snapshot file can go."""
     try:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     except Exception as exc:  # a file that is not an Optuna database
@@ -269,7 +278,9 @@ def _load_study_snapshot(path: Path, meta: Mapping[str, Any], notes: list[str]) 
             notes.append(f"optuna.db has no study '{name}' (has {', '.join(names)}); trials.csv only")
             return None
         name = names[0]
-    return optuna.load_study(study_name=name, storage=storage)
+    memory = optuna.storages.InMemoryStorage()
+    optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=memory)
+    return optuna.load_study(study_name=name, storage=memory)
 
 
 def _load_remote_study(url: str, name: Any, notes: list[str]) -> optuna.Study | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,6 +38,19 @@ def test_running_sweep_without_csv_is_read_from_the_study_and_its_file_left_unto
     assert sweep.counts()["COMPLETE"] == 4 and sweep.counts()["RUNNING"] == 2
     assert sorted(sweep.finished["score"]) == sorted(r.score for r in rows)
     assert hashlib.sha256((root / "optuna.db").read_bytes()).hexdigest() == before
+
+
+def test_reading_a_study_leaves_no_snapshot_behind(tmp_path: Path, synth: SimpleNamespace, monkeypatch) -> None:
+    rows = synth.grid_rows(synth.interior_surface, r_values=[0.3, 0.5], m_values=[2, 3], repeats=1)
+    space = {synth.R: FloatDistribution(0.1, 0.9), synth.M: IntDistribution(1, 8)}
+    root = synth.write_sweep(tmp_path / "sweep", rows, space, write_csv=False, running=1)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    sweep = load_sweep(root)
+    assert sweep.counts()["COMPLETE"] == 4 and sweep.counts()["RUNNING"] == 1  # read through the snapshot
+    assert len(analysis_study(sweep).trials) == 4
+    assert list(scratch.iterdir()) == []  # the snapshot of optuna.db is gone once the study is in memory
 
 
 def test_a_stale_csv_gives_way_to_the_study(tmp_path: Path, synth: SimpleNamespace) -> None:
