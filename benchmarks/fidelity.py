@@ -16,6 +16,8 @@ the paired difference to random init) is printed and written to ``OUT/fidelity.j
     python benchmarks/fidelity.py --out runs/fidelity                  # the whole study (about an hour on 2 cores)
     python benchmarks/fidelity.py --out runs/fidelity --threads 1      # leave the other core to another job
     python benchmarks/fidelity.py --out runs/fidelity --summary        # only re-print the tables
+    python benchmarks/fidelity.py --out runs/fidelity-long --parts etth1 cross --sweep runs/fidelity/sweep \
+        --set pretrain.epochs=12                                        # 4x the pre-training, same swept r/M
 """
 
 from __future__ import annotations
@@ -72,9 +74,11 @@ def finetuned(out: Path, config: Path, common: dict[str, Any], source: Path | No
     return json.loads(metrics.read_text())
 
 
-def swept_params(out: Path) -> dict[str, Any]:
-    """The quick sweep's best r/M/tau (validation score), running the sweep first if it has not run."""
-    best = out / "sweep" / "best.yaml"
+def swept_params(out: Path, sweep: Path | None = None) -> dict[str, Any]:
+    """The quick sweep's best r/M/tau (validation score): from ``sweep``, else running the sweep into OUT/sweep."""
+    best = (sweep or out / "sweep") / "best.yaml"
+    if sweep is not None and not best.exists():
+        raise SystemExit(f"fidelity: --sweep {sweep}: no best.yaml there (a finished `simmtm sweep` directory?)")
     if not best.exists():
         resume = ["--resume"] if (out / "sweep").exists() else []
         simmtm(["sweep", str(FORECAST), "--out", str(out / "sweep"), "--quiet-table", *resume], out / "sweep.log")
@@ -88,8 +92,11 @@ def _dotted(tree: dict[str, Any], key: str) -> Any:
     return tree
 
 
-def study(out: Path, seeds: list[int], threads: int, parts: set[str]) -> dict[str, Any]:
-    results: dict[str, Any] = {"seeds": seeds, "threads": threads, "arms": {}}
+def study(out: Path, seeds: list[int], threads: int, parts: set[str], *, overrides: dict[str, str] | None = None,
+          sweep: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) every arm; ``overrides`` (dotted key: value) apply to every run, e.g. a longer pre-training."""
+    overrides = overrides or {}
+    results: dict[str, Any] = {"seeds": seeds, "threads": threads, "overrides": overrides, "arms": {}}
     arms = results["arms"]
 
     def record(arm: str, seed: int, metrics: dict[str, Any]) -> None:
@@ -97,11 +104,11 @@ def study(out: Path, seeds: list[int], threads: int, parts: set[str]) -> dict[st
         (out / "fidelity.json").write_text(json.dumps(results, indent=2) + "\n")
 
     if parts & {"etth1", "cross"}:
-        swept = swept_params(out) if "etth1" in parts else None
+        swept = swept_params(out, sweep) if "etth1" in parts else None
         results["swept"] = swept
         print(f"quick sweep's best: {swept}", flush=True)
         for seed in seeds:
-            common = {"seed": seed, "threads": threads}
+            common = {"seed": seed, "threads": threads, **overrides}
             print(f"== ETTh1 seed {seed}", flush=True)
             record("ETTh1 random init", seed, finetuned(out / f"etth1-random-s{seed}", FORECAST, common, None))
             if "etth1" in parts:
@@ -114,7 +121,7 @@ def study(out: Path, seeds: list[int], threads: int, parts: set[str]) -> dict[st
                 record("ETTh2 -> ETTh1 SimMTM", seed, finetuned(out / f"etth2-etth1-s{seed}", FORECAST, common, pre))
     if "cls" in parts:
         for seed in seeds:
-            common = {"seed": seed, "threads": threads}
+            common = {"seed": seed, "threads": threads, **overrides}
             print(f"== GunPoint seed {seed}", flush=True)
             record("GunPoint random init", seed, finetuned(out / f"gunpoint-random-s{seed}", CLASSIFY, common, None))
             pre = pretrained(out / f"gunpoint-pre-s{seed}", CLASSIFY, common, {})
@@ -162,6 +169,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every run (the sweep uses its own)")
     parser.add_argument("--parts", nargs="+", default=["etth1", "cross", "cls"], choices=("etth1", "cross", "cls"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run of the study (e.g. pretrain.epochs=12); repeatable")
+    parser.add_argument("--sweep", type=Path, help="take the swept r/M/tau from this finished sweep instead of running one")
     parser.add_argument("--summary", action="store_true", help="print the tables of a finished (or partial) study")
     args = parser.parse_args()
     args.out = args.out.resolve()
@@ -170,7 +180,12 @@ def main() -> None:
     if args.summary:
         results = json.loads((args.out / "fidelity.json").read_text())
     else:
-        results = study(args.out, args.seeds, args.threads, set(args.parts))
+        bad = [o for o in args.overrides if "=" not in o]
+        if bad:
+            parser.error(f"--set takes KEY=VALUE, got {bad[0]!r}")
+        overrides = dict(o.split("=", 1) for o in args.overrides)
+        results = study(args.out, args.seeds, args.threads, set(args.parts), overrides=overrides,
+                        sweep=args.sweep.resolve() if args.sweep else None)
         results["wall_s"] = round(time.time() - started, 1)
         (args.out / "fidelity.json").write_text(json.dumps(results, indent=2) + "\n")
     table = summary(results)
