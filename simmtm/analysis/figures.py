@@ -8,6 +8,7 @@ files or keeps global pyplot state, so the same calls serve the report and the n
 from __future__ import annotations
 
 import logging
+import math
 import textwrap
 import warnings
 from pathlib import Path
@@ -82,6 +83,15 @@ def heatmap_matrix(sweep: Sweep, *, n_bins: int = 5) -> tuple[pd.DataFrame, pd.D
     return pd.DataFrame(means, index=index, columns=columns), pd.DataFrame(counts.astype(int), index=index, columns=columns)
 
 
+def cell_digits(values: np.ndarray) -> int:
+    """Decimals that tell the cells apart: one below the order of the spread (at least 3; 0.1065 vs 0.1079 needs 4)."""
+    finite = values[np.isfinite(values)]
+    spread = float(finite.max() - finite.min()) if finite.size else 0.0
+    if spread <= 0:
+        return 3
+    return int(min(8, max(3, math.ceil(-math.log10(spread)) + 1)))
+
+
 def heatmap_figure(sweep: Sweep, *, n_bins: int = 5) -> Figure:
     means, counts = heatmap_matrix(sweep, n_bins=n_bins)
     fig = Figure(figsize=(1.1 * len(means.columns) + 2.5, 0.6 * len(means.index) + 2), layout="constrained")
@@ -89,10 +99,11 @@ def heatmap_figure(sweep: Sweep, *, n_bins: int = 5) -> Figure:
     data = np.ma.masked_invalid(means.to_numpy())
     cmap = matplotlib.colormaps[_cmap(sweep)].with_extremes(bad="white")  # empty cells stay blank
     image = ax.imshow(data, cmap=cmap, aspect="auto", origin="lower")
+    digits = cell_digits(means.to_numpy())
     for i in range(means.shape[0]):
         for j in range(means.shape[1]):
             if counts.iat[i, j]:
-                ax.text(j, i, f"{means.iat[i, j]:.3g}\nn={counts.iat[i, j]}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, f"{means.iat[i, j]:.{digits}f}\nn={counts.iat[i, j]}", ha="center", va="center", fontsize=8,
                         color="black", bbox=dict(boxstyle="round,pad=0.15", fc="white", alpha=0.6, lw=0))
     ax.set_xticks(range(len(means.columns)), means.columns)
     ax.set_yticks(range(len(means.index)), means.index)

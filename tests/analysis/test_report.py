@@ -12,7 +12,7 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from PIL import Image
 
-from simmtm.analysis.figures import FIGURES
+from simmtm.analysis.figures import FIGURES, cell_digits
 from simmtm.cli import main
 from simmtm.config import load_config
 
@@ -125,3 +125,12 @@ def test_recommend_without_enough_trials_exits_1_and_writes_nothing(tmp_path: Pa
     code, out, _ = run(["recommend", str(root), "--write", str(tmp_path / "best.yaml")], capsys)
     assert code == 1 and "no recommendation: 1 finished trial" in out
     assert not (tmp_path / "best.yaml").exists()
+
+
+def test_heatmap_labels_carry_enough_digits_to_tell_close_cells_apart() -> None:
+    import numpy as np
+
+    assert cell_digits(np.array([0.10654, 0.10790, np.nan])) == 4  # a flat surface: 0.1065 vs 0.1079, not 0.107 twice
+    assert cell_digits(np.array([0.31, 0.52])) == 3
+    assert cell_digits(np.array([0.5, 0.5])) == 3 and cell_digits(np.array([np.nan])) == 3
+    assert cell_digits(np.array([1.0, 1.0 + 1e-12])) == 8  # capped
