@@ -128,21 +128,18 @@ def main() -> None:
     for cfg in configs:
         r = in_subprocess(cfg, args)
         results.append(r)
+        if args.json:  # after every row: a run stopped at a time limit keeps what it measured
+            with open(args.json, "w") as fh:
+                json.dump({"results": results, "official_cpu": OFFICIAL_CPU}, fh, indent=2)
         if "error" in r:
             print(f"{cfg['encoder']:<12}{cfg['seq_len']:>5}{cfg['batch']:>6}  {r['error']}")
             continue
         gpu = f"{r['peak_gpu_gb']:13.2f}" if "peak_gpu_gb" in r else " " * 13
         print(f"{r['encoder']:<12}{r['seq_len']:>5}{r['batch']:>6}{r['s_per_step']:9.2f}{r['samples_per_s']:11.2f}{r['peak_rss_gb']:13.2f}{gpu}")
-        if args.json:  # after every row: a run stopped at a time limit keeps what it measured
-            with open(args.json, "w") as fh:
-                json.dump({"results": results, "official_cpu": OFFICIAL_CPU}, fh, indent=2)
     print("# official implementation, same machine kind, transformer L=336 (REFERENCE.md section 3):")
     for o in OFFICIAL_CPU:
         sps = f"{o['samples_per_s']:11.2f}" if o["samples_per_s"] else "        n/a"
         print(f"{'official':<12}{336:>5}{o['batch']:>6}{'':>9}{sps}{str(o['peak_rss_gb']):>13}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"results": results, "official_cpu": OFFICIAL_CPU}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -33,22 +33,25 @@ from typing import Any
 
 import yaml
 
+from simmtm.sweep.spec import get_key
+
 ROOT = Path(__file__).resolve().parent.parent
 FORECAST = ROOT / "sweeps" / "quick.yaml"
 CLASSIFY = ROOT / "sweeps" / "gunpoint.yaml"
 SEARCHED = ("pretrain.mask_ratio", "pretrain.num_masked", "pretrain.temperature")
 
 
-def simmtm(args: list[str], log: Path) -> None:
-    """Run one ``simmtm`` command, its output in ``log``; a failure stops the study with the log's tail."""
+def simmtm(args: list[str], log: Path, *, append: bool = False) -> None:
+    """Run one ``simmtm`` command, its output in ``log`` (``append``: after what a resumed run wrote there before);
+    a failure stops the study with the log's tail. ``search_efficiency.py`` runs its sweeps through this too."""
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     print(f"  $ simmtm {' '.join(args)}", flush=True)
-    with log.open("w") as fh:
+    with log.open("a" if append else "w") as fh:
         done = subprocess.run([sys.executable, "-m", "simmtm", *args], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
     if done.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-15:])
-        raise SystemExit(f"fidelity: `simmtm {' '.join(args)}` failed (exit {done.returncode}); log {log}:\n{tail}")
+        raise SystemExit(f"`simmtm {' '.join(args)}` failed (exit {done.returncode}); log {log}:\n{tail}")
     print(f"    {time.time() - started:.0f} s", flush=True)
 
 
@@ -83,13 +86,7 @@ def swept_params(out: Path, sweep: Path | None = None) -> dict[str, Any]:
         resume = ["--resume"] if (out / "sweep").exists() else []
         simmtm(["sweep", str(FORECAST), "--out", str(out / "sweep"), "--quiet-table", *resume], out / "sweep.log")
     run = yaml.safe_load(best.read_text())
-    return {key: _dotted(run, key) for key in SEARCHED}
-
-
-def _dotted(tree: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        tree = tree[part]
-    return tree
+    return {key: get_key(run, key) for key in SEARCHED}
 
 
 def study(out: Path, seeds: list[int], threads: int, parts: set[str], *, overrides: dict[str, str] | None = None,

@@ -74,17 +74,14 @@ def main() -> None:
         return True
 
     try:
+        paper_batch = sized_config(base, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, batch_size=16)
         if "single" in args.phases:
-            config = sized_config(base, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, batch_size=16)
-            config.threads = int(ray_cpus)
-            record("1 GPU (in process)", measure_local(config))
+            record("1 GPU (in process)", measure_local(paper_batch, threads=int(ray_cpus)))
         if "strong" in args.phases:
             if 16 % gpus:
                 print(f"{gpus} GPUs do not divide the global batch 16: strong-scaling figure skipped", flush=True)
-            else:
-                config = sized_config(base, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, batch_size=16)
-                if ray_up():
-                    record(f"{gpus} GPU(s), global 16", measure_ray(config, workers=gpus, cpus=ray_cpus * gpus, gpus_per_worker=gpus_per_worker))
+            elif ray_up():
+                record(f"{gpus} GPU(s), global 16", measure_ray(paper_batch, workers=gpus, cpus=ray_cpus * gpus, gpus_per_worker=gpus_per_worker))
         if "weak" in args.phases and gpus > 1:  # with one GPU this is the strong-scaling run again
             config = sized_config(base, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, batch_size=16 * gpus)
             if ray_up():

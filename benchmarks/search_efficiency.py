@@ -23,18 +23,21 @@ Results: ``OUT/search_efficiency.json`` and ``OUT/search_efficiency.md``.
 from __future__ import annotations
 
 import argparse
-import copy
-import csv
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fidelity import simmtm  # noqa: E402  (the same subprocess runner)
+
+from simmtm.sweep.outputs import read_trials_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBLEM = ROOT / "benchmarks" / "search_problem.yaml"
@@ -59,7 +62,7 @@ def sweep_file(out: Path, name: str, method: str, scheduler: str, *, samples: in
         }}
         raw["tune"].pop("num_samples", None)
     else:
-        raw["search"] = {**copy.deepcopy(raw["search"]), "method": method, "seed": seed}
+        raw["search"] = {**raw["search"], "method": method, "seed": seed}
         raw["tune"]["num_samples"] = samples
     path = out / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -70,21 +73,10 @@ def run_sweep(config: Path, out: Path) -> list[dict[str, str]]:
     """Run (or resume, or reuse) one sweep; its trials.csv rows in trial-id (start) order."""
     marker = out.with_suffix(".done")
     if not marker.exists():
-        args = [sys.executable, "-m", "simmtm", "sweep", str(config), "--out", str(out), "--quiet-table"]
-        if (out / "sweep.json").exists():
-            args.append("--resume")
-        started = time.time()
-        print(f"  $ simmtm sweep {config.name} --out {out}", flush=True)
-        log = out.with_suffix(".log")
-        with log.open("a") as fh:
-            done = subprocess.run(args, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
-        if done.returncode != 0:
-            tail = "\n".join(log.read_text().splitlines()[-15:])
-            raise SystemExit(f"search_efficiency: sweep {out} failed (exit {done.returncode}); log {log}:\n{tail}")
-        print(f"    {time.time() - started:.0f} s", flush=True)
+        resume = ["--resume"] if (out / "sweep.json").exists() else []
+        simmtm(["sweep", str(config), "--out", str(out), "--quiet-table", *resume], out.with_suffix(".log"), append=True)
         marker.touch()
-    with (out / "trials.csv").open() as fh:
-        return list(csv.DictReader(fh))
+    return read_trials_csv(out / "trials.csv")
 
 
 def sweep_wall(out: Path) -> float | None:

@@ -10,7 +10,7 @@ import torch
 
 from simmtm.errors import UserError
 
-__all__ = ["save_state", "load_state", "CHECKPOINT_FILE", "latest_checkpoint", "encoder_state"]
+__all__ = ["save_state", "load_state", "ray_checkpoint_state", "CHECKPOINT_FILE", "latest_checkpoint", "encoder_state"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -36,6 +36,12 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated or foreign file
         raise UserError(f"{path}: not a readable simmtm checkpoint ({exc.__class__.__name__}: {exc})") from None
+
+
+def ray_checkpoint_state(checkpoint: Any) -> dict[str, Any]:
+    """The state inside a Ray Train or Tune checkpoint (its directory holds ``checkpoint.pt``)."""
+    with checkpoint.as_directory() as directory:
+        return load_state(directory)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

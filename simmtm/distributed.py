@@ -48,8 +48,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from simmtm.checkpoint import CHECKPOINT_FILE, load_state, save_state
+from simmtm.checkpoint import CHECKPOINT_FILE, ray_checkpoint_state, save_state
 from simmtm.config import RunConfig, dump_config
+from simmtm.data.registry import worker_env
 from simmtm.errors import UserError
 from simmtm.runtime import Runtime
 from simmtm.tracking import write_json
@@ -97,7 +98,7 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        grad = grad.contiguous().clone()
+        grad = grad.clone(memory_format=torch.contiguous_format)  # one copy, contiguous for the collective
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None
 
@@ -233,11 +234,6 @@ class RayReport:
             self.after_epoch(metrics, self.runtime)
 
 
-def _checkpoint_state(checkpoint: ray.train.Checkpoint) -> dict[str, Any]:
-    with checkpoint.as_directory() as directory:
-        return load_state(Path(directory) / CHECKPOINT_FILE)
-
-
 def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     """The per-worker function of the TorchTrainer: ``simmtm.pretrain.run`` with the Ray runtime and report.
 
@@ -256,7 +252,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     resume = loop_config.get("initial_state")
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        state = _checkpoint_state(checkpoint)
+        state = ray_checkpoint_state(checkpoint)
         if resume is None or state["step"] >= resume["step"]:
             resume = state
     return pretrain.run(config, RayReport(runtime, loop_config.get("after_epoch")), runtime=runtime, resume=resume)
@@ -418,7 +414,7 @@ def pretrain_distributed(
         _check_resources(scaling, address=address)
         out.mkdir(parents=True, exist_ok=True)
         dump_config(config, out / "config.yaml")
-        env = {k: os.environ[k] for k in ("SIMMTM_DATA_DIR",) if k in os.environ}
+        env = worker_env()
         trainer = ray.train.torch.TorchTrainer(
             train_worker,
             train_loop_config={
@@ -449,7 +445,7 @@ def pretrain_distributed(
             ray.shutdown()
     metrics = result.return_value
     if metrics is None and result.checkpoint is not None:
-        metrics = _checkpoint_state(result.checkpoint).get("metrics", {})
+        metrics = ray_checkpoint_state(result.checkpoint).get("metrics", {})
     metrics = dict(metrics or {})
     write_json(out / "metrics.json", metrics)
     return metrics

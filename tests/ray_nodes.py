@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-__all__ = ["free_port", "wait_for_port", "stop_node"]
+__all__ = ["free_port", "wait_for_port", "stop_node", "two_nodes"]
 
 
 def free_port() -> int:
@@ -36,3 +42,29 @@ def stop_node(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+@contextmanager
+def two_nodes(prefix: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A head and one worker node, one CPU each, as `ray start --block` processes with authentication off (a
+    test-only cluster); yields its address and the environment to reach it, stops both nodes on the way out."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_memory_monitor_refresh_ms": "0"}
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
+    temp = Path(tempfile.mkdtemp(prefix=prefix))  # short: Ray's socket paths live under it (107-char limit)
+    nodes = []
+    try:
+        nodes.append(subprocess.Popen(
+            [str(ray_bin), "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp / 'head'}",
+             *common], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_for_port(port)
+        nodes.append(subprocess.Popen(
+            [str(ray_bin), "start", f"--address={address}", f"--temp-dir={temp / 'worker'}", *common],
+            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        yield address, env
+    finally:
+        for proc in reversed(nodes):
+            stop_node(proc)
+        shutil.rmtree(temp, ignore_errors=True)

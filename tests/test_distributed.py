@@ -10,11 +10,9 @@ import copy
 import functools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ray_nodes import free_port, stop_node, wait_for_port
+from ray_nodes import two_nodes
 import torch
 import yaml
 
@@ -289,40 +287,16 @@ with open(result, "w") as f:
 """
 
 
-
-
-
-
 @pytest.mark.slow
 def test_two_node_cluster_runs_one_worker_per_node_with_shared_storage(tiny_csv: Path, tmp_path: Path) -> None:
     from simmtm.checkpoint import load_state
 
-    ray_bin = Path(sys.executable).with_name("ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_memory_monitor_refresh_ms": "0"}  # a test-only cluster
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
-    temp = Path(tempfile.mkdtemp(prefix="simmtm-ray-"))  # short: Ray's socket paths live under it (107-char limit)
-    nodes = []
-    try:
-        nodes.append(subprocess.Popen(
-            [str(ray_bin), "start", "--head", f"--port={port}", "--include-dashboard=false",
-             f"--temp-dir={temp / 'head'}", *common],
-            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_for_port(port)
-        nodes.append(subprocess.Popen(
-            [str(ray_bin), "start", f"--address={address}", f"--temp-dir={temp / 'worker'}", *common],
-            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-
+    with two_nodes("simmtm-ray-") as (address, env):
         storage, out, nodes_log, result = tmp_path / "shared", tmp_path / "out", tmp_path / "nodes.log", tmp_path / "result.json"
         args = [tiny_raw(tiny_csv), address, str(out), str(storage), str(nodes_log), str(result)]
         done = subprocess.run([sys.executable, "-c", _MULTI_NODE_DRIVER, json.dumps(args)], env=env, capture_output=True,
                               text=True, timeout=300, cwd=tmp_path, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
-    finally:
-        for proc in reversed(nodes):
-            stop_node(proc)
-        shutil.rmtree(temp, ignore_errors=True)
 
     report = json.loads(result.read_text())
     assert len(report["nodes"]) == 2

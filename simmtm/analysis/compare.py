@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from simmtm.analysis.figures import _cmap, heatmap_matrix
+from simmtm.analysis.figures import draw_heatmap, heatmap_matrix
 from simmtm.analysis.importance import Importance, param_importances
 from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, SHORT_NAMES, TAU_KEY, Sweep
 from simmtm.analysis.recommend import Recommendation, recommend
@@ -84,14 +83,7 @@ def compare_heatmaps_figure(a: Sweep, b: Sweep, *, labels: tuple[str, str] | Non
     vmin, vmax = (np.nanmin(vals), np.nanmax(vals)) if same and np.isfinite(vals).any() else (None, None)
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     for ax, (means, counts), sweep, label in zip(fig.subplots(1, 2), mats, (a, b), labels):
-        cmap = matplotlib.colormaps[_cmap(sweep)].with_extremes(bad="white")
-        image = ax.imshow(np.ma.masked_invalid(means.to_numpy()), cmap=cmap, aspect="auto", origin="lower", vmin=vmin, vmax=vmax)
-        for i in range(means.shape[0]):
-            for j in range(means.shape[1]):
-                if counts.iat[i, j]:
-                    ax.text(j, i, f"{means.iat[i, j]:.3g}\nn={counts.iat[i, j]}", ha="center", va="center", fontsize=7)
-        ax.set_xticks(range(len(means.columns)), means.columns)
-        ax.set_yticks(range(len(means.index)), means.index)
+        image = draw_heatmap(ax, means, counts, sweep, vmin=vmin, vmax=vmax, fontsize=7)
         ax.set_xlabel("M")
         ax.set_ylabel("r")
         ax.set_title(f"{label}: {sweep.metric}")

@@ -92,21 +92,27 @@ def cell_digits(values: np.ndarray) -> int:
     return int(min(8, max(3, math.ceil(-math.log10(spread)) + 1)))
 
 
-def heatmap_figure(sweep: Sweep, *, n_bins: int = 5) -> Figure:
-    means, counts = heatmap_matrix(sweep, n_bins=n_bins)
-    fig = Figure(figsize=(1.1 * len(means.columns) + 2.5, 0.6 * len(means.index) + 2), layout="constrained")
-    ax = fig.add_subplot()
-    data = np.ma.masked_invalid(means.to_numpy())
+def draw_heatmap(ax: Any, means: pd.DataFrame, counts: pd.DataFrame, sweep: Sweep, *, vmin: float | None = None,
+                 vmax: float | None = None, fontsize: int = 8) -> Any:
+    """The r x M cells on ``ax``: mean score and trial count in each, blank where no trial ran; returns the image."""
     cmap = matplotlib.colormaps[_cmap(sweep)].with_extremes(bad="white")  # empty cells stay blank
-    image = ax.imshow(data, cmap=cmap, aspect="auto", origin="lower")
+    image = ax.imshow(np.ma.masked_invalid(means.to_numpy()), cmap=cmap, aspect="auto", origin="lower", vmin=vmin, vmax=vmax)
     digits = cell_digits(means.to_numpy())
     for i in range(means.shape[0]):
         for j in range(means.shape[1]):
             if counts.iat[i, j]:
-                ax.text(j, i, f"{means.iat[i, j]:.{digits}f}\nn={counts.iat[i, j]}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, f"{means.iat[i, j]:.{digits}f}\nn={counts.iat[i, j]}", ha="center", va="center", fontsize=fontsize,
                         color="black", bbox=dict(boxstyle="round,pad=0.15", fc="white", alpha=0.6, lw=0))
     ax.set_xticks(range(len(means.columns)), means.columns)
     ax.set_yticks(range(len(means.index)), means.index)
+    return image
+
+
+def heatmap_figure(sweep: Sweep, *, n_bins: int = 5) -> Figure:
+    means, counts = heatmap_matrix(sweep, n_bins=n_bins)
+    fig = Figure(figsize=(1.1 * len(means.columns) + 2.5, 0.6 * len(means.index) + 2), layout="constrained")
+    ax = fig.add_subplot()
+    image = draw_heatmap(ax, means, counts, sweep)
     ax.set_xlabel("M (masked series per sample)")
     ax.set_ylabel("r (masking ratio)")
     ax.set_title(f"{sweep.metric} by r and M (mean over trials; blank: no trial)")

@@ -34,12 +34,15 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from simmtm.errors import UserError
+from simmtm.sweep.outputs import STATES, TRIAL_COLUMNS, WARM_START_ATTR
+from simmtm.sweep.spec import SHORT_NAMES
 
 __all__ = [
     "R_KEY",
     "M_KEY",
     "TAU_KEY",
     "ENCODER_KEY",
+    "SHORT_NAMES",
     "STATES",
     "Sweep",
     "load_sweep",
@@ -55,11 +58,6 @@ R_KEY = "pretrain.mask_ratio"
 M_KEY = "pretrain.num_masked"
 TAU_KEY = "pretrain.temperature"
 ENCODER_KEY = "model.encoder"
-# Short names for tables and axes.
-SHORT_NAMES = {R_KEY: "r", M_KEY: "M", TAU_KEY: "tau", ENCODER_KEY: "encoder"}
-
-STATES = ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")
-_BASE_COLUMNS = ("trial_id", "state", "score", "val_score", "test_score", "repeat", "epochs", "wall_s", "error")
 _OPTUNA_STATES = {
     TrialState.COMPLETE: "COMPLETE",
     TrialState.PRUNED: "PRUNED",
@@ -67,7 +65,6 @@ _OPTUNA_STATES = {
     TrialState.RUNNING: "RUNNING",
     TrialState.WAITING: "PENDING",
 }
-WARM_START_ATTR = "warm_start_from"
 
 
 @dataclass
@@ -83,7 +80,7 @@ class Sweep:
     params: list[str]  # dotted keys searched, in the order of sweep.json
     search_space: dict[str, Any]  # the search section as written
     run_config: dict[str, Any]  # sweep.yaml without search/tune/resources
-    trials: pd.DataFrame  # columns: _BASE_COLUMNS, then one per searched parameter
+    trials: pd.DataFrame  # columns: TRIAL_COLUMNS, then one per searched parameter
     distributions: dict[str, BaseDistribution]  # per searched parameter: the space it was drawn from
     source: str  # "trials.csv", "optuna.db" or "none"
     n_warm_start: int = 0  # trials in the study copied from an earlier sweep
@@ -317,7 +314,7 @@ def _frame_from_study(study: optuna.Study, params: Sequence[str]) -> tuple[pd.Da
             if p in params:
                 dists[p] = _merge(dists.get(p), d)
         rows.append(row)
-    return _typed(pd.DataFrame(rows, columns=[*_BASE_COLUMNS, *params]), params), dists, n_warm
+    return _typed(pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, *params]), params), dists, n_warm
 
 
 def _frame_from_csv(csv: Path, params: Sequence[str], notes: list[str]) -> pd.DataFrame | None:
@@ -332,7 +329,7 @@ def _frame_from_csv(csv: Path, params: Sequence[str], notes: list[str]) -> pd.Da
     if missing:
         notes.append(f"trials.csv lacks column(s) {', '.join(missing)}; the Optuna study was used")
         return None
-    for col in _BASE_COLUMNS:
+    for col in TRIAL_COLUMNS:
         if col not in frame.columns:
             frame[col] = "" if col == "error" else np.nan
     for p in params:
@@ -341,7 +338,7 @@ def _frame_from_csv(csv: Path, params: Sequence[str], notes: list[str]) -> pd.Da
     aliases = {"FAIL": "FAILED", "WAITING": "PENDING", "ERROR": "FAILED", "TERMINATED": "COMPLETE"}  # Optuna/Tune words
     frame["state"] = frame["state"].fillna("").str.upper().replace(aliases)
     frame["error"] = frame["error"].fillna("")
-    return _typed(frame[[*_BASE_COLUMNS, *params]], params)
+    return _typed(frame[[*TRIAL_COLUMNS, *params]], params)
 
 
 def _typed(frame: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
@@ -365,7 +362,7 @@ def _n_finished(frame: pd.DataFrame | None) -> int:
 
 def _choose(csv: pd.DataFrame | None, study: pd.DataFrame | None) -> tuple[pd.DataFrame, str]:
     if csv is None and study is None:
-        return _typed(pd.DataFrame(columns=list(_BASE_COLUMNS)), []), "none"
+        return _typed(pd.DataFrame(columns=list(TRIAL_COLUMNS)), []), "none"
     if study is None or (csv is not None and _n_finished(csv) >= _n_finished(study)):
         return csv, "trials.csv"
     return study, "optuna.db"

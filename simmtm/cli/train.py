@@ -9,7 +9,6 @@ from typing import Any
 
 import yaml
 
-from simmtm.checkpoint import latest_checkpoint, load_state
 from simmtm.config import RunConfig, load_config
 from simmtm.errors import UserError
 
@@ -96,16 +95,23 @@ def prepare_pretrain_dir(out: Path, config: RunConfig, *, restart: bool) -> dict
             target = out / name
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         return None
+    from simmtm.checkpoint import latest_checkpoint, load_state  # torch: only for commands that train
+
     ckpt = latest_checkpoint(out)
     if ckpt is None:
         return None
     state = load_state(ckpt)
     if state.get("kind") != "simmtm-pretrain":
         raise UserError(f"--out {out}: holds a {state.get('kind', 'foreign')} checkpoint, not a pre-training run")
-    changed = sorted(k for k in _diff(state["config"], config.run_dict()) if k not in _RESUMABLE_CHANGES)
+    _refuse_changed(out, state["config"], config)
+    return state
+
+
+def _refuse_changed(out: Path, saved: dict[str, Any], config: RunConfig) -> None:
+    """Resuming may change only what does not alter the run (epochs, threads, device, ...)."""
+    changed = sorted(k for k in _diff(saved, config.run_dict()) if k not in _RESUMABLE_CHANGES)
     if changed:
         raise UserError(f"--out {out}: holds a run with a different config ({', '.join(changed)}); pass --restart to discard it or choose another --out")
-    return state
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -162,10 +168,7 @@ def _check_resumable_config(out: Path, config: RunConfig, *, restart: bool) -> N
     path = out / "config.yaml"
     if restart or not path.is_file():
         return
-    saved = yaml.safe_load(path.read_text()) or {}
-    changed = sorted(k for k in _diff(saved, config.run_dict()) if k not in _RESUMABLE_CHANGES)
-    if changed:
-        raise UserError(f"--out {out}: holds a run with a different config ({', '.join(changed)}); pass --restart to discard it or choose another --out")
+    _refuse_changed(out, yaml.safe_load(path.read_text()) or {}, config)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

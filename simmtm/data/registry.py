@@ -26,6 +26,7 @@ __all__ = [
     "DATASETS",
     "ResolvedData",
     "data_dir",
+    "worker_env",
     "dataset_names",
     "get_dataset",
     "resolve",
@@ -120,6 +121,11 @@ def data_dir() -> Path:
     """``$SIMMTM_DATA_DIR`` when set, else the user cache directory for simmtm."""
     env = os.environ.get(DATA_DIR_ENV)
     return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("simmtm"))
+
+
+def worker_env() -> dict[str, str]:
+    """What Ray workers must inherit from this process to find the same data: ``$SIMMTM_DATA_DIR``, when set."""
+    return {DATA_DIR_ENV: os.environ[DATA_DIR_ENV]} if DATA_DIR_ENV in os.environ else {}
 
 
 # --- resolving a config --------------------------------------------------------------------------------------

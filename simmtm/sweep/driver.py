@@ -34,11 +34,12 @@ from typing import Any
 import yaml
 from ray.tune import Callback
 
-from simmtm.config import RunConfig, apply_overrides, parse_config, read_yaml
+from simmtm.config import RunConfig, load_config
 from simmtm.errors import ConfigError, UserError
-from simmtm.sweep.outputs import TrialRow, rank_configurations, write_best_yaml, write_hparams, write_trials_csv
-from simmtm.sweep.spec import ResourcesSpec, SweepSpec, first_point, flat_config, resolve_metric, sampler_seed, sweep_spec
-from simmtm.sweep.trial import CHECKPOINT_NAME, TRIAL_RESERVED_KEYS, probe_key, run_trial, trial_config
+from simmtm.sweep.outputs import WARM_START_ATTR, TrialRow, rank_configurations, write_best_yaml, write_hparams, write_trials_csv
+from simmtm.sweep.spec import (SHORT_NAMES, ResourcesSpec, SweepSpec, first_point, flat_config, resolve_metric, sampler_seed,
+                               sweep_spec)
+from simmtm.sweep.trial import TRIAL_RESERVED_KEYS, probe_key, run_trial, trial_config
 
 __all__ = ["run_sweep", "SweepOutcome", "check_resources", "concurrency", "plan_trials", "TrialPlan", "resolve_address",
            "collect_rows", "EXPERIMENT_NAME"]
@@ -86,8 +87,7 @@ def run_sweep(
     """
     started = time.time()
     sweep_file, out = Path(sweep_file), Path(out).resolve()
-    raw = apply_overrides(read_yaml(sweep_file), overrides)
-    config = parse_config(raw, source=str(sweep_file))
+    config = load_config(sweep_file, overrides)
     spec = sweep_spec(config, sweep_file)
     task = _check_data(config, spec)
     try:
@@ -261,9 +261,11 @@ def _connect(address: str | None) -> bool:
     """Connect to Ray; return True when this call started it (and so must shut it down)."""
     import ray
 
+    from simmtm.data.registry import worker_env
+
     if ray.is_initialized():
         return False
-    env = {k: os.environ[k] for k in ("SIMMTM_DATA_DIR",) if k in os.environ}
+    env = worker_env()
     ray.init(
         address=address or "local",  # never join a cluster by accident: a teammate's `ray start` is not ours
         include_dashboard=False if address is None else None,
@@ -463,8 +465,7 @@ def _trial_table(spec: SweepSpec, metric: str, mode: str):
     """Tune's live trial table: the searched parameters (short names), epoch, probe score and final score."""
     from ray.tune import CLIReporter
 
-    short = {"pretrain.mask_ratio": "r", "pretrain.num_masked": "M", "pretrain.temperature": "tau", "model.encoder": "encoder"}
-    params = {k: short.get(k, k.split(".")[-1]) for k in spec.search.keys}
+    params = {k: SHORT_NAMES.get(k, k.split(".")[-1]) for k in spec.search.keys}
     if spec.tune.repeats > 1:
         params["repeat"] = "repeat"
     metrics = {"epoch": "epoch", probe_key(metric): "probe", metric: metric}
@@ -630,7 +631,7 @@ def _reconcile_study(storage_url: str, study_name: str, rows: list[TrialRow], pa
     orphans = []
     for t in study.get_trials(deepcopy=False):
         tune_id = t.user_attrs.get("tune_trial_id")
-        if tune_id is None and t.state == TrialState.RUNNING and "warm_start_from" not in t.user_attrs:
+        if tune_id is None and t.state == TrialState.RUNNING and WARM_START_ATTR not in t.user_attrs:
             # Asked from Optuna, then the driver died before the searcher could tag it with its Tune trial id:
             # name it after its Optuna number so the study and trials.csv still list the same trials.
             tune_id = f"optuna-{t.number}"
@@ -657,7 +658,7 @@ def _reconcile_study(storage_url: str, study_name: str, rows: list[TrialRow], pa
 def _score_test(config: RunConfig, ranked: list[list[TrialRow]], out: Path, *, metric: str) -> None:
     """Score the test split once for each repeat of the top configurations (re-using an earlier score)."""
     from simmtm import finetune
-    from simmtm.checkpoint import load_state
+    from simmtm.checkpoint import ray_checkpoint_state
     from simmtm.sweep.trial import trial_run_config
 
     test_metric = metric.removeprefix("val_")
@@ -671,8 +672,7 @@ def _score_test(config: RunConfig, ranked: list[list[TrialRow]], out: Path, *, m
             if not row.extra.get("checkpoint"):
                 log.warning("trial %s has no checkpoint; its test score is left empty", row.trial_id)
                 continue
-            with row.extra["checkpoint"].as_directory() as path:
-                state = load_state(Path(path) / CHECKPOINT_NAME)
+            state = ray_checkpoint_state(row.extra["checkpoint"])
             state.pop("sweep_final", None)
             run_cfg = trial_run_config({"sweep": {"run": config.run_dict()}, **row.extra["config"]}, pin_threads=False)
             log.info("scoring the test split once for trial %s", row.trial_id)

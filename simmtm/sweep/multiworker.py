@@ -10,11 +10,12 @@ restored trial resumes from its own Train checkpoint.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from simmtm.checkpoint import CHECKPOINT_FILE, load_state
+from simmtm.checkpoint import ray_checkpoint_state
+from simmtm.data.registry import worker_env
+from simmtm.distributed import Scaling
 from simmtm.sweep.trial import _in_tune, _trial_id, trial_loop
 
 __all__ = ["run_multi_worker_trial", "train_run_name"]
@@ -40,17 +41,14 @@ def run_multi_worker_trial(config: dict[str, Any]) -> dict[str, Any] | None:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
-    gpus = float(sweep.get("gpus_per_worker", 0))
-    resources = {"CPU": float(sweep.get("cpus_per_worker", 1))}
-    if gpus:
-        resources["GPU"] = gpus
-    env = {k: os.environ[k] for k in ("SIMMTM_DATA_DIR",) if k in os.environ}
+    scaling = Scaling(workers=int(sweep["workers"]), gpus_per_worker=float(sweep.get("gpus_per_worker", 0)),
+                      cpus_per_worker=float(sweep.get("cpus_per_worker", 1)))
+    env = worker_env()
     storage = sweep.get("storage_path") or str(Path.cwd() / "ray")
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"trial": {**config, "sweep": sweep}},
-        scaling_config=ray.train.ScalingConfig(num_workers=int(sweep["workers"]), use_gpu=gpus > 0,
-                                               resources_per_worker=resources),
+        scaling_config=scaling.scaling_config(),
         run_config=ray.train.RunConfig(
             name=train_run_name(trial_id), storage_path=storage, callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
@@ -74,8 +72,7 @@ def _worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as path:
-            resume = load_state(Path(path) / CHECKPOINT_FILE)
+        resume = ray_checkpoint_state(checkpoint)
         log.info("rank %d resumes the trial after epoch %s", runtime.rank, resume.get("epoch"))
     report = RayReport(runtime)
     return trial_loop(loop_config["trial"], report=report, resume=resume, runtime=runtime)

@@ -20,10 +20,12 @@ import yaml
 
 from simmtm.sweep.spec import apply_params
 
-__all__ = ["TrialRow", "TRIAL_COLUMNS", "write_trials_csv", "read_trials_csv", "rank_configurations", "write_best_yaml", "write_hparams"]
+__all__ = ["TrialRow", "TRIAL_COLUMNS", "STATES", "WARM_START_ATTR", "write_trials_csv", "read_trials_csv", "rank_configurations", "write_best_yaml", "write_hparams"]
 
 TRIAL_COLUMNS = ("trial_id", "state", "score", "val_score", "test_score", "repeat", "epochs", "wall_s", "error")
 STATES = ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")
+# The Optuna user attribute of the trials a warm start copied from an earlier sweep (not this sweep's own).
+WARM_START_ATTR = "warm_start_from"
 
 
 @dataclass

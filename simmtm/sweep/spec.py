@@ -34,6 +34,7 @@ __all__ = [
     "set_key",
     "condition_holds",
     "PAPER_DEFAULTS",
+    "SHORT_NAMES",
     "resolve_metric",
     "first_point",
     "sampler_seed",
@@ -44,6 +45,8 @@ __all__ = [
 # The first trial of a TPE/random sweep: the paper's settings (Dong et al. 2023) for r, M and tau; any other
 # searched key starts from the schema default.
 PAPER_DEFAULTS = {"pretrain.mask_ratio": 0.5, "pretrain.num_masked": 3, "pretrain.temperature": 0.2}
+# Short names of the keys the paper is about, for tables and axes.
+SHORT_NAMES = {"pretrain.mask_ratio": "r", "pretrain.num_masked": "M", "pretrain.temperature": "tau", "model.encoder": "encoder"}
 
 # Keys a sweep may not search: they decide where and how a trial runs, not what it learns.
 _NOT_SEARCHABLE = {"device", "threads", "data.name", "data.path", "data.task", "data.num_workers"}

@@ -31,12 +31,11 @@ from simmtm.config import RunConfig, parse_config
 from simmtm.sweep.spec import apply_params
 
 __all__ = ["run_trial", "trial_loop", "trial_config", "trial_run_config", "probe_config", "probe_score", "probe_key",
-           "TRIAL_RESERVED_KEYS", "CHECKPOINT_NAME"]
+           "TRIAL_RESERVED_KEYS"]
 
 log = logging.getLogger(__name__)
 
 TRIAL_RESERVED_KEYS = ("sweep", "repeat")
-CHECKPOINT_NAME = CHECKPOINT_FILE  # inside every checkpoint directory this trial reports
 
 
 def probe_key(metric: str) -> str:
@@ -274,19 +273,18 @@ def _tune_report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         ray.tune.report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="simmtm-ckpt-") as tmp:
-        save_state(state, Path(tmp) / CHECKPOINT_NAME)
+        save_state(state, Path(tmp) / CHECKPOINT_FILE)
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
 
 
 def _tune_checkpoint_state() -> dict[str, Any] | None:
     import ray.tune
 
-    from simmtm.checkpoint import load_state
+    from simmtm.checkpoint import ray_checkpoint_state
 
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as path:
-        state = load_state(Path(path) / CHECKPOINT_NAME)
+    state = ray_checkpoint_state(checkpoint)
     log.info("trial %s resumes after pre-training epoch %d", _trial_id(), state["epoch"])
     return state

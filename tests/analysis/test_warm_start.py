@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+from studies import study_of
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from simmtm.analysis import finished_trials, load_sweep, warm_start_study
@@ -84,8 +85,7 @@ def test_the_new_sweeps_analysis_leaves_the_copied_trials_out(previous: Path, tm
              synth.ENC: CategoricalDistribution(["transformer", "patch"])}
     own = synth.tpe_rows(synth.interior_surface, space, n_trials=6, seed=9)
     new = synth.write_sweep(tmp_path / "new", own, space, write_csv=False)
-    meta = json.loads((new / "sweep.json").read_text())
-    study = optuna.load_study(study_name=meta["study_name"], storage=meta["storage"])
+    study = study_of(new)
     assert warm_start_study(study, previous, space) == 20
     sweep = load_sweep(new)
     assert sweep.n_warm_start == 20 and len(sweep.finished) == 6 and sweep.source == "optuna.db"

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
+from studies import study_of
 from optuna.trial import TrialState
 
 from simmtm.sweep.outputs import read_trials_csv
@@ -92,8 +92,7 @@ def test_an_interrupted_sweep_resumes_without_losing_or_rerunning_trials(tiny_sw
 
     # The study agrees with Tune: every trial once, with its state and score; an Optuna trial that Tune never
     # recorded (asked in the instant before the kill) is marked FAIL with the reason.
-    meta = json.loads((out / "sweep.json").read_text())
-    study = optuna.load_study(study_name=meta["study_name"], storage=meta["storage"])
+    study = study_of(out)
     by_tune = {}
     for t in study.get_trials():
         tid = t.user_attrs.get("tune_trial_id")
@@ -125,6 +124,5 @@ def test_resume_finds_tunes_state_under_a_storage_uri_outside_out(local_ray, tin
     assert again.finished
     assert {r.trial_id: r.score for r in again.rows} == {r.trial_id: r.score for r in first.rows}
     assert [e["trial_id"] for e in _events(out) if e["event"] == "start"] == started  # nothing ran again
-    meta = json.loads((out / "sweep.json").read_text())
-    study = optuna.load_study(study_name=meta["study_name"], storage=meta["storage"])
+    study = study_of(out)
     assert sorted(t.user_attrs["tune_trial_id"] for t in study.get_trials()) == sorted(r.trial_id for r in first.rows)

@@ -10,8 +10,8 @@ import math
 import time
 from pathlib import Path
 
-import optuna
 import pytest
+from studies import study_of
 import yaml
 from optuna.trial import TrialState
 
@@ -23,11 +23,6 @@ from simmtm.sweep.outputs import TRIAL_COLUMNS, read_trials_csv
 R, M, TAU = "pretrain.mask_ratio", "pretrain.num_masked", "pretrain.temperature"
 
 pytestmark = pytest.mark.slow
-
-
-def study_of(out: Path) -> optuna.Study:
-    meta = json.loads((out / "sweep.json").read_text())
-    return optuna.load_study(study_name=meta["study_name"], storage=meta["storage"])
 
 
 def test_a_four_trial_sweep_writes_the_sweep_directory(local_ray, tiny_sweep, tmp_path: Path) -> None:

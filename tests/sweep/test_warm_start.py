@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import optuna
 import pytest
+from studies import study_of
 from optuna.trial import TrialState
 
 from simmtm.analysis import load_sweep
@@ -21,11 +21,6 @@ pytestmark = pytest.mark.slow
 R, M = "pretrain.mask_ratio", "pretrain.num_masked"
 SEARCH = {"method": "tpe", "params": {R: {"type": "float", "low": 0.1, "high": 0.9}, M: {"type": "int", "low": 1, "high": 4}}}
 TUNE = {"num_samples": 2, "scheduler": {"type": "fifo"}, "test_top_k": 0}
-
-
-def _study(out: Path) -> optuna.Study:
-    meta = json.loads((out / "sweep.json").read_text())
-    return optuna.load_study(study_name=meta["study_name"], storage=meta["storage"])
 
 
 def test_a_warm_started_sweep_learns_from_the_earlier_one_and_reports_only_its_own(
@@ -53,7 +48,7 @@ def test_a_warm_started_sweep_learns_from_the_earlier_one_and_reports_only_its_o
 
     # B's study: A's finished trials as COMPLETE copies with A's scores, marked as warm-start copies, in the same
     # search space as B's own trials (so TPE uses them), then B's own trials.
-    trials = _study(second).get_trials()
+    trials = study_of(second).get_trials()
     copies = [t for t in trials if "warm_start_from" in t.user_attrs]
     own = [t for t in trials if "tune_trial_id" in t.user_attrs]
     assert len(copies) == 2 and len(own) == 2 and len(trials) == 4
