@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-export SIMMTM_DATA_DIR=${SIMMTM_DATA_DIR:-$(cd .. && pwd)/shared/data}
+# Data: $SIMMTM_DATA_DIR when set, else ../shared/data in a dev checkout, else the user cache, where a missing data
+# set is downloaded on first use.
+if [ -z "${SIMMTM_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
+  export SIMMTM_DATA_DIR="$(cd ../shared/data && pwd)"
+fi
 export RAY_memory_monitor_refresh_ms=${RAY_memory_monitor_refresh_ms:-0}  # a shared box: no OOM-killer surprises
 OUT=${1:-runs/quick-sweep}
 RESUME=()

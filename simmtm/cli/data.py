@@ -13,7 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     d = dsub.add_parser("list", help="named data sets and whether they are present")
     d.set_defaults(func=cmd_list)
-    d = dsub.add_parser("download", help="fetch a named data set and verify its SHA-256")
+    d = dsub.add_parser(
+        "download",
+        help="fetch named data sets (SHA-256 checked, retried, resumable); a missing set is also fetched on first use",
+    )
     d.add_argument("names", nargs="+", metavar="NAME")
     d.add_argument("--dir", type=Path, help="data directory (default: $SIMMTM_DATA_DIR, else the user cache)")
     d.set_defaults(func=cmd_download)
@@ -31,9 +34,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from simmtm.data import download
+    from simmtm.data import data_dir, download, get_dataset
 
-    for name in args.names:
-        for path in download(name, args.dir, progress=True):
+    specs = [get_dataset(name) for name in args.names]  # an unknown name fails before any download
+    for spec in specs:
+        for path in download(spec, args.dir or data_dir(), progress=True):
             print(path)
     return 0

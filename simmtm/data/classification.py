@@ -10,6 +10,12 @@ Layouts read by :func:`load_classification`:
 ``.pt`` and ``.npz`` files hold ``samples`` of (N, C, L) (or (N, L) for one channel) and ``labels`` of (N,).
 Labels become ints in sorted order of the unique labels (numeric labels sort as numbers, text as strings), and the
 class names are kept. Samples come back time-major, (N, L, C) float32, as the encoders take them.
+
+Unequal-length ``.ts`` series (JapaneseVowels, ...) follow ``unequal_length`` (``data.unequal_length``): ``error``
+refuses them naming the line; ``pad`` pads every series at its end to the longest one and returns ``observed``,
+a (N, L) padding mask (True at real steps; the scaling is fitted on real steps only and padded steps hold 0);
+``truncate`` cuts every series to ``seq_len`` and refuses one that is shorter. A ``?`` at the end of every channel
+of a case marks a shorter series (some archives pad with it); a ``?`` anywhere else is refused naming the line.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -25,7 +32,14 @@ from torch.utils.data import Dataset
 
 from simmtm.errors import DataError
 
-__all__ = ["ClassificationSplits", "LabelledDataset", "load_classification", "read_ts", "stratified_split"]
+__all__ = [
+    "ClassificationSplits",
+    "LabelledDataset",
+    "UnequalLength",
+    "load_classification",
+    "read_ts",
+    "stratified_split",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +48,7 @@ SINGLE_FILE_FRACTIONS = (0.2, 0.2)  # val, test shares of a lone file; the rest 
 STD_FLOOR = 1e-8
 
 Split = tuple[np.ndarray, np.ndarray]  # samples (N, L, C) float32, labels (N,) int64
+UnequalLength = Literal["pad", "truncate", "error"]
 
 
 @dataclass
@@ -47,6 +62,8 @@ class ClassificationSplits:
     path: Path
     mean: np.ndarray | None = None  # (C,) per-channel train mean, in the file's units
     std: np.ndarray | None = None  # (C,)
+    # (N, L) bool per split (train, val, test): True at real time steps, False at padding; None when nothing is padded
+    observed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -80,6 +97,22 @@ class LabelledDataset(Dataset):
 # --- the .ts format ------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Cases:
+    """A file's cases before they are brought to one length: series (C, L_i) and where each came from."""
+
+    series: list[np.ndarray]  # (C, L_i) float64 each
+    labels: np.ndarray  # (N,)
+    origins: list[str]  # "<path>: line 12" (or "<path>: sample 3"), for errors
+
+    @classmethod
+    def of_array(cls, samples: np.ndarray, labels: np.ndarray, path: Path) -> _Cases:
+        return cls(list(samples.astype(np.float64)), labels, [f"{path}: sample {i}" for i in range(len(samples))])
+
+    def lengths(self) -> list[int]:
+        return [s.shape[1] for s in self.series]
+
+
 def _parse_case(line: str, lineno: int, path: Path) -> tuple[list[str], str]:
     *channels, label = line.split(":")
     if not channels:
@@ -87,8 +120,32 @@ def _parse_case(line: str, lineno: int, path: Path) -> tuple[list[str], str]:
     return channels, label.strip()
 
 
-def read_ts(path: Path) -> tuple[np.ndarray, list[str]]:
-    """Read an equal-length, labelled UEA/UCR ``.ts`` file: samples (N, C, L) float32 and their string labels."""
+def _parse_channels(channels: list[str], lineno: int, path: Path) -> np.ndarray:
+    """One case's channels as (C, L); a run of '?' closing every channel shortens the series."""
+    values = [ch.split(",") for ch in channels]
+    for ch in values:
+        while ch and ch[-1].strip() == "?":
+            ch.pop()
+    if any("?" in v for ch in values for v in ch):
+        raise DataError(
+            f"{path}: line {lineno}: missing values ('?') inside a series are not supported; impute them first"
+        )
+    try:
+        series = [np.array(ch, dtype=np.float64) for ch in values]
+    except ValueError:
+        raise DataError(f"{path}: line {lineno}: a value is not a number (values are separated by ',')") from None
+    lengths = {len(s) for s in series}
+    if len(lengths) > 1:
+        raise DataError(f"{path}: line {lineno}: channels of unequal lengths {sorted(lengths)}; need equal lengths")
+    if not all(np.isfinite(s).all() for s in series):
+        raise DataError(f"{path}: line {lineno}: non-finite values (NaN or inf) in the series")
+    if not series[0].size:
+        raise DataError(f"{path}: line {lineno}: an empty series")
+    return np.stack(series)  # (C, L)
+
+
+def _parse_ts(path: Path) -> _Cases:
+    """Read a labelled UEA/UCR ``.ts`` file, equal-length or not."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such .ts file")
@@ -97,6 +154,7 @@ def read_ts(path: Path) -> tuple[np.ndarray, list[str]]:
     in_data = False
     cases: list[np.ndarray] = []
     labels: list[str] = []
+    origins: list[str] = []
     try:
         handle = path.open(encoding="utf-8")
     except OSError as exc:
@@ -132,36 +190,68 @@ def read_ts(path: Path) -> tuple[np.ndarray, list[str]]:
                 except ValueError:
                     raise DataError(f"{path}: line {lineno}: @dimensions must be an integer, got {value!r}") from None
             continue
-        if "?" in line:
-            raise DataError(f"{path}: line {lineno}: missing values ('?') are not supported; impute them first")
         channels, label = _parse_case(line, lineno, path)
         if declared and label not in declared:
             raise DataError(f"{path}: line {lineno}: label {label!r} is not among the @classLabel labels {declared}")
-        try:
-            series = [np.array(ch.split(","), dtype=np.float64) for ch in channels]
-        except ValueError:
-            raise DataError(f"{path}: line {lineno}: a value is not a number (values are separated by ',')") from None
-        lengths = {len(s) for s in series}
-        if len(lengths) > 1:
-            raise DataError(f"{path}: line {lineno}: channels of unequal lengths {sorted(lengths)}; need equal lengths")
+        series = _parse_channels(channels, lineno, path)
         expected_channels = dimensions if dimensions is not None else (cases[0].shape[0] if cases else len(series))
         if len(series) != expected_channels:
             raise DataError(f"{path}: line {lineno}: {len(series)} channel(s), expected {expected_channels}")
-        if cases and series[0].shape[0] != cases[0].shape[1]:
-            raise DataError(
-                f"{path}: line {lineno}: series length {series[0].shape[0]} differs from {cases[0].shape[1]} "
-                "(unequal-length series are not supported)"
-            )
-        cases.append(np.stack(series))  # (C, L)
+        cases.append(series)
         labels.append(label)
+        origins.append(f"{path}: line {lineno}")
     if not in_data:
         raise DataError(f"{path}: no @data line; expected a UEA/UCR .ts file")
     if not cases:
         raise DataError(f"{path}: no cases after @data")
-    samples = np.stack(cases).astype(np.float32)  # (N, C, L)
-    if not np.isfinite(samples).all():
-        raise DataError(f"{path}: non-finite values (NaN or inf) in the series")
-    return samples, labels
+    return _Cases(cases, np.asarray(labels, dtype=str), origins)
+
+
+def _stack_equal(cases: _Cases) -> np.ndarray:
+    """(N, C, L) float64 of equal-length cases, or DataError naming the first case of another length."""
+    first = cases.series[0].shape[1]
+    for series, origin in zip(cases.series, cases.origins):
+        if series.shape[1] != first:
+            raise DataError(
+                f"{origin}: series length {series.shape[1]} differs from {first} (unequal-length series: "
+                "set data.unequal_length to pad or truncate)"
+            )
+    return np.stack(cases.series)
+
+
+def read_ts(path: Path) -> tuple[np.ndarray, list[str]]:
+    """Read an equal-length, labelled UEA/UCR ``.ts`` file: samples (N, C, L) float32 and their string labels."""
+    cases = _parse_ts(path)
+    return _stack_equal(cases).astype(np.float32), cases.labels.tolist()
+
+
+def _fit_length(files: list[_Cases], policy: UnequalLength, seq_len: int | None) -> list[np.ndarray]:
+    """Every file's cases as one (N, C, L) float64 array under ``policy``; padded steps hold NaN."""
+    if policy == "error":  # each file must be equal-length; train and test shapes are compared later
+        return [_stack_equal(f) for f in files]
+    if policy == "truncate":
+        if seq_len is None:
+            raise ValueError("unequal_length='truncate' needs seq_len")
+        for f in files:
+            for length, origin in zip(f.lengths(), f.origins):
+                if length < seq_len:
+                    shortest = min(min(g.lengths()) for g in files)
+                    raise DataError(
+                        f"{origin}: series length {length} is shorter than data.seq_len {seq_len}, so "
+                        f"data.unequal_length truncate cannot cut to it; set data.seq_len to at most {shortest} "
+                        "or data.unequal_length to pad"
+                    )
+        return [np.stack([s[:, :seq_len] for s in f.series]) for f in files]
+    if policy != "pad":
+        raise ValueError(f"unequal_length must be pad, truncate or error, got {policy!r}")
+    longest = max(max(f.lengths()) for f in files)
+    out = []
+    for f in files:
+        padded = np.full((len(f.series), f.series[0].shape[0], longest), np.nan)  # (N, C, L)
+        for row, series in zip(padded, f.series):
+            row[:, : series.shape[1]] = series
+        out.append(padded)
+    return out
 
 
 # --- .pt / .npz ------------------------------------------------------------------------------------------------
@@ -201,11 +291,11 @@ def _read_tensors(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return samples, labels
 
 
-def _read_any(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_any(path: Path) -> _Cases:
     if path.suffix == ".ts":
-        samples, labels = read_ts(path)
-        return samples, np.asarray(labels, dtype=str)
-    return _read_tensors(path)
+        return _parse_ts(path)
+    samples, labels = _read_tensors(path)
+    return _Cases.of_array(samples, labels, path)
 
 
 def _encode_labels(parts: Sequence[np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
@@ -304,34 +394,52 @@ def _layout(path: Path) -> tuple[str, dict[str, Path]]:
     )
 
 
-def _standardise(parts: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Per-channel scaling fitted on parts[0]; (N, C, L) in, time-major (N, L, C) float32 out."""
-    train = parts[0].astype(np.float64)
-    mean = train.mean(axis=(0, 2))  # (C,)
-    std = train.std(axis=(0, 2))
+def _standardise(parts: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Per-channel scaling fitted on the real steps of parts[0]; (N, C, L) in, time-major (N, L, C) float32 out.
+
+    NaN marks padding: it is left out of the fit, comes back as 0 (the train mean), and the returned (N, L) masks
+    are True at real steps.
+    """
+    train = parts[0]
+    mean = np.nanmean(train, axis=(0, 2))  # (C,)
+    std = np.nanstd(train, axis=(0, 2))
     std = np.where(std < STD_FLOOR, 1.0, std)
-    scaled = [((p - mean[None, :, None]) / std[None, :, None]).transpose(0, 2, 1).astype(np.float32) for p in parts]
-    return scaled, mean, std
+    observed = [~np.isnan(p[:, 0, :]) for p in parts]  # a step is padded in all channels or in none
+    scaled = [
+        np.nan_to_num((p - mean[None, :, None]) / std[None, :, None], nan=0.0).transpose(0, 2, 1).astype(np.float32)
+        for p in parts
+    ]
+    return scaled, mean, std, observed
 
 
-def load_classification(path: Path, *, val_fraction: float = 0.2, seed: int = 0) -> ClassificationSplits:
-    """Read a classification data set, split it (see the module doc) and standardise it per channel."""
+def load_classification(
+    path: Path,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    unequal_length: UnequalLength = "error",
+    seq_len: int | None = None,
+) -> ClassificationSplits:
+    """Read a classification data set, split it, bring its series to one length and standardise it per channel.
+
+    See the module doc for the layouts and for ``unequal_length`` (``seq_len`` is the length ``truncate`` cuts to).
+    """
     path = Path(path)
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     kind, files = _layout(path)
+    read = {split: _read_any(p) for split, p in files.items()}
+    arrays = dict(zip(read, _fit_length(list(read.values()), unequal_length, seq_len)))
     if kind == "official":
-        read = {split: _read_any(p) for split, p in files.items()}
-        samples = [read[s][0] for s in ("train", "val", "test")]
-        raw_labels = [read[s][1] for s in ("train", "val", "test")]
+        samples = [arrays[s] for s in ("train", "val", "test")]
+        raw_labels = [read[s].labels for s in ("train", "val", "test")]
     elif kind == "pair":
-        train_x, train_y = _read_any(files["train"])
-        test_x, test_y = _read_any(files["test"])
+        train_x, train_y = arrays["train"], read["train"].labels
         train_idx, val_idx = stratified_split(train_y, (val_fraction,), seed=seed)
-        samples = [train_x[train_idx], train_x[val_idx], test_x]
-        raw_labels = [train_y[train_idx], train_y[val_idx], test_y]
+        samples = [train_x[train_idx], train_x[val_idx], arrays["test"]]
+        raw_labels = [train_y[train_idx], train_y[val_idx], read["test"].labels]
     else:
-        all_x, all_y = _read_any(files["all"])
+        all_x, all_y = arrays["all"], read["all"].labels
         train_idx, val_idx, test_idx = stratified_split(all_y, SINGLE_FILE_FRACTIONS, seed=seed)
         samples = [all_x[i] for i in (train_idx, val_idx, test_idx)]
         raw_labels = [all_y[i] for i in (train_idx, val_idx, test_idx)]
@@ -344,8 +452,9 @@ def load_classification(path: Path, *, val_fraction: float = 0.2, seed: int = 0)
                 f"{where}: {name} series have (channels, length) {part.shape[1:]}, train has {shape}; they must match"
             )
     classes, labels = _encode_labels(raw_labels)
-    scaled, mean, std = _standardise(samples)
-    logger.debug("%s: %s layout, %d classes, (C, L) = %s", path, kind, len(classes), shape)
+    scaled, mean, std, observed = _standardise(samples)
+    padded = not all(m.all() for m in observed)
+    logger.debug("%s: %s layout, %d classes, (C, L) = %s, padded: %s", path, kind, len(classes), shape, padded)
     return ClassificationSplits(
         train=(scaled[0], labels[0]),
         val=(scaled[1], labels[1]),
@@ -354,4 +463,5 @@ def load_classification(path: Path, *, val_fraction: float = 0.2, seed: int = 0)
         path=path,
         mean=mean,
         std=std,
+        observed=(observed[0], observed[1], observed[2]) if padded else None,
     )

@@ -1,29 +1,45 @@
-"""Fetch named data sets into the data directory, atomically and with SHA-256 checks.
+"""Fetch a named data set's files into the data directory: through pooch, SHA-256 checked, retried, resumed.
 
-Each file is downloaded (or extracted from a downloaded .zip) into a temporary folder beside its destination,
-hashed, checked, and only then renamed into place, so a failed or tampered download leaves nothing behind.
-Files with a hash in ``KNOWN_SHA256`` are checked against it. For the others nothing here can vouch for the
-bytes: the hash seen on the first download is recorded in ``<file>.sha256`` (trust on first use, with a warning)
-and later downloads must match it.
+``download(spec, root)`` is called on first use (``registry`` finds a named set missing) and by
+``simmtm data download NAME``. pooch fetches the file (a progress bar, ``retries`` more tries on a network error
+or a checksum mismatch) into ``root/.downloads/``; it is checked, unzipped when it is an archive, checked again
+member by member, and only then renamed into place. A broken transfer leaves ``.downloads/<file>.part``, which the
+next try continues with an HTTP Range request; the data tree itself never holds a half-written file or an empty
+folder. One download runs at a time per data directory (an advisory lock on the directory itself), so trials
+that start together on a fresh machine fetch the set once.
+
+Files with a hash in ``KNOWN_SHA256`` are checked against it. For the others nothing here can vouch for the bytes:
+the hash seen on the first download is recorded in ``<file>.sha256`` (trust on first use, with a warning) and later
+downloads must match it.
+
+``$SIMMTM_DATA_URL_BASE`` points every download at a mirror that serves the files under their upstream names
+(``<base>/ETTh1.csv``, ``<base>/GunPoint.zip``): for a machine behind a firewall, and for the tests.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from simmtm.data.registry import DatasetSpec, get_dataset
-from simmtm.data.registry import data_dir as default_data_dir
+import pooch
+import requests
+
 from simmtm.errors import DataError
 
-__all__ = ["KNOWN_SHA256", "download", "sha256_file"]
+if TYPE_CHECKING:
+    from simmtm.data.registry import DatasetSpec
+
+__all__ = ["KNOWN_SHA256", "RETRIES", "URL_BASE_ENV", "download", "sha256_file", "source_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +53,11 @@ KNOWN_SHA256: dict[str, str] = {
     "BasicMotions_TEST.ts": "79213102bc6fca1a398ad98ce1185dff0208fa3d1465e687f48288946b0ff8dc",
 }
 
+URL_BASE_ENV = "SIMMTM_DATA_URL_BASE"
+RETRIES = 3  # pooch waits 1 s, 2 s, 3 s between tries
+TIMEOUT_S = 60  # per connection attempt and per read, not for the whole file
+STAGING = ".downloads"
 CHUNK = 1 << 20
-TIMEOUT_S = 60
 SIDECAR = ".sha256"
 
 
@@ -48,6 +67,23 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def source_url(spec: DatasetSpec) -> str:
+    """Where a data set is fetched from: its registry URL, or the same file name under ``$SIMMTM_DATA_URL_BASE``."""
+    if spec.url is None:
+        raise DataError(f"data set {spec.name} has no download URL")
+    base = os.environ.get(URL_BASE_ENV)
+    if not base:
+        return spec.url
+    return f"{base.rstrip('/')}/{_url_file_name(spec.url)}"
+
+
+def _url_file_name(url: str) -> str:
+    return url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+# --- hashes: known, or recorded on first use --------------------------------------------------------------------
 
 
 def _sidecar(target: Path) -> Path:
@@ -88,22 +124,100 @@ def _present_and_valid(target: Path) -> bool:
     return True
 
 
-def _fetch(url: str, dest: Path, *, progress: bool) -> None:
-    level = logging.INFO if progress else logging.DEBUG
-    logger.log(level, "downloading %s", url)
+def _mismatch(url: str, name: str, digest: str, expected: str, source: str) -> DataError:
+    return DataError(
+        f"{url}: {name} has SHA-256 {digest}, expected {expected} ({source}); "
+        "the download is corrupt or the upstream file changed (nothing was written)"
+    )
+
+
+# --- the transfer ------------------------------------------------------------------------------------------------
+
+
+class _ResumingDownloader:
+    """pooch's HTTP downloader, writing through ``partial`` so that a broken transfer resumes where it stopped.
+
+    The bytes go to ``partial`` first and move to pooch's output file once complete. When ``partial`` already
+    holds the start of the file, the request asks for the rest (``Range: bytes=N-``); a server that answers with
+    the whole file instead (200, not 206) or with an error gets ``partial`` emptied first, so bytes are never
+    appended to the wrong offset. ``digest`` is the SHA-256 of the last complete file, for the mismatch message.
+    """
+
+    def __init__(self, partial: Path, *, progress: bool) -> None:
+        self.partial = partial
+        self.progress = progress
+        self.digest = ""
+
+    def __call__(self, url: str, output_file: str, pooch_: pooch.Pooch | None) -> None:
+        start = self.partial.stat().st_size if self.partial.is_file() else 0
+        if start:
+            logger.info("%s: resuming after %d bytes from %s", self.partial.name, start, url)
+        with self.partial.open("ab") as out:
+
+            def restart_unless_partial_content(response: requests.Response, *args: object, **kwargs: object) -> None:
+                if not response.is_redirect and response.status_code != 206:  # a redirect's target answers later
+                    out.seek(0)
+                    out.truncate()
+
+            http = pooch.HTTPDownloader(
+                progressbar=self.progress,
+                chunk_size=1 << 16,
+                timeout=TIMEOUT_S,
+                headers={"Range": f"bytes={start}-"} if start else {},
+                hooks={"response": restart_unless_partial_content},
+            )
+            http(url, out, pooch_)
+        self.digest = sha256_file(self.partial)
+        os.replace(self.partial, output_file)
+
+
+@contextlib.contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """Hold an advisory lock on the data directory (POSIX flock on the directory itself; released on exit)."""
+    fd = os.open(root, os.O_RDONLY)
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, dest.open("wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done, next_report = 0, 0.1
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                done += len(chunk)
-                if total and done / total >= next_report:
-                    logger.log(level, "%s: %d%% of %.1f MB", dest.name, 100 * done // total, total / 1e6)
-                    next_report += 0.1
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise DataError(f"cannot download {url}: {reason}; check the network, or fetch the file by hand") from None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """A short cause: the HTTP status, or the OS error under requests' wrapping, or the exception's name."""
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code} {exc.response.reason}"
+    found = re.search(r"\[Errno -?\d+\] [^'\"\])]+", str(exc))
+    return found.group(0).strip() if found else type(exc).__name__
+
+
+def _by_hand(spec: DatasetSpec, url: str, targets: list[Path]) -> str:
+    """Where to put the files when they cannot be fetched: the exact path and name of each."""
+    if spec.is_archive:
+        names = " and ".join(t.name for t in targets)
+        return f"download {url} and put {names} from it in {targets[0].parent}/"
+    return f"download {url} and save it as {targets[0]}"
+
+
+def _fetch(spec: DatasetSpec, url: str, staging: Path, targets: list[Path], progress: bool, retries: int) -> Path:
+    """pooch fetches ``url`` into ``staging`` (retries, progress bar, resumable) and checks a known hash."""
+    file_name = _url_file_name(url)
+    known, source = (None, "") if spec.is_archive else _expected_hash(targets[0])
+    downloader = _ResumingDownloader(staging / f"{file_name}.part", progress=progress)
+    store = pooch.create(path=staging, base_url="", registry={file_name: known}, urls={file_name: url},
+                         retry_if_failed=retries)
+    try:
+        return Path(store.fetch(file_name, downloader=downloader))
+    except requests.RequestException as exc:
+        kept = downloader.partial.stat().st_size if downloader.partial.is_file() else 0
+        resume = f"; the {kept} bytes in {downloader.partial} resume on the next try" if kept else ""
+        raise DataError(
+            f"cannot download {spec.name} from {url} ({_reason(exc)}; {retries + 1} tries); "
+            f"offline? {_by_hand(spec, url, targets)}{resume}"
+        ) from None
+    except ValueError:  # pooch: the complete file does not have the known hash (pooch has deleted it)
+        if known is None:
+            raise
+        raise _mismatch(url, file_name, downloader.digest, known, source) from None
 
 
 def _extract(archive: Path, names: list[str], folder: Path, url: str) -> dict[str, Path]:
@@ -125,51 +239,69 @@ def _extract(archive: Path, names: list[str], folder: Path, url: str) -> dict[st
         raise DataError(f"{url}: the download is not a valid .zip archive") from None
 
 
-def download(name: str, data_dir: Path | str | None = None, *, progress: bool = True) -> list[Path]:
-    """Fetch a named data set's files into the data directory and return their paths.
+def _check_and_place(fetched: dict[str, Path], targets: list[Path], url: str) -> None:
+    """Check every file before moving any into place; record a first-seen hash only once the file is placed."""
+    digests = {}
+    for target in targets:
+        digest = sha256_file(fetched[target.name])
+        expected, source = _expected_hash(target)
+        if expected is not None and digest != expected:
+            raise _mismatch(url, target.name, digest, expected, source)
+        digests[target] = (digest, expected)
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(fetched[target.name], target)
+        digest, expected = digests[target]
+        if expected is None:
+            _record_first_hash(target, digest)
 
-    Files already present with the right hash are kept. A hash mismatch raises DataError and leaves no file.
+
+def download(
+    spec: DatasetSpec, root: Path | str, *, progress: bool = True, retries: int | None = None
+) -> list[Path]:
+    """Fetch a data set's files into the data directory ``root`` and return their paths.
+
+    Files already present with the right hash are kept. A network failure, after ``retries`` more tries (default
+    ``RETRIES``), raises DataError naming the file to fetch by hand and where to put it; a hash mismatch raises
+    DataError and keeps nothing.
     """
-    spec: DatasetSpec = get_dataset(name)
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    retries = RETRIES if retries is None else retries
+    root = Path(root)
     targets = [root / f for f in spec.files]
-    if all(_present_and_valid(t) for t in targets):
-        logger.log(logging.INFO if progress else logging.DEBUG, "%s: already present in %s", spec.name, root)
-        return targets
-    if spec.url is None:
-        raise DataError(f"data set {spec.name} must be fetched by hand: {spec.manual}, and place it at {targets[0]}")
-
-    folder = targets[0].parent
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
-        tmp_dir = Path(tmp)
-        if spec.is_archive:
-            fetched = _extract(_fetch_to(spec.url, tmp_dir, progress), [t.name for t in targets], tmp_dir, spec.url)
-        else:
-            if len(targets) != 1:
-                raise DataError(f"data set {spec.name}: a plain URL gives one file, the registry lists {len(targets)}")
-            fetched = {targets[0].name: _fetch_to(spec.url, tmp_dir, progress, as_name=targets[0].name)}
-        digests = {}
-        for target in targets:  # check every file before moving any into place
-            digest = sha256_file(fetched[target.name])
-            expected, source = _expected_hash(target)
-            if expected is not None and digest != expected:
-                raise DataError(
-                    f"{spec.url}: {target.name} has SHA-256 {digest}, expected {expected} ({source}); "
-                    "the download is corrupt or the upstream file changed (nothing was written)"
-                )
-            digests[target] = (digest, expected)
-        for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(fetched[target.name], target)
-            digest, expected = digests[target]
-            if expected is None:
-                _record_first_hash(target, digest)
+    by_hand = DataError(f"data set {spec.name} must be fetched by hand: {spec.manual}, and place it at {targets[0]}")
+    if spec.url is None and not all(t.is_file() for t in targets):
+        raise by_hand
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root):  # a second process waits here, then finds the files present
+        if all(_present_and_valid(t) for t in targets):
+            logger.log(logging.INFO if progress else logging.DEBUG, "%s: already present in %s", spec.name, root)
+            return targets
+        if spec.url is None:
+            raise by_hand
+        url = source_url(spec)
+        staging = root / STAGING
+        try:
+            fetched = _fetch(spec, url, staging, targets, progress, retries)
+            if spec.is_archive:
+                with tempfile.TemporaryDirectory(dir=staging, prefix="extract-") as tmp:
+                    members = _extract(fetched, [t.name for t in targets], Path(tmp), url)
+                    _check_and_place(members, targets, url)
+            else:
+                if len(targets) != 1:
+                    raise DataError(f"data set {spec.name}: a plain URL gives one file, the registry lists {len(targets)}")
+                _check_and_place({targets[0].name: fetched}, targets, url)
+        finally:
+            _tidy(staging)
     logger.log(logging.INFO if progress else logging.DEBUG, "%s: saved %s", spec.name, ", ".join(map(str, targets)))
     return targets
 
 
-def _fetch_to(url: str, folder: Path, progress: bool, as_name: str | None = None) -> Path:
-    dest = folder / (as_name or url.split("?", 1)[0].rsplit("/", 1)[-1] or "download")
-    _fetch(url, dest, progress=progress)
-    return dest
+def _tidy(staging: Path) -> None:
+    """Remove what a finished or failed fetch leaves in staging, except a non-empty ``.part`` to resume from."""
+    if not staging.is_dir():
+        return
+    for leftover in staging.iterdir():
+        if leftover.is_file() and (leftover.suffix != ".part" or leftover.stat().st_size == 0):
+            leftover.unlink()
+    with contextlib.suppress(OSError):
+        staging.rmdir()  # only when empty

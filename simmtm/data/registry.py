@@ -17,6 +17,7 @@ import platformdirs
 
 from simmtm.config import DataConfig
 from simmtm.data.classification import ClassificationSplits, load_classification
+from simmtm.data.download import download
 from simmtm.data.forecasting import ForecastingSplits, load_forecasting
 from simmtm.errors import DataError
 
@@ -151,14 +152,8 @@ _TASK_BY_SUFFIX: dict[str, Task] = {
 def _resolve_name(name: str) -> tuple[DatasetSpec, Path]:
     spec = get_dataset(name)
     root = data_dir()
-    missing = [f for f in spec.files if not (root / f).is_file()]
-    if missing:
-        source = f"from ${DATA_DIR_ENV}" if os.environ.get(DATA_DIR_ENV) else f"the default; set ${DATA_DIR_ENV}"
-        hint = f" ({spec.manual})" if spec.url is None else ""
-        raise DataError(
-            f"data set {spec.name}: {root / missing[0]} not found (data directory {root}, {source}); "
-            f"run `simmtm data download {spec.name}` to fetch it{hint}"
-        )
+    if not all((root / f).is_file() for f in spec.files):
+        download(spec, root)  # first use: fetch it (DataError says which file to put where when that fails)
     return spec, root / spec.files[0]
 
 

@@ -121,6 +121,77 @@ def test_train_and_test_shapes_must_match(tmp_path: Path) -> None:
         load_classification(tmp_path / "Toy_TRAIN.ts")
 
 
+# --- unequal lengths -------------------------------------------------------------------------------------------
+
+
+def unequal_pair(tmp_path: Path) -> Path:
+    """A 2-channel TRAIN file of lengths 2, 4, 3, 4 and a TEST file of lengths 5, 2 (like JapaneseVowels)."""
+    write_ts(tmp_path / "Toy_TRAIN.ts", ["1,2:10,20:a", "1,2,3,4:10,20,30,40:b", "3,2,1:30,20,10:a", "4,3,2,1:4,3,2,1:b"])
+    write_ts(tmp_path / "Toy_TEST.ts", ["1,2,3,4,5:1,2,3,4,5:a", "5,4,?,?:5,4,?,?:b"])  # trailing '?': length 2
+    return tmp_path / "Toy_TRAIN.ts"
+
+
+def test_unequal_lengths_are_refused_by_default_naming_the_line(tmp_path: Path) -> None:
+    message = r"Toy_TRAIN\.ts: line 9: series length 4 differs from 2 \(unequal-length series: set data\.unequal_length"
+    with pytest.raises(DataError, match=message):
+        load_classification(unequal_pair(tmp_path))
+
+
+def test_pad_to_the_longest_series_with_a_padding_mask(tmp_path: Path) -> None:
+    splits = load_classification(unequal_pair(tmp_path), unequal_length="pad", val_fraction=0.5, seed=0)
+    assert splits.length == 5 and splits.channels == 2  # the longest series anywhere, here in TEST
+    assert splits.observed is not None
+    test_x, test_observed = splits.test[0], splits.observed[2]
+    np.testing.assert_array_equal(test_observed, [[True] * 5, [True, True, False, False, False]])
+    assert (test_x[~test_observed] == 0).all()  # padding holds 0, the train mean
+    # the scaling is fitted on the real train steps only: they have mean 0 and std 1 per channel
+    train_x, train_observed = splits.train[0], splits.observed[0]
+    real = np.concatenate([splits.train[0][train_observed], splits.val[0][splits.observed[1]]])
+    assert real.shape == (2 + 4 + 3 + 4, 2) and train_x.shape[1] == 5
+    np.testing.assert_allclose(train_x[train_observed].mean(axis=0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(train_x[train_observed].std(axis=0), 1.0, atol=1e-5)
+    # the real steps keep their values: test case 0 is 1..5 in the units the train mean and std define
+    np.testing.assert_allclose(test_x[0, :, 0] * splits.std[0] + splits.mean[0], [1, 2, 3, 4, 5], atol=1e-5)
+
+
+def test_pad_leaves_equal_length_data_as_it_was(basic_motions: Path) -> None:
+    padded = load_classification(basic_motions, unequal_length="pad")
+    plain = load_classification(basic_motions)
+    assert padded.observed is None
+    np.testing.assert_array_equal(padded.train[0], plain.train[0])
+
+
+def test_truncate_cuts_every_series_to_seq_len(tmp_path: Path) -> None:
+    splits = load_classification(unequal_pair(tmp_path), unequal_length="truncate", seq_len=2, val_fraction=0.5)
+    assert (splits.length, splits.observed) == (2, None)
+    np.testing.assert_allclose(splits.test[0][:, :, 1] * splits.std[1] + splits.mean[1], [[1, 2], [5, 4]], atol=1e-5)
+    message = (
+        r"Toy_TRAIN\.ts: line 8: series length 2 is shorter than data\.seq_len 3.*"
+        r"set data\.seq_len to at most 2 or data\.unequal_length to pad"
+    )
+    with pytest.raises(DataError, match=message):
+        load_classification(tmp_path / "Toy_TRAIN.ts", unequal_length="truncate", seq_len=3)
+
+
+def test_truncate_real_data_to_seq_len(basic_motions: Path) -> None:
+    splits = load_classification(basic_motions, unequal_length="truncate", seq_len=40)
+    assert splits.train[0].shape[1:] == (40, 6) and splits.test[0].shape == (40, 40, 6)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("1,?,3:4,5,6:a", r"line 8: missing values \('\?'\) inside a series"),
+        ("1,2,?:4,5,6:a", r"line 8: channels of unequal lengths \[2, 3\]"),  # '?' closing one channel only
+        ("?,?,?:?,?,?:a", r"line 8: an empty series"),
+        ("1,nan,3:4,5,6:a", r"line 8: non-finite values"),
+    ],
+)
+def test_missing_values_that_cannot_mean_a_shorter_series(tmp_path: Path, case: str, message: str) -> None:
+    with pytest.raises(DataError, match=r"bad\.ts: " + message):
+        load_classification(write_ts(tmp_path / "bad.ts", [case, "1,2,3:4,5,6:b"]), unequal_length="pad")
+
+
 # --- .npz / .pt -----------------------------------------------------------------------------------------------
 
 
