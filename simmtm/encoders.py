@@ -269,8 +269,6 @@ class TFCEncoder(Encoder):
             _conv_pool_block(32, 64, 8, 1),
             _conv_pool_block(64, cfg.d_model, 8, 1),
         )
-        if self.num_tokens(seq_len) < 1:
-            raise ValueError(f"model.encoder tfc: data.seq_len ({seq_len}) is too short for model.tfc_kernel ({self.kernel})")
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, *, in_channels: int, seq_len: int) -> TFCEncoder:

@@ -8,7 +8,11 @@ projector into series-wise vectors s. The cosine similarities R between all seri
   positives and every other series a negative;
 * the neighbourhood aggregation, which rebuilds each original from the softmax(R / tau)-weighted sum of the
   point-wise representations of all *other* series, then decodes it back to the time domain for the
-  reconstruction loss.
+  reconstruction loss (``pretrain.reconstruction: every_view``, the official classification objective, rebuilds
+  every row, masked copies included, and scores each against its own input).
+
+With ``model.projector: official``, ``model.head_dropout: 0.1`` and ``model.embedding_init: official`` the forward
+equals the official forecasting model's (tests/test_official.py); docs/fidelity.md lists what remains different.
 
 Names follow the paper: r (``mask_ratio``), M (``num_masked``), tau (``temperature``).
 Shapes: N series, V = M + 1 views, L time points, c channels per series, T tokens, D model width.
