@@ -42,7 +42,7 @@ from simmtm.errors import UserError
 from simmtm.model import SimMTM
 from simmtm.pretrained import build_simmtm
 
-__all__ = ["official_state_to_simmtm", "import_official", "read_official_checkpoint"]
+__all__ = ["import_official", "official_state_to_simmtm", "read_official_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def read_official_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[
         raise UserError(f"{path}: no such checkpoint file")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
+    except Exception as exc:  # noqa: BLE001 (a truncated or foreign file, whatever torch raises)
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {exc})") from None
     extra: dict[str, Any] = {}
     if isinstance(raw, Mapping):

@@ -14,7 +14,7 @@ from simmtm.config import RunConfig, parse_config
 from simmtm.errors import UserError
 from simmtm.model import SimMTM
 
-__all__ = ["load_pretrained", "build_simmtm", "checkpoint_path"]
+__all__ = ["build_simmtm", "checkpoint_path", "load_pretrained"]
 
 
 def checkpoint_path(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best") -> Path:

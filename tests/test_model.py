@@ -11,6 +11,7 @@ import torch
 from simmtm.config import ModelConfig, PretrainConfig
 from simmtm.encoders import build_encoder
 from simmtm.heads import Classifier, Forecaster
+from simmtm.masking import geometric_mask
 from simmtm.model import (
     AutomaticWeightedLoss,
     FixedWeightedLoss,
@@ -23,7 +24,6 @@ from simmtm.model import (
     series_similarity,
     to_series,
 )
-from simmtm.masking import geometric_mask
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -329,3 +329,16 @@ def test_without_instance_norm_the_encoder_sees_the_masked_input_itself() -> Non
     classifier = Classifier(model.encoder, seq_len=16, channels=1, num_classes=3, channel_independent=False, instance_norm=False)
     classifier(x)
     torch.testing.assert_close(seen["x"], x)
+
+
+def test_every_view_across_two_simulated_workers_equals_the_global_batch() -> None:
+    model = tiny_simmtm(reconstruction="every_view")
+    x, mask = batch(n=4)
+    whole = model(x, mask)
+    recorded: list[torch.Tensor] = []
+    model(x[2:], mask[:, 2:], gather=lambda t: recorded.append(t.detach()) or t)  # worker 1's local tensors
+    remote = iter(recorded)
+    worker0 = model(x[:2], mask[:, :2], gather=lambda t: torch.cat([t, next(remote)]))
+    torch.testing.assert_close(worker0.reconstruction, whole.reconstruction)
+    torch.testing.assert_close(worker0.constraint, whole.constraint)
+    torch.testing.assert_close(worker0.rebuilt, whole.rebuilt)

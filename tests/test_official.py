@@ -207,7 +207,7 @@ def official_model(seed: int = 0) -> OfficialSimMTM:
     return model.eval()
 
 
-def write_config(tmp_path: Path, **model) -> Path:
+def official_config(tmp_path: Path, **model) -> Path:
     raw = {"data": {"path": str(tmp_path / "unused.csv"), "seq_len": L},
            "model": {"encoder": "transformer", "d_model": D, "n_heads": HEADS, "n_layers": LAYERS, "d_ff": D_FF,
                      "projector": "official", "projector_dim": 128, "head_dropout": 0.1, **model},
@@ -244,7 +244,7 @@ def test_imported_weights_give_the_official_losses(tmp_path: Path) -> None:
         loss, loss_cl, loss_rb, pred = official(x_om, x, mask_om)
 
     state = {f"module.{k}": v for k, v in official.state_dict().items()}  # as saved from DataParallel
-    config = write_config(tmp_path)
+    config = official_config(tmp_path)
     assert main(["import-official", str(save_official(tmp_path, state)), "--config", str(config), "--out", str(tmp_path / "run")]) == 0
     assert {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
     assert (tmp_path / "run" / "config.yaml").is_file()
@@ -274,7 +274,7 @@ def test_the_faithful_projector_has_the_official_widths(tmp_path: Path) -> None:
 def test_an_encoder_only_checkpoint_imports_with_fresh_heads(tmp_path: Path, capsys) -> None:
     official = official_model()
     encoder_only = {k: v for k, v in official.state_dict().items() if k.startswith(("encoder.", "enc_embedding."))}
-    config = write_config(tmp_path)
+    config = official_config(tmp_path)
     assert main(["import-official", str(save_official(tmp_path, encoder_only)), "--config", str(config), "--out", str(tmp_path / "run")]) == 0
     assert "freshly initialised: combine, decoder, projector" in capsys.readouterr().out
     model = simmtm.load_pretrained(tmp_path / "run", checkpoint="last")
@@ -286,7 +286,7 @@ def test_an_encoder_only_checkpoint_imports_with_fresh_heads(tmp_path: Path, cap
 
 def test_an_unmappable_key_is_exit_2_naming_it(tmp_path: Path, capsys) -> None:
     state = {**official_model().state_dict(), "head.linear.weight": torch.zeros(4, L * D)}  # a fine-tuning head
-    code = main(["import-official", str(save_official(tmp_path, state)), "--config", str(write_config(tmp_path)), "--out", str(tmp_path / "run")])
+    code = main(["import-official", str(save_official(tmp_path, state)), "--config", str(official_config(tmp_path)), "--out", str(tmp_path / "run")])
     assert code == 2
     assert "official key 'head.linear.weight' has no counterpart" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -294,7 +294,7 @@ def test_an_unmappable_key_is_exit_2_naming_it(tmp_path: Path, capsys) -> None:
 
 def test_a_shape_that_disagrees_with_the_config_is_exit_2_naming_the_key(tmp_path: Path, capsys) -> None:
     state = official_model().state_dict()
-    code = main(["import-official", str(save_official(tmp_path, state, wrap=False)), "--config", str(write_config(tmp_path)),
+    code = main(["import-official", str(save_official(tmp_path, state, wrap=False)), "--config", str(official_config(tmp_path)),
                  "--set", "model.projector_hidden=32", "--out", str(tmp_path / "run")])
     assert code == 2
     err = capsys.readouterr().err
@@ -303,7 +303,7 @@ def test_a_shape_that_disagrees_with_the_config_is_exit_2_naming_the_key(tmp_pat
 
 def test_a_config_that_is_not_the_official_model_is_refused(tmp_path: Path, capsys) -> None:
     path = save_official(tmp_path, official_model().state_dict())
-    code = main(["import-official", str(path), "--config", str(write_config(tmp_path, projector="lean")), "--out", str(tmp_path / "run")])
+    code = main(["import-official", str(path), "--config", str(official_config(tmp_path, projector="lean")), "--out", str(tmp_path / "run")])
     assert code == 2
     assert "model.projector is 'lean'" in capsys.readouterr().err
 
@@ -314,7 +314,7 @@ def test_load_pretrained_refuses_a_directory_without_checkpoints(tmp_path: Path)
 
 
 def _imported(tmp_path: Path) -> Path:
-    config = write_config(tmp_path)
+    config = official_config(tmp_path)
     assert main(["import-official", str(save_official(tmp_path, official_model().state_dict())), "--config", str(config),
                  "--out", str(tmp_path / "run")]) == 0
     return tmp_path / "run"
@@ -330,3 +330,24 @@ def test_the_imported_run_fine_tunes_through_the_normal_path(tmp_path: Path, tin
     raw["finetune"] = {"horizons": [4], "epochs": 1, "batch_size": 8, "max_steps": 1, "val_batches": 1}
     metrics = finetune.run(parse_config(raw), pretrained=run, score_test=False)
     assert metrics["pretrained"] is True and math.isfinite(metrics["val_mse"])
+
+
+def test_load_pretrained_returns_an_own_run_in_eval_mode(tmp_path: Path, tiny_config) -> None:
+    """A `simmtm pretrain` run (no recorded shapes: they come from its data) loads with the weights of its
+    checkpoint and keeps the model(series, mask) contract."""
+    from simmtm import pretrain
+    from simmtm.checkpoint import load_state
+
+    config = parse_config(tiny_config({"model": {"projector": "official", "head_dropout": 0.1}}))
+    pretrain.run(config, run_dir=tmp_path / "pre")
+    model = simmtm.load_pretrained(tmp_path / "pre")
+    assert isinstance(model, SimMTM) and not model.training
+    saved = load_state(tmp_path / "pre" / "checkpoints" / "last.pt")["model"]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, saved[key])
+    series = torch.randn(4, 24, 1)
+    mask = geometric_mask((2, 4, 1, 24), 0.5, 3.0, generator=torch.Generator().manual_seed(0)).transpose(2, 3)
+    with torch.no_grad():
+        first, second = model(series, mask), model(series, mask)
+    assert first.rebuilt.shape == series.shape and torch.isfinite(first.loss)
+    torch.testing.assert_close(first.loss, second.loss)  # eval: no dropout
