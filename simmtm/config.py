@@ -74,8 +74,25 @@ class ModelConfig(_Section):
     patch_stride: int = Field(8, ge=1)  # encoder `patch` only
     kernel_sizes: list[int] = Field(default_factory=lambda: [7, 5, 3])  # encoder `resnet1d`: the convolutions of each block
     channel_independent: bool | None = None  # None: True for forecasting, False for classification
-    projector_dim: int = Field(128, ge=1)
+    # The series-wise projector (docs/fidelity.md). official: Flatten, Linear(T*D -> projector_hidden), norm, ReLU,
+    # Linear(-> projector_dim), Dropout(head_dropout), the official Pooler_Head (58.5M parameters at ETTh1).
+    # lean: Linear(T*D -> projector_dim), norm, ReLU, Linear(projector_dim -> projector_dim), no dropout (1.4M).
+    projector: Literal["official", "lean"] = "lean"
+    projector_hidden: int | None = Field(None, ge=1)  # official only; None: T*D // 2 as in the official code
+    projector_dim: int = Field(128, ge=1)  # the series vector's width (official 128)
     projector_norm: Literal["batch", "layer", "none"] = "batch"
+    # Dropout on the projector's output (official only), the reconstruction decoder and the forecasting head;
+    # the official code uses 0.1 (sweeps/etth1.yaml). The defaults of this section reproduce runs made before these
+    # switches existed; sweeps/etth1.yaml switches the official recipe on (docs/fidelity.md).
+    head_dropout: float = Field(0.0, ge=0, lt=1)
+    # official: kaiming-normal (fan_in, leaky_relu) on the Transformer's token convolution, as the official
+    # TokenEmbedding (sweeps/etth1.yaml); torch: torch's default Conv1d initialisation, as runs made before.
+    embedding_init: Literal["official", "torch"] = "torch"
+    # Per-series standardisation inside the model (statistics over kept points). The official forecasting code
+    # does it; the official classification code does not (its data are standardised beforehand).
+    instance_norm: bool = True
+    tfc_kernel: int = Field(25, ge=1)  # encoder `tfc`: the first convolution's kernel (then 8, 8)
+    tfc_stride: int = Field(3, ge=1)  # encoder `tfc`: the first convolution's stride
 
 
 class PretrainConfig(_Section):
@@ -97,6 +114,10 @@ class PretrainConfig(_Section):
     max_steps: int | None = Field(None, ge=1)  # stop after this many optimiser steps (smoke runs)
     val_batches: int | None = Field(None, ge=1)  # cap on validation batches per epoch
     gather: bool | None = None  # all-gather across data-parallel workers; None: on when workers > 1
+    # Which rows the reconstruction loss covers. originals: each original rebuilt from its neighbours, against the
+    # original (official forecasting); every_view: every row, masked copies included, against its own input
+    # (official classification).
+    reconstruction: Literal["originals", "every_view"] = "originals"
 
 
 class FinetuneConfig(_Section):

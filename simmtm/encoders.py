@@ -25,6 +25,7 @@ __all__ = [
     "TransformerEncoder",
     "PatchEncoder",
     "ResNet1dEncoder",
+    "TFCEncoder",
 ]
 
 
@@ -161,6 +162,8 @@ class TransformerEncoder(Encoder):
         super().__init__()
         self.d_model = cfg.d_model
         self.token = nn.Conv1d(in_channels, cfg.d_model, kernel_size=3, padding=1, padding_mode="circular", bias=False)
+        if cfg.embedding_init == "official":  # the official TokenEmbedding's initialisation
+            nn.init.kaiming_normal_(self.token.weight, mode="fan_in", nonlinearity="leaky_relu")
         self.register_buffer("positions", sinusoidal_positions(seq_len, cfg.d_model), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
         self.stack = TransformerStack(cfg)
@@ -249,3 +252,48 @@ class ResNet1dEncoder(Encoder):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.blocks(x.transpose(1, 2))  # (N, D, L)
         return self.dropout(z.transpose(1, 2))  # (N, L, D)
+
+
+@register_encoder("tfc")
+class TFCEncoder(Encoder):
+    """The official SimMTM classification backbone (the TF-C time-domain CNN): three Conv-BN-ReLU-MaxPool blocks,
+    kernel ``tfc_kernel`` with stride ``tfc_stride`` (official 25, 3), then 8 and 8; channels 32, 64, ``d_model``
+    (official 128); dropout after the first block. Each of the T pooled positions is one token (T << L)."""
+
+    def __init__(self, cfg: ModelConfig, *, in_channels: int, seq_len: int) -> None:
+        super().__init__()
+        self.d_model = cfg.d_model
+        self.kernel, self.stride = cfg.tfc_kernel, cfg.tfc_stride
+        self.blocks = nn.Sequential(
+            _conv_pool_block(in_channels, 32, self.kernel, self.stride, dropout=cfg.dropout),
+            _conv_pool_block(32, 64, 8, 1),
+            _conv_pool_block(64, cfg.d_model, 8, 1),
+        )
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, *, in_channels: int, seq_len: int) -> TFCEncoder:
+        return cls(cfg, in_channels=in_channels, seq_len=seq_len)
+
+    def num_tokens(self, seq_len: int) -> int:
+        length = seq_len
+        for kernel, stride in ((self.kernel, self.stride), (8, 1), (8, 1)):
+            length = (length + 2 * (kernel // 2) - kernel) // stride + 1  # convolution, padding kernel // 2
+            length = length // 2 + 1  # MaxPool1d(2, 2, padding=1)
+        return length
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.blocks(x.transpose(1, 2))  # (N, D, T)
+        return z.transpose(1, 2)  # (N, T, D)
+
+
+def _conv_pool_block(c_in: int, c_out: int, kernel: int, stride: int, *, dropout: float = 0.0) -> nn.Sequential:
+    """Conv1d (no bias, padding kernel // 2) -> BatchNorm -> ReLU -> MaxPool1d(2, 2, padding=1) [-> Dropout]."""
+    layers: list[nn.Module] = [
+        nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm1d(c_out),
+        nn.ReLU(),
+        nn.MaxPool1d(kernel_size=2, stride=2, padding=1),
+    ]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)

@@ -8,7 +8,11 @@ projector into series-wise vectors s. The cosine similarities R between all seri
   positives and every other series a negative;
 * the neighbourhood aggregation, which rebuilds each original from the softmax(R / tau)-weighted sum of the
   point-wise representations of all *other* series, then decodes it back to the time domain for the
-  reconstruction loss.
+  reconstruction loss (``pretrain.reconstruction: every_view``, the official classification objective, rebuilds
+  every row, masked copies included, and scores each against its own input).
+
+With ``model.projector: official``, ``model.head_dropout: 0.1`` and ``model.embedding_init: official`` the forward
+equals the official forecasting model's (tests/test_official.py); docs/fidelity.md lists what remains different.
 
 Names follow the paper: r (``mask_ratio``), M (``num_masked``), tau (``temperature``).
 Shapes: N series, V = M + 1 views, L time points, c channels per series, T tokens, D model width.
@@ -81,12 +85,25 @@ def masked_instance_norm(x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Ten
 
 
 class SeriesProjector(nn.Module):
-    """Pools a point-wise representation ``(N, T, D)`` into one series-wise vector ``(N, P)``."""
+    """Pools a point-wise representation ``(N, T, D)`` into one series-wise vector ``(N, P)``.
 
-    def __init__(self, tokens: int, d_model: int, dim: int, norm: str) -> None:
+    Flatten -> Linear(T*D -> hidden) -> norm -> ReLU -> Linear(hidden -> P) -> Dropout. The official Pooler_Head
+    is hidden = T*D // 2, batch norm, P = 128, dropout = head_dropout; ``lean`` is hidden = P, no dropout.
+    """
+
+    def __init__(self, tokens: int, d_model: int, *, hidden: int, dim: int, norm: str, dropout: float = 0.0) -> None:
         super().__init__()
-        norms = {"batch": lambda: nn.BatchNorm1d(dim), "layer": lambda: nn.LayerNorm(dim), "none": nn.Identity}
-        self.net = nn.Sequential(nn.Flatten(1), nn.Linear(tokens * d_model, dim), norms[norm](), nn.ReLU(), nn.Linear(dim, dim))
+        norms = {"batch": lambda: nn.BatchNorm1d(hidden), "layer": lambda: nn.LayerNorm(hidden), "none": nn.Identity}
+        self.net = nn.Sequential(
+            nn.Flatten(1), nn.Linear(tokens * d_model, hidden), norms[norm](), nn.ReLU(), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, *, tokens: int, d_model: int) -> SeriesProjector:
+        if cfg.projector == "lean":
+            return cls(tokens, d_model, hidden=cfg.projector_dim, dim=cfg.projector_dim, norm=cfg.projector_norm)
+        hidden = cfg.projector_hidden or tokens * d_model // 2
+        return cls(tokens, d_model, hidden=hidden, dim=cfg.projector_dim, norm=cfg.projector_norm, dropout=cfg.head_dropout)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -169,9 +186,12 @@ class SimMTM(nn.Module):
         self.encoder = encoder
         self.seq_len, self.channels = seq_len, channels
         self.temperature = pretrain.temperature
+        self.every_view = pretrain.reconstruction == "every_view"
+        self.instance_norm = model.instance_norm
         tokens, d = encoder.num_tokens(seq_len), encoder.d_model
-        self.projector = SeriesProjector(tokens, d, model.projector_dim, model.projector_norm)
-        self.decoder = nn.Sequential(nn.Flatten(1), nn.Linear(tokens * d, seq_len * channels))
+        self.projector = SeriesProjector.from_config(model, tokens=tokens, d_model=d)
+        # the official Flatten_Head: flatten, Linear(T*D -> L), Dropout(head_dropout)
+        self.decoder = nn.Sequential(nn.Flatten(1), nn.Linear(tokens * d, seq_len * channels), nn.Dropout(model.head_dropout))
         self.combine: nn.Module = (
             AutomaticWeightedLoss(2) if pretrain.loss_weighting == "auto" else FixedWeightedLoss(pretrain.constraint_weight)
         )
@@ -185,26 +205,33 @@ class SimMTM(nn.Module):
         m, n = mask.shape[:2]
         views = torch.cat([x.unsqueeze(0), x.unsqueeze(0).masked_fill(mask, 0.0)])  # (V, N, L, c)
         keep = torch.cat([torch.ones_like(mask[:1]), ~mask])  # (V, N, L, c)
-        normed, mean, std = masked_instance_norm(views.flatten(0, 1), keep.flatten(0, 1))  # (V*N, L, c)
+        views, keep = views.flatten(0, 1), keep.flatten(0, 1)  # (V*N, L, c), row v*N + i: view v of series i
+        if self.instance_norm:
+            normed, mean, std = masked_instance_norm(views, keep)  # (V*N, L, c), (V*N, 1, c) twice
+        else:
+            normed, mean, std = views, torch.zeros_like(views[:, :1]), torch.ones_like(views[:, :1])
+
+        targets = views if self.every_view else x  # what the rebuilt rows are scored against: (V*N | N, L, c)
 
         z = self.encoder(normed)  # (V*N, T, D)
         if gather is not None:
             z, mean, std = (_gather_views(t, m + 1, gather) for t in (z, mean, std))
-            x = gather(x)  # (N_global, L, c)
-            n = x.shape[0]
+            targets = _gather_views(targets, m + 1, gather) if self.every_view else gather(targets)
+            n = z.shape[0] // (m + 1)
 
         s = self.projector(z)  # (V*N, P)
         similarity = series_similarity(s)  # (V*N, V*N)
         loss_constraint = constraint_loss(similarity, m + 1, self.temperature)
 
-        weights = aggregation_weights(similarity[:n], self.temperature)  # (N, V*N): originals' neighbours
-        rebuilt_z = (weights @ z.flatten(1)).view(n, *z.shape[1:])  # (N, T, D)
-        rebuilt = self.decoder(rebuilt_z).view(n, self.seq_len, self.channels)  # (N, L, c), normalised
-        rebuilt = rebuilt * std[:n] + mean[:n]  # back to the originals' scale
-        loss_reconstruction = F.mse_loss(rebuilt, x)
+        rows = similarity.shape[0] if self.every_view else n  # which rows are rebuilt and scored
+        weights = aggregation_weights(similarity[:rows], self.temperature)  # (rows, V*N): each row's neighbours
+        rebuilt_z = (weights @ z.flatten(1)).view(rows, *z.shape[1:])  # (rows, T, D)
+        rebuilt = self.decoder(rebuilt_z).view(rows, self.seq_len, self.channels)  # (rows, L, c), normalised
+        rebuilt = rebuilt * std[:rows] + mean[:rows]  # back to each row's own scale
+        loss_reconstruction = F.mse_loss(rebuilt, targets)
 
         loss = self.combine(loss_reconstruction, loss_constraint)
-        return SimMTMOutput(loss, loss_reconstruction, loss_constraint, rebuilt)
+        return SimMTMOutput(loss, loss_reconstruction, loss_constraint, rebuilt[:n])
 
 
 def _gather_views(t: torch.Tensor, num_views: int, gather: Gather) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from simmtm.config import ModelConfig
-from simmtm.encoders import ENCODERS, Encoder, SelfAttention, TransformerEncoder, attention, build_encoder
+from simmtm.encoders import ENCODERS, Encoder, SelfAttention, TFCEncoder, TransformerEncoder, attention, build_encoder
 
 SHAPES = [(24, 1), (24, 3), (17, 2), (40, 1)]  # (L, C)
 
@@ -78,7 +78,7 @@ def test_encoder_batch_items_are_independent_in_eval(name: str) -> None:
 
 
 def test_the_registry_has_the_documented_encoders() -> None:
-    assert {"transformer", "patch", "resnet1d"} <= set(ENCODERS)
+    assert {"transformer", "patch", "resnet1d", "tfc"} <= set(ENCODERS)
     with pytest.raises(ValueError, match="model.encoder: unknown encoder 'lstm'; valid: .*transformer"):
         build_encoder(tiny_model("lstm"), in_channels=1, seq_len=24)
 
@@ -93,6 +93,34 @@ def test_patch_counts_tokens_with_a_padded_tail() -> None:
 def test_heads_must_divide_width() -> None:
     with pytest.raises(ValueError, match=r"model.d_model \(8\) must be divisible by model.n_heads \(3\)"):
         build("transformer", 24, 1, n_heads=3)
+
+
+def test_tfc_has_the_official_classification_shapes() -> None:
+    """The official Epilepsy setup: length 178, kernel 25 stride 3, then 8, 8; channels 32, 64, 128. Its flattened
+    output is the official `Linear(1280, ...)` input: 10 positions x 128 channels."""
+    torch.manual_seed(0)
+    encoder = build_encoder(ModelConfig(encoder="tfc", d_model=128, dropout=0.35), in_channels=1, seq_len=178)
+    assert isinstance(encoder, TFCEncoder)
+    assert encoder.num_tokens(178) == 10
+    assert encoder.eval()(torch.randn(2, 178, 1)).shape == (2, 10, 128)
+    convs = [m for m in encoder.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.bias) for c in convs] == [
+        (1, 32, 25, 3, None), (32, 64, 8, 1, None), (64, 128, 8, 1, None)]
+    assert sum(isinstance(m, torch.nn.MaxPool1d) for m in encoder.modules()) == 3
+
+
+def test_token_embedding_has_the_official_initialisation() -> None:
+    """kaiming-normal (fan_in, leaky_relu) on the token convolution, drawn after torch's default init as the
+    official TokenEmbedding does: the same seed gives exactly those weights."""
+    torch.manual_seed(3)
+    official = build_encoder(tiny_model("transformer", embedding_init="official"), in_channels=2, seq_len=24)
+    torch.manual_seed(3)
+    conv = torch.nn.Conv1d(2, 8, kernel_size=3, padding=1, padding_mode="circular", bias=False)
+    torch.nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="leaky_relu")
+    torch.testing.assert_close(official.token.weight, conv.weight)
+    torch.manual_seed(3)
+    default = build_encoder(tiny_model("transformer", embedding_init="torch"), in_channels=2, seq_len=24)
+    assert not torch.equal(default.token.weight, official.token.weight)
 
 
 # --- the Transformer's attention -----------------------------------------------------------------------------

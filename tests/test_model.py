@@ -10,9 +10,12 @@ import torch
 
 from simmtm.config import ModelConfig, PretrainConfig
 from simmtm.encoders import build_encoder
+from simmtm.heads import Classifier, Forecaster
+from simmtm.masking import geometric_mask
 from simmtm.model import (
     AutomaticWeightedLoss,
     FixedWeightedLoss,
+    SeriesProjector,
     SimMTM,
     aggregation_weights,
     constraint_loss,
@@ -21,7 +24,6 @@ from simmtm.model import (
     series_similarity,
     to_series,
 )
-from simmtm.masking import geometric_mask
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -114,11 +116,12 @@ def test_own_representation_never_enters_its_rebuild() -> None:
 
 
 def tiny_simmtm(*, length: int = 16, channels: int = 1, weighting: str = "auto", encoder: str = "transformer",
-                seed: int = 0) -> SimMTM:
+                seed: int = 0, reconstruction: str = "originals", **model) -> SimMTM:
     torch.manual_seed(seed)
-    model_cfg = ModelConfig(encoder=encoder, d_model=8, n_heads=2, n_layers=1, d_ff=16, dropout=0.0, projector_dim=8,
-                            kernel_sizes=[3])
-    pretrain_cfg = PretrainConfig(num_masked=2, temperature=0.2, loss_weighting=weighting, constraint_weight=0.3)
+    model_cfg = ModelConfig(**{"encoder": encoder, "d_model": 8, "n_heads": 2, "n_layers": 1, "d_ff": 16, "dropout": 0.0,
+                               "projector_dim": 8, "kernel_sizes": [3], **model})
+    pretrain_cfg = PretrainConfig(num_masked=2, temperature=0.2, loss_weighting=weighting, constraint_weight=0.3,
+                                  reconstruction=reconstruction)
     encoder_ = build_encoder(model_cfg, in_channels=channels, seq_len=length)
     return SimMTM(encoder_, seq_len=length, channels=channels, model=model_cfg, pretrain=pretrain_cfg)
 
@@ -263,3 +266,79 @@ def test_multichannel_series_are_rebuilt_in_their_own_scale() -> None:
     assert out.rebuilt.shape == (4, 16, 3)
     # the rebuilt series come back de-normalised: their mean sits near the input's (about 3), not near 0
     assert abs(out.rebuilt.mean().item() - x.mean().item()) < 1.0
+
+
+# --- the official recipe's switches ------------------------------------------------------------------------
+
+
+def test_official_projector_has_the_pooler_head_widths_and_lean_keeps_its_keys() -> None:
+    official = SeriesProjector.from_config(ModelConfig(projector="official", head_dropout=0.1), tokens=16, d_model=8)
+    layers = official.net
+    assert (layers[1].in_features, layers[1].out_features, layers[2].num_features, layers[4].out_features) == (128, 64, 64, 128)
+    assert layers[5].p == 0.1
+    wider = SeriesProjector.from_config(ModelConfig(projector="official", projector_hidden=256, projector_dim=32), tokens=16, d_model=8)
+    assert (wider.net[1].out_features, wider.net[4].out_features) == (256, 32)
+    # lean: today's projector, same state-dict keys as before the switch (older runs stay loadable), no dropout
+    lean = SeriesProjector.from_config(ModelConfig(projector="lean", projector_dim=8, head_dropout=0.3), tokens=16, d_model=8)
+    assert {k: tuple(v.shape) for k, v in lean.state_dict().items() if "weight" in k} == {
+        "net.1.weight": (8, 128), "net.2.weight": (8,), "net.4.weight": (8, 8)}
+    assert lean.net[5].p == 0.0
+
+
+def test_head_dropout_acts_in_training_only() -> None:
+    model = tiny_simmtm(projector="official", head_dropout=0.5)
+    x, mask = batch()
+    assert model.decoder[2].p == 0.5 and model.projector.net[5].p == 0.5
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, mask).loss, model(x, mask).loss)
+        model.train()
+        assert not torch.equal(model(x, mask).rebuilt, model(x, mask).rebuilt)
+    forecaster = Forecaster(model.encoder, seq_len=16, horizon=4, channels=1, channel_independent=True, head_dropout=0.5)
+    windows = torch.randn(3, 16, 1)
+    with torch.no_grad():
+        assert not torch.equal(forecaster.train()(windows), forecaster(windows))
+        torch.testing.assert_close(forecaster.eval()(windows), forecaster(windows))
+
+
+def test_every_view_reconstruction_scores_each_row_against_its_own_input() -> None:
+    """The official classification objective: every row (originals and masked copies) is rebuilt from all other
+    rows and compared with its own input, a masked copy with its zeros."""
+    model = tiny_simmtm(reconstruction="every_view", encoder="resnet1d", channels=2)
+    captured = {}
+    model.decoder.register_forward_hook(lambda mod, inp, out: captured.__setitem__("decoded", out))
+    x, mask = batch(channels=2)
+    out = model(x, mask)
+    views = torch.cat([x[None], x[None].masked_fill(mask, 0.0)]).flatten(0, 1)  # (V*N, L, c)
+    keep = torch.cat([torch.ones_like(mask[:1]), ~mask]).flatten(0, 1)
+    _, mean, std = masked_instance_norm(views, keep)
+    decoded = captured["decoded"].detach().view(12, 16, 2)
+    assert decoded.shape[0] == 3 * 4  # every row, not the originals only
+    expected = torch.mean((decoded * std + mean - views) ** 2)
+    torch.testing.assert_close(out.reconstruction.detach(), expected)
+    assert out.rebuilt.shape == x.shape  # the output still carries the originals
+
+
+def test_without_instance_norm_the_encoder_sees_the_masked_input_itself() -> None:
+    model = tiny_simmtm(instance_norm=False, encoder="resnet1d")
+    seen = {}
+    model.encoder.register_forward_pre_hook(lambda mod, inp: seen.__setitem__("x", inp[0]))
+    x, mask = batch()
+    model(x, mask)
+    torch.testing.assert_close(seen["x"], torch.cat([x[None], x[None].masked_fill(mask, 0.0)]).flatten(0, 1))
+    classifier = Classifier(model.encoder, seq_len=16, channels=1, num_classes=3, channel_independent=False, instance_norm=False)
+    classifier(x)
+    torch.testing.assert_close(seen["x"], x)
+
+
+def test_every_view_across_two_simulated_workers_equals_the_global_batch() -> None:
+    model = tiny_simmtm(reconstruction="every_view")
+    x, mask = batch(n=4)
+    whole = model(x, mask)
+    recorded: list[torch.Tensor] = []
+    model(x[2:], mask[:, 2:], gather=lambda t: recorded.append(t.detach()) or t)  # worker 1's local tensors
+    remote = iter(recorded)
+    worker0 = model(x[:2], mask[:, :2], gather=lambda t: torch.cat([t, next(remote)]))
+    torch.testing.assert_close(worker0.reconstruction, whole.reconstruction)
+    torch.testing.assert_close(worker0.constraint, whole.constraint)
+    torch.testing.assert_close(worker0.rebuilt, whole.rebuilt)
