@@ -51,11 +51,12 @@ def machine_peak(threads: int) -> dict:
     """Nominal float32 peak from /proc/cpuinfo: threads x GHz x FLOP/cycle (2 FMA units x lanes x 2 FLOP an FMA)."""
     flags, mhz = "", 0.0
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags") and not flags:
-                flags = line
-            elif line.startswith("cpu MHz") and not mhz:
-                mhz = float(line.split(":")[1])
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags") and not flags:
+                    flags = line
+                elif line.startswith("cpu MHz") and not mhz:
+                    mhz = float(line.split(":")[1])
     except OSError:
         pass
     lanes, isa = (16, "AVX-512") if " avx512f" in flags else (8, "AVX2") if " avx2" in flags else (4, "SSE")
@@ -195,7 +196,7 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
 def in_subprocess(cfg: dict, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--one", json.dumps(cfg), "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--device", args.device]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["?"]
         return {**cfg, "error": f"exit {done.returncode}: {tail[0]}"}

@@ -95,8 +95,8 @@ def markdown(s: dict) -> str:
     c = s["config"]
     step = f"{s['step_ms']:.1f} ms" if s["step_ms"] is not None else "n/a"
     lines = [
-        f"Profile on {s['device']}: L={c['seq_len']}, batch {c['batch_size']}, d_model {c['d_model']}, {c['n_heads']} heads, "
-        f"{c['n_layers']} layers, M={c['num_masked']}; {s['steps']} recorded steps; step {step}; whole run {s['wall_s']:.1f} s",
+        (f"Profile on {s['device']}: L={c['seq_len']}, batch {c['batch_size']}, d_model {c['d_model']}, {c['n_heads']} heads, "
+         f"{c['n_layers']} layers, M={c['num_masked']}; {s['steps']} recorded steps; step {step}; whole run {s['wall_s']:.1f} s"),
         "",
         f"| kernel / operator ({s['time_kind']}) | calls/step | ms/step | share |",
         "| --- | ---: | ---: | ---: |",
@@ -104,8 +104,8 @@ def markdown(s: dict) -> str:
     lines += [f"| `{k['name'][:90]}` | {k['calls_per_step']:.1f} | {k['ms_per_step']:.3f} | {100 * k['share']:.1f} % |" for k in s["top"]]
     syncs = ", ".join(f"{name} {n:.1f}" for name, n in s["syncs_per_step"].items()) or "none"
     lines += ["", f"Host synchronisations per step: {syncs}.",
-              f"Kernel launches per step: {s['launches_per_step']:.0f}; memcpy calls per step: {s['copies_per_step']:.1f}; "
-              f"aten operators per step: {s['ops_per_step']:.0f}."]
+              (f"Kernel launches per step: {s['launches_per_step']:.0f}; memcpy calls per step: {s['copies_per_step']:.1f}; "
+               f"aten operators per step: {s['ops_per_step']:.0f}.")]
     return "\n".join(lines)
 
 
