@@ -127,8 +127,9 @@ def run_tune(out: Path, trials: int, *, concurrent: int) -> dict:
 
 def write_study(out: Path, trials: int, *, seed: int = 0) -> None:
     """A finished study of ``trials`` trials straight into SQLite (random r, M, tau; ~half pruned), plus trials.csv."""
-    import optuna
     import random
+
+    import optuna
 
     from simmtm.sweep.outputs import TrialRow, write_trials_csv
     from simmtm.sweep.search import search_distributions

@@ -138,3 +138,16 @@ def test_the_gpu_profile_runs_on_the_cpu_and_counts_syncs(tiny_config, write_con
     assert (tmp_path / "p" / "trace.json").stat().st_size > 0
     text = profiler.markdown(summary)
     assert "| kernel / operator (self host time) |" in text and "Host synchronisations per step" in text
+
+
+def test_the_scale_benchmark_writes_studies_the_analysis_reads_and_fits_growth_orders(tmp_path) -> None:
+    scale = script("sweep_scale")
+    scale.write_study(tmp_path / "n30", 30)
+    timings = scale.run_analysis(tmp_path / "n30", bootstrap=50)
+    assert all(v > 0 for v in timings.values())
+    from simmtm.analysis.load import load_sweep
+
+    sweep = load_sweep(tmp_path / "n30")
+    assert sweep.counts()["COMPLETE"] == 15 and sweep.counts()["PRUNED"] == 15
+    assert scale.slope([100, 1000], [1.0, 10.0]) == pytest.approx(1.0)
+    assert scale.slope([100, 1000, 10000], [1.0, 100.0, 10000.0]) == pytest.approx(2.0)
