@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks for a machine with one or more CUDA GPUs, in at most 8 minutes (BUDGET_S, default 480, includes set-up).
-# Checks: pre-training throughput (samples/s) at the paper's ETTh1 config (L=336, d_model 32, 3 layers, 16 heads,
+# Checks: a torch.profiler summary of the paper's ETTh1 pre-training step (benchmarks/gpu_profile.py: top kernels,
+# host synchronisations and kernel launches per step, OUT/profile/trace.json); pre-training throughput (samples/s) at the paper's ETTh1 config (L=336, d_model 32, 3 layers, 16 heads,
 # d_ff 64, M=3, batch 16) on 1 GPU in process and on all GPUs as Ray Train workers (benchmarks/gpu_throughput.py);
 # then the paper's ETTh1 config pre-trained for as many epochs as fit and fine-tuned at horizon 96 (SimMTM against
 # random init), printing the MSE beside the paper's.
@@ -29,6 +30,11 @@ setup() {  # the Python to use: $SIMMTM_PYTHON if set (e.g. an image's own torch
   mkdir -p "$OUT"
   nvidia-smi -L || true
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'; print('torch', torch.__version__, 'GPUs', torch.cuda.device_count())"
+}
+
+profile() {  # $1: seconds. torch.profiler over 10 steps of the real loop: top kernels, host syncs, launches per step.
+  timeout --signal=INT --kill-after=20 "$1" \
+    "$PY" benchmarks/gpu_profile.py --steps 10 --out "$OUT/profile"
 }
 
 throughput() {  # $1: seconds this step may take
@@ -74,6 +80,7 @@ step() {  # step NAME SECONDS: run NAME with at most SECONDS, or fewer if the bu
 }
 
 setup
+step profile 90
 step throughput 120
 step speed 120
 step fidelity 420   # whatever the budget leaves

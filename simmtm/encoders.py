@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simmtm.attention import attention
 from simmtm.config import ModelConfig
 
 __all__ = [
@@ -68,27 +69,6 @@ def build_encoder(cfg: ModelConfig, *, in_channels: int, seq_len: int) -> Encode
 
 
 # --- Transformer building blocks -----------------------------------------------------------------------------
-
-
-# CUDA's fused attention kernels (flash, memory-efficient) need a head size that is a multiple of 8 (4 in float32 for
-# the memory-efficient one); below that torch falls back to the math kernel, which keeps every T x T map for the
-# backward pass. The paper's ETTh1 encoder has heads of size 2 (d_model 32, 16 heads), so on a GPU q, k and v are
-# zero-padded to 8: no dot product changes, the padded output columns are dropped, the scale stays 1/sqrt(2).
-# (CPU's fused kernel takes any head size.) A switch for benchmarks: simmtm.encoders.PAD_HEADS = False.
-PAD_HEADS = True
-_HEAD_MULTIPLE = 8
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float = 0.0, pad: bool | None = None) -> torch.Tensor:
-    """``scaled_dot_product_attention`` over (N, h, T, hs), with small heads padded where that keeps it fused."""
-    size = q.shape[-1]
-    if pad is None:
-        pad = PAD_HEADS and q.is_cuda and size % _HEAD_MULTIPLE != 0
-    if not pad:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    extra = -size % _HEAD_MULTIPLE
-    q, k, v = (F.pad(t, (0, extra)) for t in (q, k, v))
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=size**-0.5)[..., :size]
 
 
 class SelfAttention(nn.Module):

@@ -96,3 +96,58 @@ def test_fidelity_pairs_each_arm_with_the_random_init_of_the_same_seed(fidelity)
     assert "| ETTh1 SimMTM paper r/M | mse | 0.4350 +/- 0.0212 | 0.4500, 0.4200 | -0.0150 (1/2) |" in text
     assert "| GunPoint SimMTM | accuracy | 0.9500 +/- nan | 0.9500 | +0.0500 (1/1) |" in text
     assert "| ETTh1 random init | mse | 0.4500 +/- 0.0707 | 0.5000, 0.4000 | - |" in text
+
+
+# --- pre-training roofline and the GPU profile (run here on the CPU, tiny shapes) -----------------------------
+
+
+@pytest.fixture(scope="module")
+def pretrain_bench():
+    return script("bench_pretrain")
+
+
+TINY_ROW = {"seq_len": 24, "channels": 2, "d_model": 8, "n_layers": 2, "n_heads": 4, "d_ff": 16, "num_masked": 2,
+            "batch": 3, "encoder": "transformer", "projector": "official"}
+
+
+def test_the_roofline_counts_attention_by_hand_whichever_kernel_runs(pretrain_bench, monkeypatch) -> None:
+    from simmtm import attention
+
+    monkeypatch.setattr(attention, "KERNEL", attention.KERNEL)  # measure() sets it; restore after
+    monkeypatch.setattr(pretrain_bench, "measured_gemm_peak", lambda: 1e9)
+    rows = {kernel: pretrain_bench.measure({**TINY_ROW, "attention": kernel}, steps=1, warmup=0, threads=1, device="cpu")
+            for kernel in ("sdpa", "auto")}
+    problems = 3 * 2 * (2 + 1) * 4  # batch x channels x views x heads
+    assert rows["auto"]["attention_flops"] == 2 * 12 * problems * 24 * 24 * 2  # 2 layers, head size 2
+    assert rows["auto"]["flops"] == rows["sdpa"]["flops"] > rows["auto"]["attention_flops"]  # no double count
+    assert rows["auto"]["projector"] in ("official", "official*")
+    assert rows["auto"]["params_m"] > 24 * 8 * 24 * 8 / 2 / 1e6  # the official projector's Linear(T*D -> T*D/2)
+    peak = rows["auto"]["nominal_flops"]
+    assert peak > 0 and "FLOP/cycle" in rows["auto"]["nominal_how"]
+    assert pretrain_bench.roofline(rows["auto"]).count("%") == 2
+
+
+def test_the_gpu_profile_runs_on_the_cpu_and_counts_syncs(tiny_config, write_config, tmp_path) -> None:
+    profiler = script("gpu_profile")
+    config = load_config(write_config(tiny_config()))
+    summary = profiler.profile(config, wait=1, warmup=1, steps=2, out=tmp_path / "p", top=5)
+    assert summary["device"] == "cpu" and summary["steps"] == 2 and summary["step_ms"] > 0
+    assert 0 < len(summary["top"]) <= 5 and all(k["ms_per_step"] > 0 for k in summary["top"])
+    # the loop reads three loss parts with .item() and checks the loss is finite: host syncs on a GPU
+    assert summary["syncs_per_step"]["aten::_local_scalar_dense"] >= 3
+    assert (tmp_path / "p" / "trace.json").stat().st_size > 0
+    text = profiler.markdown(summary)
+    assert "| kernel / operator (self host time) |" in text and "Host synchronisations per step" in text
+
+
+def test_the_scale_benchmark_writes_studies_the_analysis_reads_and_fits_growth_orders(tmp_path) -> None:
+    scale = script("sweep_scale")
+    scale.write_study(tmp_path / "n30", 30)
+    timings = scale.run_analysis(tmp_path / "n30", bootstrap=50)
+    assert all(v > 0 for v in timings.values())
+    from simmtm.analysis.load import load_sweep
+
+    sweep = load_sweep(tmp_path / "n30")
+    assert sweep.counts()["COMPLETE"] == 15 and sweep.counts()["PRUNED"] == 15
+    assert scale.slope([100, 1000], [1.0, 10.0]) == pytest.approx(1.0)
+    assert scale.slope([100, 1000, 10000], [1.0, 100.0, 10000.0]) == pytest.approx(2.0)

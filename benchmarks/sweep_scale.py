@@ -1,0 +1,236 @@
+"""Sweeps at scale, simulated: the real sweep machinery with instant synthetic trials, at 100 to 5,000 trials.
+
+    python benchmarks/sweep_scale.py --sizes 100 1000                 # Tune + analysis at each size
+    python benchmarks/sweep_scale.py --sizes 100 1000 5000 --tune-max 1000   # 5,000: analysis only (study written directly)
+    python benchmarks/sweep_scale.py --sizes 50 --json /tmp/s.json    # a quick check
+
+Per size N, in a fresh folder under --work (default a temporary one):
+
+1. **Tune** (sizes <= --tune-max): the sweep's own pieces, as ``simmtm.sweep.driver._tuner`` assembles them, around a
+   synthetic trainable of this file: ``SweepSearch`` (Optuna TPE over sweeps/quick.yaml's r, M, tau; the study in
+   SQLite), Tune's ASHA on the probe score (grace 2, reduction 2, 4 epochs), ``tune.Tuner`` with reused actors, then
+   ``collect_rows`` (Tune's experiment state) and ``write_trials_csv``. The trainable sleeps for nothing: it reports
+   a probe score per epoch and a final score computed from (r, M, tau), so all time measured is orchestration.
+   Printed: wall time, per-trial overhead (wall / N), the per-trial time of the first and the last 10 % of trials
+   (a sampler whose cost grows with the study shows here), and the time of the post-sweep table writing.
+2. **Analysis**: ``load_sweep`` + ``recommend`` (``simmtm recommend``) and ``write_report`` (``simmtm analyze``,
+   without the interactive page) on that folder (or, above --tune-max, on a study of N trials written directly
+   into SQLite, with its trials.csv and sweep.json).
+
+The summary fits log(time) = a + k log(N) over the sizes: k ~ 1 grows linearly, k ~ 2 quadratically.
+
+The real entry (``simmtm.sweep.run_sweep``) is not driven here: it always runs ``simmtm.sweep.trial.run_trial``.
+A hook to make that possible: a ``trainable`` argument of ``run_sweep``/``_tuner`` (default ``run_trial``), which
+``_trainable(resources)`` would wrap with the same resources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EPOCHS = 4  # pre-training epochs of a synthetic trial; ASHA's rung at epoch 2 stops about half
+METRIC = "val_mse"
+
+
+def synthetic_score(params: dict) -> float:
+    """A smooth bowl over (r, M, tau) with its minimum at r = 0.5, M = 3, tau = 0.2."""
+    r, m, tau = params["pretrain.mask_ratio"], params["pretrain.num_masked"], params["pretrain.temperature"]
+    return 0.4 + 0.05 * (r - 0.5) ** 2 + 0.002 * (m - 3) ** 2 + 0.01 * math.log(tau / 0.2) ** 2
+
+
+def synthetic_trial(config: dict) -> None:
+    """Instant trial: a probe score per epoch (falling towards the final score), then the final result."""
+    from ray import tune
+
+    params = {k: v for k, v in config.items() if k.startswith("pretrain.")}
+    final = synthetic_score(params)
+    started = time.time()
+    for epoch in range(1, EPOCHS + 1):
+        tune.report({"epoch": epoch, f"probe_{METRIC}": final + 0.1 / epoch, "stage": "probe", "trial_start": started})
+    tune.report({"epoch": EPOCHS + 1, METRIC: final, f"probe_{METRIC}": final, "stage": "final",
+                 "trial_wall_s": time.time() - started, "trial_start": started})
+
+
+def sweep_config(trials: int):
+    from simmtm.config import load_config
+    from simmtm.sweep.spec import sweep_spec
+
+    config = load_config(ROOT / "sweeps" / "quick.yaml", [f"tune.num_samples={trials}"])
+    return config, sweep_spec(config, ROOT / "sweeps" / "quick.yaml")
+
+
+def write_meta(out: Path, config, spec, storage_url: str, study_name: str) -> None:
+    """sweep.json and sweep.yaml as the driver writes them (the analysis reads them)."""
+    import yaml
+
+    from simmtm.sweep.spec import sampler_seed
+
+    resolved = config.model_dump(mode="json")
+    (out / "sweep.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    (out / "sweep.json").write_text(json.dumps({
+        "metric": METRIC, "mode": "min", "study_name": study_name, "storage": storage_url, "params": spec.search.keys,
+        "search_space": spec.search.model_dump(mode="json", exclude_none=True), "method": spec.search.method,
+        "seed": config.seed, "search_seed": sampler_seed(spec, config.seed), "probe_metric": f"probe_{METRIC}",
+        "repeats": 1, "num_samples": spec.tune.resolved_samples(spec.search), "resources": spec.resources.model_dump(),
+    }, indent=2) + "\n")
+
+
+def run_tune(out: Path, trials: int, *, concurrent: int) -> dict:
+    from ray import tune
+
+    from simmtm.sweep.driver import EXPERIMENT_NAME, collect_rows
+    from simmtm.sweep.outputs import write_trials_csv
+    from simmtm.sweep.search import SweepSearch, open_storage
+    from simmtm.sweep.spec import first_point, flat_config, sampler_seed
+
+    config, spec = sweep_config(trials)
+    out.mkdir(parents=True, exist_ok=True)
+    storage_url, study_name = f"sqlite:///{out / 'optuna.db'}", out.name
+    write_meta(out, config, spec, storage_url, study_name)
+    searcher = SweepSearch(spec.search, base_values=flat_config(config.run_dict()), metric=METRIC, probe_metric=f"probe_{METRIC}",
+                           mode="min", seed=sampler_seed(spec, config.seed), storage=open_storage(storage_url),
+                           study_name=study_name, first=first_point(spec, config.run_dict()))
+    scheduler = tune.schedulers.ASHAScheduler(time_attr="epoch", metric=f"probe_{METRIC}", mode="min", max_t=EPOCHS + 1,
+                                              grace_period=2, reduction_factor=2)
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    tuner = tune.Tuner(
+        tune.with_resources(synthetic_trial, {"cpu": 1}),  # logical: Ray gets --concurrent CPUs
+        param_space={"sweep": {"metric": METRIC}},  # what collect_rows reads of the real trial_config
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=trials,
+                                    max_concurrent_trials=concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(out), verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    start = time.perf_counter()
+    results = tuner.fit()
+    fit_s = time.perf_counter() - start
+    starts = sorted(r.metrics.get("trial_start", math.nan) for r in results if r.metrics)
+    tenth = max(1, len(starts) // 10)
+    first = (starts[tenth] - starts[0]) / tenth if len(starts) > tenth else math.nan
+    last = (starts[-1] - starts[-1 - tenth]) / tenth if len(starts) > tenth else math.nan
+    start = time.perf_counter()
+    rows = collect_rows(str(out / EXPERIMENT_NAME), spec.search.keys)
+    write_trials_csv(out / "trials.csv", rows, spec.search.keys)
+    tables_s = time.perf_counter() - start
+    states = {s: sum(r.state == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAILED")}
+    return {"fit_s": fit_s, "per_trial_s": fit_s / trials, "first_tenth_s": first, "last_tenth_s": last,
+            "tables_s": tables_s, "states": states}
+
+
+def write_study(out: Path, trials: int, *, seed: int = 0) -> None:
+    """A finished study of ``trials`` trials straight into SQLite (random r, M, tau; ~half pruned), plus trials.csv."""
+    import random
+
+    import optuna
+
+    from simmtm.sweep.outputs import TrialRow, write_trials_csv
+    from simmtm.sweep.search import search_distributions
+
+    config, spec = sweep_config(trials)
+    out.mkdir(parents=True, exist_ok=True)
+    storage_url, study_name = f"sqlite:///{out / 'optuna.db'}", out.name
+    write_meta(out, config, spec, storage_url, study_name)
+    dists = search_distributions(spec.search)
+    study = optuna.create_study(study_name=study_name, storage=storage_url, direction="minimize")
+    rng = random.Random(seed)
+    made, rows = [], []
+    for i in range(trials):
+        params = {"pretrain.mask_ratio": rng.uniform(0.1, 0.9), "pretrain.num_masked": rng.randint(1, 5),
+                  "pretrain.temperature": math.exp(rng.uniform(math.log(0.05), 0.0))}
+        score = synthetic_score(params) + rng.gauss(0, 0.002)
+        pruned = i % 2 == 1
+        tid = f"t{i:05d}"
+        made.append(optuna.trial.create_trial(
+            params=params, distributions=dists, value=None if pruned else score,
+            state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE,
+            intermediate_values={1: score + 0.1, 2: score + 0.05}, user_attrs={"tune_trial_id": tid, "repeat": 0}))
+        rows.append(TrialRow(trial_id=tid, state="PRUNED" if pruned else "COMPLETE", params=params,
+                             score=None if pruned else score, val_score=score + 0.05, epochs=2 if pruned else EPOCHS + 1))
+    study.add_trials(made)
+    write_trials_csv(out / "trials.csv", rows, spec.search.keys)
+
+
+def run_analysis(out: Path, *, bootstrap: int) -> dict:
+    from simmtm.analysis.load import load_sweep
+    from simmtm.analysis.recommend import recommend
+    from simmtm.analysis.report import write_report
+
+    start = time.perf_counter()
+    sweep = load_sweep(out)
+    load_s = time.perf_counter() - start
+    recommend(sweep, n_boot=bootstrap, seed=0)
+    recommend_s = time.perf_counter() - start
+    start = time.perf_counter()
+    write_report(out, out / "report", interactive=False, n_boot=bootstrap, seed=0)
+    analyze_s = time.perf_counter() - start
+    return {"load_s": load_s, "recommend_s": recommend_s, "analyze_s": analyze_s}
+
+
+def slope(sizes: list[int], values: list[float]) -> float:
+    """Least-squares slope of log(value) against log(size)."""
+    pts = [(math.log(n), math.log(v)) for n, v in zip(sizes, values) if v and v > 0 and math.isfinite(v)]
+    if len(pts) < 2:
+        return math.nan
+    mx, my = sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--tune-max", type=int, default=1000, help="largest size run through Tune (above: analysis only)")
+    parser.add_argument("--concurrent", type=int, default=4, help="trials at once")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the analysis (its default)")
+    parser.add_argument("--work", type=Path, help="keep the sweep folders here (default: a temporary folder)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
+    import ray
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="sweep-scale-"))
+    print(f"# sweep scale, {os.cpu_count()} CPUs, load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"folders under {work}")
+    results = {}
+    ray.init(num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False)
+    try:
+        for n in args.sizes:
+            out = work / f"n{n}"
+            row: dict = {"load": os.getloadavg()[0]}
+            if n <= args.tune_max:
+                row["tune"] = run_tune(out, n, concurrent=args.concurrent)
+            else:
+                write_study(out, n)
+            row["analysis"] = run_analysis(out, bootstrap=args.bootstrap)
+            results[n] = row
+            t, a = row.get("tune", {}), row["analysis"]
+            tune_text = (f"fit {t['fit_s']:8.1f} s  per trial {1e3 * t['per_trial_s']:7.1f} ms (first 10 % "
+                         f"{1e3 * t['first_tenth_s']:6.1f}, last 10 % {1e3 * t['last_tenth_s']:6.1f})  tables {t['tables_s']:6.2f} s  "
+                         f"{t['states']}" if t else "tune: not run (study written directly)")
+            print(f"N={n:>5}  {tune_text}  | load {a['load_s']:6.2f} s  recommend {a['recommend_s']:6.2f} s  "
+                  f"analyze {a['analyze_s']:6.2f} s  (load avg {row['load']:.1f})", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2, default=str))
+    finally:
+        ray.shutdown()
+    sizes = list(results)
+    print("# growth order k (time ~ N^k, log-log least squares over the sizes run):")
+    for name, get in [("tune fit", lambda r: r.get("tune", {}).get("fit_s")),
+                      ("tables (collect_rows + trials.csv)", lambda r: r.get("tune", {}).get("tables_s")),
+                      ("load_sweep", lambda r: r["analysis"]["load_s"]),
+                      ("recommend (incl. load)", lambda r: r["analysis"]["recommend_s"]),
+                      ("analyze (report)", lambda r: r["analysis"]["analyze_s"])]:
+        pairs = [(n, get(results[n])) for n in sizes if get(results[n])]
+        print(f"  {name:<36} k = {slope([p[0] for p in pairs], [p[1] for p in pairs]):.2f}  over N = {[p[0] for p in pairs]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""Softmax self-attention, ``(N, h, T, hs)`` in and out, on the fastest exact kernel for the shape and device.
+
+* Small heads (hs < 8) on the CPU, float32, no attention dropout: a C kernel of our own (below), compiled on first
+  use with the system's C compiler. torch's fused CPU kernel (``scaled_dot_product_attention``) is built for heads of
+  64-128; at the paper's ETTh1 shape (7,168 problems a layer of 336 x 336 with heads of size 2) it spends its time on
+  per-block overhead, and it took 88 % of a pre-training step. Ours handles one problem per thread at a time, one row
+  of scores at a time: the scores never leave L1, memory stays linear in T, and the backward pass recomputes the
+  probabilities from the saved log-sum-exp (one exponential per score in each direction, as flash attention does).
+* Everything else: ``F.scaled_dot_product_attention``, with small heads zero-padded on a GPU (see ``PAD_HEADS``).
+
+``KERNEL = "sdpa"`` (or the environment variable ``SIMMTM_ATTENTION=sdpa``) forces the reference kernel everywhere,
+for benchmarks and for a machine without a C compiler (where "auto" falls back to it by itself, with one warning).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "KERNEL",
+    "PAD_HEADS",
+    "SMALL_HEAD_LIMIT",
+    "attention",
+    "small_head_attention",
+    "small_head_kernel_available",
+]
+
+log = logging.getLogger(__name__)
+
+# "auto": the small-head kernel where it applies, else scaled_dot_product_attention; "sdpa": always the latter.
+KERNEL = os.environ.get("SIMMTM_ATTENTION", "auto")
+# Heads below this size go to the small-head kernel on the CPU (torch's kernel is the faster one from 8 up).
+SMALL_HEAD_LIMIT = 8
+
+# CUDA's fused attention kernels (flash, memory-efficient) need a head size that is a multiple of 8 (4 in float32 for
+# the memory-efficient one); below that torch falls back to the math kernel, which keeps every T x T map for the
+# backward pass. The paper's ETTh1 encoder has heads of size 2 (d_model 32, 16 heads), so on a GPU q, k and v are
+# zero-padded to 8: no dot product changes, the padded output columns are dropped, the scale stays 1/sqrt(2).
+# A switch for benchmarks: simmtm.attention.PAD_HEADS = False.
+PAD_HEADS = True
+_HEAD_MULTIPLE = 8
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float = 0.0, pad: bool | None = None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs)) v over ``(N, h, T, hs)``; ``dropout_p`` on the attention weights.
+
+    ``pad`` True/False forces ``scaled_dot_product_attention`` with/without zero-padded heads (the reference).
+    """
+    size = q.shape[-1]
+    if pad is None and _small_head_applies(q, k, v, dropout_p):
+        return small_head_attention(q, k, v)
+    if pad is None:
+        pad = PAD_HEADS and q.is_cuda and size % _HEAD_MULTIPLE != 0
+    if not pad:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    extra = -size % _HEAD_MULTIPLE
+    q, k, v = (F.pad(t, (0, extra)) for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=size**-0.5)[..., :size]
+
+
+def _small_head_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
+    return (
+        KERNEL == "auto"
+        and q.device.type == "cpu"
+        and q.dtype == torch.float32
+        and q.shape[-1] < SMALL_HEAD_LIMIT
+        and q.shape == k.shape == v.shape
+        and dropout_p == 0.0
+        and small_head_kernel_available()
+    )
+
+
+# --- the small-head kernel -------------------------------------------------------------------------------------
+
+
+def small_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Exact softmax self-attention for float32 CPU tensors ``(..., T, hs)`` with hs < 8, on the C kernel."""
+    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (q, k, v)):
+        raise ValueError("small_head_attention takes float32 CPU tensors only")
+    if q.shape[-1] >= SMALL_HEAD_LIMIT:
+        raise ValueError(f"small_head_attention takes heads below {SMALL_HEAD_LIMIT}, got head size {q.shape[-1]}")
+    if not q.shape == k.shape == v.shape:
+        raise ValueError(f"small_head_attention needs q, k, v of equal shapes, got {q.shape}, {k.shape}, {v.shape}")
+    return _SmallHeadAttention.apply(q, k, v)
+
+
+class _SmallHeadAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q, k, v = (t.contiguous() for t in (q, k, v))
+        out = torch.empty_like(q)
+        lse = q.new_empty(q.shape[:-1])  # (..., T): log-sum-exp of each row of scores, for the backward pass
+        _run("forward", q, k, v, out, lse)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        _run("backward", q, k, v, out, lse, grad_out.contiguous(), dq, dk, dv)
+        return dq, dk, dv
+
+
+def _run(direction: str, *tensors: torch.Tensor) -> None:
+    """Split the problems (all leading dimensions) across torch's thread count; the C call releases the GIL."""
+    lib = _library()
+    q = tensors[0]
+    size, length = q.shape[-1], q.shape[-2]
+    problems = q.numel() // max(1, size * length)
+    if problems == 0:
+        return
+    fn = lib.small_attention_forward if direction == "forward" else lib.small_attention_backward
+    pointers = [t.data_ptr() for t in tensors]
+    threads = max(1, min(torch.get_num_threads(), problems))
+    step = -(-problems // threads)
+    ranges = [(start, min(problems, start + step)) for start in range(0, problems, step)]
+    calls = [(size, *pointers, start, stop, length, size**-0.5) for start, stop in ranges]
+    if len(calls) == 1:
+        codes = [fn(*calls[0])]
+    else:
+        codes = list(_pool(len(calls)).map(lambda args: fn(*args), calls))
+    if any(codes):
+        raise RuntimeError(f"small-head attention kernel failed (codes {codes}) for head size {size}")
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    if workers not in _pools:
+        _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="simmtm-attention")
+    return _pools[workers]
+
+
+# --- building the C kernel -------------------------------------------------------------------------------------
+
+_C_SOURCE = r"""
+/* Softmax attention for heads of size E < 8, one problem (T x E) at a time; layout (P, T, E) contiguous float32,
+   lse (P, T). Each problem's k and v are transposed to (E, T) so that every loop over the T keys is unit-stride and
+   vectorises; E is a compile-time constant in each specialisation (always_inline + a literal), so the loops over E
+   unroll. */
+#include <float.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* exp(x) for x <= 0 (every softmax argument here, after the row maximum or the log-sum-exp is subtracted):
+   2^n * p(r), |r| <= ln2/2, a degree-7 Taylor polynomial (truncation error < 2e-8, below float rounding); flushed
+   to 2^-126 below -87 (the reference gives 0 there: a difference far below any tolerance). Written inline so that the
+   loops around it vectorise without a call per vector. */
+INLINE float exp_le0(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float n = __builtin_roundf(x * 1.44269504088896341f);
+    float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720; p = p * r + 1.0f / 120; p = p * r + 1.0f / 24; p = p * r + 1.0f / 6;
+    p = p * r + 0.5f; p = p * r + 1.0f; p = p * r + 1.0f;
+    union { float f; int i; } u = { p };
+    u.i += (int)n << 23;
+    return u.f;
+}
+
+INLINE void transpose(const float *x, float *xt, long T, const int E) {  /* (T, E) -> (E, T) */
+    for (long j = 0; j < T; j++)
+        for (int d = 0; d < E; d++) xt[d * T + j] = x[j * E + d];
+}
+
+INLINE void forward(const float *q, const float *k, const float *v, float *o, float *lse, long p0, long p1, long T,
+                    float scale, float *buf, const int E) {
+    float *kT = buf, *vT = buf + E * T, *s = buf + 2 * E * T;
+    for (long p = p0; p < p1; p++) {
+        const long base = p * T * E;
+        transpose(k + base, kT, T, E);
+        transpose(v + base, vT, T, E);
+        for (long i = 0; i < T; i++) {
+            float qs[8], acc[8], m = -FLT_MAX, l = 0.0f;
+            for (int d = 0; d < E; d++) { qs[d] = q[base + i * E + d] * scale; acc[d] = 0.0f; }
+            for (long j = 0; j < T; j++) {  /* scores of row i and their maximum */
+                float x = 0.0f;
+                for (int d = 0; d < E; d++) x += qs[d] * kT[d * T + j];
+                s[j] = x;
+                m = x > m ? x : m;
+            }
+            for (long j = 0; j < T; j++) {  /* unnormalised probabilities, their sum, and p @ v */
+                float e = exp_le0(s[j] - m);
+                l += e;
+                for (int d = 0; d < E; d++) acc[d] += e * vT[d * T + j];
+            }
+            for (int d = 0; d < E; d++) o[base + i * E + d] = acc[d] / l;
+            lse[p * T + i] = m + __builtin_logf(l);
+        }
+    }
+}
+
+/* dS = P * (dO v^T - rowsum(dO * O)); dq = scale dS k, dk = scale dS^T q, dv = P^T dO. Row by row: dq is a reduction
+   over the keys, dk and dv are accumulated over the rows in (E, T) buffers of the problem. */
+INLINE void backward(const float *q, const float *k, const float *v, const float *o, const float *lse,
+                     const float *go, float *dq, float *dk, float *dv, long p0, long p1, long T, float scale,
+                     float *buf, const int E) {
+    float *kT = buf, *vT = buf + E * T, *dkT = buf + 2 * E * T, *dvT = buf + 3 * E * T;
+    float *prob = buf + 4 * E * T, *ds = prob + T;
+    for (long p = p0; p < p1; p++) {
+        const long base = p * T * E;
+        transpose(k + base, kT, T, E);
+        transpose(v + base, vT, T, E);
+        memset(dkT, 0, sizeof(float) * 2 * E * T);  /* dkT and dvT */
+        for (long i = 0; i < T; i++) {
+            const float *qi = q + base + i * E, *gi = go + base + i * E, *oi = o + base + i * E;
+            float qs[8], g[8], rowdot = 0.0f, li = lse[p * T + i];
+            for (int d = 0; d < E; d++) { qs[d] = qi[d] * scale; g[d] = gi[d]; rowdot += gi[d] * oi[d]; }
+            for (long j = 0; j < T; j++) {
+                float x = 0.0f, y = 0.0f;
+                for (int d = 0; d < E; d++) { x += qs[d] * kT[d * T + j]; y += g[d] * vT[d * T + j]; }
+                float pj = exp_le0(x - li);
+                prob[j] = pj;
+                ds[j] = pj * (y - rowdot);
+            }
+            for (int d = 0; d < E; d++) {
+                float acc = 0.0f;
+                for (long j = 0; j < T; j++) {
+                    acc += ds[j] * kT[d * T + j];
+                    dkT[d * T + j] += ds[j] * qs[d];  /* qs already carries the scale of dk */
+                    dvT[d * T + j] += prob[j] * g[d];
+                }
+                dq[base + i * E + d] = acc * scale;
+            }
+        }
+        for (long j = 0; j < T; j++)
+            for (int d = 0; d < E; d++) { dk[base + j * E + d] = dkT[d * T + j]; dv[base + j * E + d] = dvT[d * T + j]; }
+    }
+}
+
+#define FOR_EACH_SIZE(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define FORWARD(E) case E: forward(q, k, v, o, lse, p0, p1, T, scale, buf, E); break;
+#define BACKWARD(E) case E: backward(q, k, v, o, lse, go, dq, dk, dv, p0, p1, T, scale, buf, E); break;
+
+int small_attention_forward(int E, const float *q, const float *k, const float *v, float *o, float *lse, long p0,
+                            long p1, long T, float scale) {
+    float *buf = malloc(sizeof(float) * (2 * E + 1) * T);
+    if (!buf) return 1;
+    int code = 0;
+    switch (E) { FOR_EACH_SIZE(FORWARD) default: code = 2; }
+    free(buf);
+    return code;
+}
+
+int small_attention_backward(int E, const float *q, const float *k, const float *v, const float *o, const float *lse,
+                             const float *go, float *dq, float *dk, float *dv, long p0, long p1, long T, float scale) {
+    float *buf = malloc(sizeof(float) * (4 * E + 2) * T);
+    if (!buf) return 1;
+    int code = 0;
+    switch (E) { FOR_EACH_SIZE(BACKWARD) default: code = 2; }
+    free(buf);
+    return code;
+}
+"""
+
+# -ffast-math lets the compiler vectorise the max/sum reductions (it reorders them: differences of float rounding);
+# -march=native because the library is built on the machine that runs it (its name carries the CPU's flags).
+_CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-shared", "-fPIC"]
+_lib: ctypes.CDLL | None = None
+_lib_error: str | None = None
+_lib_lock = threading.Lock()
+
+
+def small_head_kernel_available() -> bool:
+    """True once the C kernel is built and loaded (built on the first call); False, with one warning, if it cannot be."""
+    try:
+        _library()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _library() -> ctypes.CDLL:
+    global _lib, _lib_error
+    if _lib is not None:
+        return _lib
+    with _lib_lock:
+        if _lib is None and _lib_error is None:
+            try:
+                _lib = _load(_build())
+            except (OSError, subprocess.SubprocessError) as exc:
+                _lib_error = str(exc)
+                log.warning(
+                    "small-head attention kernel unavailable (%s); using scaled_dot_product_attention", _lib_error
+                )
+    if _lib is None:
+        raise RuntimeError(f"small-head attention kernel unavailable: {_lib_error}")
+    return _lib
+
+
+def _build() -> Path:
+    """Compile the kernel once per source, flags, compiler and CPU, into a cache folder (atomic: parallel workers)."""
+    compiler = os.environ.get("CC", "cc")
+    cpu = _cpu_flags()
+    key = hashlib.sha256("\0".join([_C_SOURCE, *_CFLAGS, compiler, cpu]).encode()).hexdigest()[:16]
+    cache = Path(
+        os.environ.get("SIMMTM_CACHE_DIR", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "simmtm")
+    )
+    target = cache / f"small_attention-{key}.so"
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        source = Path(tmp) / "small_attention.c"
+        source.write_text(_C_SOURCE)
+        built = Path(tmp) / target.name
+        cmd = [compiler, *_CFLAGS, str(source), "-o", str(built)]
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise subprocess.SubprocessError(f"{compiler} exit {done.returncode}: {done.stderr.strip()[-500:]}")
+        os.replace(built, target)
+    return target
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    ptr, long_, float_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
+    lib.small_attention_forward.argtypes = [ctypes.c_int, *[ptr] * 5, long_, long_, long_, float_]
+    lib.small_attention_backward.argtypes = [ctypes.c_int, *[ptr] * 9, long_, long_, long_, float_]
+    lib.small_attention_forward.restype = lib.small_attention_backward.restype = ctypes.c_int
+    return lib

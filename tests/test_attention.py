@@ -1,0 +1,179 @@
+"""simmtm.attention: the small-head CPU kernel equals the reference kernel (values and gradients), and the dispatch
+sends each shape where it belongs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from simmtm import attention as attention_module
+from simmtm.attention import attention, small_head_attention, small_head_kernel_available
+from simmtm.config import ModelConfig
+from simmtm.encoders import build_encoder
+
+needs_kernel = pytest.mark.skipif(not small_head_kernel_available(), reason="no C compiler for the small-head kernel")
+
+
+def reference_and_ours(q, k, v, grad):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*leaves)
+    ref_grads = torch.autograd.grad(ref, leaves, grad)
+    mine = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    ours = small_head_attention(*mine)
+    our_grads = torch.autograd.grad(ours, mine, grad)
+    return (ref, *ref_grads), (ours, *our_grads)
+
+
+@needs_kernel
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("shape", [(3, 5, 37), (1, 1, 1), (2, 3, 64)])  # problems x tokens: odd, single, even
+def test_small_head_kernel_equals_the_reference_in_values_and_gradients(size: int, shape: tuple[int, int, int]) -> None:
+    torch.manual_seed(size)
+    n, h, t = shape
+    q, k, v, grad = (torch.randn(n, h, t, size) for _ in range(4))
+    expected, got = reference_and_ours(q, k, v, grad)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6)
+
+
+@needs_kernel
+def test_small_head_kernel_is_stable_for_large_scores_and_any_leading_shape() -> None:
+    torch.manual_seed(0)
+    q, k, v, grad = (torch.randn(15, 40, 2) for _ in range(4))  # 3-d: 15 problems, not a multiple of the thread count
+    q = q * 30  # scores up to ~1e3: a softmax without the row maximum would overflow
+    # At such scores float32 itself is the limit (the reference is off by ~1e-4 too): both are measured against float64.
+    exact_leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    exact_out = F.scaled_dot_product_attention(*exact_leaves)
+    truth = [exact_out, *torch.autograd.grad(exact_out, exact_leaves, grad.double())]
+    reference, ours = reference_and_ours(q, k, v, grad)
+    for exact, ref, got in zip(truth, reference, ours):
+        assert torch.isfinite(got).all()
+        ref_error, our_error = ((t.double() - exact).abs().max().item() for t in (ref, got))
+        assert our_error <= max(2 * ref_error, 1e-5 * exact.abs().max().item())
+
+
+@needs_kernel
+def test_small_head_kernel_takes_the_transformers_strided_views() -> None:
+    # SelfAttention slices q, k, v out of one (N, T, 3, h, hs) tensor: non-contiguous inputs
+    torch.manual_seed(0)
+    qkv = torch.randn(4, 30, 3, 16, 2)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (N, h, T, hs)
+    assert not q.is_contiguous()
+    grad = torch.randn(4, 16, 30, 2)
+    expected, got = reference_and_ours(q, k, v, grad)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6)
+
+
+@needs_kernel
+def test_small_head_kernel_refuses_what_it_was_not_built_for() -> None:
+    x = torch.randn(2, 3, 5, 2)
+    with pytest.raises(ValueError, match="float32"):
+        small_head_attention(x.double(), x.double(), x.double())
+    with pytest.raises(ValueError, match="head size 8"):
+        small_head_attention(*(torch.randn(2, 3, 5, 8) for _ in range(3)))
+    with pytest.raises(ValueError, match="shapes"):
+        small_head_attention(x, x[:, :, :4], x[:, :, :4])  # cross-attention: not this kernel's
+
+
+@needs_kernel
+def test_small_head_kernel_runs_on_any_thread_count() -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 25, 2) for _ in range(3))
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            outs.append(small_head_attention(q, k, v))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])  # one problem is always one thread's: the split changes nothing
+
+
+# --- dispatch ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sdpa_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    sizes: list[int] = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        sizes.append(q.shape[-1])
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    return sizes
+
+
+@needs_kernel
+def test_small_float32_cpu_heads_go_to_the_small_head_kernel_and_the_rest_to_sdpa(sdpa_sizes, monkeypatch) -> None:
+    x = torch.randn(2, 4, 10, 2)
+    attention(x, x, x)  # small head, float32, CPU: ours
+    assert sdpa_sizes == []
+    attention(torch.randn(2, 4, 10, 8), torch.randn(2, 4, 10, 8), torch.randn(2, 4, 10, 8))  # head of 8: torch's
+    attention(x.double(), x.double(), x.double())  # float64: torch's
+    attention(x, x, x, dropout_p=0.5)  # attention dropout: torch's (ours has none)
+    attention(x, x, x, pad=False)  # explicitly the reference
+    monkeypatch.setattr(attention_module, "KERNEL", "sdpa")
+    attention(x, x, x)
+    assert sdpa_sizes == [8, 2, 2, 2, 2]
+
+
+def test_every_transformer_layer_calls_the_attention_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    from simmtm import encoders
+
+    calls = []
+
+    def spy(q, k, v, **kwargs):
+        calls.append(q.shape)
+        return attention(q, k, v, **kwargs)
+
+    monkeypatch.setattr(encoders, "attention", spy)
+    encoder = build_encoder(
+        ModelConfig(encoder="transformer", d_model=8, n_heads=2, n_layers=3, d_ff=16), in_channels=1, seq_len=24
+    )
+    encoder(torch.randn(5, 24, 1))
+    assert calls == [torch.Size([5, 2, 24, 4])] * 3  # (N, heads, T, head size) per layer
+
+
+def test_without_a_compiler_auto_falls_back_to_sdpa(sdpa_sizes, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(attention_module, "_lib", None)
+    monkeypatch.setattr(attention_module, "_lib_error", None)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("SIMMTM_CACHE_DIR", str(tmp_path / "cache"))
+    assert not small_head_kernel_available()
+    x = torch.randn(2, 4, 10, 2)
+    torch.testing.assert_close(attention(x, x, x), F.scaled_dot_product_attention(x, x, x))
+    assert sdpa_sizes == [2, 2]
+
+
+# --- zero-padded heads on a GPU (moved here with the padding from encoders.py) --------------------------------
+
+
+def test_padded_small_heads_give_the_same_attention_and_gradients() -> None:
+    # The paper's heads have size 2; on a GPU they are zero-padded to 8 to stay on a fused kernel. Same numbers.
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 16, 20, 2, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    plain = attention(q, k, v, pad=False)
+    grads = torch.autograd.grad(plain.square().sum(), (q, k, v))
+    padded = attention(q, k, v, pad=True)
+    padded_grads = torch.autograd.grad(padded.square().sum(), (q, k, v))
+    assert padded.shape == plain.shape == (3, 16, 20, 2)
+    torch.testing.assert_close(padded, plain)
+    for a, b in zip(padded_grads, grads):
+        torch.testing.assert_close(a, b)
+    # and the scale is the head's own: padding with the default 1/sqrt(8) would change the result
+    wrong = F.scaled_dot_product_attention(*(F.pad(t, (0, 6)) for t in (q, k, v)))[..., :2]
+    assert not torch.allclose(wrong, plain)
+
+
+def test_heads_are_padded_only_when_asked_on_the_cpu(sdpa_sizes) -> None:
+    x = torch.randn(2, 4, 10, 2, dtype=torch.float64)  # float64: not the small-head kernel's
+    attention(x, x, x)  # on the CPU no padding: the CPU kernel takes any head size
+    attention(x, x, x, pad=True)
+    y = torch.randn(2, 4, 10, 8)
+    attention(y, y, y, pad=True)  # already a fused size
+    assert sdpa_sizes == [2, 8, 8]
