@@ -126,22 +126,6 @@ def test_token_embedding_has_the_official_initialisation() -> None:
 # --- the Transformer's attention -----------------------------------------------------------------------------
 
 
-def test_transformer_runs_on_fused_attention(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each layer calls F.scaled_dot_product_attention (the real one runs; the spy only counts)."""
-    calls = []
-    real = F.scaled_dot_product_attention
-
-    def spy(q, k, v, *args, **kwargs):
-        calls.append(q.shape)
-        return real(q, k, v, *args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    encoder = build("transformer", 24, 1, n_layers=3)
-    assert isinstance(encoder, TransformerEncoder)
-    encoder(torch.randn(5, 24, 1))
-    assert calls == [torch.Size([5, 2, 24, 4])] * 3  # (N, heads, T, head size) per layer
-
-
 def test_self_attention_matches_the_textbook_formula() -> None:
     torch.manual_seed(0)
     attention = SelfAttention(d_model=8, n_heads=2, dropout=0.0).eval()
@@ -154,36 +138,3 @@ def test_self_attention_matches_the_textbook_formula() -> None:
     scores = heads(q) @ heads(k).transpose(-1, -2) / math.sqrt(4)  # (N, h, T, T)
     expected = attention.out((scores.softmax(-1) @ heads(v)).transpose(1, 2).reshape(3, 10, 8))
     torch.testing.assert_close(attention(x), expected, atol=1e-5, rtol=1e-5)
-
-
-def test_padded_small_heads_give_the_same_attention_and_gradients() -> None:
-    # The paper's heads have size 2; on a GPU they are zero-padded to 8 to stay on a fused kernel. Same numbers.
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(3, 16, 20, 2, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    plain = attention(q, k, v, pad=False)
-    grads = torch.autograd.grad(plain.square().sum(), (q, k, v))
-    padded = attention(q, k, v, pad=True)
-    padded_grads = torch.autograd.grad(padded.square().sum(), (q, k, v))
-    assert padded.shape == plain.shape == (3, 16, 20, 2)
-    torch.testing.assert_close(padded, plain)
-    for a, b in zip(padded_grads, grads):
-        torch.testing.assert_close(a, b)
-    # and the scale is the head's own: padding with the default 1/sqrt(8) would change the result
-    wrong = F.scaled_dot_product_attention(*(F.pad(t, (0, 6)) for t in (q, k, v)))[..., :2]
-    assert not torch.allclose(wrong, plain)
-
-
-def test_heads_are_padded_only_on_a_gpu_and_only_when_small(monkeypatch) -> None:
-    sizes: list[int] = []
-    real = F.scaled_dot_product_attention
-
-    def spy(q, k, v, **kwargs):
-        sizes.append(q.shape[-1])
-        return real(q, k, v, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    x = torch.randn(2, 4, 10, 2)
-    attention(x, x, x)  # on the CPU: the fused CPU kernel takes any head size, no padding
-    attention(x, x, x, pad=True)
-    attention(torch.randn(2, 4, 10, 8), torch.randn(2, 4, 10, 8), torch.randn(2, 4, 10, 8), pad=True)  # already fused-size
-    assert sizes == [2, 8, 8]
