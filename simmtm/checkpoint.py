@@ -69,4 +69,4 @@ def encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     prefix = "encoder."
     # DistributedDataParallel prefixes "module."; a checkpoint written by N workers loads on one process.
     state = {k.removeprefix("module."): v for k, v in model_state.items()}
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

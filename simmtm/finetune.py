@@ -8,6 +8,7 @@ with the selected weights. Without a pre-trained checkpoint the same run is the 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -46,7 +47,9 @@ def load_pretrained(source: str | Path | dict[str, Any], checkpoint: str = "best
     if path.is_dir():
         found = run_checkpoint(path, checkpoint) or run_checkpoint(path, "last")
         if found is None:
-            raise UserError(f"{path}: not a pre-training run directory (no checkpoints/last.pt); run `simmtm pretrain` first")
+            raise UserError(
+                f"{path}: not a pre-training run directory (no checkpoints/last.pt); run `simmtm pretrain` first"
+            )
         if found.stem != checkpoint:  # a distributed run, or one from before best.pt existed
             log.warning("%s has no checkpoints/%s.pt; fine-tuning %s", path, checkpoint, found.name)
         path = found
@@ -68,8 +71,12 @@ def _finetuning_model(config: RunConfig, state: dict[str, Any] | None) -> RunCon
         changed = [k for k in ModelConfig.model_fields if k in saved and saved[k] != model[k]]
         changed += ["data.seq_len"] if saved_len != seq_len else []
         if changed:
-            log.warning("fine-tuning the pre-trained model as it was built; the config's model differs in: %s "
-                        "(dropout is set for fine-tuning by finetune.%s)", ", ".join(changed), ", finetune.".join(_DROPOUTS))
+            log.warning(
+                "fine-tuning the pre-trained model as it was built; the config's model differs in: %s "
+                "(dropout is set for fine-tuning by finetune.%s)",
+                ", ".join(changed),
+                ", finetune.".join(_DROPOUTS),
+            )
         model, seq_len = saved, saved_len
     overrides = {k: v for k in _DROPOUTS if (v := getattr(config.finetune, k)) is not None}
     for key in overrides.keys() - ModelConfig.model_fields.keys():
@@ -102,9 +109,21 @@ def run(
     run_path = open_run_dir(run_dir, config, runtime)
     run_log = RunLog(run_path)
     try:
-        results = {tag: _finetune_one(config, inputs, state, runtime, report, run_log, run_path, tag=tag, progress=progress,
-                                      score_test=score_test)
-                   for tag, inputs in stages.items()}
+        results = {
+            tag: _finetune_one(
+                config,
+                inputs,
+                state,
+                runtime,
+                report,
+                run_log,
+                run_path,
+                tag=tag,
+                progress=progress,
+                score_test=score_test,
+            )
+            for tag, inputs in stages.items()
+        }
     finally:
         run_log.close()
     if "classification" in results:
@@ -139,7 +158,9 @@ def _prepare(
     if first.task == "classification":
         stages = {"classification": first}
     else:
-        stages = {f"h{h}": first if h == horizons[0] else load_inputs(config, horizon=h, labelled=True) for h in horizons}
+        stages = {
+            f"h{h}": first if h == horizons[0] else load_inputs(config, horizon=h, labelled=True) for h in horizons
+        }
     _build(config, first, state)  # a bad architecture or a pre-trained encoder that does not fit fails here
     return config, state, stages
 
@@ -160,10 +181,20 @@ def _build(config: RunConfig, inputs: Inputs, state: dict[str, Any] | None) -> n
                 "fine-tune on data with the pre-training data's channels"
             ) from None
     if inputs.task == "classification":
-        return Classifier(encoder, seq_len=inputs.seq_len, channels=inputs.channels, num_classes=inputs.num_classes,
-                          channel_independent=inputs.channel_independent)
-    return Forecaster(encoder, seq_len=inputs.seq_len, horizon=inputs.horizon, channels=inputs.channels,
-                      channel_independent=inputs.channel_independent)
+        return Classifier(
+            encoder,
+            seq_len=inputs.seq_len,
+            channels=inputs.channels,
+            num_classes=inputs.num_classes,
+            channel_independent=inputs.channel_independent,
+        )
+    return Forecaster(
+        encoder,
+        seq_len=inputs.seq_len,
+        horizon=inputs.horizon,
+        channels=inputs.channels,
+        channel_independent=inputs.channel_independent,
+    )
 
 
 # The official code's first fine-tuning epoch runs at OneCycleLR's starting lr, max_lr / div_factor (25): the
@@ -181,44 +212,62 @@ def _finetune_one(
 ) -> dict[str, float]:
     """Train one head with early stopping on validation, then score the selected weights on test once."""
     cfg = config.finetune
+    core, model, loop = _set_up_head(config, inputs, state, runtime, run_log, tag=tag, progress=progress)
+    scheduler = LambdaLR(loop.optimizer, LR_SCHEDULES[cfg.lr_schedule](cfg.lr_decay))  # stepped after each epoch
+    score = functools.partial(evaluate, model, task=inputs.task, runtime=runtime, batch_size=cfg.eval_batch_size,
+                              precision=config.precision)
+    loss_fn = F.cross_entropy if inputs.task == "classification" else F.mse_loss
+    best = _Best()
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            lr = loop.optimizer.param_groups[0]["lr"]
+            train = loop.run_epoch(epoch - 1, lambda batch: {"loss": loss_fn(*_forward(model, batch, runtime.device))})
+            scheduler.step()
+            val = score(inputs.val, max_batches=cfg.val_batches)
+            metrics = {"stage": tag, "epoch": epoch, "step": loop.step, "lr": lr, "train_loss": train["loss"],
+                       **{f"val_{k}": v for k, v in val.items()}}
+            loop.record("finetune_epoch", metrics)
+            report({k: v for k, v in metrics.items() if k != "stage"}, None)
+            log.info("fine-tuning %s epoch %d: train_loss=%.4f val_loss=%.4f", tag, epoch, train["loss"], val["loss"])
+            best.update(core, epoch, val["loss"])
+            if run_path is not None:
+                last = {"kind": "simmtm-finetune", "model": core.state_dict(), "optimizer": loop.optimizer.state_dict(),
+                        "epoch": epoch, "step": loop.step, "config": config.run_dict()}
+                save_state(last, run_path / "checkpoints" / tag / "last.pt")
+            if best.bad_epochs >= cfg.patience or loop.done:
+                break
+    finally:
+        loop.close()
+    return _score_best(config, score, core, best, inputs, run_path, tag=tag, epochs=epoch, score_test=score_test)
+
+
+def _set_up_head(
+    config: RunConfig, inputs: Inputs, state: dict[str, Any] | None, runtime: Runtime, run_log: RunLog, *, tag: str,
+    progress: bool,
+) -> tuple[nn.Module, nn.Module, Loop]:
+    """The model (itself, and what is called), its optimiser and loader in a ``Loop``."""
+    cfg = config.finetune
     core = _build(config, inputs, state)
     model = prepare_model(core, runtime, compile=config.compile)
     if cfg.mode == "probe":
         core.encoder.requires_grad_(False)
     optimizer = torch.optim.Adam([p for p in core.parameters() if p.requires_grad], lr=cfg.lr)
-    scheduler = LambdaLR(optimizer, LR_SCHEDULES[cfg.lr_schedule](cfg.lr_decay))  # stepped after each epoch
     shuffle = torch.Generator().manual_seed(config.seed)
     loader = runtime.prepare_loader(DataLoader(inputs.train, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
                                                generator=shuffle, num_workers=config.data.num_workers))
     if len(loader) == 0:
         raise UserError(f"finetune: no training samples in {config.data.name or config.data.path}")
-    loss_fn = F.cross_entropy if inputs.task == "classification" else F.mse_loss
-    loop = Loop(model, optimizer, loader, shuffle=shuffle, config=config, device=runtime.device, stage=f"fine-tuning {tag}",
-                advice=f"lower finetune.lr (now {cfg.lr:g})", run_log=run_log, prefix=f"finetune_{tag}/",
+    loop = Loop(model, optimizer, loader, shuffle, config, runtime, run_log, stage=f"fine-tuning {tag}",
+                prefix=f"finetune_{tag}/", advice=f"lower finetune.lr (now {cfg.lr:g})",
                 total_steps=min(cfg.epochs * len(loader), cfg.max_steps or math.inf),
-                frozen=core.encoder if cfg.mode == "probe" else None, progress=progress and runtime.is_main)
-    best = _Best()
-    try:
-        for epoch in range(cfg.epochs):
-            lr = optimizer.param_groups[0]["lr"]
-            train = loop.run_epoch(epoch, lambda batch: {"loss": loss_fn(model(batch[0].to(runtime.device)), batch[1].to(runtime.device))})
-            scheduler.step()
-            val = evaluate(model, inputs.val, inputs.task, runtime, batch_size=cfg.eval_batch_size, max_batches=cfg.val_batches,
-                           precision=config.precision)
-            metrics = {"stage": tag, "epoch": epoch + 1, "step": loop.step, "lr": lr, "train_loss": train["loss"],
-                       **{f"val_{k}": v for k, v in val.items()}}
-            loop.record("finetune_epoch", metrics)
-            report({k: v for k, v in metrics.items() if k != "stage"}, None)
-            log.info("fine-tuning %s epoch %d: train_loss=%.4f val_loss=%.4f", tag, epoch + 1, train["loss"], val["loss"])
-            best.update(core, epoch + 1, val["loss"])
-            if run_path is not None:
-                save_state({"kind": "simmtm-finetune", "model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                            "epoch": epoch + 1, "step": loop.step, "config": config.run_dict()}, run_path / "checkpoints" / tag / "last.pt")
-            if best.bad_epochs >= cfg.patience or loop.done:
-                break
-    finally:
-        loop.close()
-    return _score_best(config, model, core, best, inputs, runtime, run_path, tag=tag, epochs=epoch + 1, score_test=score_test)
+                frozen=core.encoder if cfg.mode == "probe" else None, progress=progress)
+    return core, model, loop
+
+
+def _forward(model: nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(prediction, target) of one labelled batch."""
+    x, y = batch
+    return model(x.to(device)), y.to(device)
 
 
 @dataclass
@@ -239,7 +288,7 @@ class _Best:
 
 
 def _score_best(
-    config: RunConfig, model: nn.Module, core: nn.Module, best: _Best, inputs: Inputs, runtime: Runtime,
+    config: RunConfig, score: Callable[..., dict[str, float]], core: nn.Module, best: _Best, inputs: Inputs,
     run_path: Path | None, *, tag: str, epochs: int, score_test: bool,
 ) -> dict[str, float]:
     """Load the selected weights, save them as ``best.pt``, score validation (and test, once)."""
@@ -247,10 +296,8 @@ def _score_best(
     if run_path is not None:
         save_state({"kind": "simmtm-finetune", "model": best.state, "epoch": best.epoch, "config": config.run_dict()},
                    run_path / "checkpoints" / tag / "best.pt")
-    cfg = config.finetune
-    val = evaluate(model, inputs.val, inputs.task, runtime, batch_size=cfg.eval_batch_size, precision=config.precision)
-    test = evaluate(model, inputs.test, inputs.task, runtime, batch_size=cfg.eval_batch_size,
-                    precision=config.precision) if score_test else {}
+    val = score(inputs.val)
+    test = score(inputs.test) if score_test else {}
     if test:
         log.info("%s: test %s", tag, ", ".join(f"{k}={v:.4f}" for k, v in test.items()))
     return {**{k: v for k, v in test.items() if k != "loss"}, **{f"val_{k}": v for k, v in val.items() if k != "loss"},
@@ -259,7 +306,13 @@ def _score_best(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, dataset, task: str, runtime: Runtime, *, batch_size: int, max_batches: int | None = None,
+    model: nn.Module,
+    dataset,
+    task: str,
+    runtime: Runtime,
+    *,
+    batch_size: int,
+    max_batches: int | None = None,
     precision: str = "fp32",
 ) -> dict[str, float]:
     """Forecasting: mse, mae (over every window, step and channel); classification: loss, accuracy, f1.

@@ -23,10 +23,19 @@ from simmtm.encoders import build_encoder
 from simmtm.errors import UserError
 from simmtm.inputs import Inputs, load_inputs
 from simmtm.masking import make_mask
-from simmtm.model import SimMTM, to_series
+from simmtm.model import Gather, SimMTM, to_series
 from simmtm.runtime import LocalRuntime, Report, Runtime, no_report, pick_device
 from simmtm.tracking import RunLog, write_json
-from simmtm.training import Loop, LossParts, autocast, open_run_dir, prepare_model, restore_rng_states, rng_states, set_up
+from simmtm.training import (
+    Loop,
+    LossParts,
+    autocast,
+    open_run_dir,
+    prepare_model,
+    restore_rng_states,
+    rng_states,
+    set_up,
+)
 
 __all__ = ["run", "check_inputs", "build_model", "draw_masks"]
 
@@ -41,7 +50,9 @@ def build_model(config: RunConfig, inputs: Inputs) -> SimMTM:
         encoder = build_encoder(config.model, in_channels=inputs.series_channels, seq_len=inputs.seq_len)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    return SimMTM(encoder, seq_len=inputs.seq_len, channels=inputs.series_channels, model=config.model, pretrain=config.pretrain)
+    return SimMTM(
+        encoder, seq_len=inputs.seq_len, channels=inputs.series_channels, model=config.model, pretrain=config.pretrain
+    )
 
 
 def check_inputs(config: RunConfig, *, world_size: int = 1) -> Inputs:
@@ -80,8 +91,12 @@ def draw_masks(
     n, length, c = series.shape
     generator = torch.Generator(device=series.device).manual_seed(seed)
     mask = make_mask(
-        cfg.masking, (cfg.num_masked, n * world_size, c, length), cfg.mask_ratio, cfg.mask_length,
-        generator=generator, device=series.device,
+        cfg.masking,
+        (cfg.num_masked, n * world_size, c, length),
+        cfg.mask_ratio,
+        cfg.mask_length,
+        generator=generator,
+        device=series.device,
     )  # (M, N_global, c, L)
     return mask[:, rank * n : (rank + 1) * n].transpose(2, 3)  # (M, N, L, c)
 
@@ -102,44 +117,32 @@ def run(
     """Pre-train SimMTM; return the last epoch's metrics.
 
     ``run_dir`` (main worker) receives the resolved config, after each epoch ``checkpoints/last.pt`` (and
-    ``checkpoints/best.pt`` when the epoch has the lowest validation loss so far), TensorBoard logs,
+    ``checkpoints/best.pt`` when the epoch has the lowest validation loss so far), TensorBoard logs and
     ``history.jsonl``, and ``metrics.json`` at the end. ``resume`` is a state written by an earlier call: the run
-    then continues exactly as if it had not stopped.
+    continues exactly as if it had not stopped.
     """
     runtime = runtime or LocalRuntime(pick_device(config.device))
     set_up(config, runtime)
     inputs = _checked_inputs(config, world_size=runtime.world_size)  # bad input fails here, before any write
-    cfg = config.pretrain
-    torch.manual_seed(config.seed)  # the same initial weights on every worker
-    core = build_model(config, inputs)
-    model = prepare_model(core, runtime, compile=config.compile)
-    optimizer = torch.optim.Adam(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    train_loader, val_loader = _loaders(config, inputs, runtime, shuffle)
-    total_steps = min(cfg.epochs * len(train_loader), cfg.max_steps or math.inf)
-    scheduler = _lr_schedule(optimizer, cfg, total_steps)
-    at = _Position() if resume is None else _resume(resume, core, optimizer, scheduler)
+    training = _Training.build(config, inputs, runtime)
+    at = _Position() if resume is None else training.resume(resume)
 
     run_path = open_run_dir(run_dir, config, runtime)
     run_log = RunLog(run_path, resume_step=at.step)
-    advice = f"lower pretrain.lr (now {cfg.lr:g})" + (" or set pretrain.grad_clip" if cfg.grad_clip is None else " or pretrain.grad_clip")
-    loop = Loop(model, optimizer, train_loader, shuffle=shuffle, config=config, device=runtime.device, stage="pre-training",
-                advice=advice, run_log=run_log, prefix="pretrain/", total_steps=total_steps, grad_clip=cfg.grad_clip,
-                step_scheduler=scheduler, step=at.step, progress=progress and runtime.is_main)
-    gather = runtime.gather() if _gather_on(config, runtime) else None
+    loop = training.loop(run_log, step=at.step, progress=progress)
     if resume is not None:
         restore_rng_states(resume.get("rng"), runtime)  # last: after everything that draws random numbers
     try:
-        while at.epoch < cfg.epochs and not loop.done:
-            train = loop.run_epoch(at.epoch, lambda x: _losses(config, model, x, inputs, runtime, gather, step=loop.step))
-            val = _validate(config, model, val_loader, inputs, runtime, gather)
-            at.epoch += 1
-            at.metrics = {"epoch": at.epoch, "step": loop.step, **{f"train_{k}": runtime.all_reduce_mean(v) for k, v in train.items()},
-                          **{f"val_{k}": v for k, v in val.items()}}
+        while at.epoch < config.pretrain.epochs and not loop.done:
+            train = loop.run_epoch(at.epoch, lambda x: training.losses(x, step=loop.step))
+            val = training.validate()
+            at.epoch, at.step = at.epoch + 1, loop.step
+            at.metrics = {"epoch": at.epoch, "step": at.step, **_prefixed("train_", train, runtime),
+                          **_prefixed("val_", val)}
             loop.record("pretrain_epoch", at.metrics)
-            state = _save_epoch(at, loop.step, core, optimizer, scheduler, config, runtime, run_path)
+            state = _save_epoch(at, training, run_path)
             report(at.metrics, state)
-            log.info("pre-training epoch %d/%d: %s", at.epoch, cfg.epochs, _fmt(at.metrics))
+            log.info("pre-training epoch %d/%d: %s", at.epoch, config.pretrain.epochs, _fmt(at.metrics))
     finally:
         loop.close()
         run_log.close()
@@ -159,13 +162,91 @@ class _Position:
     best_val_loss: float = math.inf
 
 
-def _loaders(config: RunConfig, inputs: Inputs, runtime: Runtime, shuffle: torch.Generator) -> tuple[DataLoader, DataLoader]:
-    per_worker_batch = config.pretrain.batch_size // runtime.world_size
-    train = DataLoader(inputs.train, batch_size=per_worker_batch, shuffle=True, drop_last=True, generator=shuffle,
-                       num_workers=config.data.num_workers)
-    val = DataLoader(inputs.val, batch_size=per_worker_batch, shuffle=False, drop_last=runtime.world_size > 1,
-                     num_workers=config.data.num_workers)
-    return runtime.prepare_loader(train), runtime.prepare_loader(val)
+@dataclass
+class _Training:
+    """The pieces of one pre-training run, built from its config and data."""
+
+    config: RunConfig
+    inputs: Inputs
+    runtime: Runtime
+    core: SimMTM  # the model itself, whose state dict the checkpoints hold
+    model: nn.Module  # what is called: on the device, wrapped for data parallelism, compiled if asked
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    train_loader: DataLoader
+    val_loader: DataLoader
+    shuffle: torch.Generator  # the training loader's
+    total_steps: float
+    gather: Gather | None  # all-gather across workers, or None
+
+    @classmethod
+    def build(cls, config: RunConfig, inputs: Inputs, runtime: Runtime) -> _Training:
+        cfg = config.pretrain
+        torch.manual_seed(config.seed)  # the same initial weights on every worker
+        core = build_model(config, inputs)
+        model = prepare_model(core, runtime, compile=config.compile)
+        optimizer = torch.optim.Adam(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        shuffle = torch.Generator().manual_seed(config.seed)
+        batch = cfg.batch_size // runtime.world_size
+        train = DataLoader(inputs.train, batch_size=batch, shuffle=True, drop_last=True, generator=shuffle,
+                           num_workers=config.data.num_workers)
+        val = DataLoader(inputs.val, batch_size=batch, shuffle=False, drop_last=runtime.world_size > 1,
+                         num_workers=config.data.num_workers)
+        train, val = runtime.prepare_loader(train), runtime.prepare_loader(val)
+        total_steps = min(cfg.epochs * len(train), cfg.max_steps or math.inf)
+        gather = runtime.gather() if runtime.world_size > 1 and cfg.gather is not False else None
+        scheduler = _lr_schedule(optimizer, cfg, total_steps)
+        return cls(config, inputs, runtime, core, model, optimizer, scheduler, train, val, shuffle, total_steps, gather)
+
+    def loop(self, run_log: RunLog, *, step: int, progress: bool) -> Loop:
+        cfg = self.config.pretrain
+        clip = "set pretrain.grad_clip" if cfg.grad_clip is None else "lower pretrain.grad_clip"
+        return Loop(self.model, self.optimizer, self.train_loader, self.shuffle, self.config, self.runtime, run_log,
+                    stage="pre-training", prefix="pretrain/", advice=f"lower pretrain.lr (now {cfg.lr:g}) or {clip}",
+                    total_steps=self.total_steps, grad_clip=cfg.grad_clip, step_scheduler=self.scheduler, step=step,
+                    progress=progress)
+
+    def resume(self, state: dict[str, Any]) -> _Position:
+        """Load a checkpoint's weights, optimiser and schedule (its random state comes last, in ``run``)."""
+        self.core.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        # The saved lr follows the saved budget; take the next step's lr from this run's schedule (the same value
+        # when the budget is unchanged, and not the old cosine's end when it grew).
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+        best = state.get("best", {})
+        log.info("resuming pre-training after epoch %d (step %d)", state["epoch"], state["step"])
+        return _Position(epoch=state["epoch"], step=state["step"], metrics=dict(state.get("metrics", {})),
+                         best_epoch=best.get("epoch", 0), best_val_loss=best.get("val_loss", math.inf))
+
+    def losses(self, x: torch.Tensor, *, step: int) -> LossParts:
+        """The losses of one training batch, with the masks of ``step``."""
+        runtime = self.runtime
+        series = to_series(x.to(runtime.device, non_blocking=True), self.inputs.channel_independent)
+        mask = draw_masks(self.config, series, seed=_step_seed(self.config, step), rank=runtime.rank,
+                          world_size=runtime.world_size)
+        out = self.model(series, mask, self.gather)
+        return {"loss": out.loss, "reconstruction": out.reconstruction, "constraint": out.constraint}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Pre-training losses on the validation split, with the same masks every epoch (one read from the device)."""
+        config, runtime = self.config, self.runtime
+        self.model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss, reconstruction, constraint
+        batches = 0
+        for i, x in enumerate(self.val_loader):
+            if config.pretrain.val_batches is not None and i >= config.pretrain.val_batches:
+                break
+            series = to_series(x.to(runtime.device), self.inputs.channel_independent)
+            mask = draw_masks(config, series, seed=VAL_MASK_SEED - i, rank=runtime.rank, world_size=runtime.world_size)
+            with autocast(config.precision, runtime.device):
+                out = self.model(series, mask, self.gather)
+            sums += torch.stack([out.loss, out.reconstruction, out.constraint]).double()
+            batches += 1
+        means = (sums / batches).tolist() if batches else [math.nan] * 3
+        return {k: runtime.all_reduce_mean(v) for k, v in zip(("loss", "reconstruction", "constraint"), means)}
 
 
 def _lr_schedule(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, total_steps: float) -> LambdaLR:
@@ -180,73 +261,28 @@ def _lr_schedule(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, total_st
     return LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, horizon) / horizon)))
 
 
-def _resume(state: dict[str, Any], core: SimMTM, optimizer: torch.optim.Optimizer, scheduler: LambdaLR) -> _Position:
-    """Load a checkpoint's weights, optimiser and schedule (the random state comes last, in ``run``); where it stood."""
-    core.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    # The saved lr follows the saved budget; take the next step's lr from this run's schedule (the same value
-    # when the budget is unchanged, and not the old cosine's end when it grew).
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * factor(scheduler.last_epoch)
-    best = state.get("best", {})
-    log.info("resuming pre-training after epoch %d (step %d)", state["epoch"], state["step"])
-    return _Position(epoch=state["epoch"], step=state["step"], metrics=dict(state.get("metrics", {})),
-                     best_epoch=best.get("epoch", 0), best_val_loss=best.get("val_loss", math.inf))
+def _prefixed(prefix: str, values: dict[str, float], runtime: Runtime | None = None) -> dict[str, float]:
+    """``values`` under ``prefix``; averaged over workers when ``runtime`` is given."""
+    return {prefix + k: runtime.all_reduce_mean(v) if runtime else v for k, v in values.items()}
 
 
-def _losses(config: RunConfig, model: nn.Module, x: torch.Tensor, inputs: Inputs, runtime: Runtime, gather, *, step: int) -> LossParts:
-    series = to_series(x.to(runtime.device, non_blocking=True), inputs.channel_independent)
-    mask = draw_masks(config, series, seed=_step_seed(config, step), rank=runtime.rank, world_size=runtime.world_size)
-    out = model(series, mask, gather)
-    return {"loss": out.loss, "reconstruction": out.reconstruction, "constraint": out.constraint}
-
-
-def _save_epoch(
-    at: _Position, step: int, core: SimMTM, optimizer: torch.optim.Optimizer, scheduler: LambdaLR, config: RunConfig,
-    runtime: Runtime, run_path: Path | None,
-) -> dict[str, Any] | None:
-    """Write ``last.pt`` (and ``best.pt`` for a new lowest validation loss, ties going to the later epoch as in the
+def _save_epoch(at: _Position, training: _Training, run_path: Path | None) -> dict[str, Any] | None:
+    """Write ``last.pt``, and ``best.pt`` for a new lowest validation loss (ties go to the later epoch, as in the
     official code); return the state on the main worker, None elsewhere. Every worker calls it."""
-    at.step = step
-    val_loss = at.metrics["val_loss"]
-    if at.best_epoch == 0 or val_loss <= at.best_val_loss:
-        at.best_epoch, at.best_val_loss = at.epoch, val_loss
-    rng = rng_states(runtime)  # a collective: every worker takes part
-    if not runtime.is_main:
+    if at.best_epoch == 0 or at.metrics["val_loss"] <= at.best_val_loss:
+        at.best_epoch, at.best_val_loss = at.epoch, at.metrics["val_loss"]
+    rng = rng_states(training.runtime)  # a collective: every worker takes part
+    if not training.runtime.is_main:
         return None
-    weights = {"kind": "simmtm-pretrain", "model": core.state_dict(), "epoch": at.epoch, "step": step,
-               "metrics": at.metrics, "config": config.run_dict()}
-    state = {**weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-             "best": {"epoch": at.best_epoch, "val_loss": at.best_val_loss}}
+    weights = {"kind": "simmtm-pretrain", "model": training.core.state_dict(), "epoch": at.epoch, "step": at.step,
+               "metrics": at.metrics, "config": training.config.run_dict()}
+    state = {**weights, "optimizer": training.optimizer.state_dict(), "scheduler": training.scheduler.state_dict(),
+             "rng": rng, "best": {"epoch": at.best_epoch, "val_loss": at.best_val_loss}}
     if run_path is not None:
         save_state(state, run_path / "checkpoints" / "last.pt")
         if at.best_epoch == at.epoch:
             save_state(weights, run_path / "checkpoints" / "best.pt")
     return state
-
-
-@torch.no_grad()
-def _validate(config: RunConfig, model: nn.Module, loader: DataLoader, inputs: Inputs, runtime: Runtime, gather) -> dict[str, float]:
-    """Pre-training losses on the validation split, with the same masks every epoch (one read from the device)."""
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss, reconstruction, constraint
-    batches = 0
-    for i, x in enumerate(loader):
-        if config.pretrain.val_batches is not None and i >= config.pretrain.val_batches:
-            break
-        series = to_series(x.to(runtime.device), inputs.channel_independent)
-        mask = draw_masks(config, series, seed=VAL_MASK_SEED - i, rank=runtime.rank, world_size=runtime.world_size)
-        with autocast(config.precision, runtime.device):
-            out = model(series, mask, gather)
-        sums += torch.stack([out.loss, out.reconstruction, out.constraint]).double()
-        batches += 1
-    means = (sums / batches).tolist() if batches else [math.nan] * 3
-    return {k: runtime.all_reduce_mean(v) for k, v in zip(("loss", "reconstruction", "constraint"), means)}
-
-
-def _gather_on(config: RunConfig, runtime: Runtime) -> bool:
-    return runtime.world_size > 1 and config.pretrain.gather is not False
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -15,12 +15,14 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from simmtm.config import RunConfig, dump_config
@@ -119,7 +121,12 @@ def rng_states(runtime: Runtime) -> list[dict[str, Any]]:
     python = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"key": torch.from_numpy(numpy[1].astype(np.int64)), "pos": numpy[2], "has_gauss": numpy[3], "gauss": numpy[4]},
+        "numpy": {
+            "key": torch.from_numpy(numpy[1].astype(np.int64)),
+            "pos": numpy[2],
+            "has_gauss": numpy[3],
+            "gauss": numpy[4],
+        },
         "python": {"version": python[0], "internal": list(python[1]), "gauss_next": python[2]},
     }
     if runtime.device.type == "cuda":
@@ -131,13 +138,19 @@ def restore_rng_states(states: list[dict[str, Any]] | None, runtime: Runtime) ->
     """Set this worker's global random state from ``rng_states``'s list (saved by as many workers)."""
     if not states or len(states) != runtime.world_size:
         saved = len(states) if states else "no"
-        log.warning("the checkpoint holds %s random states for %d worker(s): resuming without them, so the run "
-                    "continues but not bit-identically", saved, runtime.world_size)
+        log.warning(
+            "the checkpoint holds %s random states for %d worker(s): resuming without them, so the run "
+            "continues but not bit-identically",
+            saved,
+            runtime.world_size,
+        )
         return
     state = states[runtime.rank]
     torch.set_rng_state(state["torch"])
     numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["key"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["gauss"]))
+    np.random.set_state(
+        ("MT19937", numpy["key"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["gauss"])
+    )
     python = state["python"]
     random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
     if "cuda" in state and runtime.device.type == "cuda":
@@ -147,26 +160,31 @@ def restore_rng_states(states: list[dict[str, Any]] | None, runtime: Runtime) ->
 # --- the loop ------------------------------------------------------------------------------------------------
 
 
+@dataclass
 class Loop:
-    """Epochs of optimiser steps over one loader, recorded in a ``RunLog`` under ``prefix``.
+    """Epochs of optimiser steps over one loader, each step recorded in a ``RunLog``."""
 
-    ``stage`` names the run in messages and the progress bar ("pre-training", "fine-tuning h96"); ``advice`` says
-    which key to change when it diverges. ``step_scheduler`` is stepped after every optimiser step (an epoch-wise
-    schedule is the caller's); ``frozen`` stays in eval mode while the rest trains (a probe's encoder).
-    """
+    model: nn.Module  # what is called: on the device, wrapped for data parallelism, compiled if asked
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    shuffle: torch.Generator  # the loader's generator, re-seeded from (seed, epoch) every epoch
+    config: RunConfig
+    runtime: Runtime
+    run_log: RunLog
+    stage: str  # names the run in messages and the progress bar: "pre-training", "fine-tuning h96"
+    prefix: str  # TensorBoard prefix of the per-step scalars; epochs go under "<prefix>_epoch/"
+    advice: str  # which key to change when the loss diverges
+    total_steps: float  # the step budget
+    grad_clip: float | None = None
+    step_scheduler: LRScheduler | None = None  # stepped after every optimiser step; per-epoch ones are the caller's
+    frozen: nn.Module | None = None  # kept in eval mode while the rest trains (a probe's encoder)
+    step: int = 0
+    progress: bool = False
 
-    def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, *, shuffle: torch.Generator,
-        config: RunConfig, device: torch.device, stage: str, advice: str, run_log: RunLog, prefix: str,
-        total_steps: float, grad_clip: float | None = None, step_scheduler: Any = None, frozen: nn.Module | None = None,
-        step: int = 0, progress: bool = False,
-    ) -> None:
-        self.model, self.optimizer, self.loader, self.shuffle = model, optimizer, loader, shuffle
-        self.config, self.device, self.stage, self.advice = config, device, stage, advice
-        self.run_log, self.prefix, self.total_steps = run_log, prefix, total_steps
-        self.grad_clip, self.step_scheduler, self.frozen, self.step = grad_clip, step_scheduler, frozen, step
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.bar = progress_bar(total_steps, stage, initial=step, enabled=progress)
+    def __post_init__(self) -> None:
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        enabled = self.progress and self.runtime.is_main
+        self.bar = progress_bar(self.total_steps, self.stage, initial=self.step, enabled=enabled)
 
     @property
     def done(self) -> bool:
@@ -187,7 +205,7 @@ class Loop:
         steps = 0
         for batch in self.loader:
             lr = self.optimizer.param_groups[0]["lr"]
-            with autocast(self.config.precision, self.device):
+            with autocast(self.config.precision, self.runtime.device):
                 parts = losses(batch)
             self.optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
@@ -198,7 +216,9 @@ class Loop:
             self.step += 1
             names = [*parts, "grad_norm"]
             # A fresh tensor per step (a CUDA graph reuses its output buffers); read every log_every steps.
-            pending.append((self.step, lr, torch.stack([*(p.detach().float() for p in parts.values()), grad_norm.float()])))
+            pending.append(
+                (self.step, lr, torch.stack([*(p.detach().float() for p in parts.values()), grad_norm.float()]))
+            )
             if self.bar is not None:
                 self.bar.update(1)
             if self.step % self.config.log_every == 0:
@@ -226,7 +246,9 @@ class Loop:
             sampler.set_epoch(epoch)
         self.shuffle.manual_seed(self.config.seed * 1_000_003 + epoch)
 
-    def _read(self, pending: list[tuple[int, float, torch.Tensor]], names: list[str], sums: dict[str, float], epoch: int) -> int:
+    def _read(
+        self, pending: list[tuple[int, float, torch.Tensor]], names: list[str], sums: dict[str, float], epoch: int
+    ) -> int:
         """Read the pending steps from the device at once, check and record them, add them to ``sums``; how many."""
         if not pending:
             return 0
@@ -234,8 +256,10 @@ class Loop:
         for (step, lr, _), row in zip(pending, rows):
             values = dict(zip(names, row))
             if not math.isfinite(values["loss"]):
-                raise TrainingDiverged(f"{self.stage} diverged at step {step} (epoch {epoch + 1}): the loss is "
-                                       f"{values['loss']}; {self.advice}; the checkpoints of finished epochs are kept")
+                raise TrainingDiverged(
+                    f"{self.stage} diverged at step {step} (epoch {epoch + 1}): the loss is "
+                    f"{values['loss']}; {self.advice}; the checkpoints of finished epochs are kept"
+                )
             self.run_log.scalars(step, {**values, "lr": lr}, prefix=self.prefix)
             for name in names[:-1]:  # the loss parts; the gradient norm is logged, not averaged
                 sums[name] = sums.get(name, 0.0) + values[name]
