@@ -254,7 +254,8 @@ def _set_up_head(
     optimizer = torch.optim.Adam([p for p in core.parameters() if p.requires_grad], lr=cfg.lr)
     shuffle = torch.Generator().manual_seed(config.seed)
     loader = runtime.prepare_loader(DataLoader(inputs.train, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
-                                               generator=shuffle, num_workers=config.data.num_workers))
+                                               generator=shuffle, num_workers=config.data.num_workers,
+                                               pin_memory=runtime.device.type == "cuda"))
     if len(loader) == 0:
         raise UserError(f"finetune: no training samples in {config.data.name or config.data.path}")
     loop = Loop(model, optimizer, loader, shuffle, config, runtime, run_log, stage=f"fine-tuning {tag}",
@@ -330,7 +331,7 @@ def evaluate(
         with autocast(precision, runtime.device):
             out = model(x.to(runtime.device)).float()
         if task == "classification":
-            outputs.append(out)
+            outputs.append(out.clone())  # a CUDA graph (compile on CUDA) reuses its output buffer on the next call
             targets.append(y)
             continue
         err = out - y.to(runtime.device)

@@ -189,7 +189,7 @@ class _Training:
         shuffle = torch.Generator().manual_seed(config.seed)
         batch = cfg.batch_size // runtime.world_size
         train = DataLoader(inputs.train, batch_size=batch, shuffle=True, drop_last=True, generator=shuffle,
-                           num_workers=config.data.num_workers)
+                           num_workers=config.data.num_workers, pin_memory=runtime.device.type == "cuda")
         val = DataLoader(inputs.val, batch_size=batch, shuffle=False, drop_last=runtime.world_size > 1,
                          num_workers=config.data.num_workers)
         train, val = runtime.prepare_loader(train), runtime.prepare_loader(val)

@@ -1,8 +1,8 @@
 """What pre-training and fine-tuning share: the run directory, precision and compilation, the random state of a
 resumable run, and ``Loop``, which runs the optimiser steps of one epoch.
 
-``Loop`` never waits for the device inside an epoch: each step's loss parts (and gradient norm) stay on the device
-and are read in one transfer every ``log_every`` steps and at the epoch's end. Then every step is written to
+``Loop`` waits for the device only every ``log_every`` steps and at an epoch's end: each step's loss parts (and
+gradient norm) stay on the device until then and are read in one transfer. Then every step is written to
 TensorBoard and checked: a non-finite loss raises ``TrainingDiverged`` naming the step where it first appeared.
 The steps between that step and the read ran on broken weights, which no checkpoint ever holds, because the loops
 save a checkpoint only after an epoch's final read.

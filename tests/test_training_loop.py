@@ -24,9 +24,9 @@ from simmtm.checkpoint import encoder_state
 from simmtm.cli import main
 from simmtm.config import ModelConfig, parse_config
 from simmtm.errors import UserError
-from simmtm.runtime import LocalRuntime
+from simmtm.runtime import LocalRuntime, Runtime
 from simmtm.tracking import RunLog
-from simmtm.training import TrainingDiverged, restore_rng_states, rng_states
+from simmtm.training import TrainingDiverged, restore_rng_states, rng_states, set_up
 
 # stride 8 over the 224 train rows of the tiny CSV: 26 windows, 3 steps of 8 per epoch; dropout on, so that the
 # random state matters
@@ -373,6 +373,17 @@ def test_bf16_autocast_runs_on_cpu_near_fp32(tiny_config) -> None:
     assert bf16["train_loss"] == pytest.approx(fp32["train_loss"], rel=0.05)
     metrics = finetune.run(parse_config({**raw, "precision": "bf16", "finetune": {**raw["finetune"], "horizons": [4]}}))
     assert math.isfinite(metrics["mse"])
+
+
+@pytest.mark.parametrize(("precision", "mode"), [("tf32", "tf32"), ("fp32", "ieee"), ("bf16", "ieee")])
+def test_tf32_is_allowed_on_cuda_for_precision_tf32_only(precision: str, mode: str, tiny_config) -> None:
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = matmul.fp32_precision, conv.fp32_precision
+    try:  # the flags are process-wide and settable without a GPU
+        set_up(parse_config({**tiny_config(), "precision": precision}), Runtime(device=torch.device("cuda")))
+        assert (matmul.fp32_precision, conv.fp32_precision) == (mode, mode)
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = before
 
 
 @pytest.mark.slow
