@@ -10,7 +10,15 @@ import torch
 
 from simmtm.errors import UserError
 
-__all__ = ["save_state", "load_state", "ray_checkpoint_state", "CHECKPOINT_FILE", "latest_checkpoint", "encoder_state"]
+__all__ = [
+    "save_state",
+    "load_state",
+    "ray_checkpoint_state",
+    "CHECKPOINT_FILE",
+    "latest_checkpoint",
+    "run_checkpoint",
+    "encoder_state",
+]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -46,7 +54,13 @@ def ray_checkpoint_state(checkpoint: Any) -> dict[str, Any]:
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest checkpoint of a run directory (``checkpoints/last.pt``), or None."""
-    path = Path(run_dir) / "checkpoints" / "last.pt"
+    return run_checkpoint(run_dir, "last")
+
+
+def run_checkpoint(run_dir: str | Path, which: str) -> Path | None:
+    """A pre-training run directory's ``checkpoints/last.pt`` (the newest epoch, with everything to resume) or
+    ``checkpoints/best.pt`` (the epoch of lowest validation loss: model and config only), or None."""
+    path = Path(run_dir) / "checkpoints" / f"{which}.pt"
     return path if path.is_file() else None
 
 
@@ -55,4 +69,4 @@ def encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     prefix = "encoder."
     # DistributedDataParallel prefixes "module."; a checkpoint written by N workers loads on one process.
     state = {k.removeprefix("module."): v for k, v in model_state.items()}
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -129,6 +129,16 @@ class FinetuneConfig(_Section):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-4, gt=0)
     lr_decay: float = Field(0.5, gt=0, le=1)  # multiply the lr by this after each epoch
+    # halving: lr, lr*lr_decay, lr*lr_decay^2, ...; official: the official code's sequence, whose first epoch runs at
+    # lr/25 (a OneCycleLR created but never stepped), then lr, lr*lr_decay, ...
+    lr_schedule: Literal["halving", "official"] = "halving"
+    # which pre-training checkpoint to fine-tune: best (lowest pre-training validation loss, as official) or last
+    from_checkpoint: Literal["best", "last"] = "best"
+    # Dropout while fine-tuning; None keeps the pre-trained model's value. The model's shapes always come from the
+    # checkpoint (or, for the random-init baseline, from the model section).
+    dropout: float | None = Field(None, ge=0, lt=1)
+    attention_dropout: float | None = Field(None, ge=0, lt=1)
+    head_dropout: float | None = Field(None, ge=0, lt=1)
     patience: int = Field(3, ge=1)  # early stopping on the validation score
     max_steps: int | None = Field(None, ge=1)  # per horizon
     eval_batch_size: int = Field(256, ge=1)
@@ -147,6 +157,10 @@ class RunConfig(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
+    # fp32; tf32 (CUDA matmuls and convolutions in TF32); bf16 (torch.autocast to bfloat16, on CPU too)
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    compile: bool = False  # torch.compile the model (on CUDA with mode="reduce-overhead")
+    log_every: int = Field(50, ge=1)  # steps between host reads of the losses (TensorBoard, finite check, progress)
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)

@@ -1,4 +1,4 @@
-"""Errors a user can fix: the CLI prints them as one line and exits with code 2."""
+"""Errors a user can fix: the CLI prints them as one line and exits with the error's ``exit_code`` (2 by default)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ __all__ = ["UserError", "ConfigError", "DataError"]
 
 class UserError(Exception):
     """Bad input (config, file, data): the message names what is at fault and what would be valid."""
+
+    exit_code: int = 2
 
 
 class ConfigError(UserError):

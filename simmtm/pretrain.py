@@ -8,31 +8,40 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from simmtm.checkpoint import save_state
-from simmtm.config import RunConfig, dump_config
+from simmtm.config import PretrainConfig, RunConfig
 from simmtm.encoders import build_encoder
 from simmtm.errors import UserError
 from simmtm.inputs import Inputs, load_inputs
 from simmtm.masking import make_mask
-from simmtm.model import SimMTM, to_series
+from simmtm.model import Gather, SimMTM, to_series
 from simmtm.runtime import LocalRuntime, Report, Runtime, no_report, pick_device
-from simmtm.tracking import RunLog, progress_bar, write_json
+from simmtm.tracking import RunLog, write_json
+from simmtm.training import (
+    Loop,
+    LossParts,
+    autocast,
+    open_run_dir,
+    prepare_model,
+    restore_rng_states,
+    rng_states,
+    set_up,
+)
 
-__all__ = ["run", "check_inputs", "build_model", "draw_masks", "TrainingDiverged"]
+__all__ = ["run", "check_inputs", "build_model", "draw_masks"]
 
 log = logging.getLogger(__name__)
 
 VAL_MASK_SEED = 2**31 - 1  # validation masks are the same every epoch, so epochs compare
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the run stops with this reason."""
 
 
 def build_model(config: RunConfig, inputs: Inputs) -> SimMTM:
@@ -41,7 +50,9 @@ def build_model(config: RunConfig, inputs: Inputs) -> SimMTM:
         encoder = build_encoder(config.model, in_channels=inputs.series_channels, seq_len=inputs.seq_len)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    return SimMTM(encoder, seq_len=inputs.seq_len, channels=inputs.series_channels, model=config.model, pretrain=config.pretrain)
+    return SimMTM(
+        encoder, seq_len=inputs.seq_len, channels=inputs.series_channels, model=config.model, pretrain=config.pretrain
+    )
 
 
 def check_inputs(config: RunConfig, *, world_size: int = 1) -> Inputs:
@@ -80,8 +91,12 @@ def draw_masks(
     n, length, c = series.shape
     generator = torch.Generator(device=series.device).manual_seed(seed)
     mask = make_mask(
-        cfg.masking, (cfg.num_masked, n * world_size, c, length), cfg.mask_ratio, cfg.mask_length,
-        generator=generator, device=series.device,
+        cfg.masking,
+        (cfg.num_masked, n * world_size, c, length),
+        cfg.mask_ratio,
+        cfg.mask_length,
+        generator=generator,
+        device=series.device,
     )  # (M, N_global, c, L)
     return mask[:, rank * n : (rank + 1) * n].transpose(2, 3)  # (M, N, L, c)
 
@@ -101,145 +116,173 @@ def run(
 ) -> dict[str, float]:
     """Pre-train SimMTM; return the last epoch's metrics.
 
-    ``run_dir`` (main worker) receives the resolved config, ``checkpoints/last.pt`` after each epoch, TensorBoard
-    logs, ``history.jsonl`` and ``metrics.json``. ``resume`` is a state written by an earlier call.
+    ``run_dir`` (main worker) receives the resolved config, after each epoch ``checkpoints/last.pt`` (and
+    ``checkpoints/best.pt`` when the epoch has the lowest validation loss so far), TensorBoard logs and
+    ``history.jsonl``, and ``metrics.json`` at the end. ``resume`` is a state written by an earlier call: the run
+    continues exactly as if it had not stopped.
     """
     runtime = runtime or LocalRuntime(pick_device(config.device))
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    # Bad input fails here and in build_model below, before anything is written.
-    inputs = _checked_inputs(config, world_size=runtime.world_size)
-    cfg = config.pretrain
-    per_worker_batch = cfg.batch_size // runtime.world_size
+    set_up(config, runtime)
+    inputs = _checked_inputs(config, world_size=runtime.world_size)  # bad input fails here, before any write
+    training = _Training.build(config, inputs, runtime)
+    at = _Position() if resume is None else training.resume(resume)
 
-    torch.manual_seed(config.seed)  # the same initial weights on every worker
-    model = runtime.prepare_model(build_model(config, inputs))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loader_seed = torch.Generator().manual_seed(config.seed)
-    train_loader = runtime.prepare_loader(
-        DataLoader(inputs.train, batch_size=per_worker_batch, shuffle=True, drop_last=True,
-                   generator=loader_seed, num_workers=config.data.num_workers)
-    )
-    val_loader = runtime.prepare_loader(
-        DataLoader(inputs.val, batch_size=per_worker_batch, shuffle=False, drop_last=runtime.world_size > 1,
-                   num_workers=config.data.num_workers)
-    )
-    steps_per_epoch = len(train_loader)
-    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
-    # A plain function (not saved in the scheduler's state), so a resumed run with a larger budget follows the
-    # new cosine length instead of climbing back up after the old one.
-    horizon = max(1, int(total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, horizon) / horizon))) if cfg.scheduler == "cosine" else (lambda _: 1.0),
-    )
-
-    epoch, step, metrics = 0, 0, {}
+    run_path = open_run_dir(run_dir, config, runtime)
+    run_log = RunLog(run_path, resume_step=at.step)
+    loop = training.loop(run_log, step=at.step, progress=progress)
     if resume is not None:
-        _unwrap(model).load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        epoch, step, metrics = resume["epoch"], resume["step"], dict(resume.get("metrics", {}))
-        log.info("resuming pre-training after epoch %d (step %d)", epoch, step)
-
-    run_path = Path(run_dir) if run_dir is not None and runtime.is_main else None
-    if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
-        dump_config(config, run_path / "config.yaml")
-    run_log = RunLog(run_path)
-    gather = runtime.gather() if _gather_on(config, runtime) else None
-    bar = progress_bar(total_steps, "pretrain", initial=step, enabled=progress and runtime.is_main)
+        restore_rng_states(resume.get("rng"), runtime)  # last: after everything that draws random numbers
     try:
-        while epoch < cfg.epochs and step < total_steps:
-            sampler = getattr(train_loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            loader_seed.manual_seed(config.seed * 1_000_003 + epoch)  # the data order depends on the epoch alone
-            model.train()
-            sums = {"loss": 0.0, "reconstruction": 0.0, "constraint": 0.0}
-            seen = 0
-            for x in train_loader:
-                series = to_series(x.to(runtime.device, non_blocking=True), inputs.channel_independent)
-                mask = draw_masks(config, series, seed=_step_seed(config, step), rank=runtime.rank, world_size=runtime.world_size)
-                out = model(series, mask, gather)
-                if not torch.isfinite(out.loss):
-                    raise TrainingDiverged(f"pre-training loss became {out.loss.item()} at step {step} (epoch {epoch})")
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                seen += 1
-                parts = {"loss": out.loss.item(), "reconstruction": out.reconstruction.item(), "constraint": out.constraint.item()}
-                for k, v in parts.items():
-                    sums[k] += v
-                run_log.scalars(step, {**parts, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}, prefix="pretrain/")
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{parts['loss']:.4f}")
-                if step >= total_steps:
-                    break
-            epoch += 1
-            metrics = {
-                "epoch": epoch,
-                "step": step,
-                **{f"train_{k}": runtime.all_reduce_mean(v / max(seen, 1)) for k, v in sums.items()},
-                **{f"val_{k}": v for k, v in _validate(config, model, val_loader, inputs, runtime, gather).items()},
-            }
-            run_log.scalars(epoch, {k: v for k, v in metrics.items() if k not in ("epoch", "step")}, prefix="pretrain_epoch/")
-            run_log.record("pretrain_epoch", metrics)
-            state = _state(model, optimizer, scheduler, epoch, step, metrics, config) if runtime.is_main else None
-            if run_path is not None and state is not None:
-                save_state(state, run_path / "checkpoints" / "last.pt")
-            report(metrics, state)
-            log.info("pre-training epoch %d/%d: %s", epoch, cfg.epochs, _fmt(metrics))
+        while at.epoch < config.pretrain.epochs and not loop.done:
+            train = loop.run_epoch(at.epoch, lambda x: training.losses(x, step=loop.step))
+            val = training.validate()
+            at.epoch, at.step = at.epoch + 1, loop.step
+            at.metrics = {"epoch": at.epoch, "step": at.step, **_prefixed("train_", train, runtime),
+                          **_prefixed("val_", val)}
+            loop.record("pretrain_epoch", at.metrics)
+            state = _save_epoch(at, training, run_path)
+            report(at.metrics, state)
+            log.info("pre-training epoch %d/%d: %s", at.epoch, config.pretrain.epochs, _fmt(at.metrics))
     finally:
-        if bar is not None:
-            bar.close()
+        loop.close()
         run_log.close()
     if run_path is not None:
-        write_json(run_path / "metrics.json", metrics)
-    return metrics
+        write_json(run_path / "metrics.json", at.metrics)
+    return at.metrics
 
 
-@torch.no_grad()
-def _validate(config: RunConfig, model: torch.nn.Module, loader: DataLoader, inputs: Inputs, runtime: Runtime, gather) -> dict[str, float]:
-    """Pre-training losses on the validation split, with the same masks every epoch."""
-    model.eval()
-    sums = {"loss": 0.0, "reconstruction": 0.0, "constraint": 0.0}
-    batches = 0
-    for i, x in enumerate(loader):
-        if config.pretrain.val_batches is not None and i >= config.pretrain.val_batches:
-            break
-        series = to_series(x.to(runtime.device), inputs.channel_independent)
-        mask = draw_masks(config, series, seed=VAL_MASK_SEED - i, rank=runtime.rank, world_size=runtime.world_size)
-        out = model(series, mask, gather)
-        for k in sums:
-            sums[k] += getattr(out, k).item()
-        batches += 1
-    return {k: runtime.all_reduce_mean(v / batches if batches else math.nan) for k, v in sums.items()}
+@dataclass
+class _Position:
+    """Where a run stands after its last finished epoch, and its best epoch so far (lowest validation loss)."""
+
+    epoch: int = 0
+    step: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
 
 
-def _gather_on(config: RunConfig, runtime: Runtime) -> bool:
-    return runtime.world_size > 1 and config.pretrain.gather is not False
+@dataclass
+class _Training:
+    """The pieces of one pre-training run, built from its config and data."""
+
+    config: RunConfig
+    inputs: Inputs
+    runtime: Runtime
+    core: SimMTM  # the model itself, whose state dict the checkpoints hold
+    model: nn.Module  # what is called: on the device, wrapped for data parallelism, compiled if asked
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    train_loader: DataLoader
+    val_loader: DataLoader
+    shuffle: torch.Generator  # the training loader's
+    total_steps: float
+    gather: Gather | None  # all-gather across workers, or None
+
+    @classmethod
+    def build(cls, config: RunConfig, inputs: Inputs, runtime: Runtime) -> _Training:
+        cfg = config.pretrain
+        torch.manual_seed(config.seed)  # the same initial weights on every worker
+        core = build_model(config, inputs)
+        model = prepare_model(core, runtime, compile=config.compile)
+        optimizer = torch.optim.Adam(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        shuffle = torch.Generator().manual_seed(config.seed)
+        batch = cfg.batch_size // runtime.world_size
+        train = DataLoader(inputs.train, batch_size=batch, shuffle=True, drop_last=True, generator=shuffle,
+                           num_workers=config.data.num_workers, pin_memory=runtime.device.type == "cuda")
+        val = DataLoader(inputs.val, batch_size=batch, shuffle=False, drop_last=runtime.world_size > 1,
+                         num_workers=config.data.num_workers)
+        train, val = runtime.prepare_loader(train), runtime.prepare_loader(val)
+        total_steps = min(cfg.epochs * len(train), cfg.max_steps or math.inf)
+        gather = runtime.gather() if runtime.world_size > 1 and cfg.gather is not False else None
+        scheduler = _lr_schedule(optimizer, cfg, total_steps)
+        return cls(config, inputs, runtime, core, model, optimizer, scheduler, train, val, shuffle, total_steps, gather)
+
+    def loop(self, run_log: RunLog, *, step: int, progress: bool) -> Loop:
+        cfg = self.config.pretrain
+        clip = "set pretrain.grad_clip" if cfg.grad_clip is None else "lower pretrain.grad_clip"
+        return Loop(self.model, self.optimizer, self.train_loader, self.shuffle, self.config, self.runtime, run_log,
+                    stage="pre-training", prefix="pretrain/", advice=f"lower pretrain.lr (now {cfg.lr:g}) or {clip}",
+                    total_steps=self.total_steps, grad_clip=cfg.grad_clip, step_scheduler=self.scheduler, step=step,
+                    progress=progress)
+
+    def resume(self, state: dict[str, Any]) -> _Position:
+        """Load a checkpoint's weights, optimiser and schedule (its random state comes last, in ``run``)."""
+        self.core.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        # The saved lr follows the saved budget; take the next step's lr from this run's schedule (the same value
+        # when the budget is unchanged, and not the old cosine's end when it grew).
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+        best = state.get("best", {})
+        log.info("resuming pre-training after epoch %d (step %d)", state["epoch"], state["step"])
+        return _Position(epoch=state["epoch"], step=state["step"], metrics=dict(state.get("metrics", {})),
+                         best_epoch=best.get("epoch", 0), best_val_loss=best.get("val_loss", math.inf))
+
+    def losses(self, x: torch.Tensor, *, step: int) -> LossParts:
+        """The losses of one training batch, with the masks of ``step``."""
+        runtime = self.runtime
+        series = to_series(x.to(runtime.device, non_blocking=True), self.inputs.channel_independent)
+        mask = draw_masks(self.config, series, seed=_step_seed(self.config, step), rank=runtime.rank,
+                          world_size=runtime.world_size)
+        out = self.model(series, mask, self.gather)
+        return {"loss": out.loss, "reconstruction": out.reconstruction, "constraint": out.constraint}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Pre-training losses on the validation split, with the same masks every epoch (one read from the device)."""
+        config, runtime = self.config, self.runtime
+        self.model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss, reconstruction, constraint
+        batches = 0
+        for i, x in enumerate(self.val_loader):
+            if config.pretrain.val_batches is not None and i >= config.pretrain.val_batches:
+                break
+            series = to_series(x.to(runtime.device), self.inputs.channel_independent)
+            mask = draw_masks(config, series, seed=VAL_MASK_SEED - i, rank=runtime.rank, world_size=runtime.world_size)
+            with autocast(config.precision, runtime.device):
+                out = self.model(series, mask, self.gather)
+            sums += torch.stack([out.loss, out.reconstruction, out.constraint]).double()
+            batches += 1
+        means = (sums / batches).tolist() if batches else [math.nan] * 3
+        return {k: runtime.all_reduce_mean(v) for k, v in zip(("loss", "reconstruction", "constraint"), means)}
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
+def _lr_schedule(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, total_steps: float) -> LambdaLR:
+    """Cosine decay over the run's steps (or a constant lr), stepped after every optimiser step.
+
+    A plain function (not saved in the scheduler's state), so a resumed run with a larger budget follows the new
+    cosine length instead of climbing back up after the old one.
+    """
+    horizon = max(1, int(total_steps))
+    if cfg.scheduler == "none":
+        return LambdaLR(optimizer, lambda _: 1.0)
+    return LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, horizon) / horizon)))
 
 
-def _state(model, optimizer, scheduler, epoch: int, step: int, metrics: dict, config: RunConfig) -> dict[str, Any]:
-    return {
-        "kind": "simmtm-pretrain",
-        "model": _unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "metrics": metrics,
-        "config": config.run_dict(),
-    }
+def _prefixed(prefix: str, values: dict[str, float], runtime: Runtime | None = None) -> dict[str, float]:
+    """``values`` under ``prefix``; averaged over workers when ``runtime`` is given."""
+    return {prefix + k: runtime.all_reduce_mean(v) if runtime else v for k, v in values.items()}
+
+
+def _save_epoch(at: _Position, training: _Training, run_path: Path | None) -> dict[str, Any] | None:
+    """Write ``last.pt``, and ``best.pt`` for a new lowest validation loss (ties go to the later epoch, as in the
+    official code); return the state on the main worker, None elsewhere. Every worker calls it."""
+    if at.best_epoch == 0 or at.metrics["val_loss"] <= at.best_val_loss:
+        at.best_epoch, at.best_val_loss = at.epoch, at.metrics["val_loss"]
+    rng = rng_states(training.runtime)  # a collective: every worker takes part
+    if not training.runtime.is_main:
+        return None
+    weights = {"kind": "simmtm-pretrain", "model": training.core.state_dict(), "epoch": at.epoch, "step": at.step,
+               "metrics": at.metrics, "config": training.config.run_dict()}
+    state = {**weights, "optimizer": training.optimizer.state_dict(), "scheduler": training.scheduler.state_dict(),
+             "rng": rng, "best": {"epoch": at.best_epoch, "val_loss": at.best_val_loss}}
+    if run_path is not None:
+        save_state(state, run_path / "checkpoints" / "last.pt")
+        if at.best_epoch == at.epoch:
+            save_state(weights, run_path / "checkpoints" / "best.pt")
+    return state
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -70,6 +70,20 @@ class Runtime:
         """Average a scalar over workers (identity in process)."""
         return value
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every worker's ``obj`` (picklable), in rank order; every worker must call it.
+
+        In process a list of one; with several workers it needs torch.distributed's default process group (which
+        Ray Train sets up).
+        """
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
 
 class LocalRuntime(Runtime):
     """One process, one device."""

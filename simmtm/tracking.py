@@ -33,9 +33,12 @@ class RunLog:
     """Writes scalars to TensorBoard (``DIR/tb``) and appends every record to ``DIR/history.jsonl``.
 
     Created only on the main worker; ``RunLog(None)`` records nothing (workers other than rank 0).
+    ``resume_step``: the optimiser step a (re)started run continues from. Whatever an interrupted attempt wrote
+    after it is dropped, so each step and epoch is recorded once: history records with a larger ``step`` are
+    removed, and TensorBoard hides events from ``resume_step + 1`` on (SummaryWriter's ``purge_step``).
     """
 
-    def __init__(self, run_dir: Path | None, *, subdir: str = "tb") -> None:
+    def __init__(self, run_dir: Path | None, *, subdir: str = "tb", resume_step: int | None = None) -> None:
         self.run_dir = run_dir
         self._writer = None
         self._history = None
@@ -43,8 +46,13 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter  # imported lazily: tensorboard is slow to import
 
             run_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(str(run_dir / subdir))
-            self._history = (run_dir / "history.jsonl").open("a")
+            history = run_dir / "history.jsonl"
+            purge_step = None
+            if resume_step is not None:
+                _truncate_history(history, resume_step)
+                purge_step = resume_step + 1
+            self._writer = SummaryWriter(str(run_dir / subdir), purge_step=purge_step)
+            self._history = history.open("a")
 
     def scalars(self, step: int, values: Mapping[str, float], *, prefix: str = "") -> None:
         if self._writer is None:
@@ -64,3 +72,23 @@ class RunLog:
             self._writer.close()
         if self._history is not None:
             self._history.close()
+
+
+def _truncate_history(path: Path, last_step: int) -> None:
+    """Drop the records of ``path`` written after optimiser step ``last_step`` (atomically)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _step_of(line) <= last_step]
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
+
+def _step_of(line: str) -> float:
+    """A history line's optimiser step; a line torn by a kill counts as after every step (so it is dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf
