@@ -187,6 +187,7 @@ def _build(config: RunConfig, inputs: Inputs, state: dict[str, Any] | None) -> n
             channels=inputs.channels,
             num_classes=inputs.num_classes,
             channel_independent=inputs.channel_independent,
+            instance_norm=config.model.instance_norm,
         )
     return Forecaster(
         encoder,
@@ -194,6 +195,8 @@ def _build(config: RunConfig, inputs: Inputs, state: dict[str, Any] | None) -> n
         horizon=inputs.horizon,
         channels=inputs.channels,
         channel_independent=inputs.channel_independent,
+        head_dropout=config.model.head_dropout,
+        instance_norm=config.model.instance_norm,
     )
 
 

@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"simmtm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code  # 2 for bad input; 3 when training diverged
     except KeyboardInterrupt:
         print(f"simmtm {args.command}: interrupted", file=sys.stderr)
         return 130
