@@ -57,15 +57,22 @@ class SeriesEncoder(nn.Module):
     def out_dim(self) -> int:
         return self.channels * self.d_model if self.channel_independent else self.d_model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, L, C) -> (B, T, out_dim)``."""
+    def forward(self, x: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, L, C) -> (B, T, out_dim)``; ``observed: (B, L)`` bool marks the real steps of padded series (their
+        padding is then left out of the normalisation and the attention, and padded tokens come out as 0)."""
         if x.ndim != 3 or (not self.channel_independent and x.shape[-1] != self.channels):
             raise ValueError(f"expected series of shape (B, L, {self.channels}), got {tuple(x.shape)}")
         b, _, c = x.shape
         series = to_series(x, self.channel_independent)  # (N, L, c)
+        real = None if observed is None else observed.repeat_interleave(c if self.channel_independent else 1, dim=0)  # (N, L)
+        keep = torch.ones_like(series, dtype=torch.bool) if real is None else real[..., None].expand_as(series)
+        if real is not None:
+            series = torch.where(keep, series, 0.0)
         if self.instance_norm:
-            series, _, _ = masked_instance_norm(series, torch.ones_like(series, dtype=torch.bool))
-        z = self.encoder(series)  # (N, T, D)
+            series, _, _ = masked_instance_norm(series, keep)
+        z = self.encoder(series) if real is None else self.encoder(series, real)  # (N, T, D)
+        if real is not None:
+            z = torch.where(self.encoder.token_mask(real)[..., None], z, 0.0)
         if self.channel_independent:
             t, d = z.shape[1:]
             z = z.view(b, c, t, d).permute(0, 2, 1, 3).reshape(b, t, c * d)  # (B, T, C*D)
