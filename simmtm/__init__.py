@@ -1,7 +1,15 @@
-"""simmtm: SimMTM masked time-series pre-training that tunes its own masking ratio and masked-series count."""
+"""simmtm: SimMTM masked time-series pre-training that tunes its own masking ratio and masked-series count.
+
+The Python API (``simmtm.pretrain``, ``finetune``, ``sweep``, ``analyze``, ``recommend``; typed results in
+``simmtm.api``) and ``simmtm.load_encoder`` / ``load_pretrained`` load lazily: ``import simmtm`` imports neither
+torch nor Ray.
+"""
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
 from typing import Any
 
 from simmtm.config import RunConfig, load_config
@@ -9,13 +17,52 @@ from simmtm.errors import ConfigError, DataError, UserError
 
 __version__ = "0.1.0"
 
-__all__ = ["RunConfig", "load_config", "load_pretrained", "UserError", "ConfigError", "DataError", "__version__"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "RunConfig",
+    "UserError",
+    "__version__",
+    "analyze",
+    "finetune",
+    "load_config",
+    "load_encoder",
+    "load_pretrained",
+    "pretrain",
+    "recommend",
+    "sweep",
+]
+
+# name -> the module that defines it, imported on first use
+_LAZY = {"analyze": "simmtm.api", "recommend": "simmtm.api", "load_encoder": "simmtm.export", "load_pretrained": "simmtm.pretrained"}
+# API functions that share their name with a submodule (simmtm/pretrain.py, finetune.py, sweep/)
+_CALLABLE_SUBMODULES = ("pretrain", "finetune", "sweep")
+
+
+class _CallableModule(types.ModuleType):
+    """``simmtm.pretrain`` is both the module simmtm/pretrain.py and, called, ``simmtm.api.pretrain``: Python's
+    import binds a package attribute to each imported submodule, so a plain function of that name would be replaced
+    by the module the first time anything imported it."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from simmtm import api
+
+        return getattr(api, self.__name__.rpartition(".")[2])(*args, **kwargs)
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _CALLABLE_SUBMODULES and isinstance(value, types.ModuleType):
+            value.__class__ = _CallableModule
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that `import simmtm` (and the CLI's start-up) does not import torch.
-    if name == "load_pretrained":
-        from simmtm.pretrained import load_pretrained
-
-        return load_pretrained
+    if name in _CALLABLE_SUBMODULES:
+        return importlib.import_module(f"simmtm.{name}")  # binds simmtm.<name> as a callable module
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'simmtm' has no attribute {name!r}")

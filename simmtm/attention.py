@@ -53,22 +53,26 @@ _HEAD_MULTIPLE = 8
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float = 0.0, pad: bool | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float = 0.0, pad: bool | None = None,
+    keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(hs)) v over ``(N, h, T, hs)``; ``dropout_p`` on the attention weights.
 
     ``pad`` True/False forces ``scaled_dot_product_attention`` with/without zero-padded heads (the reference).
+    ``keys: (N, T)`` bool: only True keys are attended to (padded series); it always takes
+    ``scaled_dot_product_attention``, the small-head kernel has no mask.
     """
     size = q.shape[-1]
-    if pad is None and _small_head_applies(q, k, v, dropout_p):
+    mask = None if keys is None else keys[:, None, None, :]  # (N, 1, 1, T): broadcast over heads and queries
+    if pad is None and mask is None and _small_head_applies(q, k, v, dropout_p):
         return small_head_attention(q, k, v)
     if pad is None:
         pad = PAD_HEADS and q.is_cuda and size % _HEAD_MULTIPLE != 0
     if not pad:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     extra = -size % _HEAD_MULTIPLE
     q, k, v = (F.pad(t, (0, extra)) for t in (q, k, v))
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=size**-0.5)[..., :size]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=size**-0.5)[..., :size]
 
 
 def _small_head_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:

@@ -2,6 +2,9 @@
 
 Every encoder maps ``x: (N, L, C)`` to ``z: (N, T, D)``: one D-dimensional vector per time point (T = L) or per
 patch (T = number of patches). SimMTM's projector, aggregation and decoder work on any such ``z``.
+Padded series (unequal lengths, ``data.unequal_length: pad``) come with ``observed: (N, L)``, True at real steps:
+attention never looks at a padded key, and ``token_mask`` says which of the T outputs stand for real steps.
+Without ``observed`` every encoder runs exactly as before.
 New encoders register with ``@register_encoder("name")`` and pass the shared contract test.
 """
 
@@ -45,8 +48,17 @@ class Encoder(nn.Module, ABC):
         """T: how many point-wise representations a series of length ``seq_len`` yields."""
 
     @abstractmethod
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, L, C) -> (N, T, D)``."""
+    def forward(self, x: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, L, C) -> (N, T, D)``; ``observed: (N, L)`` bool, True at real (not padded) steps."""
+
+    def token_mask(self, observed: torch.Tensor) -> torch.Tensor:
+        """``(N, L)`` real steps -> ``(N, T)`` real tokens: a token is real when any step it covers is (T = L: the
+        steps themselves)."""
+        t = self.num_tokens(observed.shape[1])
+        if t == observed.shape[1]:
+            return observed
+        # (N, 1, L) -> (N, 1, T): each token takes the steps nearest its share of the series
+        return F.adaptive_max_pool1d(observed[:, None].float(), t)[:, 0] > 0
 
 
 ENCODERS: dict[str, type[Encoder]] = {}
@@ -83,10 +95,10 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         n, t, d = x.shape
         q, k, v = self.qkv(x).view(n, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (N, h, T, hs)
-        y = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (N, h, T, hs)
+        y = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, keys=keys)  # (N, h, T, hs)
         return self.out(y.transpose(1, 2).reshape(n, t, d))
 
 
@@ -101,8 +113,8 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.dropout(self.attention(x)))
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm1(x + self.dropout(self.attention(x, keys)))
         return self.norm2(x + self.dropout(self.ff(x)))
 
 
@@ -114,9 +126,9 @@ class TransformerStack(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, keys)
         return self.norm(x)
 
 
@@ -155,10 +167,10 @@ class TransformerEncoder(Encoder):
     def num_tokens(self, seq_len: int) -> int:
         return seq_len
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
         tokens = self.token(x.transpose(1, 2)).transpose(1, 2)  # (N, L, D)
         tokens = self.dropout(tokens + self.positions[: x.shape[1]])
-        return self.stack(tokens)  # (N, L, D)
+        return self.stack(tokens, observed)  # (N, L, D)
 
 
 @register_encoder("patch")
@@ -185,13 +197,18 @@ class PatchEncoder(Encoder):
         # PatchTST pads the end by one stride (repeating the last value) so the tail forms a patch too.
         return (seq_len + self.stride - self.patch_len) // self.stride + 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
         n, _, c = x.shape
         padded = torch.cat([x, x[:, -1:].expand(n, self.stride, c)], dim=1)  # (N, L + stride, C)
         patches = padded.unfold(1, self.patch_len, self.stride)  # (N, P, C, patch_len)
         patches = patches.reshape(n, patches.shape[1], c * self.patch_len)  # (N, P, C * patch_len)
         tokens = self.dropout(self.embed(patches) + self.positions)  # (N, P, D)
-        return self.stack(tokens)
+        return self.stack(tokens, None if observed is None else self.token_mask(observed))
+
+    def token_mask(self, observed: torch.Tensor) -> torch.Tensor:
+        """A patch is real when any of its steps is (the tail patch repeats the last step, as in ``forward``)."""
+        padded = torch.cat([observed, observed[:, -1:].expand(-1, self.stride)], dim=1)  # (N, L + stride)
+        return padded.unfold(1, self.patch_len, self.stride).any(dim=-1)  # (N, P)
 
 
 class ResidualBlock(nn.Module):
@@ -229,7 +246,8 @@ class ResNet1dEncoder(Encoder):
     def num_tokens(self, seq_len: int) -> int:
         return seq_len
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
+        # padded steps reach the convolutions as zeros (normalisation zeroes them); token_mask drops their outputs
         z = self.blocks(x.transpose(1, 2))  # (N, D, L)
         return self.dropout(z.transpose(1, 2))  # (N, L, D)
 
@@ -261,7 +279,8 @@ class TFCEncoder(Encoder):
             length = length // 2 + 1  # MaxPool1d(2, 2, padding=1)
         return length
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
+        # as in resnet1d: padding enters as zeros, token_mask drops the pooled positions that cover only padding
         z = self.blocks(x.transpose(1, 2))  # (N, D, T)
         return z.transpose(1, 2)  # (N, T, D)
 

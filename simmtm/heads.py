@@ -62,12 +62,20 @@ class Classifier(nn.Module):
             nn.Linear(self.series_per_sample * tokens * encoder.d_model, hidden), nn.Sigmoid(), nn.Linear(hidden, num_classes)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, L, C) -> (B, classes)`` logits."""
+    def forward(self, x: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, L, C) -> (B, classes)`` logits; ``observed: (B, L)``, True at real steps of padded series."""
         b = x.shape[0]
         series = to_series(x, self.channel_independent)  # (N, L, c)
-        normed, _, _ = _normalise(series, self.instance_norm)
-        z = self.encoder(normed)  # (N, T, D)
+        if observed is None:
+            normed, _, _ = _normalise(series, self.instance_norm)
+            z = self.encoder(normed)  # (N, T, D)
+        else:
+            real = observed.repeat_interleave(self.series_per_sample, dim=0)  # (N, L): each channel-series of a sample
+            keep = real[..., None].expand_as(series)
+            series = torch.where(keep, series, 0.0)  # whatever the padding holds (NaN included) is not seen
+            normed = masked_instance_norm(series, keep)[0] if self.instance_norm else series
+            z = self.encoder(normed, real)  # (N, T, D)
+            z = torch.where(self.encoder.token_mask(real)[..., None], z, 0.0)  # masked pooling: padding adds nothing
         return self.head(z.reshape(b, -1))  # (B, classes)
 
 

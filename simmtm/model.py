@@ -196,16 +196,25 @@ class SimMTM(nn.Module):
             AutomaticWeightedLoss(2) if pretrain.loss_weighting == "auto" else FixedWeightedLoss(pretrain.constraint_weight)
         )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, gather: Gather | None = None) -> SimMTMOutput:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, gather: Gather | None = None,
+                observed: torch.Tensor | None = None) -> SimMTMOutput:
         """``x: (N, L, c)`` originals; ``mask: (M, N, L, c)``, True where a copy's point is hidden.
 
         ``gather`` (data-parallel runs) concatenates a tensor's first dimension across workers, with gradients
         flowing back to the local part, so that similarity, constraint and aggregation see the global batch.
+        ``observed: (N, L)`` bool, True at real steps of padded series: padding is left out of the normalisation
+        statistics, the encoder's attention, the pooled series vectors and the reconstruction loss. None (equal
+        lengths) runs the unmasked computation unchanged.
         """
         m, n = mask.shape[:2]
+        if observed is not None:
+            x = torch.where(observed[..., None], x, 0.0)  # whatever the padding holds (NaN included) is not seen
         views = torch.cat([x.unsqueeze(0), x.unsqueeze(0).masked_fill(mask, 0.0)])  # (V, N, L, c)
         keep = torch.cat([torch.ones_like(mask[:1]), ~mask])  # (V, N, L, c)
+        if observed is not None:
+            keep = keep & observed[None, :, :, None]  # padding is never "kept"
         views, keep = views.flatten(0, 1), keep.flatten(0, 1)  # (V*N, L, c), row v*N + i: view v of series i
+        real = None if observed is None else observed.repeat(m + 1, 1)  # (V*N, L)
         if self.instance_norm:
             normed, mean, std = masked_instance_norm(views, keep)  # (V*N, L, c), (V*N, 1, c) twice
         else:
@@ -213,10 +222,17 @@ class SimMTM(nn.Module):
 
         targets = views if self.every_view else x  # what the rebuilt rows are scored against: (V*N | N, L, c)
 
-        z = self.encoder(normed)  # (V*N, T, D)
+        if real is None:
+            z = self.encoder(normed)  # (V*N, T, D)
+        else:
+            z = self.encoder(normed, real)  # (V*N, T, D)
+            # masked pooling: tokens of padding add nothing to the series vectors or to a neighbour's rebuild
+            z = torch.where(self.encoder.token_mask(real)[..., None], z, 0.0)
         if gather is not None:
             z, mean, std = (_gather_views(t, m + 1, gather) for t in (z, mean, std))
             targets = _gather_views(targets, m + 1, gather) if self.every_view else gather(targets)
+            if real is not None:  # bool does not travel through the gather's gradient: as float and back
+                real = _gather_views(real.float(), m + 1, gather) > 0.5
             n = z.shape[0] // (m + 1)
 
         s = self.projector(z)  # (V*N, P)
@@ -228,7 +244,11 @@ class SimMTM(nn.Module):
         rebuilt_z = (weights @ z.flatten(1)).view(rows, *z.shape[1:])  # (rows, T, D)
         rebuilt = self.decoder(rebuilt_z).view(rows, self.seq_len, self.channels)  # (rows, L, c), normalised
         rebuilt = rebuilt * std[:rows] + mean[:rows]  # back to each row's own scale
-        loss_reconstruction = F.mse_loss(rebuilt, targets)
+        if real is None:
+            loss_reconstruction = F.mse_loss(rebuilt, targets)
+        else:  # the mean over real steps only (where, not multiply: padding may hold anything)
+            scored = real[:rows, :, None].expand_as(rebuilt)  # (rows, L, c)
+            loss_reconstruction = torch.where(scored, (rebuilt - targets) ** 2, 0.0).sum() / scored.sum().clamp_min(1)
 
         loss = self.combine(loss_reconstruction, loss_constraint)
         return SimMTMOutput(loss, loss_reconstruction, loss_constraint, rebuilt[:n])

@@ -16,7 +16,7 @@ from simmtm.errors import UserError
 __all__ = ["main"]
 
 # Subcommand modules, in the order `simmtm --help` lists them.
-_COMMANDS = ("simmtm.cli.train", "simmtm.cli.validate", "simmtm.cli.data", "simmtm.cli.cluster", "simmtm.cli.analyze", "simmtm.cli.sweep", "simmtm.cli.official")
+_COMMANDS = ("simmtm.cli.train", "simmtm.cli.validate", "simmtm.cli.data", "simmtm.cli.cluster", "simmtm.cli.analyze", "simmtm.cli.sweep", "simmtm.cli.official", "simmtm.cli.export", "simmtm.cli.status")
 
 
 def build_parser() -> argparse.ArgumentParser:

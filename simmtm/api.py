@@ -1,0 +1,205 @@
+"""The Python API for notebooks and scripts: what the ``simmtm`` commands do, as functions with typed results.
+
+    import simmtm
+    pre = simmtm.pretrain("sweeps/quick.yaml", out="runs/pre", overrides={"pretrain.epochs": 1})
+    ft = simmtm.finetune("sweeps/quick.yaml", out="runs/ft", pretrained=pre.run_dir)
+    sw = simmtm.sweep("sweeps/quick.yaml", out="runs/sweep")
+    rec = simmtm.recommend(sw.out, write="best.yaml")
+
+Each takes a config path or a dict (the same mapping a YAML file holds) plus ``overrides`` (``{"key": value}`` or
+``["key=value", ...]``, as ``--set``) and returns a small frozen dataclass. Errors are the CLI's: a ``UserError``
+whose message is the line the CLI prints. Nothing here imports torch or Ray until a function is called.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simmtm.config import RunConfig, apply_overrides, parse_config, read_yaml
+
+__all__ = [
+    "AnalysisResult",
+    "FinetuneResult",
+    "PretrainResult",
+    "RecommendResult",
+    "SweepResult",
+    "analyze",
+    "finetune",
+    "pretrain",
+    "recommend",
+    "resolve_config",
+    "sweep",
+]
+
+ConfigSource = str | Path | Mapping[str, Any]
+Overrides = Mapping[str, Any] | Sequence[str] | None
+
+
+# --- results -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    run_dir: Path
+    config: RunConfig
+    metrics: Mapping[str, Any]  # the last epoch: train_* and val_* losses, epoch, step
+
+    @property
+    def val_loss(self) -> float:
+        return float(self.metrics["val_loss"])
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    run_dir: Path
+    config: RunConfig
+    metrics: Mapping[str, Any]  # test mse/mae (per horizon under "horizons") or accuracy/f1, and their val_ twins
+    pretrained: Path | None  # None: the random-init baseline
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    out: Path
+    finished: bool  # every trial reached a final state (else: resume with ``sweep(..., resume=True)``)
+    metric: str  # what was optimised (e.g. val_mse) and in which direction
+    mode: str
+    counts: Mapping[str, int]  # trials per state: COMPLETE, PRUNED, FAILED, RUNNING, PENDING
+    best_params: Mapping[str, Any] = field(default_factory=dict)  # the best configuration (empty: none completed)
+    best_score: float | None = None  # its mean validation score over repeats
+    test_score: float | None = None  # its mean test score (scored once, after the search)
+    best_yaml: Path | None = None  # a run config with the best parameters
+    wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class RecommendResult:
+    status: str  # "ok", or "insufficient" (``message`` says why)
+    message: str
+    metric: str
+    params: Mapping[str, Any]  # recommended value per searched parameter
+    expected_score: float | None
+    ci: tuple[float, float] | None  # bootstrap interval of the expected score
+    summary: tuple[str, ...]  # the lines `simmtm recommend` prints
+    best_yaml: Path | None  # written when asked for and status is "ok"
+    recommendation: Any  # the full simmtm.analysis.recommend.Recommendation (edges, M against r, ...)
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    report: Path  # report.html
+    recommendation_json: Path
+    figures: Mapping[str, Path]  # name -> PNG
+    counts: Mapping[str, int]
+    recommendation: RecommendResult
+
+
+# --- configs -------------------------------------------------------------------------------------------------
+
+
+def resolve_config(config: ConfigSource, overrides: Overrides = None) -> tuple[RunConfig, dict[str, Any]]:
+    """The validated config and its raw mapping (sweep sections included) from a path or a dict plus overrides."""
+    if isinstance(config, Mapping):
+        raw, source = copy.deepcopy(dict(config)), "config"
+    else:
+        raw, source = read_yaml(config), str(config)
+    if isinstance(overrides, Mapping):
+        overrides = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]  # JSON is YAML
+    elif isinstance(overrides, str):
+        overrides = [overrides]
+    raw = apply_overrides(raw, list(overrides or []), source="overrides")
+    return parse_config(raw, source=source), raw
+
+
+# --- the commands ------------------------------------------------------------------------------------------------
+
+
+def pretrain(config: ConfigSource, *, out: str | Path, overrides: Overrides = None, restart: bool = False,
+             progress: bool = False) -> PretrainResult:
+    """``simmtm pretrain``: pre-train in this process; an existing run in ``out`` resumes unless ``restart``."""
+    from simmtm import pretrain as pretraining
+    from simmtm.cli.train import prepare_pretrain_dir
+
+    cfg, _ = resolve_config(config, overrides)
+    out = Path(out)
+    pretraining.check_inputs(cfg)  # bad input fails before anything is written
+    resume = prepare_pretrain_dir(out, cfg, restart=restart)
+    metrics = pretraining.run(cfg, run_dir=out, resume=resume, progress=progress)
+    return PretrainResult(out, cfg, metrics)
+
+
+def finetune(config: ConfigSource, *, out: str | Path, pretrained: str | Path | None = None, overrides: Overrides = None,
+             overwrite: bool = False, progress: bool = False) -> FinetuneResult:
+    """``simmtm finetune``: fine-tune (or probe) the encoder of ``pretrained``; without it the random-init baseline."""
+    from simmtm import finetune as finetuning
+    from simmtm.cli.train import _guard_finetune_dir as guard_finetune_dir  # simmtm.rundir once the structure lands
+
+    cfg, _ = resolve_config(config, overrides)
+    out = Path(out)
+    finetuning.check_inputs(cfg, pretrained=pretrained)
+    guard_finetune_dir(out, overwrite=overwrite)
+    metrics = finetuning.run(cfg, run_dir=out, pretrained=pretrained, progress=progress)
+    return FinetuneResult(out, cfg, metrics, Path(pretrained) if pretrained is not None else None)
+
+
+def sweep(config: ConfigSource, *, out: str | Path, overrides: Overrides = None, resume: bool = False,
+          address: str | None = None, warm_start: str | Path | None = None, verbose: int = 0) -> SweepResult:
+    """``simmtm sweep``: the search in a sweep file (or dict), on a local Ray unless ``address``."""
+    from simmtm.sweep.driver import run_sweep
+
+    if isinstance(config, Mapping):  # the driver reads a file: hand it the dict as one
+        with tempfile.TemporaryDirectory(prefix="simmtm-sweep-") as tmp:
+            path = Path(tmp) / "sweep.yaml"
+            path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+            return sweep(path, out=out, overrides=overrides, resume=resume, address=address, warm_start=warm_start, verbose=verbose)
+    if isinstance(overrides, Mapping):
+        overrides = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    outcome = run_sweep(config, out, resume=resume, address=address, overrides=list(overrides or []), verbose=verbose,
+                        warm_start=warm_start)
+    counts = {s: sum(r.state == s for r in outcome.rows) for s in ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")}
+    best, tests = outcome.best, [r.test_score for r in outcome.best if r.test_score is not None]
+    return SweepResult(
+        out=outcome.out, finished=outcome.finished, metric=outcome.metric, mode=outcome.mode, counts=counts,
+        best_params={k: v for k, v in best[0].params.items() if v is not None} if best else {},
+        best_score=sum(r.score for r in best) / len(best) if best else None,
+        test_score=sum(tests) / len(tests) if tests else None,
+        best_yaml=outcome.out / "best.yaml" if (outcome.out / "best.yaml").is_file() else None, wall_s=outcome.wall_s,
+    )
+
+
+def analyze(sweep_dir: str | Path, *, out: str | Path | None = None, interactive: bool = True, bootstrap: int = 1000,
+            seed: int = 0) -> AnalysisResult:
+    """``simmtm analyze``: report.html, figures and recommendation.json for a sweep directory."""
+    from simmtm.analysis.report import write_report
+
+    report = write_report(sweep_dir, out, interactive=interactive, n_boot=bootstrap, seed=seed)
+    return AnalysisResult(report.html, report.recommendation_json, dict(report.figures), report.sweep.counts(),
+                          _recommend_result(report.recommendation, None))
+
+
+def recommend(sweep_dir: str | Path, *, write: str | Path | None = None, bootstrap: int = 1000, seed: int = 0) -> RecommendResult:
+    """``simmtm recommend``: r, M (tau, encoder) to run next, with an expected score; ``write``: also the run config."""
+    from simmtm.analysis.load import load_sweep
+    from simmtm.analysis.recommend import recommend as recommend_params
+    from simmtm.analysis.recommend import write_best_config
+
+    loaded = load_sweep(sweep_dir)
+    rec = recommend_params(loaded, n_boot=bootstrap, seed=seed)
+    written = None
+    if write is not None and rec.status == "ok":
+        write_best_config(loaded, rec, write)
+        written = Path(write)
+    return _recommend_result(rec, written)
+
+
+def _recommend_result(rec: Any, written: Path | None) -> RecommendResult:
+    return RecommendResult(status=rec.status, message=rec.message, metric=rec.metric, params=dict(rec.params),
+                           expected_score=rec.expected_score, ci=tuple(rec.ci) if rec.ci else None,
+                           summary=tuple(rec.summary()), best_yaml=written, recommendation=rec)

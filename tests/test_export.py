@@ -1,0 +1,110 @@
+"""simmtm export and simmtm.load_encoder: safetensors weights, config.json and a model card, on tiny real runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import simmtm
+from simmtm.checkpoint import encoder_state, load_state
+from simmtm.cli import main
+from simmtm.export import export_encoder, load_encoder
+from simmtm.model import masked_instance_norm
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture
+def pre_run(tmp_path: Path, tiny_config) -> Path:
+    out = tmp_path / "pre"
+    simmtm.pretrain(tiny_config({"pretrain": {"mask_ratio": 0.3, "num_masked": 2, "temperature": 0.15}}), out=out)
+    return out
+
+
+def test_export_writes_weights_config_and_card_and_loads_the_trained_encoder(pre_run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "encoder"
+    assert main(["export", str(pre_run), "--out", str(out)]) == 0
+    assert "simmtm.load_encoder" in capsys.readouterr().out
+    state = load_state(pre_run / "checkpoints" / "last.pt")
+    trained = encoder_state(state["model"])
+    saved = load_file(str(out / "encoder.safetensors"))  # any safetensors reader, no simmtm
+    assert saved.keys() == trained.keys() and all(torch.equal(saved[k], trained[k]) for k in saved)
+
+    described = json.loads((out / "config.json").read_text())
+    assert (described["seq_len"], described["channels"], described["channel_independent"]) == (24, 2, True)
+    encoder = load_encoder(out)
+    assert not encoder.training
+    x = torch.randn(5, 24, 2)
+    z = encoder(x)
+    assert z.shape == (5, 24, 2 * 8) == (5, 24, encoder.out_dim)  # (B, T, C*D): each channel's D side by side
+
+    # the same numbers as the pre-trained SimMTM's own encoder on the normalised channels
+    model = simmtm.load_pretrained(pre_run, checkpoint="last")
+    series = x.permute(0, 2, 1).reshape(10, 24, 1)
+    normed, _, _ = masked_instance_norm(series, torch.ones_like(series, dtype=torch.bool))
+    with torch.no_grad():
+        expected = model.encoder(normed).view(5, 2, 24, 8).permute(0, 2, 1, 3).reshape(5, 24, 16)
+        assert torch.allclose(encoder(x), expected, atol=1e-6)
+
+    card = (out / "README.md").read_text()
+    for text in ("series.csv", "| r (pretrain.mask_ratio) | 0.3 |", "| M (pretrain.num_masked) | 2 |",
+                 "| tau (pretrain.temperature) | 0.15 |", "val_loss", "not chosen by a sweep"):
+        assert text in card, text
+
+
+def test_the_readme_example_runs_on_an_exported_run(pre_run: Path, tmp_path: Path) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    example = next(b for b in blocks if "simmtm.load_encoder" in b)
+    work = tmp_path / "work"
+    export_encoder(pre_run, work / "runs" / "encoder")
+    done = subprocess.run([sys.executable, "-c", example], cwd=work, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "torch.Size([8, 24, 16])" in done.stdout
+
+
+def test_a_simmtm_run_directory_exports_its_pretraining_with_the_downstream_scores(tmp_path: Path, tiny_config, write_config) -> None:
+    config = write_config(tiny_config({"finetune": {"horizons": [4]}}))
+    assert main(["run", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "enc")]) == 0
+    described = json.loads((tmp_path / "enc" / "config.json").read_text())
+    assert described["source"]["kind"] == "pre-training" and described["source"]["checkpoint"].endswith("pretrain/checkpoints/last.pt")
+    card = (tmp_path / "enc" / "README.md").read_text()
+    assert "downstream, fine-tuned (test): mse" in card and "random-init baseline (test): mse" in card
+
+
+def test_a_finetuning_run_exports_its_finetuned_encoder(pre_run: Path, tmp_path: Path, tiny_config) -> None:
+    ft = simmtm.finetune(tiny_config({"finetune": {"horizons": [4]}}), out=tmp_path / "ft", pretrained=pre_run)
+    main(["export", str(ft.run_dir), "--out", str(tmp_path / "enc")])
+    tuned = encoder_state(load_state(ft.run_dir / "checkpoints" / "h4" / "best.pt")["model"])
+    loaded = load_encoder(tmp_path / "enc").encoder.state_dict()
+    assert all(torch.equal(loaded[k], tuned[k]) for k in tuned)
+    assert "fine-tuned for stage `h4`" in (tmp_path / "enc" / "README.md").read_text()
+
+
+def test_a_classification_encoder_sees_all_channels_at_once_and_names_a_wrong_shape(tmp_path: Path, make_config, shared_data) -> None:
+    raw = make_config(Path("unused.csv"), {"data": {"path": None, "name": "BasicMotions", "seq_len": 100},
+                                           "pretrain": {"max_steps": 1}, "model": {"instance_norm": False}})
+    simmtm.pretrain(raw, out=tmp_path / "pre")
+    export_encoder(tmp_path / "pre", tmp_path / "enc")
+    encoder = load_encoder(tmp_path / "enc")
+    assert (encoder.seq_len, encoder.channels, encoder.channel_independent) == (100, 6, False)
+    assert encoder(torch.randn(3, 100, 6)).shape == (3, 100, 8)
+    with pytest.raises(ValueError, match=r"expected series of shape \(B, L, 6\), got \(3, 100, 2\)"):
+        encoder(torch.randn(3, 100, 2))
+
+
+def test_not_a_run_is_exit_2_with_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["export", str(tmp_path / "empty"), "--out", str(tmp_path / "enc")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no simmtm checkpoint" in err[0]
+    assert not (tmp_path / "enc").exists()
+    with pytest.raises(simmtm.UserError, match="not an exported encoder"):
+        load_encoder(tmp_path / "empty")
