@@ -18,15 +18,18 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from simmtm.config import read_yaml
+from simmtm.config_keys import error_line
 from simmtm.errors import ConfigError
+from simmtm.resources import Resources
 
 __all__ = [
     "DRIVER_RESOURCE",
@@ -344,76 +347,24 @@ def _placeholder_notes(value: Any, path: str = "") -> Iterable[str]:
 # --- sweeps --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TrialDemand:
-    """What one trial of a sweep occupies: ``workers`` Ray Train workers of ``cpus_per_worker`` CPUs and
-    ``gpus_per_worker`` GPUs each (a sweep file's ``resources`` section)."""
-
-    workers: int
-    cpus_per_worker: float
-    gpus_per_worker: float
-
-    @property
-    def cpus(self) -> float:
-        return self.workers * self.cpus_per_worker
-
-    @property
-    def gpus(self) -> float:
-        return self.workers * self.gpus_per_worker
-
-    def whole_gpus(self) -> int:
-        """GPUs one node needs to hold the whole trial: fractional workers share a GPU only while they fit in it."""
-        g = self.gpus_per_worker
-        if g <= 0:
-            return 0
-        if g > 1:
-            return math.ceil(self.workers * g)
-        per_gpu = math.floor(1 / g + 1e-9)
-        return math.ceil(self.workers / per_gpu)
-
-    def __str__(self) -> str:
-        return (f"{self.workers} worker(s) x ({self.cpus_per_worker:g} CPU, {self.gpus_per_worker:g} GPU) = "
-                f"{self.cpus:g} CPU + {self.whole_gpus()} GPU")
+# What one trial of a sweep occupies (a sweep file's ``resources`` section): the project's one resources type.
+TrialDemand = Resources
 
 
-def trial_demand(resources: dict[str, Any] | None) -> TrialDemand:
-    """Read a sweep file's ``resources`` section (``{workers, cpus_per_worker, gpus_per_worker}``).
-
-    Missing keys take the sweep schema's defaults when ``simmtm.sweep.spec`` provides them (else 1 worker, 1 CPU,
-    0 GPUs).
-    """
+def trial_demand(resources: dict[str, Any] | None) -> Resources:
+    """Read a sweep file's ``resources`` section (``{workers, cpus_per_worker, gpus_per_worker}``); missing keys
+    take the sweep schema's defaults."""
     if resources is not None and not isinstance(resources, dict):
         raise ConfigError("resources: expected a mapping with keys workers, cpus_per_worker, gpus_per_worker")
     section = dict(resources or {})
-    defaults = _resource_defaults()
-    unknown = sorted(set(section) - set(defaults))
+    valid = list(Resources.model_fields)
+    unknown = sorted(set(section) - set(valid))
     if unknown:
-        raise ConfigError(f"resources.{unknown[0]}: unknown key; valid keys: {', '.join(defaults)}")
-    values = {**defaults, **section}
+        raise ConfigError(f"resources.{unknown[0]}: unknown key; valid keys: {', '.join(valid)}")
     try:
-        demand = TrialDemand(int(values["workers"]), float(values["cpus_per_worker"]), float(values["gpus_per_worker"]))
-    except (TypeError, ValueError):
-        raise ConfigError(f"resources: expected numbers for {', '.join(defaults)}, got {section}") from None
-    if demand.workers < 1 or demand.cpus_per_worker < 0 or demand.gpus_per_worker < 0:
-        raise ConfigError(f"resources: workers must be >= 1 and the per-worker amounts >= 0, got {section}")
-    if demand.gpus_per_worker > 1 and not float(demand.gpus_per_worker).is_integer():
-        raise ConfigError(f"resources.gpus_per_worker: {demand.gpus_per_worker:g}: Ray accepts a fraction of one "
-                          "GPU or a whole number of GPUs per worker, not a fraction above one")
-    return demand
-
-
-def _resource_defaults() -> dict[str, float]:
-    defaults: dict[str, float] = {"workers": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0}
-    try:  # the sweep schema, when present, owns the defaults
-        from simmtm.sweep import spec
-    except ImportError:
-        return defaults
-    model = getattr(spec, "ResourcesConfig", None) or getattr(spec, "ResourcesSpec", None)
-    fields = getattr(model, "model_fields", {}) if model is not None else {}
-    for key in defaults:
-        if key in fields and fields[key].default is not None and not callable(fields[key].default):
-            defaults[key] = fields[key].default
-    return defaults
+        return Resources.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError(error_line(exc, "", Resources, prefix="resources.")) from None
 
 
 def sweep_files(directory: Path) -> list[Path]:

@@ -7,13 +7,13 @@ what would be valid (``ConfigError``).
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from simmtm.config_keys import error_line, set_key
 from simmtm.errors import ConfigError
 
 __all__ = [
@@ -142,33 +142,6 @@ class RunConfig(_Section):
 # --- loading -------------------------------------------------------------------------------------------------
 
 
-def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    keys = []
-    for name, field in model.model_fields.items():
-        keys.append(prefix + name)
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys.extend(_known_keys(ann, prefix + name + "."))
-    return keys
-
-
-def _format_error(err: dict[str, Any], source: str) -> str:
-    key = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        siblings = [k for k in _known_keys(RunConfig) if k.startswith(parent) and "." not in k[len(parent):]]
-        close = difflib.get_close_matches(key, siblings, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        valid = ", ".join(k[len(parent):] for k in siblings)
-        return f"{source}: unknown key '{key}'{hint}; valid keys here: {valid}"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "missing":
-        return f"{source}: missing key '{key}'"
-    if not key:
-        return f"{source}: {msg}"
-    return f"{source}: {key}: {msg} (got {err.get('input')!r})"
-
-
 def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
     """Validate a plain dict into a RunConfig, or raise ConfigError with one line per problem (first shown)."""
     if not isinstance(raw, dict):
@@ -176,9 +149,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [_format_error(e, source) for e in exc.errors()]
-        more = f" (and {len(lines) - 1} more problem(s))" if len(lines) > 1 else ""
-        raise ConfigError(lines[0] + more) from None
+        raise ConfigError(error_line(exc, source, RunConfig)) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, *, source: str = "--set") -> dict[str, Any]:
@@ -192,16 +163,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, *, source:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"{source}: '{key}': '{part}' is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        set_key(raw, key, value, source=source)
     return raw
 
 

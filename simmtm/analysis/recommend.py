@@ -17,7 +17,6 @@ again in most resamples. A fitted surface lets every trial inform the slope.)
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Mapping
@@ -27,13 +26,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from simmtm.analysis.levels import levels_of
 from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, SHORT_NAMES, TAU_KEY, Sweep, param_value
 from simmtm.config import RunConfig, parse_config
+from simmtm.config_keys import apply_params
 from simmtm.errors import UserError
+from simmtm.sweep.outputs import write_run_yaml
 
 __all__ = [
     "Recommendation",
@@ -451,13 +451,7 @@ def best_config(sweep: Sweep, rec: Recommendation) -> RunConfig:
         raise UserError(f"{sweep.path}: cannot write a run config: {rec.message}")
     if not sweep.run_config:
         raise UserError(f"{sweep.path / 'sweep.yaml'}: missing or empty; it is the base of the recommended run config")
-    raw = copy.deepcopy(sweep.run_config)
-    for key, value in rec.params.items():
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+    raw = apply_params(sweep.run_config, rec.params)
     return parse_config(raw, source=f"{sweep.path / 'sweep.yaml'} with the recommended parameters")
 
 
@@ -467,12 +461,11 @@ def write_best_config(sweep: Sweep, rec: Recommendation, path: str | Path) -> Ru
     path = Path(path)
     ci = f" ({rec.confidence:.0%} CI {_score(rec.ci[0])} to {_score(rec.ci[1])})" if rec.ci else ""
     values = ", ".join(f"{k}={_fmt(v)}" for k, v in rec.params.items())
-    header = (
-        f"# {path.name}: the run config recommended by `simmtm recommend {sweep.path}`\n"
-        f"# {values}\n"
-        f"# expected {rec.metric} {_score(rec.expected_score)}{ci} from {rec.n_support} of {rec.n_finished} finished trials\n"
-        f"# Run it:   simmtm pretrain {path} --out runs/{path.stem}\n"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + yaml.safe_dump(config.run_dict(), sort_keys=False))
+    write_run_yaml(path, config.run_dict(), [
+        f"{path.name}: the run config recommended by `simmtm recommend {sweep.path}`",
+        values,
+        f"expected {rec.metric} {_score(rec.expected_score)}{ci} from {rec.n_support} of {rec.n_finished} finished "
+        "trials",
+        f"Run it:   simmtm pretrain {path} --out runs/{path.stem}",
+    ])
     return config

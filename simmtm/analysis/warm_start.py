@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from simmtm.analysis.load import WARM_START_ATTR, _match_choice, load_sweep, search_distributions
+from simmtm.analysis.load import WARM_START_ATTR, load_sweep, match_choice, search_distributions
 from simmtm.errors import UserError
 
 __all__ = ["warm_start_study"]
@@ -35,7 +35,7 @@ def warm_start_study(study: optuna.Study, previous_dir: str | Path,
     """
     previous = load_sweep(previous_dir)
     where = f"--warm-start {previous_dir}"
-    dists = _as_distributions(search_space, previous.params, where)
+    dists = _as_distributions(search_space, where)
     if set(dists) != set(previous.params):
         raise UserError(
             f"{where}: that sweep searched {', '.join(sorted(previous.params)) or 'nothing'} but this one searches "
@@ -77,20 +77,13 @@ def warm_start_study(study: optuna.Study, previous_dir: str | Path,
     return added
 
 
-def _as_distributions(space: Mapping[str, Any], params: list[str], where: str) -> dict[str, BaseDistribution]:
+def _as_distributions(space: Mapping[str, Any], where: str) -> dict[str, BaseDistribution]:
     if space and all(isinstance(v, BaseDistribution) for v in space.values()):
         return dict(space)
-    keys = list(dict.fromkeys([*params, *_spec_keys(space)]))
-    dists = search_distributions(space, keys)
+    dists = search_distributions(space)
     if not dists:
         raise UserError(f"{where}: cannot read this sweep's search space (expected Optuna distributions or a search section)")
     return dists
-
-
-def _spec_keys(space: Mapping[str, Any]) -> list[str]:
-    """The dotted keys a search section names (under ``params`` or ``grid``, or at its top level)."""
-    roots = [space.get(k) for k in ("params", "grid") if isinstance(space.get(k), Mapping)] or [space]
-    return [str(k) for root in roots for k in root if "." in str(k)]
 
 
 def _missing(value: Any) -> bool:
@@ -100,7 +93,7 @@ def _missing(value: Any) -> bool:
 def _coerce(value: Any, dist: BaseDistribution) -> Any:
     """The value as ``dist`` holds it, or None when it lies outside."""
     if isinstance(dist, CategoricalDistribution):
-        return _match_choice(value.item() if hasattr(value, "item") else value, dist.choices)
+        return match_choice(value.item() if hasattr(value, "item") else value, dist.choices)
     try:
         value = int(round(float(value))) if isinstance(dist, IntDistribution) else float(value)
     except (TypeError, ValueError):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from simmtm.config import load_config
 from simmtm.errors import UserError
+from simmtm.sweep.spec import validate_sweep_sections
 
 __all__ = ["register"]
 
@@ -25,8 +26,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for path in args.configs:
         try:
             config = load_config(path, args.overrides)
-            for check in _extra_checks():
-                check(config, path)
+            validate_sweep_sections(config, path)
             if args.data:
                 from simmtm.cli.train import check_inputs
 
@@ -39,12 +39,3 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if failures:
         raise UserError(f"{failures} of {len(args.configs)} config(s) invalid")
     return 0
-
-
-def _extra_checks():
-    """Checks contributed by other parts (the sweep schema registers one when it exists)."""
-    try:
-        from simmtm.sweep.spec import validate_sweep_sections  # noqa: F401
-    except ImportError:
-        return []
-    return [validate_sweep_sections]

@@ -1,4 +1,8 @@
-"""What a sweep leaves under its directory: ``trials.csv``, ``best.yaml`` and a TensorBoard HParams summary.
+"""The files a sweep leaves under its directory, each read and written here, side by side.
+
+``sweep.yaml`` (the resolved sweep file), ``sweep.json`` (``SweepMeta``: what the analysis needs to read the rest),
+``trials.csv``, ``best.yaml`` (a runnable run config; ``write_run_yaml`` also writes ``simmtm recommend --write``),
+``timing.json`` and a TensorBoard HParams summary.
 
 ``trials.csv`` has one row per Tune trial with the columns ``TRIAL_COLUMNS`` and then one column per searched
 dotted key. ``score`` is the trial's result in the sweep's metric (the full fine-tune's validation score; empty
@@ -9,6 +13,8 @@ trials too); ``test_score`` is the test split's score, filled only for the best 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import math
 import shutil
 import statistics
@@ -18,9 +24,29 @@ from typing import Any
 
 import yaml
 
-from simmtm.sweep.spec import apply_params
+from simmtm.config import SWEEP_SECTIONS
+from simmtm.config_keys import apply_params
+from simmtm.errors import UserError
 
-__all__ = ["TrialRow", "TRIAL_COLUMNS", "STATES", "WARM_START_ATTR", "write_trials_csv", "read_trials_csv", "rank_configurations", "write_best_yaml", "write_hparams"]
+__all__ = [
+    "TrialRow",
+    "TRIAL_COLUMNS",
+    "STATES",
+    "WARM_START_ATTR",
+    "SweepMeta",
+    "write_sweep_json",
+    "read_sweep_json",
+    "write_sweep_yaml",
+    "read_sweep_yaml",
+    "write_trials_csv",
+    "read_trials_csv",
+    "rank_configurations",
+    "write_run_yaml",
+    "write_best_yaml",
+    "write_timing",
+    "read_timing_events",
+    "write_hparams",
+]
 
 TRIAL_COLUMNS = ("trial_id", "state", "score", "val_score", "test_score", "repeat", "epochs", "wall_s", "error")
 STATES = ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")
@@ -49,6 +75,92 @@ class TrialRow:
         return tuple(repr(self.params.get(k)) for k in keys)
 
 
+# --- sweep.json and sweep.yaml ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepMeta:
+    """``sweep.json``: what a sweep optimised and where its study lives; its presence makes a sweep directory.
+
+    The defaults are those of files written before a field existed (the analysis reads older sweeps too).
+    """
+
+    metric: str
+    mode: str  # min or max
+    params: list[str]  # the searched dotted keys, in file order
+    study_name: str = ""
+    storage: str = ""  # the Optuna database URL
+    search_space: dict[str, Any] = field(default_factory=dict)  # the search section (simmtm.sweep.spec.SearchSpec)
+    method: str = "unknown"
+    seed: int = 0
+    search_seed: int | None = None
+    probe_metric: str | None = None
+    repeats: int = 1
+    num_samples: int | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    warm_start: str | None = None  # the earlier sweep whose finished trials seeded the study
+
+
+_SWEEP_JSON_HINT = "pass the --out directory of a `simmtm sweep` run"
+
+
+def write_sweep_json(out: Path, meta: SweepMeta) -> None:
+    data = {k: v for k, v in dataclasses.asdict(meta).items() if not (k == "warm_start" and v is None)}
+    (out / "sweep.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def read_sweep_json(out: Path) -> SweepMeta:
+    """Read ``out/sweep.json``; UserError (one line) when ``out`` is not a sweep directory."""
+    if not out.exists():
+        raise UserError(f"{out}: no such directory; {_SWEEP_JSON_HINT}")
+    if not out.is_dir():
+        raise UserError(f"{out}: not a directory; {_SWEEP_JSON_HINT}")
+    path = out / "sweep.json"
+    if not path.is_file():
+        raise UserError(f"{out}: not a sweep directory (no sweep.json); {_SWEEP_JSON_HINT}")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not readable JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a JSON object with metric, mode, params, ...")
+    for key in ("metric", "mode", "params"):
+        if key not in raw:
+            raise UserError(f"{path}: missing key '{key}' (a sweep.json holds metric, mode, study_name, storage, "
+                            "params, search_space, method, seed)")
+    if raw["mode"] not in ("min", "max"):
+        raise UserError(f"{path}: mode must be 'min' or 'max', got {raw['mode']!r}")
+    if not isinstance(raw["params"], list):
+        raise UserError(f"{path}: params must be a list of dotted keys, got {raw['params']!r}")
+    known = {f.name for f in dataclasses.fields(SweepMeta)}
+    values = {k: v for k, v in raw.items() if k in known and v is not None}
+    values["params"] = [str(p) for p in raw["params"]]
+    if not isinstance(values.get("search_space", {}), dict):
+        values.pop("search_space")
+    return SweepMeta(**values)
+
+
+def write_sweep_yaml(out: Path, resolved: dict[str, Any]) -> None:
+    (out / "sweep.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+
+def read_sweep_yaml(out: Path, *, run_only: bool = False) -> dict[str, Any]:
+    """The resolved sweep file of ``out`` ({} when absent); ``run_only``: without search/tune/resources."""
+    path = out / "sweep.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: not readable YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections (data, model, pretrain, ...)")
+    return {k: v for k, v in raw.items() if k not in SWEEP_SECTIONS} if run_only else raw
+
+
+# --- trials.csv ----------------------------------------------------------------------------------------------
+
+
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
@@ -66,13 +178,15 @@ def write_trials_csv(path: Path, rows: list[TrialRow], param_keys: list[str]) ->
         for r in sorted(rows, key=lambda r: r.trial_id):
             writer.writerow([
                 r.trial_id, r.state, _cell(r.score), _cell(r.val_score), _cell(r.test_score), r.repeat,
-                _cell(r.epochs), _cell(None if r.wall_s is None else round(r.wall_s, 2)), r.error.replace("\n", " ")[:500],
+                _cell(r.epochs), _cell(None if r.wall_s is None else round(r.wall_s, 2)),
+                r.error.replace("\n", " ")[:500],
                 *[_cell(r.params.get(k)) for k in param_keys],
             ])
     tmp.replace(path)
 
 
 def read_trials_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of ``trials.csv`` as written (every cell a string; empty for no value)."""
     with path.open(newline="") as fh:
         return list(csv.DictReader(fh))
 
@@ -87,19 +201,65 @@ def rank_configurations(rows: list[TrialRow], param_keys: list[str], mode: str) 
     return sorted(groups.values(), key=lambda g: sign * statistics.fmean(r.score for r in g))
 
 
-def write_best_yaml(path: Path, base_run: dict[str, Any], best: list[TrialRow], *, metric: str, sweep_dir: Path) -> dict[str, Any]:
+# --- best.yaml (and any run config a sweep recommends) --------------------------------------------------------
+
+
+def write_run_yaml(path: Path, raw: dict[str, Any], header: list[str]) -> None:
+    """A runnable run config under a ``#`` header saying where it comes from and how to run it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"# {line}\n" for line in header) + yaml.safe_dump(raw, sort_keys=False))
+
+
+def write_best_yaml(path: Path, base_run: dict[str, Any], best: list[TrialRow], *, metric: str,
+                    sweep_dir: Path) -> dict[str, Any]:
     """A run config with the best parameters (and the sweep's own seed), runnable by ``simmtm pretrain``."""
     params = best[0].params
     raw = apply_params(base_run, {k: v for k, v in params.items() if v is not None})
-    mean = statistics.fmean(r.score for r in best)
-    header = (
-        f"# best.yaml: the best configuration of the sweep in {sweep_dir} ({metric} = {mean:.6g}, mean of "
-        f"{len(best)} repeat(s): trial(s) {', '.join(r.trial_id for r in best)}).\n"
-        f"# Run it:   simmtm pretrain {path} --out runs/best\n"
-        f"#           simmtm run {path} --out runs/best-run\n"
-    )
-    path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+    mean = statistics.fmean(r.score for r in best if r.score is not None)
+    write_run_yaml(path, raw, [
+        f"best.yaml: the best configuration of the sweep in {sweep_dir} ({metric} = {mean:.6g}, mean of "
+        f"{len(best)} repeat(s): trial(s) {', '.join(r.trial_id for r in best)}).",
+        f"Run it:   simmtm pretrain {path} --out runs/best",
+        f"          simmtm run {path} --out runs/best-run",
+    ])
     return raw
+
+
+# --- timing.json ---------------------------------------------------------------------------------------------
+
+
+def read_timing_events(out: Path) -> dict[str, dict[str, float]]:
+    """``timing.jsonl`` (appended by the driver's trial clock) as ``{trial id: {event: time}}``."""
+    events: dict[str, dict[str, float]] = {}
+    log_path = out / "timing.jsonl"
+    if log_path.is_file():
+        for line in log_path.read_text().splitlines():
+            e = json.loads(line)
+            events.setdefault(e["trial_id"], {})[e["event"]] = e["time"]
+    return events
+
+
+def write_timing(out: Path, rows: list[TrialRow], *, wall_s: float) -> float | None:
+    """Write ``timing.json``; return the mean orchestration overhead of the COMPLETE trials that ran start to end
+    in one driver session: from the trial's creation (Tune only creates a trial when a slot is free) to its end,
+    minus the trial function's own wall time (which starts after its imports)."""
+    events = read_timing_events(out)
+    per_trial = {}
+    for r in rows:
+        ev, own = events.get(r.trial_id, {}), r.extra.get("trial_wall_s")
+        if r.state == "COMPLETE" and own and "add" in ev and "end" in ev and ev["end"] > ev["add"]:
+            driver_s = ev["end"] - ev["add"]
+            per_trial[r.trial_id] = {"driver_s": round(driver_s, 3), "trial_s": round(own, 3),
+                                     "overhead_s": round(driver_s - own, 3),
+                                     "actor_start_s": round(ev.get("start", ev["add"]) - ev["add"], 3)}
+    overheads = [v["overhead_s"] for v in per_trial.values()]
+    mean = sum(overheads) / len(overheads) if overheads else None
+    (out / "timing.json").write_text(json.dumps(
+        {"sweep_wall_s": round(wall_s, 2), "mean_overhead_s": mean, "trials": per_trial}, indent=2) + "\n")
+    return mean
+
+
+# --- TensorBoard HParams -------------------------------------------------------------------------------------
 
 
 def write_hparams(tb_dir: Path, rows: list[TrialRow], param_keys: list[str], *, metric: str) -> None:

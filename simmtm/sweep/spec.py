@@ -8,17 +8,22 @@ and the key.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import itertools
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from simmtm.config import RunConfig, _known_keys, parse_config
+from simmtm.config import SWEEP_SECTIONS, RunConfig, parse_config
+from simmtm.config_keys import apply_params, error_line, flatten, get_key, known_keys, set_key
 from simmtm.errors import ConfigError
+from simmtm.resources import Resources
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
 
 __all__ = [
     "ParamSpec",
@@ -27,6 +32,9 @@ __all__ = [
     "TuneSpec",
     "ResourcesSpec",
     "SweepSpec",
+    "TrialSpec",
+    "probe_key",
+    "search_distributions",
     "sweep_spec",
     "validate_sweep_sections",
     "searchable_keys",
@@ -171,18 +179,68 @@ class TuneSpec(_Spec):
         return self.num_samples or 8
 
 
-class ResourcesSpec(_Spec):
-    """What one trial occupies: ``workers`` data-parallel processes with these CPUs and GPUs each."""
-
-    workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
+# What one trial occupies: ``workers`` data-parallel processes with these CPUs and GPUs each.
+ResourcesSpec = Resources
 
 
 class SweepSpec(_Spec):
     search: SearchSpec
     tune: TuneSpec = Field(default_factory=TuneSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    resources: Resources = Field(default_factory=Resources)
+
+
+def probe_key(metric: str) -> str:
+    """The name under which probe scores are reported (``probe_val_mse``): ASHA prunes on it."""
+    return f"probe_{metric}"
+
+
+_TUNE_DEFAULTS = TuneSpec()
+
+
+class TrialSpec(_Spec):
+    """What every trial of a sweep shares (all but its searched values and repeat index), frozen.
+
+    The driver builds it once from the sweep file (``of_sweep``); it travels to the trials as plain data and is
+    validated again where a trial starts. Its defaults are the sweep file's (``TuneSpec``), for tests and tools
+    that run a trial by hand.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: dict[str, Any]  # the base run config (sweep sections left out)
+    metric: str
+    probe_every: int = Field(_TUNE_DEFAULTS.probe_every, ge=1)
+    probe_steps: int = Field(_TUNE_DEFAULTS.probe_steps, ge=1)
+    probe_val_batches: int = Field(_TUNE_DEFAULTS.probe_val_batches, ge=1)
+    probe_overrides: dict[str, Any] = Field(default_factory=dict)
+    max_failures: int = Field(_TUNE_DEFAULTS.max_failures, ge=0)
+    resources: Resources = Field(default_factory=Resources)
+    tb_dir: str | None = None  # per-trial TensorBoard scores under tb_dir/<trial id>; None: none
+    storage_path: str | None = None  # where a multi-worker trial's Train run keeps its checkpoints
+
+    @classmethod
+    def of_sweep(cls, config: RunConfig, spec: SweepSpec, *, metric: str, tb_dir: str | None,
+                 storage_path: str | None) -> TrialSpec:
+        tune = spec.tune
+        return cls(run=config.run_dict(), metric=metric, probe_every=tune.probe_every, probe_steps=tune.probe_steps,
+                   probe_val_batches=tune.probe_val_batches, probe_overrides=tune.probe_overrides,
+                   max_failures=tune.max_failures, resources=spec.resources, tb_dir=tb_dir, storage_path=storage_path)
+
+    @property
+    def probe_metric(self) -> str:
+        return probe_key(self.metric)
+
+    def run_config(self, params: Mapping[str, Any], repeat: int, *, pin_threads: bool = True) -> RunConfig:
+        """The run config one trial trains with: base run + searched values, seed shifted by the repeat index.
+
+        ``pin_threads``: each worker uses as many torch threads as it holds CPUs (no oversubscription when several
+        trials share a machine).
+        """
+        raw = apply_params(self.run, params)
+        raw["seed"] = int(raw.get("seed", 0)) + repeat
+        if pin_threads:
+            raw["threads"] = max(1, int(self.resources.cpus_per_worker))
+        return parse_config(raw, source="trial config")
 
 
 # --- dotted keys ---------------------------------------------------------------------------------------------
@@ -191,25 +249,8 @@ class SweepSpec(_Spec):
 def searchable_keys() -> list[str]:
     """Leaf keys of the run config that a sweep may search."""
     sections = {"data", "model", "pretrain", "finetune"}
-    leaves = [k for k in _known_keys(RunConfig) if k not in sections and k.split(".")[0] not in {"search", "tune", "resources"}]
+    leaves = [k for k in known_keys(RunConfig) if k not in sections and k.split(".")[0] not in SWEEP_SECTIONS]
     return [k for k in leaves if k not in _NOT_SEARCHABLE]
-
-
-def get_key(raw: dict[str, Any], key: str, default: Any = None) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
 
 
 def condition_holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:
@@ -245,7 +286,7 @@ def validate_sweep_sections(config: RunConfig, path: str | Path) -> None:
     try:
         spec = SweepSpec.model_validate({k: v if v is not None else {} for k, v in sections.items()})
     except ValidationError as exc:
-        raise ConfigError(_pydantic_line(exc, source)) from None
+        raise ConfigError(error_line(exc, source, SweepSpec)) from None
 
     known = searchable_keys()
     base = config.run_dict()
@@ -298,8 +339,7 @@ def _check_key(key: str, known: list[str], source: str, *, where: str) -> None:
 
 
 def _check_value(base: dict[str, Any], key: str, value: Any, source: str, *, where: str) -> None:
-    raw = copy.deepcopy(base)
-    set_key(raw, key, value)
+    raw = apply_params(base, {key: value})
     try:
         config = parse_config(raw, source=where)
     except ConfigError as exc:
@@ -317,18 +357,6 @@ def _check_metric(tune: TuneSpec, source: str) -> None:
     valid = ("val_mse", "val_mae", "val_accuracy", "val_f1")
     if tune.metric not in valid:
         raise ConfigError(f"{source}: tune.metric: '{tune.metric}' is not a validation score; valid: {', '.join(valid)}")
-
-
-def _pydantic_line(exc: ValidationError, source: str) -> str:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-    if err["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{key}'{more}"
-    if err["type"] == "missing":
-        return f"{source}: missing key '{key}'{more}"
-    return f"{source}: {key}: {msg}{more}"
 
 
 def resolve_metric(tune: TuneSpec, task: str) -> tuple[str, str]:
@@ -354,7 +382,7 @@ def first_point(spec: SweepSpec, base: dict[str, Any]) -> dict[str, Any] | None:
     point: dict[str, Any] = {}
     defaults = RunConfig.model_validate({"data": {"name": "x"}}).run_dict()
     for key, param in spec.search.params.items():
-        if not condition_holds(param.when, {**_flat(base), **point}):
+        if not condition_holds(param.when, {**flatten(base), **point}):
             continue
         if spec.search.first == "paper":
             value = PAPER_DEFAULTS.get(key, get_key(defaults, key))
@@ -373,24 +401,34 @@ def _inside(param: ParamSpec, value: Any) -> bool:
     return param.low <= value <= param.high and (param.type != "int" or value == int(value))
 
 
-def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in raw.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def flat_config(raw: dict[str, Any]) -> dict[str, Any]:
     """A nested run dict as ``{dotted key: value}``."""
-    return _flat(raw)
+    return flatten(raw)
 
 
-def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the run dict with the searched values set at their dotted keys."""
-    raw = copy.deepcopy(base)
-    for key, value in params.items():
-        set_key(raw, key, value)
-    return raw
+def search_distributions(search: SearchSpec | Mapping[str, Any],
+                         keys: Sequence[str] | None = None) -> dict[str, BaseDistribution]:
+    """The Optuna distribution of every searched key: what ``DefineByRun`` suggests from for tpe/random (so that
+    trials a warm start copies in share the sampler's space), and the grid's values as choices for a grid.
+
+    ``search`` may be the search section as ``sweep.json`` stores it; one that does not validate gives ``{}``.
+    ``keys``: only these (those the search does not name are left out).
+    """
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if not isinstance(search, SearchSpec):
+        try:
+            search = SearchSpec.model_validate(search)
+        except ValidationError:
+            return {}
+    dists: dict[str, BaseDistribution] = {}
+    if search.method == "grid":
+        dists = {key: CategoricalDistribution(values) for key, values in (search.grid or {}).items()}
+    for key, p in search.params.items():
+        if p.type == "categorical":
+            dists[key] = CategoricalDistribution(p.choices)
+        elif p.type == "int":
+            dists[key] = IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            dists[key] = FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+    return dists if keys is None else {k: dists[k] for k in keys if k in dists}
