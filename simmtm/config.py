@@ -15,18 +15,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from simmtm.config_keys import error_line, set_key
 from simmtm.errors import ConfigError
+from simmtm.masking import MaskingKind
 
 __all__ = [
+    "SWEEP_SECTIONS",
     "DataConfig",
+    "FinetuneConfig",
     "ModelConfig",
     "PretrainConfig",
-    "FinetuneConfig",
     "RunConfig",
-    "load_config",
-    "parse_config",
     "apply_overrides",
     "dump_config",
-    "SWEEP_SECTIONS",
+    "load_config",
+    "parse_config",
 ]
 
 # Sections that only `simmtm sweep` reads; a run ignores them so that a sweep file is also a runnable config.
@@ -84,7 +85,7 @@ class PretrainConfig(_Section):
     mask_ratio: float = Field(0.5, gt=0, lt=1)  # r: fraction of time points masked
     num_masked: int = Field(3, ge=1)  # M: masked copies per series
     mask_length: float = Field(3.0, ge=1)  # lm: mean length of a masked run (geometric masking)
-    masking: Literal["geometric", "random"] = "geometric"
+    masking: MaskingKind = "geometric"
     temperature: float = Field(0.2, gt=0)  # tau
     loss_weighting: Literal["auto", "fixed"] = "auto"  # auto: the official learnable weighting
     constraint_weight: float = Field(0.1, ge=0)  # lambda, with loss_weighting: fixed

@@ -18,6 +18,7 @@ import platformdirs
 from simmtm.config import DataConfig
 from simmtm.data.classification import ClassificationSplits, load_classification
 from simmtm.data.forecasting import ForecastingSplits, load_forecasting
+from simmtm.data.formats import get_format, suffixes
 from simmtm.errors import DataError
 
 __all__ = [
@@ -140,14 +141,6 @@ class ResolvedData:
     name: str
 
 
-_TASK_BY_SUFFIX: dict[str, Task] = {
-    ".csv": "forecasting",
-    ".ts": "classification",
-    ".pt": "classification",
-    ".npz": "classification",
-}
-
-
 def _resolve_name(name: str) -> tuple[DatasetSpec, Path]:
     spec = get_dataset(name)
     root = data_dir()
@@ -192,17 +185,20 @@ def resolve(cfg: DataConfig) -> ResolvedData:
         task = spec.task
     elif path.is_dir():
         task = "classification"
-    elif path.suffix.lower() in _TASK_BY_SUFFIX:
-        task = _TASK_BY_SUFFIX[path.suffix.lower()]
+    elif (fmt := get_format(path)) is not None:
+        task = fmt.task
     else:
         raise DataError(
-            f"{path}: cannot tell the task from suffix '{path.suffix}'; use .csv (forecasting), "
-            ".ts/.pt/.npz or a directory (classification), or set data.task"
+            f"{path}: cannot tell the task from suffix '{path.suffix}'; use {'/'.join(suffixes('forecasting'))} "
+            f"(forecasting), {'/'.join(suffixes('classification'))} or a directory (classification), or set data.task"
         )
-    if task == "forecasting" and (path.is_dir() or path.suffix.lower() != ".csv"):
-        raise DataError(f"{path}: forecasting reads a .csv file (a date column plus numeric columns)")
-    if task == "classification" and path.suffix.lower() == ".csv":
-        raise DataError(f"{path}: classification reads .ts, .pt or .npz files or a directory of them, not .csv")
+    fmt = None if path.is_dir() else get_format(path)
+    if task == "forecasting" and (fmt is None or fmt.task != "forecasting"):
+        raise DataError(f"{path}: forecasting reads a {' or '.join(suffixes('forecasting'))} file (a date column plus "
+                        "numeric columns)")
+    if task == "classification" and fmt is not None and fmt.task != "classification":
+        raise DataError(f"{path}: classification reads {', '.join(suffixes('classification'))} files or a directory "
+                        f"of them, not {path.suffix}")
     logger.debug("data %s -> %s (%s)", name, path, task)
     return ResolvedData(task=task, path=path, name=name)
 
