@@ -129,9 +129,11 @@ def prepare_cluster_config(raw: dict[str, Any], *, source: str = "cluster.yaml")
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     if not _ray_version().startswith(RAY_SERIES + "."):
-        raise ConfigError(f"{source}: cannot check with Ray {_ray_version()}: the check uses Ray's private launcher "
-                          f"API as of Ray {RAY_SERIES} (pinned in pyproject.toml); "
-                          f"pip install 'ray[default]=={RAY_SERIES}.*'")
+        raise ConfigError(
+            f"{source}: cannot check with Ray {_ray_version()}: the check uses Ray's private launcher "
+            f"API as of Ray {RAY_SERIES} (pinned in pyproject.toml); "
+            f"pip install 'ray[default]=={RAY_SERIES}.*'"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping (cluster_name, provider, available_node_types, ...)")
     provider = raw.get("provider")
@@ -140,13 +142,18 @@ def prepare_cluster_config(raw: dict[str, Any], *, source: str = "cluster.yaml")
     if provider["type"] not in _DEFAULT_CONFIGS:
         close = difflib.get_close_matches(provider["type"], list(_DEFAULT_CONFIGS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{source}: provider.type: unknown provider '{provider['type']}'{hint}; "
-                          f"valid: {', '.join(sorted(_DEFAULT_CONFIGS))}")
+        raise ConfigError(
+            f"{source}: provider.type: unknown provider '{provider['type']}'{hint}; "
+            f"valid: {', '.join(sorted(_DEFAULT_CONFIGS))}"
+        )
     node_types = raw.get("available_node_types")
-    if node_types is not None and not (isinstance(node_types, dict)
-                                       and all(isinstance(v, dict) for v in node_types.values())):
-        raise ConfigError(f"{source}: available_node_types: expected a mapping of node type name -> "
-                          "{resources, node_config, min_workers, max_workers}")
+    if node_types is not None and not (
+        isinstance(node_types, dict) and all(isinstance(v, dict) for v in node_types.values())
+    ):
+        raise ConfigError(
+            f"{source}: available_node_types: expected a mapping of node type name -> "
+            "{resources, node_config, min_workers, max_workers}"
+        )
     ray_logger = logging.getLogger("ray.autoscaler._private.util")
     level = ray_logger.level
     ray_logger.setLevel(logging.WARNING)  # its INFO lines ("setting max workers ...") are noise here
@@ -179,8 +186,10 @@ def _schema_message(exc: Any) -> str:
             where_valid = f"in {path}" if path else "at top level"
             return f"unknown key '{full}'{hint}; valid keys {where_valid}: {', '.join(known)}"
     if exc.validator == "type" and exc.validator_value == "integer" and ".resources." in f".{path}.":
-        return (f"{path}: {exc.instance!r} is not a whole number; Ray node resources are integers (a node has 1 GPU, "
-                "not 0.5; fractional GPUs per trial belong in the sweep file's resources.gpus_per_worker)")
+        return (
+            f"{path}: {exc.instance!r} is not a whole number; Ray node resources are integers (a node has 1 GPU, "
+            "not 0.5; fractional GPUs per trial belong in the sweep file's resources.gpus_per_worker)"
+        )
     return f"{where}: {exc.message}"
 
 
@@ -221,7 +230,8 @@ def _looks_like_gpu(provider: str, node_config: dict[str, Any]) -> bool:
         return bool(_AWS_GPU_INSTANCE.match(str(node_config.get("InstanceType", ""))))
     if provider == "gcp":
         return bool(node_config.get("guestAccelerators")) or bool(
-            _GCP_GPU_MACHINE.match(str(node_config.get("machineType", ""))))
+            _GCP_GPU_MACHINE.match(str(node_config.get("machineType", "")))
+        )
     return False
 
 
@@ -232,7 +242,8 @@ def _check_nodes(config: dict[str, Any], nodes: Sequence[NodeType], errors: list
         errors.append(
             f"available_node_types.{head.name}.resources: the head node type has no '{DRIVER_RESOURCE}' resource; "
             f"add {DRIVER_RESOURCE}: 1 so that sweep drivers (submitted with --entrypoint-resources "
-            f"'{{\"{DRIVER_RESOURCE}\": {DRIVER_REQUEST}}}') run on the on-demand head")
+            f"'{{\"{DRIVER_RESOURCE}\": {DRIVER_REQUEST}}}') run on the on-demand head"
+        )
     for node in nodes:
         if node.is_head:
             continue
@@ -240,19 +251,21 @@ def _check_nodes(config: dict[str, Any], nodes: Sequence[NodeType], errors: list
         if node.resources.get(DRIVER_RESOURCE, 0) > 0:
             errors.append(
                 f"available_node_types.{node.name}.resources: '{DRIVER_RESOURCE}' belongs on the head only; on a "
-                "worker type a sweep driver could land on a (spot) worker and die with it")
+                "worker type a sweep driver could land on a (spot) worker and die with it"
+            )
         if "CPU" not in node.resources:
             errors.append(
                 f"available_node_types.{node.name}.resources: declare CPU (and GPU on a GPU machine) explicitly; "
-                "the check cannot look instance types up offline, and the autoscaler then needs no look-up either")
+                "the check cannot look instance types up offline, and the autoscaler then needs no look-up either"
+            )
         elif _looks_like_gpu(provider, spec.get("node_config") or {}) and node.gpus <= 0:
             errors.append(
                 f"available_node_types.{node.name}.resources: the machine type has GPUs but resources declare none; "
-                "set GPU to the machine's GPU count")
+                "set GPU to the machine's GPU count"
+            )
 
 
-def _check_metadata(config: dict[str, Any], nodes: Sequence[NodeType], max_nodes: int,
-                    errors: list[str]) -> str | None:
+def _check_metadata(config: dict[str, Any], nodes: Sequence[NodeType], max_nodes: int, errors: list[str]) -> str | None:
     meta = (config.get("metadata") or {}).get("simmtm")
     if meta is None:
         meta = {}
@@ -276,19 +289,23 @@ def _check_metadata(config: dict[str, Any], nodes: Sequence[NodeType], max_nodes
         errors.append(
             f"metadata.simmtm.storage: missing; {grow}, so sweeps need shared storage for checkpoints and results: "
             f"set it to {' or '.join(s + '://bucket/prefix' for s in SHARED_STORAGE_SCHEMES[:2])} (and pass it as "
-            "--out), or to an NFS path with shared_filesystem: true")
+            "--out), or to an NFS path with shared_filesystem: true"
+        )
         return None
     scheme = storage.split("://", 1)[0].lower() if "://" in storage else None
     if scheme in SHARED_STORAGE_SCHEMES:
         return storage
     if scheme not in (None, "file"):
-        errors.append(f"metadata.simmtm.storage: '{storage}': unknown scheme '{scheme}://'; shared schemes: "
-                      + ", ".join(f"{s}://" for s in SHARED_STORAGE_SCHEMES))
+        errors.append(
+            f"metadata.simmtm.storage: '{storage}': unknown scheme '{scheme}://'; shared schemes: "
+            + ", ".join(f"{s}://" for s in SHARED_STORAGE_SCHEMES)
+        )
     elif meta.get("shared_filesystem") is not True:
         errors.append(
             f"metadata.simmtm.storage: '{storage}' is a path on each node's own disk, but {grow}: a trial resumed on "
             "another node would not find its checkpoints. Use s3:// or gs:// storage, or mount a shared file "
-            "system on every node and set metadata.simmtm.shared_filesystem: true")
+            "system on every node and set metadata.simmtm.shared_filesystem: true"
+        )
     return storage
 
 
@@ -313,8 +330,10 @@ def _check_images(config: dict[str, Any], errors: list[str], notes: list[str]) -
             continue
         tag = match.group(1)
         if tag.split(".")[:2] != local.split(".")[:2]:
-            errors.append(f"{key}: '{image}' runs Ray {tag}, but this machine runs Ray {local} (the version "
-                          f"pyproject.toml pins); use rayproject/ray:{local}-... so launcher, jobs and cluster agree")
+            errors.append(
+                f"{key}: '{image}' runs Ray {tag}, but this machine runs Ray {local} (the version "
+                f"pyproject.toml pins); use rayproject/ray:{local}-... so launcher, jobs and cluster agree"
+            )
         elif tag != local:
             notes.append(f"{key}: '{image}' runs Ray {tag}, this machine Ray {local}")
 
@@ -328,7 +347,8 @@ def _check_security(config: dict[str, Any], errors: list[str]) -> None:
         if ports != (22, 22) or str(rule.get("IpProtocol", "tcp")) != "tcp":
             errors.append(
                 f"provider.security_group.IpPermissions[{i}]: opens ports {ports[0]}-{ports[1]}; nothing beyond SSH "
-                "may be open to the internet: reach the dashboard and Jobs API with `ray dashboard <cluster file>`")
+                "may be open to the internet: reach the dashboard and Jobs API with `ray dashboard <cluster file>`"
+            )
 
 
 def _placeholder_notes(value: Any, path: str = "") -> Iterable[str]:
@@ -398,7 +418,8 @@ def _check_sweeps(nodes: Sequence[NodeType], sweeps: Sequence[Path], errors: lis
                 errors.append(
                     f"sweep {path}: one trial needs {demand} (its resources section), but node type {node.name} "
                     f"has {have_cpu:g} CPU + {node.gpus:g} GPU; lower the sweep's resources or use a bigger "
-                    "machine type")
+                    "machine type"
+                )
     return checked
 
 

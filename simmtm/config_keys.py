@@ -92,12 +92,12 @@ def error_line(exc: ValidationError, source: str, model: type[BaseModel], *, pre
     head = f"{source}: " if source else ""
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     if err["type"] == "extra_forbidden":
-        local = key[len(prefix):]
+        local = key[len(prefix) :]
         parent = local.rsplit(".", 1)[0] + "." if "." in local else ""
-        siblings = [k for k in known_keys(model) if k.startswith(parent) and "." not in k[len(parent):]]
+        siblings = [k for k in known_keys(model) if k.startswith(parent) and "." not in k[len(parent) :]]
         close = difflib.get_close_matches(local, siblings, n=1)
         hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-        valid = f"; valid keys here: {', '.join(k[len(parent):] for k in siblings)}" if siblings else ""
+        valid = f"; valid keys here: {', '.join(k[len(parent) :] for k in siblings)}" if siblings else ""
         return f"{head}unknown key '{key}'{hint}{valid}{more}"
     if err["type"] == "missing":
         return f"{head}missing key '{key}'{more}"

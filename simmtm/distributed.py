@@ -84,7 +84,7 @@ class _AllGather(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, tensor: torch.Tensor, group: Any) -> torch.Tensor:
         world, rank = dist.get_world_size(group), dist.get_rank(group)
         ctx.group, ctx.rank, ctx.rows = group, rank, tensor.shape[0]
         tensor = tensor.contiguous()
@@ -93,7 +93,7 @@ class _AllGather(torch.autograd.Function):
         return torch.cat(parts)  # (world * rows, ...)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         grad = grad.clone(memory_format=torch.contiguous_format)  # one copy, contiguous for the collective
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None
@@ -119,7 +119,9 @@ class GlobalBatchSampler(DistributedSampler):
     ``global_batches(epoch)[k]``: the samples one process would see with the global batch size.
     """
 
-    def __init__(self, dataset, *, num_replicas: int, rank: int, batch_size: int, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self, dataset, *, num_replicas: int, rank: int, batch_size: int, shuffle: bool = True, seed: int = 0
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
         self.batch_size = batch_size
         self.num_batches = len(dataset) // (batch_size * num_replicas)
@@ -129,7 +131,7 @@ class GlobalBatchSampler(DistributedSampler):
     def global_batches(self, epoch: int | None = None) -> torch.Tensor:
         """``(num_batches, num_replicas * batch_size)`` dataset indices of each global batch of ``epoch``."""
         epoch = self.epoch if epoch is None else epoch
-        n = len(self.dataset)
+        n = len(self.dataset)  # type: ignore[arg-type]  # a map-style dataset: it has a length
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
         else:
@@ -160,8 +162,12 @@ class DistributedRuntime(Runtime):
     def from_context(cls, *, sync_batchnorm: bool = False) -> DistributedRuntime:
         """The runtime of the calling Ray Train worker (rank and world size from ``ray.train.get_context()``)."""
         context = ray.train.get_context()
-        return cls(device=ray.train.torch.get_device(), rank=context.get_world_rank(),
-                   world_size=context.get_world_size(), sync_batchnorm=sync_batchnorm)
+        return cls(
+            device=ray.train.torch.get_device(),
+            rank=context.get_world_rank(),
+            world_size=context.get_world_size(),
+            sync_batchnorm=sync_batchnorm,
+        )
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """DDP on the worker's device. With ``sync_batchnorm`` on CUDA, the encoder's BatchNorm layers (if any)
@@ -178,10 +184,24 @@ class DistributedRuntime(Runtime):
         """Shard with a ``GlobalBatchSampler`` (seeded by the loader's generator), then let Ray move batches."""
         if self.world_size > 1 and not isinstance(loader.sampler, DistributedSampler):
             seed = loader.generator.initial_seed() if loader.generator is not None else 0
-            sampler = GlobalBatchSampler(loader.dataset, num_replicas=self.world_size, rank=self.rank,
-                                         batch_size=loader.batch_size, shuffle=isinstance(loader.sampler, RandomSampler), seed=seed)
-            loader = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=True,
-                                num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+            assert loader.batch_size is not None  # our loaders batch by size, not by a batch sampler
+            sampler = GlobalBatchSampler(
+                loader.dataset,
+                num_replicas=self.world_size,
+                rank=self.rank,
+                batch_size=loader.batch_size,
+                shuffle=isinstance(loader.sampler, RandomSampler),
+                seed=seed,
+            )
+            loader = DataLoader(
+                loader.dataset,
+                batch_size=loader.batch_size,
+                sampler=sampler,
+                drop_last=True,
+                num_workers=loader.num_workers,
+                collate_fn=loader.collate_fn,
+                pin_memory=loader.pin_memory,
+            )
         return ray.train.torch.prepare_data_loader(loader)
 
     def gather(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -268,8 +288,9 @@ def _check_resources(scaling: Scaling, *, address: str | None) -> None:
     except ConfigError:
         need = f"{scaling.per_worker()}, the cluster has {describe_nodes(alive_nodes())}"
         if address is None:
-            raise UserError(f"--workers {scaling.workers} needs {need}; lower --workers or "
-                            "--cpus-per-worker/--gpus-per-worker") from None
+            raise UserError(
+                f"--workers {scaling.workers} needs {need}; lower --workers or --cpus-per-worker/--gpus-per-worker"
+            ) from None
         log.warning("--workers %d needs %s: the run waits until the cluster provides them", scaling.workers, need)
 
 

@@ -47,7 +47,6 @@ MaskingKind = Annotated[str, AfterValidator(_known_masking)]
 
 
 @register_masking("geometric")
-
 def geometric_mask(
     shape: tuple[int, ...],
     ratio: float,
@@ -144,4 +143,3 @@ def _runs_needed(length: int, mean_masked: float, mean_unmasked: float) -> int:
     mean_pair = mean_masked + mean_unmasked
     expected = 2 * length / mean_pair
     return int(min(length, math.ceil(expected + 5 * math.sqrt(expected) + 8)))
-

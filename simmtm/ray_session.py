@@ -84,8 +84,9 @@ def local_node() -> dict[str, float]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
-def check_resources(resources: Resources, *, address: str | None = None,
-                    nodes: list[dict[str, float]] | None = None) -> int:
+def check_resources(
+    resources: Resources, *, address: str | None = None, nodes: list[dict[str, float]] | None = None
+) -> int:
     """How many workers of ``resources`` the cluster holds at once; ConfigError if it can never hold them all.
 
     ``nodes``: each node's resources; None asks the connected Ray cluster (its alive nodes).

@@ -38,8 +38,10 @@ class Resources(BaseModel):
     @classmethod
     def _whole_or_fraction(cls, value: float) -> float:
         if value > 1 and not float(value).is_integer():
-            raise ValueError(f"{value:g}: Ray accepts a fraction of one GPU or a whole number of GPUs per worker, "
-                             "not a fraction above one")
+            raise ValueError(
+                f"{value:g}: Ray accepts a fraction of one GPU or a whole number of GPUs per worker, "
+                "not a fraction above one"
+            )
         return value
 
     @property
@@ -83,8 +85,12 @@ class Resources(BaseModel):
         per_worker = {"CPU": self.cpus_per_worker}
         if self.gpus_per_worker:
             per_worker["GPU"] = self.gpus_per_worker
-        return ray.train.ScalingConfig(num_workers=self.workers, use_gpu=self.gpus_per_worker > 0,
-                                       resources_per_worker=per_worker, placement_strategy=placement_strategy)
+        return ray.train.ScalingConfig(
+            num_workers=self.workers,
+            use_gpu=self.gpus_per_worker > 0,
+            resources_per_worker=per_worker,
+            placement_strategy=placement_strategy,
+        )
 
 
 class Scaling(Resources):
@@ -100,22 +106,30 @@ class Scaling(Resources):
         if config.device == "cuda" and self.gpus_per_worker == 0:
             raise UserError("device: cuda with --workers needs --gpus-per-worker (for example 1)")
         if config.device == "cpu" and self.gpus_per_worker > 0:
-            raise UserError(f"device: cpu contradicts --gpus-per-worker {self.gpus_per_worker}; set device: auto or cuda")
+            raise UserError(
+                f"device: cpu contradicts --gpus-per-worker {self.gpus_per_worker}; set device: auto or cuda"
+            )
 
     @classmethod
-    def from_flags(cls, *, workers: int, cpus_per_worker: float, gpus_per_worker: float,
-                   placement_strategy: str = "PACK") -> Scaling:
+    def from_flags(
+        cls, *, workers: int, cpus_per_worker: float, gpus_per_worker: float, placement_strategy: str = "PACK"
+    ) -> Scaling:
         """The scaling of ``--workers/--cpus-per-worker/--gpus-per-worker/--placement``; UserError naming the flag."""
         if workers < 1:
             raise UserError(f"--workers must be at least 1, got {workers}")
         if cpus_per_worker <= 0 or gpus_per_worker < 0:
-            raise UserError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0; "
-                            f"got {cpus_per_worker}, {gpus_per_worker}")
+            raise UserError(
+                f"--cpus-per-worker must be > 0 and --gpus-per-worker >= 0; got {cpus_per_worker}, {gpus_per_worker}"
+            )
         if placement_strategy not in PLACEMENT_STRATEGIES:
             raise UserError(f"--placement: '{placement_strategy}' is not one of {', '.join(PLACEMENT_STRATEGIES)}")
         try:
-            return cls(workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                       placement_strategy=placement_strategy)  # type: ignore[arg-type]
+            return cls(
+                workers=workers,
+                cpus_per_worker=cpus_per_worker,
+                gpus_per_worker=gpus_per_worker,
+                placement_strategy=placement_strategy,
+            )
         except ValidationError as exc:
             raise UserError(error_line(exc, "", cls, prefix="--")) from None
 

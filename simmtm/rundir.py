@@ -37,8 +37,18 @@ RESUMABLE_CHANGES = {"pretrain.epochs", "pretrain.max_steps", "threads", "device
 # somebody else's folder.
 RUN_FILES = {"config.yaml", "checkpoints", "tb", "history.jsonl", "metrics.json", "ray"}
 # What a sweep directory may hold (`ray`: Tune's experiment folder).
-SWEEP_FILES = {"sweep.yaml", "sweep.json", "optuna.db", "trials.csv", "best.yaml", "best", "tb", "ray", "timing.json",
-               "timing.jsonl"}
+SWEEP_FILES = {
+    "sweep.yaml",
+    "sweep.json",
+    "optuna.db",
+    "trials.csv",
+    "best.yaml",
+    "best",
+    "tb",
+    "ray",
+    "timing.json",
+    "timing.jsonl",
+}
 
 
 def _empty(out: Path, entries: set[str]) -> None:
@@ -64,8 +74,10 @@ def prepare_pretrain_dir(out: Path, config: RunConfig, *, restart: bool) -> dict
     if not entries:
         return None
     if not entries <= RUN_FILES:
-        raise UserError(f"--out {out}: not empty and not a simmtm run directory (holds "
-                        f"{', '.join(sorted(entries - RUN_FILES))}); choose another --out")
+        raise UserError(
+            f"--out {out}: not empty and not a simmtm run directory (holds "
+            f"{', '.join(sorted(entries - RUN_FILES))}); choose another --out"
+        )
     if restart:
         _empty(out, entries)
         return None
@@ -93,8 +105,10 @@ def _refuse_changed(out: Path, saved: dict[str, Any], config: RunConfig) -> None
     """Resuming may change only what does not alter the run (epochs, threads, device, ...)."""
     changed = sorted(k for k in diff_keys(saved, config.run_dict()) if k not in RESUMABLE_CHANGES)
     if changed:
-        raise UserError(f"--out {out}: holds a run with a different config ({', '.join(changed)}); pass --restart to "
-                        "discard it or choose another --out")
+        raise UserError(
+            f"--out {out}: holds a run with a different config ({', '.join(changed)}); pass --restart to "
+            "discard it or choose another --out"
+        )
 
 
 # --- fine-tuning --------------------------------------------------------------------------------------------
@@ -104,8 +118,9 @@ def guard_finetune_dir(out: Path, *, overwrite: bool) -> None:
     """Empty ``out`` for a fine-tuning run: only with ``overwrite``, and only when it is a simmtm run."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
-            raise UserError(f"--out {out}: already exists and is not empty; pass --overwrite to replace it or choose "
-                            "another --out")
+            raise UserError(
+                f"--out {out}: already exists and is not empty; pass --overwrite to replace it or choose another --out"
+            )
         if not (out / "metrics.json").exists() and not (out / "config.yaml").exists():
             raise UserError(f"--out {out}: not a simmtm run directory; refusing to overwrite it")
         shutil.rmtree(out)
@@ -114,8 +129,9 @@ def guard_finetune_dir(out: Path, *, overwrite: bool) -> None:
 # --- sweeps -------------------------------------------------------------------------------------------------
 
 
-def prepare_sweep_dir(out: Path, resolved: dict[str, Any], *, resume: bool, sweep_file: Path,
-                      can_restore: Callable[[], bool]) -> bool:
+def prepare_sweep_dir(
+    out: Path, resolved: dict[str, Any], *, resume: bool, sweep_file: Path, can_restore: Callable[[], bool]
+) -> bool:
     """Check --out against --resume; return True when there is a Tune experiment to restore.
 
     ``resolved``: the resolved sweep file, compared with the ``sweep.yaml`` of the sweep being resumed.

@@ -248,8 +248,12 @@ def _load_remote_study(url: str, name: Any, notes: list[str]) -> optuna.Study | 
         return None
 
 
-def _frame_from_study(study: optuna.Study, params: Sequence[str]) -> tuple[pd.DataFrame, dict[str, BaseDistribution], int]:
-    rows, dists, n_warm = [], {}, 0
+def _frame_from_study(
+    study: optuna.Study, params: Sequence[str]
+) -> tuple[pd.DataFrame, dict[str, BaseDistribution], int]:
+    rows: list[dict[str, Any]] = []
+    dists: dict[str, BaseDistribution] = {}
+    n_warm = 0
     for t in study.get_trials(deepcopy=False):
         if WARM_START_ATTR in t.user_attrs:
             n_warm += 1
@@ -335,6 +339,7 @@ def _plain(value: Any) -> Any:
 
 # --- search space --------------------------------------------------------------------------------------------
 
+
 def _merge(a: BaseDistribution | None, b: BaseDistribution) -> BaseDistribution:
     """Two distributions seen for one parameter (a define-by-run space may vary): the smallest one holding both."""
     if a is None or a == b:
@@ -349,8 +354,9 @@ def _merge(a: BaseDistribution | None, b: BaseDistribution) -> BaseDistribution:
     return b
 
 
-def _resolve_distributions(params: Sequence[str], from_study: Mapping[str, BaseDistribution],
-                           search: Mapping[str, Any], frame: pd.DataFrame) -> dict[str, BaseDistribution]:
+def _resolve_distributions(
+    params: Sequence[str], from_study: Mapping[str, BaseDistribution], search: Mapping[str, Any], frame: pd.DataFrame
+) -> dict[str, BaseDistribution]:
     """Per parameter: the study's own distribution, else the search section's, else one inferred from the values;
     widened where a recorded value falls outside it."""
     parsed = search_distributions(search, params)  # the sweep's own SearchSpec, read by the sweep's code
@@ -384,6 +390,7 @@ def _widen(dist: BaseDistribution, values: pd.Series) -> BaseDistribution:
         return CategoricalDistribution([*dist.choices, *extra]) if extra else dist
     if not pd.api.types.is_numeric_dtype(values):
         return _infer(values) or dist
+    assert isinstance(dist, (FloatDistribution, IntDistribution))
     low, high = float(values.min()), float(values.max())
     if low >= dist.low and high <= dist.high:
         return dist
@@ -430,6 +437,12 @@ def analysis_study(sweep: Sweep) -> optuna.Study:
         # A conditional parameter (searched only `when` another has some value) is absent from some trials.
         values = {p: v for p in params if (v := param_value(row[p], sweep.distributions[p])) is not None}
         dists = {p: sweep.distributions[p] for p in values}
-        study.add_trial(optuna.trial.create_trial(params=values, distributions=dists, value=float(row["score"]),
-                                                  user_attrs={"trial_id": row["trial_id"], "repeat": int(row["repeat"])}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=values,
+                distributions=dists,
+                value=float(row["score"]),
+                user_attrs={"trial_id": row["trial_id"], "repeat": int(row["repeat"])},
+            )
+        )
     return study

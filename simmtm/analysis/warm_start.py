@@ -23,9 +23,13 @@ __all__ = ["warm_start_study"]
 logger = logging.getLogger(__name__)
 
 
-def warm_start_study(study: optuna.Study, previous_dir: str | Path,
-                     search_space: Mapping[str, BaseDistribution] | Mapping[str, Any], *,
-                     metric: str | None = None) -> int:
+def warm_start_study(
+    study: optuna.Study,
+    previous_dir: str | Path,
+    search_space: Mapping[str, BaseDistribution] | Mapping[str, Any],
+    *,
+    metric: str | None = None,
+) -> int:
     """Add the finished trials of the sweep in ``previous_dir`` to ``study``; return how many were added.
 
     ``search_space`` is the new sweep's space: a mapping of dotted key to Optuna distribution, or the sweep file's
@@ -42,14 +46,20 @@ def warm_start_study(study: optuna.Study, previous_dir: str | Path,
             f"{', '.join(sorted(dists)) or 'nothing'}; a warm start needs the same parameters"
         )
     if metric is not None and metric != previous.metric:
-        raise UserError(f"{where}: that sweep optimised {previous.metric}, this one optimises {metric}; "
-                        "scores are not comparable")
+        raise UserError(
+            f"{where}: that sweep optimised {previous.metric}, this one optimises {metric}; scores are not comparable"
+        )
     if previous.direction != study.direction.name.lower():
-        raise UserError(f"{where}: that sweep {previous.direction}d {previous.metric}, "
-                        f"this study is set to {study.direction.name.lower()}")
+        raise UserError(
+            f"{where}: that sweep {previous.direction}d {previous.metric}, "
+            f"this study is set to {study.direction.name.lower()}"
+        )
 
     source = str(previous.path.resolve())
-    done = {(t.user_attrs.get(WARM_START_ATTR), t.user_attrs.get("warm_start_trial")) for t in study.get_trials(deepcopy=False)}
+    done = {
+        (t.user_attrs.get(WARM_START_ATTR), t.user_attrs.get("warm_start_trial"))
+        for t in study.get_trials(deepcopy=False)
+    }
     added = skipped = 0
     for _, row in previous.finished.iterrows():
         trial_id = str(row["trial_id"])
@@ -64,15 +74,21 @@ def warm_start_study(study: optuna.Study, previous_dir: str | Path,
                 break
             params[key] = value
         else:
-            study.add_trial(optuna.trial.create_trial(
-                params=params, distributions={k: dists[k] for k in params}, value=float(row["score"]),
-                user_attrs={WARM_START_ATTR: source, "warm_start_trial": trial_id},
-            ))
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=params,
+                    distributions={k: dists[k] for k in params},
+                    value=float(row["score"]),
+                    user_attrs={WARM_START_ATTR: source, "warm_start_trial": trial_id},
+                )
+            )
             added += 1
             continue
         skipped += 1
     if skipped:
-        logger.warning("%s: %d finished trial(s) lie outside this sweep's search space and were not copied", where, skipped)
+        logger.warning(
+            "%s: %d finished trial(s) lie outside this sweep's search space and were not copied", where, skipped
+        )
     logger.info("%s: copied %d finished trial(s) into study %s", where, added, study.study_name)
     return added
 
@@ -82,7 +98,9 @@ def _as_distributions(space: Mapping[str, Any], where: str) -> dict[str, BaseDis
         return dict(space)
     dists = search_distributions(space)
     if not dists:
-        raise UserError(f"{where}: cannot read this sweep's search space (expected Optuna distributions or a search section)")
+        raise UserError(
+            f"{where}: cannot read this sweep's search space (expected Optuna distributions or a search section)"
+        )
     return dists
 
 

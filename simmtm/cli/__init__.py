@@ -16,7 +16,14 @@ from simmtm.errors import UserError
 __all__ = ["main"]
 
 # Subcommand modules, in the order `simmtm --help` lists them.
-_COMMANDS = ("simmtm.cli.train", "simmtm.cli.validate", "simmtm.cli.data", "simmtm.cli.cluster", "simmtm.cli.analyze", "simmtm.cli.sweep")
+_COMMANDS = (
+    "simmtm.cli.train",
+    "simmtm.cli.validate",
+    "simmtm.cli.data",
+    "simmtm.cli.cluster",
+    "simmtm.cli.analyze",
+    "simmtm.cli.sweep",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

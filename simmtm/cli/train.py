@@ -15,24 +15,38 @@ from simmtm.rundir import check_resumable_config, guard_finetune_dir, prepare_pr
 
 __all__ = ["register", "check_inputs", "format_metrics", "comparison_table"]
 
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="pre-train SimMTM from a config",
-                       description="Pre-train SimMTM, in this process or (--workers N) data-parallel on Ray Train. "
-                                   "Re-running with the same --out resumes.")
+    p = sub.add_parser(
+        "pretrain",
+        help="pre-train SimMTM from a config",
+        description="Pre-train SimMTM, in this process or (--workers N) data-parallel on Ray Train. "
+        "Re-running with the same --out resumes.",
+    )
     _common(p)
-    p.add_argument("--restart", action="store_true", help="discard a previous run in --out (and its Ray storage) and start afresh")
+    p.add_argument(
+        "--restart", action="store_true", help="discard a previous run in --out (and its Ray storage) and start afresh"
+    )
     _distributed(p)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("finetune", help="fine-tune (or probe) a pre-trained encoder",
-                       description="Fine-tune on the downstream task; without --from this is the random-init baseline.")
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune (or probe) a pre-trained encoder",
+        description="Fine-tune on the downstream task; without --from this is the random-init baseline.",
+    )
     _common(p)
-    p.add_argument("--from", dest="pretrained", type=Path, help="a `simmtm pretrain` output directory or checkpoint file")
+    p.add_argument(
+        "--from", dest="pretrained", type=Path, help="a `simmtm pretrain` output directory or checkpoint file"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier fine-tuning run in --out")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("run", help="pre-train, fine-tune, and fine-tune a random-init baseline for comparison",
-                       description="Writes DIR/pretrain, DIR/finetune and (unless --no-baseline) DIR/baseline.")
+    p = sub.add_parser(
+        "run",
+        help="pre-train, fine-tune, and fine-tune a random-init baseline for comparison",
+        description="Writes DIR/pretrain, DIR/finetune and (unless --no-baseline) DIR/baseline.",
+    )
     _common(p)
     p.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline")
     p.add_argument("--restart", action="store_true", help="discard a previous pre-training in DIR/pretrain")
@@ -42,22 +56,59 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="a run or sweep YAML file")
     p.add_argument("--out", type=Path, required=True, help="output directory (everything the run writes goes here)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set pretrain.mask_ratio=0.3 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set pretrain.mask_ratio=0.3 (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _distributed(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("distributed (Ray Train; without --workers the run stays in this process, without Ray)")
-    g.add_argument("--workers", type=int, metavar="N", help="data-parallel Ray Train workers; pretrain.batch_size is the global batch")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs each worker reserves (default 0: CPU)")
-    g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C", help="CPUs each worker reserves and its torch threads (default 1)")
-    g.add_argument("--address", metavar="ADDR", help="join this Ray cluster (e.g. 10.0.0.1:6379 or auto); default: start a local Ray instance")
-    g.add_argument("--storage", metavar="PATH", help="where Ray keeps checkpoints: a local path, or on a multi-node cluster a "
-                                                       "path all nodes share (NFS, s3://, gs://); default OUT/ray")
-    g.add_argument("--max-failures", type=int, default=2, metavar="K", help="restart the worker group from the last checkpoint up to K times (default 2)")
-    g.add_argument("--placement", default="PACK", choices=PLACEMENT_STRATEGIES,
-                   help="placement of the workers on nodes (default PACK; STRICT_SPREAD: one worker per node)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="data-parallel Ray Train workers; pretrain.batch_size is the global batch",
+    )
+    g.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs each worker reserves (default 0: CPU)"
+    )
+    g.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="CPUs each worker reserves and its torch threads (default 1)",
+    )
+    g.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="join this Ray cluster (e.g. 10.0.0.1:6379 or auto); default: start a local Ray instance",
+    )
+    g.add_argument(
+        "--storage",
+        metavar="PATH",
+        help="where Ray keeps checkpoints: a local path, or on a multi-node cluster a "
+        "path all nodes share (NFS, s3://, gs://); default OUT/ray",
+    )
+    g.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        metavar="K",
+        help="restart the worker group from the last checkpoint up to K times (default 2)",
+    )
+    g.add_argument(
+        "--placement",
+        default="PACK",
+        choices=PLACEMENT_STRATEGIES,
+        help="placement of the workers on nodes (default PACK; STRICT_SPREAD: one worker per node)",
+    )
 
 
 def check_inputs(config: RunConfig, *, workers: int = 1, finetuning: bool = False) -> None:
@@ -73,9 +124,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     check_inputs(config, workers=args.workers or 1)
     if args.workers is None:
-        for flag, value, default in (("--address", args.address, None), ("--storage", args.storage, None),
-                                     ("--gpus-per-worker", args.gpus_per_worker, 0.0), ("--cpus-per-worker", args.cpus_per_worker, 1.0),
-                                     ("--max-failures", args.max_failures, 2), ("--placement", args.placement, "PACK")):
+        for flag, value, default in (
+            ("--address", args.address, None),
+            ("--storage", args.storage, None),
+            ("--gpus-per-worker", args.gpus_per_worker, 0.0),
+            ("--cpus-per-worker", args.cpus_per_worker, 1.0),
+            ("--max-failures", args.max_failures, 2),
+            ("--placement", args.placement, "PACK"),
+        ):
             if value != default:
                 raise UserError(f"{flag} applies to distributed runs only; add --workers N")
         metrics = _pretrain(config, args.out, restart=args.restart, progress=not args.no_progress)
@@ -97,8 +153,12 @@ def _pretrain_distributed(config: RunConfig, args: argparse.Namespace) -> dict[s
     """The same run directory semantics as in process (resume unless --restart), with Ray Train workers."""
     from simmtm import distributed
 
-    scaling = Scaling.from_flags(workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                                 cpus_per_worker=args.cpus_per_worker, placement_strategy=args.placement)
+    scaling = Scaling.from_flags(
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        placement_strategy=args.placement,
+    )
     scaling.check(config)  # a bad --workers fails before anything is touched
     if args.max_failures < 0:
         raise UserError(f"--max-failures must be >= 0, got {args.max_failures}")
@@ -108,8 +168,15 @@ def _pretrain_distributed(config: RunConfig, args: argparse.Namespace) -> dict[s
     if args.restart and args.storage:
         distributed.clear_run(storage, distributed.run_name(out, storage))
     check_resumable_config(out, config, restart=args.restart)
-    return distributed.pretrain_distributed(config, out=out, scaling=scaling, address=args.address, storage=storage,
-                                            max_failures=args.max_failures, resume=resume)
+    return distributed.pretrain_distributed(
+        config,
+        out=out,
+        scaling=scaling,
+        address=args.address,
+        storage=storage,
+        max_failures=args.max_failures,
+        resume=resume,
+    )
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -142,7 +209,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_baseline:
         results["random init"] = _finetune(config, base_dir, None, progress=progress)
     print(comparison_table(results))
-    (args.out / "summary.yaml").write_text(yaml.safe_dump({k: _headline(v) for k, v in results.items()}, sort_keys=False))
+    (args.out / "summary.yaml").write_text(
+        yaml.safe_dump({k: _headline(v) for k, v in results.items()}, sort_keys=False)
+    )
     return 0
 
 
@@ -170,5 +239,8 @@ def format_metrics(title: str, metrics: dict[str, Any]) -> str:
     body = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items())
     lines = [f"{title}: {body}"]
     for h, m in metrics.get("horizons", {}).items():
-        lines.append(f"  horizon {h}: mse={m['mse']:.4f} mae={m['mae']:.4f} (val mse {m['val_mse']:.4f}, best epoch {m['best_epoch']})")
+        lines.append(
+            f"  horizon {h}: mse={m['mse']:.4f} mae={m['mae']:.4f} "
+            f"(val mse {m['val_mse']:.4f}, best epoch {m['best_epoch']})"
+        )
     return "\n".join(lines)

@@ -14,7 +14,11 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate", help="check config files without running", description="Check configs: schema, and with --data also the data they name.")
+    p = sub.add_parser(
+        "validate",
+        help="check config files without running",
+        description="Check configs: schema, and with --data also the data they name.",
+    )
     p.add_argument("configs", type=Path, nargs="+", metavar="CONFIG")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data", action="store_true", help="also load the data and build the model")

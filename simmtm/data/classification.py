@@ -248,8 +248,10 @@ class TsFormat(FileFormat):
 def _read_labelled(path: Path) -> tuple[np.ndarray, np.ndarray]:
     fmt = get_format(path)
     if fmt is None or fmt.task != "classification":
-        raise DataError(f"{path}: unsupported file type '{path.suffix}'; classification reads "
-                        f"{', '.join(suffixes('classification'))} or a directory")
+        raise DataError(
+            f"{path}: unsupported file type '{path.suffix}'; classification reads "
+            f"{', '.join(suffixes('classification'))} or a directory"
+        )
     return fmt.read(path)
 
 
@@ -344,8 +346,10 @@ def _layout(path: Path) -> tuple[str, dict[str, Path]]:
             if official and official["train"] == path:
                 return "official", official
         return "single", {"all": path}
-    raise DataError(f"{path}: unsupported file type '{path.suffix}'; classification reads "
-                    f"{', '.join(suffixes('classification'))} or a directory")
+    raise DataError(
+        f"{path}: unsupported file type '{path.suffix}'; classification reads "
+        f"{', '.join(suffixes('classification'))} or a directory"
+    )
 
 
 def _standardise(parts: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:

@@ -192,13 +192,17 @@ def resolve(cfg: DataConfig) -> ResolvedData:
             f"{path}: cannot tell the task from suffix '{path.suffix}'; use {'/'.join(suffixes('forecasting'))} "
             f"(forecasting), {'/'.join(suffixes('classification'))} or a directory (classification), or set data.task"
         )
-    fmt = None if path.is_dir() else get_format(path)
-    if task == "forecasting" and (fmt is None or fmt.task != "forecasting"):
-        raise DataError(f"{path}: forecasting reads a {' or '.join(suffixes('forecasting'))} file (a date column plus "
-                        "numeric columns)")
+    fmt = get_format(path)  # a directory's suffix counts too: a folder named x.csv is no classification set
+    if task == "forecasting" and (path.is_dir() or fmt is None or fmt.task != "forecasting"):
+        raise DataError(
+            f"{path}: forecasting reads a {' or '.join(suffixes('forecasting'))} file (a date column plus "
+            "numeric columns)"
+        )
     if task == "classification" and fmt is not None and fmt.task != "classification":
-        raise DataError(f"{path}: classification reads {', '.join(suffixes('classification'))} files or a directory "
-                        f"of them, not {path.suffix}")
+        raise DataError(
+            f"{path}: classification reads {', '.join(suffixes('classification'))} files or a directory "
+            f"of them, not {path.suffix}"
+        )
     logger.debug("data %s -> %s (%s)", name, path, task)
     return ResolvedData(task=task, path=path, name=name)
 

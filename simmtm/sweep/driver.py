@@ -114,8 +114,9 @@ def run_sweep(
         raise ConfigError(f"{sweep_file}: {exc}") from None
     resolved = config.model_dump(mode="json")
     experiment_dir = _experiment_dir(spec, out)
-    restoring = prepare_sweep_dir(out, resolved, resume=resume, sweep_file=sweep_file,
-                                  can_restore=lambda: _can_restore(experiment_dir))
+    restoring = prepare_sweep_dir(
+        out, resolved, resume=resume, sweep_file=sweep_file, can_restore=lambda: _can_restore(experiment_dir)
+    )
 
     storage_url = spec.tune.storage or f"sqlite:///{out / 'optuna.db'}"
     study_name = spec.tune.study_name or out.name
@@ -138,17 +139,40 @@ def run_sweep(
         if not restoring:
             out.mkdir(parents=True, exist_ok=True)
             write_sweep_yaml(out, resolved)
-            write_sweep_json(out, SweepMeta(
-                metric=metric, mode=mode, study_name=study_name, storage=storage_url, params=param_keys,
-                search_space=spec.search.model_dump(mode="json", exclude_none=True), method=spec.search.method,
-                seed=config.seed, search_seed=sampler_seed(spec, config.seed), probe_metric=probe_key(metric),
-                repeats=spec.tune.repeats, num_samples=spec.tune.resolved_samples(spec.search),
-                resources=spec.resources.model_dump(), warm_start=str(warm_start) if warm_start is not None else None,
-            ))
+            write_sweep_json(
+                out,
+                SweepMeta(
+                    metric=metric,
+                    mode=mode,
+                    study_name=study_name,
+                    storage=storage_url,
+                    params=param_keys,
+                    search_space=spec.search.model_dump(mode="json", exclude_none=True),
+                    method=spec.search.method,
+                    seed=config.seed,
+                    search_seed=sampler_seed(spec, config.seed),
+                    probe_metric=probe_key(metric),
+                    repeats=spec.tune.repeats,
+                    num_samples=spec.tune.resolved_samples(spec.search),
+                    resources=spec.resources.model_dump(),
+                    warm_start=str(warm_start) if warm_start is not None else None,
+                ),
+            )
         clock = _TrialClock(out / "timing.jsonl")
-        tuner = _tuner(config, spec, out, metric=metric, mode=mode, storage_url=storage_url, study_name=study_name,
-                       max_concurrent=plan.max_concurrent, restoring=restoring, clock=clock, verbose=verbose,
-                       warm_start=warm_start)
+        tuner = _tuner(
+            config,
+            spec,
+            out,
+            metric=metric,
+            mode=mode,
+            storage_url=storage_url,
+            study_name=study_name,
+            max_concurrent=plan.max_concurrent,
+            restoring=restoring,
+            clock=clock,
+            verbose=verbose,
+            warm_start=warm_start,
+        )
         tuner.fit()
     finally:
         if started_ray:
@@ -197,13 +221,19 @@ def _check_study_is_new(storage_url: str, study_name: str, sweep_file: Path) -> 
     try:
         names = optuna.get_all_study_names(storage_url)
     except Exception as exc:  # unreachable database, bad URL, missing driver
-        raise ConfigError(f"{sweep_file}: tune.storage: cannot open {storage_url} ({exc.__class__.__name__}: {exc})") from None
+        raise ConfigError(
+            f"{sweep_file}: tune.storage: cannot open {storage_url} ({exc.__class__.__name__}: {exc})"
+        ) from None
     if study_name in names:
-        raise ConfigError(f"{sweep_file}: tune.study_name: the database {storage_url} already holds a study '{study_name}'; "
-                          "set another tune.study_name (or --out), or pass --resume to continue that sweep")
+        raise ConfigError(
+            f"{sweep_file}: tune.study_name: the database {storage_url} already holds a study '{study_name}'; "
+            "set another tune.study_name (or --out), or pass --resume to continue that sweep"
+        )
 
 
-def _check_warm_start(previous: str | Path, spec: SweepSpec, out: Path, *, metric: str, mode: str, restoring: bool) -> Path:
+def _check_warm_start(
+    previous: str | Path, spec: SweepSpec, out: Path, *, metric: str, mode: str, restoring: bool
+) -> Path:
     """Fail (UserError, one line) before Ray starts when ``--warm-start`` cannot seed this sweep; return its folder.
 
     The check copies the earlier trials into a throwaway in-memory study, so every mismatch that would stop the real
@@ -215,12 +245,16 @@ def _check_warm_start(previous: str | Path, spec: SweepSpec, out: Path, *, metri
         meta = read_sweep_json(out)
         if meta.warm_start != str(previous):
             was = meta.warm_start or "no warm start"
-            raise UserError(f"--warm-start {previous}: the sweep in {out} was started with {was}; resume it without "
-                            "--warm-start (its study already holds the copied trials)")
+            raise UserError(
+                f"--warm-start {previous}: the sweep in {out} was started with {was}; resume it without "
+                "--warm-start (its study already holds the copied trials)"
+            )
         return previous
     if spec.search.method == "grid":
-        raise UserError(f"--warm-start {previous}: search.method is grid, which runs every cell anyway; "
-                        "a warm start needs method tpe or random")
+        raise UserError(
+            f"--warm-start {previous}: search.method is grid, which runs every cell anyway; "
+            "a warm start needs method tpe or random"
+        )
     import optuna
 
     from simmtm.analysis.warm_start import warm_start_study
@@ -239,7 +273,9 @@ class TrialPlan:
     waiting: str | None = None
 
 
-def plan_trials(spec: SweepSpec, nodes: list[dict[str, float]], *, joined: bool, address: str | None = None) -> TrialPlan:
+def plan_trials(
+    spec: SweepSpec, nodes: list[dict[str, float]], *, joined: bool, address: str | None = None
+) -> TrialPlan:
     """Decide, from the nodes that are up now, whether the sweep can start and how many trials run at once.
 
     A local Ray (``joined`` False) never grows: ConfigError when no trial could ever start. A joined cluster may
@@ -253,9 +289,11 @@ def plan_trials(spec: SweepSpec, nodes: list[dict[str, float]], *, joined: bool,
     except ConfigError:
         if not joined:
             raise
-        waiting = (f"resources: a trial needs {spec.resources.per_worker()} but the cluster at {address} has "
-                   f"{describe_nodes(nodes)} up now; the trials wait for it to grow (an autoscaler starts nodes for "
-                   "their resource requests)")
+        waiting = (
+            f"resources: a trial needs {spec.resources.per_worker()} but the cluster at {address} has "
+            f"{describe_nodes(nodes)} up now; the trials wait for it to grow (an autoscaler starts nodes for "
+            "their resource requests)"
+        )
         return TrialPlan(concurrency(spec, 0), waiting)
     return TrialPlan(concurrency(spec, slots))
 
@@ -291,8 +329,21 @@ def _trainable(resources: Resources):
     return tune.with_resources(run_trial, {"cpu": 0, "memory": _TRIAL_DRIVER_MEMORY})
 
 
-def _tuner(config: RunConfig, spec: SweepSpec, out: Path, *, metric: str, mode: str, storage_url: str, study_name: str,
-           max_concurrent: int, restoring: bool, clock: Any, verbose: int, warm_start: Path | None = None):
+def _tuner(
+    config: RunConfig,
+    spec: SweepSpec,
+    out: Path,
+    *,
+    metric: str,
+    mode: str,
+    storage_url: str,
+    study_name: str,
+    max_concurrent: int,
+    restoring: bool,
+    clock: Any,
+    verbose: int,
+    warm_start: Path | None = None,
+):
     from ray import tune
 
     # Save Tune's experiment state every 2 s (instead of >= 10 s), so that a driver killed with -9 loses little;
@@ -313,9 +364,16 @@ def _tuner(config: RunConfig, spec: SweepSpec, out: Path, *, metric: str, mode: 
     from simmtm.sweep.search import SweepSearch, open_storage
 
     searcher = SweepSearch(
-        spec.search, base_values=flat_config(config.run_dict()), metric=metric, probe_metric=probe_key(metric),
-        mode=mode, seed=sampler_seed(spec, config.seed), storage=open_storage(storage_url), study_name=study_name,
-        repeats=spec.tune.repeats, first=first_point(spec, config.run_dict()),
+        spec.search,
+        base_values=flat_config(config.run_dict()),
+        metric=metric,
+        probe_metric=probe_key(metric),
+        mode=mode,
+        seed=sampler_seed(spec, config.seed),
+        storage=open_storage(storage_url),
+        study_name=study_name,
+        repeats=spec.tune.repeats,
+        first=first_point(spec, config.run_dict()),
     )
     if warm_start is not None:  # checked in run_sweep; a resumed sweep does not get here (no second copy)
         from simmtm.analysis.warm_start import warm_start_study
@@ -324,8 +382,12 @@ def _tuner(config: RunConfig, spec: SweepSpec, out: Path, *, metric: str, mode: 
     sched = spec.tune.scheduler
     if sched.type == "asha":
         scheduler = tune.schedulers.ASHAScheduler(
-            time_attr="epoch", metric=probe_key(metric), mode=mode, max_t=config.pretrain.epochs + 1,
-            grace_period=min(sched.grace_period, config.pretrain.epochs), reduction_factor=sched.reduction_factor,
+            time_attr="epoch",
+            metric=probe_key(metric),
+            mode=mode,
+            max_t=config.pretrain.epochs + 1,
+            grace_period=min(sched.grace_period, config.pretrain.epochs),
+            reduction_factor=sched.reduction_factor,
         )
     else:
         scheduler = tune.schedulers.FIFOScheduler()
@@ -334,18 +396,24 @@ def _tuner(config: RunConfig, spec: SweepSpec, out: Path, *, metric: str, mode: 
         trainable,
         param_space={"sweep": trial_spec.model_dump(mode="json")},
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler,
+            search_alg=searcher,
+            scheduler=scheduler,
             num_samples=spec.tune.resolved_samples(spec.search) * spec.tune.repeats,
-            max_concurrent_trials=max_concurrent, time_budget_s=spec.tune.time_budget_s,
+            max_concurrent_trials=max_concurrent,
+            time_budget_s=spec.tune.time_budget_s,
             # One-worker trials run in a reused actor: no process start and no torch import per trial.
             reuse_actors=spec.resources.workers == 1,
-            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=EXPERIMENT_NAME, storage_path=spec.tune.storage_path or str(out),
+            name=EXPERIMENT_NAME,
+            storage_path=spec.tune.storage_path or str(out),
             failure_config=tune.FailureConfig(max_failures=spec.tune.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[clock], verbose=verbose, progress_reporter=_trial_table(spec, metric, mode) if verbose else None,
+            callbacks=[clock],
+            verbose=verbose,
+            progress_reporter=_trial_table(spec, metric, mode) if verbose else None,
         ),
     )
 
@@ -358,8 +426,14 @@ def _trial_table(spec: SweepSpec, metric: str, mode: str):
     if spec.tune.repeats > 1:
         params["repeat"] = "repeat"
     metrics = {"epoch": "epoch", probe_key(metric): "probe", metric: metric}
-    return CLIReporter(parameter_columns=params, metric_columns=metrics, max_report_frequency=10,
-                       sort_by_metric=False, max_progress_rows=40, max_error_rows=10)
+    return CLIReporter(
+        parameter_columns=params,
+        metric_columns=metrics,
+        max_report_frequency=10,
+        sort_by_metric=False,
+        max_progress_rows=40,
+        max_error_rows=10,
+    )
 
 
 def _trial_name(trial) -> str:

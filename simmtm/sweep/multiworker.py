@@ -47,7 +47,9 @@ def run_multi_worker_trial(trial: Trial) -> dict[str, Any] | None:
         train_loop_config={"trial": trial.to_config()},
         scaling_config=spec.resources.scaling_config(),
         run_config=ray.train.RunConfig(
-            name=train_run_name(str(trial.trial_id)), storage_path=storage, callbacks=callbacks,
+            name=train_run_name(str(trial.trial_id)),
+            storage_path=storage,
+            callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
             worker_runtime_env={"env_vars": env} if env else None,

@@ -126,8 +126,10 @@ def read_sweep_json(out: Path) -> SweepMeta:
         raise UserError(f"{path}: expected a JSON object with metric, mode, params, ...")
     for key in ("metric", "mode", "params"):
         if key not in raw:
-            raise UserError(f"{path}: missing key '{key}' (a sweep.json holds metric, mode, study_name, storage, "
-                            "params, search_space, method, seed)")
+            raise UserError(
+                f"{path}: missing key '{key}' (a sweep.json holds metric, mode, study_name, storage, "
+                "params, search_space, method, seed)"
+            )
     if raw["mode"] not in ("min", "max"):
         raise UserError(f"{path}: mode must be 'min' or 'max', got {raw['mode']!r}")
     if not isinstance(raw["params"], list):
@@ -176,12 +178,20 @@ def write_trials_csv(path: Path, rows: list[TrialRow], param_keys: list[str]) ->
         writer = csv.writer(fh)
         writer.writerow([*TRIAL_COLUMNS, *param_keys])
         for r in sorted(rows, key=lambda r: r.trial_id):
-            writer.writerow([
-                r.trial_id, r.state, _cell(r.score), _cell(r.val_score), _cell(r.test_score), r.repeat,
-                _cell(r.epochs), _cell(None if r.wall_s is None else round(r.wall_s, 2)),
-                r.error.replace("\n", " ")[:500],
-                *[_cell(r.params.get(k)) for k in param_keys],
-            ])
+            writer.writerow(
+                [
+                    r.trial_id,
+                    r.state,
+                    _cell(r.score),
+                    _cell(r.val_score),
+                    _cell(r.test_score),
+                    r.repeat,
+                    _cell(r.epochs),
+                    _cell(None if r.wall_s is None else round(r.wall_s, 2)),
+                    r.error.replace("\n", " ")[:500],
+                    *[_cell(r.params.get(k)) for k in param_keys],
+                ]
+            )
     tmp.replace(path)
 
 
@@ -198,7 +208,7 @@ def rank_configurations(rows: list[TrialRow], param_keys: list[str], mode: str) 
         if r.state == "COMPLETE" and r.score is not None:
             groups.setdefault(r.config_key(param_keys), []).append(r)
     sign = 1.0 if mode == "min" else -1.0
-    return sorted(groups.values(), key=lambda g: sign * statistics.fmean(r.score for r in g))
+    return sorted(groups.values(), key=lambda g: sign * statistics.fmean(r.score for r in g if r.score is not None))
 
 
 # --- best.yaml (and any run config a sweep recommends) --------------------------------------------------------
@@ -210,18 +220,23 @@ def write_run_yaml(path: Path, raw: dict[str, Any], header: list[str]) -> None:
     path.write_text("".join(f"# {line}\n" for line in header) + yaml.safe_dump(raw, sort_keys=False))
 
 
-def write_best_yaml(path: Path, base_run: dict[str, Any], best: list[TrialRow], *, metric: str,
-                    sweep_dir: Path) -> dict[str, Any]:
+def write_best_yaml(
+    path: Path, base_run: dict[str, Any], best: list[TrialRow], *, metric: str, sweep_dir: Path
+) -> dict[str, Any]:
     """A run config with the best parameters (and the sweep's own seed), runnable by ``simmtm pretrain``."""
     params = best[0].params
     raw = apply_params(base_run, {k: v for k, v in params.items() if v is not None})
     mean = statistics.fmean(r.score for r in best if r.score is not None)
-    write_run_yaml(path, raw, [
-        f"best.yaml: the best configuration of the sweep in {sweep_dir} ({metric} = {mean:.6g}, mean of "
-        f"{len(best)} repeat(s): trial(s) {', '.join(r.trial_id for r in best)}).",
-        f"Run it:   simmtm pretrain {path} --out runs/best",
-        f"          simmtm run {path} --out runs/best-run",
-    ])
+    write_run_yaml(
+        path,
+        raw,
+        [
+            f"best.yaml: the best configuration of the sweep in {sweep_dir} ({metric} = {mean:.6g}, mean of "
+            f"{len(best)} repeat(s): trial(s) {', '.join(r.trial_id for r in best)}).",
+            f"Run it:   simmtm pretrain {path} --out runs/best",
+            f"          simmtm run {path} --out runs/best-run",
+        ],
+    )
     return raw
 
 
@@ -249,13 +264,17 @@ def write_timing(out: Path, rows: list[TrialRow], *, wall_s: float) -> float | N
         ev, own = events.get(r.trial_id, {}), r.extra.get("trial_wall_s")
         if r.state == "COMPLETE" and own and "add" in ev and "end" in ev and ev["end"] > ev["add"]:
             driver_s = ev["end"] - ev["add"]
-            per_trial[r.trial_id] = {"driver_s": round(driver_s, 3), "trial_s": round(own, 3),
-                                     "overhead_s": round(driver_s - own, 3),
-                                     "actor_start_s": round(ev.get("start", ev["add"]) - ev["add"], 3)}
+            per_trial[r.trial_id] = {
+                "driver_s": round(driver_s, 3),
+                "trial_s": round(own, 3),
+                "overhead_s": round(driver_s - own, 3),
+                "actor_start_s": round(ev.get("start", ev["add"]) - ev["add"], 3),
+            }
     overheads = [v["overhead_s"] for v in per_trial.values()]
     mean = sum(overheads) / len(overheads) if overheads else None
-    (out / "timing.json").write_text(json.dumps(
-        {"sweep_wall_s": round(wall_s, 2), "mean_overhead_s": mean, "trials": per_trial}, indent=2) + "\n")
+    (out / "timing.json").write_text(
+        json.dumps({"sweep_wall_s": round(wall_s, 2), "mean_overhead_s": mean, "trials": per_trial}, indent=2) + "\n"
+    )
     return mean
 
 

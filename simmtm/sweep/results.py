@@ -50,7 +50,10 @@ def _row(trial, param_keys: list[str]) -> TrialRow:
     probe = last.get(probe_key(metric), last.get(f"last_{probe_key(metric)}"))
     params = {k: config.get(k) for k in param_keys}
     row = TrialRow(
-        trial_id=trial.trial_id, state=state, params=params, repeat=int(config.get("repeat", 0)),
+        trial_id=trial.trial_id,
+        state=state,
+        params=params,
+        repeat=int(config.get("repeat", 0)),
         score=float(last[metric]) if final and metric in last else None,
         val_score=float(probe) if probe is not None else None,
         epochs=int(last["epoch"]) if "epoch" in last else None,
@@ -116,14 +119,20 @@ def reconcile_study(storage_url: str, study_name: str, rows: list[TrialRow], par
             # name it after its Optuna number so the study and trials.csv still list the same trials.
             tune_id = f"optuna-{t.number}"
             study._storage.set_trial_user_attr(t._trial_id, "tune_trial_id", tune_id)
-        row = by_tune.get(tune_id)
+        row = by_tune.get(tune_id) if tune_id is not None else None
         if row is None and tune_id is not None:
             if t.state == TrialState.RUNNING:
                 study._storage.set_trial_user_attr(t._trial_id, "reason", ORPHAN_REASON)
                 study.tell(t.number, state=TrialState.FAIL)
-            orphans.append(TrialRow(trial_id=tune_id, state="FAILED", params={k: t.params.get(k) for k in param_keys},
-                                    repeat=int(t.user_attrs.get("repeat", 0)),
-                                    error=t.user_attrs.get("reason", ORPHAN_REASON)))
+            orphans.append(
+                TrialRow(
+                    trial_id=tune_id,
+                    state="FAILED",
+                    params={k: t.params.get(k) for k in param_keys},
+                    repeat=int(t.user_attrs.get("repeat", 0)),
+                    error=t.user_attrs.get("reason", ORPHAN_REASON),
+                )
+            )
         elif row is None or t.state != TrialState.RUNNING:
             continue
         elif row.state == "COMPLETE":
@@ -159,5 +168,10 @@ def score_test(ranked: list[list[TrialRow]], out: Path, *, metric: str) -> None:
             metrics = finetune.run(run_cfg, pretrained=state, run_dir=run_dir)
             row.test_score = float(metrics[test_metric])
             if not math.isclose(float(metrics[metric]), row.score or math.nan, rel_tol=1e-3):
-                log.warning("trial %s: re-run fine-tune gives %s=%.6g, the trial reported %.6g", row.trial_id,
-                            metric, metrics[metric], row.score)
+                log.warning(
+                    "trial %s: re-run fine-tune gives %s=%.6g, the trial reported %.6g",
+                    row.trial_id,
+                    metric,
+                    metrics[metric],
+                    row.score,
+                )

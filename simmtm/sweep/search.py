@@ -56,11 +56,13 @@ class DefineByRun:
             if not condition_holds(p.when, {**self.base_values, **chosen}):
                 continue
             if p.type == "categorical":
-                chosen[key] = trial.suggest_categorical(key, p.choices)
+                chosen[key] = trial.suggest_categorical(key, p.choices or [])
             elif p.type == "int":
-                chosen[key] = trial.suggest_int(key, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+                low, high = p.bounds
+                chosen[key] = trial.suggest_int(key, int(low), int(high), log=p.log, step=int(p.step or 1))
             else:
-                chosen[key] = trial.suggest_float(key, p.low, p.high, log=p.log, step=p.step)
+                low, high = p.bounds
+                chosen[key] = trial.suggest_float(key, low, high, log=p.log, step=p.step)
 
 
 def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
@@ -101,8 +103,12 @@ class SweepSearch(OptunaSearch):
         first: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
-            space=DefineByRun(search, base_values), metric=metric, mode=mode,
-            sampler=make_sampler(search, seed), study_name=study_name, storage=storage,
+            space=DefineByRun(search, base_values),
+            metric=metric,
+            mode=mode,
+            sampler=make_sampler(search, seed),
+            study_name=study_name,
+            storage=storage,
         )
         self._probe_metric = probe_metric
         self._reported: dict[str, set[int]] = {}  # trial id -> steps already given to Optuna

@@ -54,7 +54,12 @@ __all__ = [
 # searched key starts from the schema default.
 PAPER_DEFAULTS = {"pretrain.mask_ratio": 0.5, "pretrain.num_masked": 3, "pretrain.temperature": 0.2}
 # Short names of the keys the paper is about, for tables and axes.
-SHORT_NAMES = {"pretrain.mask_ratio": "r", "pretrain.num_masked": "M", "pretrain.temperature": "tau", "model.encoder": "encoder"}
+SHORT_NAMES = {
+    "pretrain.mask_ratio": "r",
+    "pretrain.num_masked": "M",
+    "pretrain.temperature": "tau",
+    "model.encoder": "encoder",
+}
 
 # Keys a sweep may not search: they decide where and how a trial runs, not what it learns.
 _NOT_SEARCHABLE = {"device", "threads", "data.name", "data.path", "data.task", "data.num_workers"}
@@ -97,12 +102,18 @@ class ParamSpec(_Spec):
             raise ValueError(f"an int parameter needs whole-number bounds (got low={self.low}, high={self.high})")
         return self
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """``(low, high)`` of a float or int range (validated: both set)."""
+        assert self.low is not None and self.high is not None, "a categorical parameter has no bounds"
+        return self.low, self.high
+
     def values_to_check(self) -> list[Any]:
         """Values whose validity against the run config decides whether the range is legal."""
         if self.type == "categorical":
             return list(self.choices or [])
         cast = int if self.type == "int" else float
-        return [cast(self.low), cast(self.high)]
+        return [cast(v) for v in self.bounds]
 
 
 class SearchSpec(_Spec):
@@ -111,8 +122,12 @@ class SearchSpec(_Spec):
     method: Literal["tpe", "random", "grid"] = "tpe"
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     grid: dict[str, list[Any]] | None = None  # method: grid; every combination is run (times tune.repeats)
-    first: Literal["paper", "config", "none"] = "paper"  # the first TPE/random trial: paper defaults, the run config's own values, or none
-    seed: int | None = None  # the sampler's seed; None: the run's seed. Changing it re-draws the search, not the training
+    first: Literal["paper", "config", "none"] = (
+        "paper"  # the first TPE/random trial: paper defaults, the run config's own values, or none
+    )
+    seed: int | None = (
+        None  # the sampler's seed; None: the run's seed. Changing it re-draws the search, not the training
+    )
 
     @model_validator(mode="after")
     def _method_matches(self) -> SearchSpec:
@@ -136,7 +151,7 @@ class SearchSpec(_Spec):
     @property
     def keys(self) -> list[str]:
         """The searched dotted keys, in file order."""
-        return list(self.grid) if self.method == "grid" else list(self.params)
+        return list(self.grid or {}) if self.method == "grid" else list(self.params)
 
     def grid_cells(self) -> list[dict[str, Any]]:
         """Every combination of the grid values (method: grid)."""
@@ -162,7 +177,9 @@ class TuneSpec(_Spec):
     probe_every: int = Field(1, ge=1)  # pre-training epochs between probe scores
     probe_steps: int = Field(50, ge=1)  # optimiser steps of each probe's head
     probe_val_batches: int = Field(1, ge=1)  # the probe's per-epoch validation cap (its score uses the full split)
-    probe_overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys set for probes only (e.g. data.features: S)
+    probe_overrides: dict[str, Any] = Field(
+        default_factory=dict
+    )  # dotted keys set for probes only (e.g. data.features: S)
     metric: str | None = None  # None: val_mse (forecasting) or val_accuracy (classification)
     mode: Literal["min", "max"] | None = None  # None: min for mse/mae, max for accuracy/f1
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
@@ -219,12 +236,22 @@ class TrialSpec(_Spec):
     storage_path: str | None = None  # where a multi-worker trial's Train run keeps its checkpoints
 
     @classmethod
-    def of_sweep(cls, config: RunConfig, spec: SweepSpec, *, metric: str, tb_dir: str | None,
-                 storage_path: str | None) -> TrialSpec:
+    def of_sweep(
+        cls, config: RunConfig, spec: SweepSpec, *, metric: str, tb_dir: str | None, storage_path: str | None
+    ) -> TrialSpec:
         tune = spec.tune
-        return cls(run=config.run_dict(), metric=metric, probe_every=tune.probe_every, probe_steps=tune.probe_steps,
-                   probe_val_batches=tune.probe_val_batches, probe_overrides=tune.probe_overrides,
-                   max_failures=tune.max_failures, resources=spec.resources, tb_dir=tb_dir, storage_path=storage_path)
+        return cls(
+            run=config.run_dict(),
+            metric=metric,
+            probe_every=tune.probe_every,
+            probe_steps=tune.probe_steps,
+            probe_val_batches=tune.probe_val_batches,
+            probe_overrides=tune.probe_overrides,
+            max_failures=tune.max_failures,
+            resources=spec.resources,
+            tb_dir=tb_dir,
+            storage_path=storage_path,
+        )
 
     @property
     def probe_metric(self) -> str:
@@ -268,7 +295,9 @@ def condition_holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool
 def sweep_spec(config: RunConfig, path: str | Path = "sweep") -> SweepSpec:
     """The validated sweep sections of ``config``; ConfigError (one line, naming file and key) otherwise."""
     validate_sweep_sections(config, path)
-    return SweepSpec.model_validate({"search": config.search, "tune": config.tune or {}, "resources": config.resources or {}})
+    return SweepSpec.model_validate(
+        {"search": config.search, "tune": config.tune or {}, "resources": config.resources or {}}
+    )
 
 
 def validate_sweep_sections(config: RunConfig, path: str | Path) -> None:
@@ -304,11 +333,14 @@ def validate_sweep_sections(config: RunConfig, path: str | Path) -> None:
                 _check_value(base, key, value, source, where=where)
             for cond_key, wanted in (param.when or {}).items():
                 if cond_key not in seen and cond_key not in known:
-                    raise ConfigError(f"{source}: {where}.when: '{cond_key}' is neither a parameter searched before it nor a config key")
+                    raise ConfigError(
+                        f"{source}: {where}.when: '{cond_key}' is neither a parameter searched before it "
+                        "nor a config key"
+                    )
                 if cond_key in seen:
                     cond = spec.search.params[cond_key]
                     allowed = wanted if isinstance(wanted, list) else [wanted]
-                    if cond.type == "categorical" and not any(a in cond.choices for a in allowed):
+                    if cond.type == "categorical" and not any(a in (cond.choices or []) for a in allowed):
                         raise ConfigError(
                             f"{source}: {where}.when: {cond_key} never takes {wanted!r} (its choices: {cond.choices})"
                         )
@@ -325,17 +357,24 @@ def validate_sweep_sections(config: RunConfig, path: str | Path) -> None:
         )
     r = spec.resources
     if r.workers > 1 and (r.cpus_per_worker != int(r.cpus_per_worker)):
-        raise ConfigError(f"{source}: resources.cpus_per_worker: use whole CPUs with workers > 1 (got {r.cpus_per_worker})")
+        raise ConfigError(
+            f"{source}: resources.cpus_per_worker: use whole CPUs with workers > 1 (got {r.cpus_per_worker})"
+        )
 
 
 def _check_key(key: str, known: list[str], source: str, *, where: str) -> None:
     if key in known:
         return
     if key in _NOT_SEARCHABLE:
-        raise ConfigError(f"{source}: {where}: '{key}' cannot be searched (it decides where a trial runs, not what it learns)")
+        raise ConfigError(
+            f"{source}: {where}: '{key}' cannot be searched (it decides where a trial runs, not what it learns)"
+        )
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ConfigError(f"{source}: {where}: unknown parameter '{key}'{hint}; a parameter is a dotted config key such as pretrain.mask_ratio")
+    raise ConfigError(
+        f"{source}: {where}: unknown parameter '{key}'{hint}; a parameter is a dotted config key such as "
+        "pretrain.mask_ratio"
+    )
 
 
 def _check_value(base: dict[str, Any], key: str, value: Any, source: str, *, where: str) -> None:
@@ -356,16 +395,24 @@ def _check_metric(tune: TuneSpec, source: str) -> None:
         return
     valid = ("val_mse", "val_mae", "val_accuracy", "val_f1")
     if tune.metric not in valid:
-        raise ConfigError(f"{source}: tune.metric: '{tune.metric}' is not a validation score; valid: {', '.join(valid)}")
+        raise ConfigError(
+            f"{source}: tune.metric: '{tune.metric}' is not a validation score; valid: {', '.join(valid)}"
+        )
 
 
 def resolve_metric(tune: TuneSpec, task: str) -> tuple[str, str]:
     """The sweep's metric and mode for a task: val_mse/min for forecasting, val_accuracy/max for classification."""
     metric = tune.metric or ("val_accuracy" if task == "classification" else "val_mse")
     if task == "classification" and metric in ("val_mse", "val_mae"):
-        raise ConfigError(f"tune.metric: {metric} is a forecasting score but the data is a classification task; use val_accuracy or val_f1")
+        raise ConfigError(
+            f"tune.metric: {metric} is a forecasting score but the data is a classification task; "
+            "use val_accuracy or val_f1"
+        )
     if task == "forecasting" and metric in ("val_accuracy", "val_f1"):
-        raise ConfigError(f"tune.metric: {metric} is a classification score but the data is a forecasting task; use val_mse or val_mae")
+        raise ConfigError(
+            f"tune.metric: {metric} is a classification score but the data is a forecasting task; "
+            "use val_mse or val_mae"
+        )
     mode = tune.mode or ("max" if metric in ("val_accuracy", "val_f1") else "min")
     return metric, mode
 
@@ -398,7 +445,8 @@ def _inside(param: ParamSpec, value: Any) -> bool:
         return value in (param.choices or [])
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return False
-    return param.low <= value <= param.high and (param.type != "int" or value == int(value))
+    low, high = param.bounds
+    return low <= value <= high and (param.type != "int" or value == int(value))
 
 
 def flat_config(raw: dict[str, Any]) -> dict[str, Any]:
@@ -406,8 +454,9 @@ def flat_config(raw: dict[str, Any]) -> dict[str, Any]:
     return flatten(raw)
 
 
-def search_distributions(search: SearchSpec | Mapping[str, Any],
-                         keys: Sequence[str] | None = None) -> dict[str, BaseDistribution]:
+def search_distributions(
+    search: SearchSpec | Mapping[str, Any], keys: Sequence[str] | None = None
+) -> dict[str, BaseDistribution]:
     """The Optuna distribution of every searched key: what ``DefineByRun`` suggests from for tpe/random (so that
     trials a warm start copies in share the sampler's space), and the grid's values as choices for a grid.
 
@@ -426,9 +475,10 @@ def search_distributions(search: SearchSpec | Mapping[str, Any],
         dists = {key: CategoricalDistribution(values) for key, values in (search.grid or {}).items()}
     for key, p in search.params.items():
         if p.type == "categorical":
-            dists[key] = CategoricalDistribution(p.choices)
+            dists[key] = CategoricalDistribution(p.choices or [])
         elif p.type == "int":
-            dists[key] = IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+            low, high = p.bounds
+            dists[key] = IntDistribution(int(low), int(high), log=p.log, step=int(p.step or 1))
         else:
-            dists[key] = FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+            dists[key] = FloatDistribution(*p.bounds, log=p.log, step=p.step)
     return dists if keys is None else {k: dists[k] for k in keys if k in dists}

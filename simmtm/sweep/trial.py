@@ -19,15 +19,15 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from simmtm.config import RunConfig, parse_config
 from simmtm.config_keys import apply_params
 from simmtm.reporting import tune_trial_id
-from simmtm.runtime import Report, Runtime
+from simmtm.runtime import Runtime
 from simmtm.sweep.spec import TrialSpec, probe_key
 
 __all__ = ["Trial", "trial_loop", "probe_config", "probe_score", "TRIAL_RESERVED_KEYS"]
@@ -35,6 +35,10 @@ __all__ = ["Trial", "trial_loop", "probe_config", "probe_score", "TRIAL_RESERVED
 log = logging.getLogger(__name__)
 
 TRIAL_RESERVED_KEYS = ("sweep", "repeat")
+
+# What a trial reports to: probe, placeholder and final results (metrics, or a stage name), each with the state to
+# checkpoint or None (``simmtm.reporting.tune_report`` and ``RayReport`` are two).
+TrialReport: TypeAlias = Callable[[Mapping[str, Any], dict[str, Any] | None], None]
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,12 @@ class Trial:
     def from_config(cls, config: Mapping[str, Any]) -> Trial:
         """Validate a trial's Tune config (``sweep``, ``repeat`` and the searched values)."""
         spec = config["sweep"]
-        return cls(spec=spec if isinstance(spec, TrialSpec) else TrialSpec.model_validate(spec),
-                   params={k: v for k, v in config.items() if k not in TRIAL_RESERVED_KEYS and k != "trial_id"},
-                   repeat=int(config.get("repeat", 0)), trial_id=config.get("trial_id"))
+        return cls(
+            spec=spec if isinstance(spec, TrialSpec) else TrialSpec.model_validate(spec),
+            params={k: v for k, v in config.items() if k not in TRIAL_RESERVED_KEYS and k != "trial_id"},
+            repeat=int(config.get("repeat", 0)),
+            trial_id=config.get("trial_id"),
+        )
 
     def to_config(self) -> dict[str, Any]:
         """The plain-data form Ray passes to a trial (or a Train worker)."""
@@ -66,7 +73,7 @@ class Trial:
 def trial_loop(
     trial: Trial | Mapping[str, Any],
     *,
-    report: Report | None = None,
+    report: TrialReport | None = None,
     resume: dict[str, Any] | None = None,
     runtime: Runtime | None = None,
 ) -> dict[str, Any]:
@@ -98,7 +105,9 @@ def trial_loop(
     run_dir = Path(spec.tb_dir) / trial_id if spec.tb_dir and is_main else None
     recorder = _ProbeRecorder(run_cfg, spec, report, run_dir=run_dir, resume=resume, is_main=is_main, runtime=local)
     try:
-        pretrain.run(run_cfg, recorder, run_dir=run_dir / "pretrain" if run_dir else None, resume=resume, runtime=runtime)
+        pretrain.run(
+            run_cfg, recorder, run_dir=run_dir / "pretrain" if run_dir else None, resume=resume, runtime=runtime
+        )
         if recorder.last_epoch is None:
             raise RuntimeError("pre-training ended without a single epoch")
         if recorder.probed_epoch != recorder.last_epoch:
@@ -113,9 +122,14 @@ def trial_loop(
         if not math.isfinite(score):
             raise FloatingPointError(f"the fine-tuned {metric} is {score}")
         result = {
-            metric: score, "stage": "final", "epoch": epoch,
-            **{f"final_{k}": float(v) for k, v in final.items()
-               if k.startswith("val_") and k != metric and isinstance(v, float)},
+            metric: score,
+            "stage": "final",
+            "epoch": epoch,
+            **{
+                f"final_{k}": float(v)
+                for k, v in final.items()
+                if k.startswith("val_") and k != metric and isinstance(v, float)
+            },
             f"last_{probe_key(metric)}": recorder.last_probe,
             "trial_wall_s": time.time() - started,
         }
@@ -123,6 +137,7 @@ def trial_loop(
     finally:
         recorder.close_writer()
     # The final report carries a checkpoint too: a trial restored after this point does not run again.
+    assert recorder.last_state is not None  # pre-training reported at least one epoch
     report(result, {**recorder.last_state, "sweep_final": result})
     return result
 
@@ -130,8 +145,17 @@ def trial_loop(
 class _ProbeRecorder:
     """The ``report`` given to ``pretrain.run``: keeps the latest state and probes every ``probe_every`` epochs."""
 
-    def __init__(self, run_cfg: RunConfig, spec: TrialSpec, report: Report, *, run_dir: Path | None,
-                 resume: dict[str, Any] | None, is_main: bool = True, runtime: Runtime | None = None) -> None:
+    def __init__(
+        self,
+        run_cfg: RunConfig,
+        spec: TrialSpec,
+        report: TrialReport,
+        *,
+        run_dir: Path | None,
+        resume: dict[str, Any] | None,
+        is_main: bool = True,
+        runtime: Runtime | None = None,
+    ) -> None:
         self.run_cfg = run_cfg
         self.spec = spec
         self.report = report
@@ -163,12 +187,21 @@ class _ProbeRecorder:
         started = time.time()
         state = self.last_state
         assert state is not None  # pre-training reports a state with every epoch
-        score = probe_score(self.run_cfg, state, metric=metric, steps=self.spec.probe_steps,
-                            val_batches=self.spec.probe_val_batches, runtime=self.runtime,
-                            overrides=self.spec.probe_overrides)
+        score = probe_score(
+            self.run_cfg,
+            state,
+            metric=metric,
+            steps=self.spec.probe_steps,
+            val_batches=self.spec.probe_val_batches,
+            runtime=self.runtime,
+            overrides=self.spec.probe_overrides,
+        )
         pre = pretrain_metrics or state.get("metrics", {})
         result = {
-            probe_key(metric): score, "stage": "probe", "epoch": epoch, "probe_s": time.time() - started,
+            probe_key(metric): score,
+            "stage": "probe",
+            "epoch": epoch,
+            "probe_s": time.time() - started,
             **{f"pretrain_{k}": float(v) for k, v in pre.items() if k.startswith(("train_", "val_"))},
         }
         self.write_scalars(epoch, {k: v for k, v in result.items() if k != "epoch" and k != "stage"}, prefix="probe/")
@@ -189,8 +222,9 @@ class _ProbeRecorder:
             self._writer = None
 
 
-def probe_config(run_cfg: RunConfig, *, steps: int, val_batches: int,
-                 overrides: Mapping[str, Any] | None = None) -> RunConfig:
+def probe_config(
+    run_cfg: RunConfig, *, steps: int, val_batches: int, overrides: Mapping[str, Any] | None = None
+) -> RunConfig:
     """The config of a probe: frozen encoder, one short epoch, the first horizon, plus ``tune.probe_overrides``."""
     raw = apply_params(run_cfg.model_dump(mode="json"), dict(overrides or {}))
     cfg = parse_config(raw, source="tune.probe_overrides")
@@ -202,8 +236,16 @@ def probe_config(run_cfg: RunConfig, *, steps: int, val_batches: int,
     return cfg
 
 
-def probe_score(run_cfg: RunConfig, state: dict[str, Any], *, metric: str, steps: int, val_batches: int,
-                runtime: Any = None, overrides: Mapping[str, Any] | None = None) -> float:
+def probe_score(
+    run_cfg: RunConfig,
+    state: dict[str, Any],
+    *,
+    metric: str,
+    steps: int,
+    val_batches: int,
+    runtime: Any = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> float:
     """The validation score of a linear probe (frozen encoder, one short epoch) on the in-memory state."""
     from simmtm import finetune
 
