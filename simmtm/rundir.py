@@ -130,15 +130,20 @@ def guard_finetune_dir(out: Path, *, overwrite: bool) -> None:
 
 
 def prepare_sweep_dir(
-    out: Path, resolved: dict[str, Any], *, resume: bool, sweep_file: Path, can_restore: Callable[[], bool]
+    out: Path,
+    resolved: dict[str, Any],
+    *,
+    resume: bool,
+    sweep_file: Path,
+    earlier: Callable[[], dict[str, Any]],
+    can_restore: Callable[[], bool],
 ) -> bool:
     """Check --out against --resume; return True when there is a Tune experiment to restore.
 
-    ``resolved``: the resolved sweep file, compared with the ``sweep.yaml`` of the sweep being resumed.
-    ``can_restore``: whether Tune holds state to restore (Ray's experiment folder may live outside ``out``).
+    ``resolved``: the resolved sweep file, compared with ``earlier()`` (the sweep being resumed, as its
+    ``sweep.yaml`` holds it). ``can_restore``: whether Tune holds state to restore (Ray's experiment folder may
+    live outside ``out``).
     """
-    from simmtm.sweep.outputs import read_sweep_yaml
-
     entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
@@ -151,7 +156,7 @@ def prepare_sweep_dir(
         raise UserError(f"--resume: {out} holds no sweep (no sweep.yaml); run without --resume to start one")
     if not entries <= SWEEP_FILES:
         raise UserError(f"--out {out}: holds files a sweep does not write ({', '.join(sorted(entries - SWEEP_FILES))})")
-    changed = diff_keys(read_sweep_yaml(out), resolved)
+    changed = diff_keys(earlier(), resolved)
     if changed:
         raise UserError(
             f"--resume: {sweep_file} differs from the sweep in {out} ({', '.join(changed[:5])}); resume with the same "

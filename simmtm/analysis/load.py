@@ -19,8 +19,6 @@ from __future__ import annotations
 import csv as csv_module
 import logging
 import math
-import sqlite3
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +35,12 @@ from simmtm.sweep.outputs import (
     STATES,
     TRIAL_COLUMNS,
     WARM_START_ATTR,
-    SweepMeta,
+    read_study,
     read_sweep_json,
     read_sweep_yaml,
     read_trials_csv,
 )
-from simmtm.sweep.spec import SHORT_NAMES, search_distributions
+from simmtm.sweep.spec import SHORT_NAMES, match_choice, search_distributions
 
 __all__ = [
     "R_KEY",
@@ -153,7 +151,7 @@ def load_sweep(path: str | Path) -> Sweep:
     search_space = meta.search_space
     notes: list[str] = []
 
-    study = _load_study_snapshot(path, meta, notes)
+    study = read_study(path, meta, notes)
     study_frame, dists, n_warm = _frame_from_study(study, params) if study is not None else (None, {}, 0)
     csv_frame = _frame_from_csv(path / "trials.csv", params, notes)
 
@@ -189,63 +187,6 @@ def finished_trials(path: str | Path) -> list[tuple[dict[str, Any], float]]:
     """The finished trials of a sweep directory as ``(params, score)`` pairs (params by dotted key)."""
     sweep = load_sweep(path)
     return [(sweep.params_of(row), float(row["score"])) for _, row in sweep.finished.iterrows()]
-
-
-def _load_study_snapshot(path: Path, meta: SweepMeta, notes: list[str]) -> optuna.Study | None:
-    """Load the study from a consistent copy of the SQLite file (the running sweep's file is only read)."""
-    db = path / "optuna.db"
-    storage_url = meta.storage
-    name = meta.study_name
-    if not db.is_file():
-        if storage_url and not storage_url.startswith("sqlite"):
-            return _load_remote_study(storage_url, name, notes)
-        return None
-    with tempfile.TemporaryDirectory(prefix="simmtm-analysis-") as tmp:  # nothing is left behind in /tmp
-        snapshot = Path(tmp) / "optuna.db"
-        try:
-            src = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, timeout=30)
-            dst = sqlite3.connect(snapshot)
-            with dst:
-                src.backup(dst)
-            src.close()
-            dst.close()
-        except sqlite3.Error as exc:
-            notes.append(f"optuna.db could not be read ({exc}); trials.csv only")
-            return None
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{snapshot}")
-        try:
-            return _study_in_memory(storage, name, notes)
-        finally:
-            storage.remove_session()
-            storage.engine.dispose()
-
-
-def _study_in_memory(storage: optuna.storages.RDBStorage, name: Any, notes: list[str]) -> optuna.Study | None:
-    """The sweep's study (by name, or the only one) copied into memory, so its snapshot file can go."""
-    try:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-    except Exception as exc:  # a file that is not an Optuna database
-        notes.append(f"optuna.db is not an Optuna study database ({type(exc).__name__}); trials.csv only")
-        return None
-    if not names:
-        return None
-    if name not in names:
-        if len(names) > 1:
-            notes.append(f"optuna.db has no study '{name}' (has {', '.join(names)}); trials.csv only")
-            return None
-        name = names[0]
-    memory = optuna.storages.InMemoryStorage()
-    optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=memory)
-    return optuna.load_study(study_name=name, storage=memory)
-
-
-def _load_remote_study(url: str, name: Any, notes: list[str]) -> optuna.Study | None:
-    try:
-        return optuna.load_study(study_name=name, storage=url)
-    except Exception as exc:  # unreachable database, missing driver, unknown study
-        notes.append(f"study storage {url} could not be read ({type(exc).__name__}: {exc}); trials.csv only")
-        return None
 
 
 def _frame_from_study(
@@ -397,19 +338,6 @@ def _widen(dist: BaseDistribution, values: pd.Series) -> BaseDistribution:
     if isinstance(dist, IntDistribution):
         return IntDistribution(int(min(dist.low, math.floor(low))), int(max(dist.high, math.ceil(high))), log=dist.log)
     return FloatDistribution(min(dist.low, low), max(dist.high, high), log=dist.log)
-
-
-def match_choice(value: Any, choices: Sequence[Any]) -> Any:
-    """The choice equal to ``value`` (numbers compared with a tolerance: CSV round trips), or None."""
-    for c in choices:
-        if c == value:
-            return c
-        if isinstance(c, (int, float)) and not isinstance(c, bool) and isinstance(value, (int, float)):
-            if math.isclose(float(c), float(value), rel_tol=1e-9, abs_tol=1e-12):
-                return c
-        if isinstance(c, str) and str(value) == c:
-            return c
-    return None
 
 
 def _snap_to_distributions(frame: pd.DataFrame, dists: Mapping[str, BaseDistribution]) -> pd.DataFrame:

@@ -39,6 +39,7 @@ from simmtm.sweep.outputs import (
     TrialRow,
     rank_configurations,
     read_sweep_json,
+    read_sweep_yaml,
     write_best_yaml,
     write_hparams,
     write_sweep_json,
@@ -115,7 +116,12 @@ def run_sweep(
     resolved = config.model_dump(mode="json")
     experiment_dir = _experiment_dir(spec, out)
     restoring = prepare_sweep_dir(
-        out, resolved, resume=resume, sweep_file=sweep_file, can_restore=lambda: _can_restore(experiment_dir)
+        out,
+        resolved,
+        resume=resume,
+        sweep_file=sweep_file,
+        earlier=lambda: read_sweep_yaml(out),
+        can_restore=lambda: _can_restore(experiment_dir),
     )
 
     storage_url = spec.tune.storage or f"sqlite:///{out / 'optuna.db'}"
@@ -257,7 +263,7 @@ def _check_warm_start(
         )
     import optuna
 
-    from simmtm.analysis.warm_start import warm_start_study
+    from simmtm.sweep.warm_start import warm_start_study
 
     study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
     if warm_start_study(study, previous, search_distributions(spec.search), metric=metric) == 0:
@@ -376,7 +382,7 @@ def _tuner(
         first=first_point(spec, config.run_dict()),
     )
     if warm_start is not None:  # checked in run_sweep; a resumed sweep does not get here (no second copy)
-        from simmtm.analysis.warm_start import warm_start_study
+        from simmtm.sweep.warm_start import warm_start_study
 
         warm_start_study(searcher.study, warm_start, search_distributions(spec.search), metric=metric)
     sched = spec.tune.scheduler

@@ -17,16 +17,21 @@ import dataclasses
 import json
 import math
 import shutil
+import sqlite3
 import statistics
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from simmtm.config import SWEEP_SECTIONS
 from simmtm.config_keys import apply_params
 from simmtm.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
 
 __all__ = [
     "TrialRow",
@@ -38,6 +43,7 @@ __all__ = [
     "read_sweep_json",
     "write_sweep_yaml",
     "read_sweep_yaml",
+    "read_study",
     "write_trials_csv",
     "read_trials_csv",
     "rank_configurations",
@@ -158,6 +164,75 @@ def read_sweep_yaml(out: Path, *, run_only: bool = False) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections (data, model, pretrain, ...)")
     return {k: v for k, v in raw.items() if k not in SWEEP_SECTIONS} if run_only else raw
+
+
+# --- optuna.db ----------------------------------------------------------------------------------------------
+
+
+def read_study(path: Path, meta: SweepMeta, notes: list[str] | None = None) -> optuna.Study | None:
+    """The sweep's Optuna study, in memory: from a consistent copy of ``optuna.db`` (a running sweep's file is only
+    read), else from the database ``sweep.json`` names; None when there is none. Why a study could not be read is
+    appended to ``notes``."""
+    import optuna
+
+    notes = [] if notes is None else notes
+    db = path / "optuna.db"
+    storage_url = meta.storage
+    name = meta.study_name
+    if not db.is_file():
+        if storage_url and not storage_url.startswith("sqlite"):
+            return _load_remote_study(storage_url, name, notes)
+        return None
+    with tempfile.TemporaryDirectory(prefix="simmtm-study-") as tmp:  # nothing is left behind in /tmp
+        snapshot = Path(tmp) / "optuna.db"
+        try:
+            src = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, timeout=30)
+            dst = sqlite3.connect(snapshot)
+            with dst:
+                src.backup(dst)
+            src.close()
+            dst.close()
+        except sqlite3.Error as exc:
+            notes.append(f"optuna.db could not be read ({exc}); trials.csv only")
+            return None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{snapshot}")
+        try:
+            return _study_in_memory(storage, name, notes)
+        finally:
+            storage.remove_session()
+            storage.engine.dispose()
+
+
+def _study_in_memory(storage: optuna.storages.RDBStorage, name: Any, notes: list[str]) -> optuna.Study | None:
+    import optuna
+
+    """The sweep's study (by name, or the only one) copied into memory, so its snapshot file can go."""
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    except Exception as exc:  # a file that is not an Optuna database
+        notes.append(f"optuna.db is not an Optuna study database ({type(exc).__name__}); trials.csv only")
+        return None
+    if not names:
+        return None
+    if name not in names:
+        if len(names) > 1:
+            notes.append(f"optuna.db has no study '{name}' (has {', '.join(names)}); trials.csv only")
+            return None
+        name = names[0]
+    memory = optuna.storages.InMemoryStorage()
+    optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=memory)
+    return optuna.load_study(study_name=name, storage=memory)
+
+
+def _load_remote_study(url: str, name: Any, notes: list[str]) -> optuna.Study | None:
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except Exception as exc:  # unreachable database, missing driver, unknown study
+        notes.append(f"study storage {url} could not be read ({type(exc).__name__}: {exc}); trials.csv only")
+        return None
 
 
 # --- trials.csv ----------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ __all__ = [
     "TrialSpec",
     "probe_key",
     "search_distributions",
+    "match_choice",
     "sweep_spec",
     "validate_sweep_sections",
     "searchable_keys",
@@ -482,3 +483,16 @@ def search_distributions(
         else:
             dists[key] = FloatDistribution(*p.bounds, log=p.log, step=p.step)
     return dists if keys is None else {k: dists[k] for k in keys if k in dists}
+
+
+def match_choice(value: Any, choices: Sequence[Any]) -> Any:
+    """The choice equal to ``value`` (numbers compared with a tolerance: CSV round trips), or None."""
+    for c in choices:
+        if c == value:
+            return c
+        if isinstance(c, (int, float)) and not isinstance(c, bool) and isinstance(value, (int, float)):
+            if math.isclose(float(c), float(value), rel_tol=1e-9, abs_tol=1e-12):
+                return c
+        if isinstance(c, str) and str(value) == c:
+            return c
+    return None
