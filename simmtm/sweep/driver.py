@@ -19,15 +19,12 @@ The sweep directory (read by the analysis notebooks; keep it stable):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from ray.tune import Callback
 
 from simmtm import ray_session
 from simmtm.config import RunConfig, load_config
@@ -44,7 +41,6 @@ from simmtm.sweep.outputs import (
     write_hparams,
     write_sweep_json,
     write_sweep_yaml,
-    write_timing,
     write_trials_csv,
 )
 from simmtm.sweep.results import collect_rows, reconcile_study, score_test
@@ -60,6 +56,7 @@ from simmtm.sweep.spec import (
     search_distributions,
     sweep_spec,
 )
+from simmtm.sweep.timing import TrialClock, write_timing
 from simmtm.sweep.trainable import run_trial
 
 __all__ = ["run_sweep", "SweepOutcome", "concurrency", "plan_trials", "TrialPlan", "EXPERIMENT_NAME"]
@@ -164,7 +161,7 @@ def run_sweep(
                     warm_start=str(warm_start) if warm_start is not None else None,
                 ),
             )
-        clock = _TrialClock(out / "timing.jsonl")
+        clock = TrialClock(out)
         tuner = _tuner(
             config,
             spec,
@@ -444,40 +441,3 @@ def _trial_table(spec: SweepSpec, metric: str, mode: str):
 
 def _trial_name(trial) -> str:
     return trial.trial_id
-
-
-class _TrialClock(Callback):
-    """Times each trial from the driver's side, appending to ``DIR/timing.jsonl`` (it survives a restore)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._seen: set[str] = set()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "_seen": set()}
-
-    def _log(self, trial, event: str) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps({"trial_id": trial.trial_id, "event": event, "time": time.time()}) + "\n")
-
-    def _note_new(self, trials) -> None:
-        for trial in trials:  # Tune has no "trial added" hook: note each trial at the step that created it
-            if trial.trial_id not in self._seen:
-                self._seen.add(trial.trial_id)
-                if trial.status in ("PENDING", "RUNNING") and not trial.has_reported_at_least_once:
-                    self._log(trial, "add")
-
-    def on_step_begin(self, iteration, trials, **info) -> None:
-        self._note_new(trials)
-
-    def on_step_end(self, iteration, trials, **info) -> None:
-        self._note_new(trials)
-
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._log(trial, "start")
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._log(trial, "end")
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._log(trial, "end")

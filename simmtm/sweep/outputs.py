@@ -2,7 +2,7 @@
 
 ``sweep.yaml`` (the resolved sweep file), ``sweep.json`` (``SweepMeta``: what the analysis needs to read the rest),
 ``trials.csv``, ``best.yaml`` (a runnable run config; ``write_run_yaml`` also writes ``simmtm recommend --write``),
-``timing.json`` and a TensorBoard HParams summary.
+and a TensorBoard HParams summary (``timing.json``: ``simmtm.sweep.timing``).
 
 ``trials.csv`` has one row per Tune trial with the columns ``TRIAL_COLUMNS`` and then one column per searched
 dotted key. ``score`` is the trial's result in the sweep's metric (the full fine-tune's validation score; empty
@@ -49,8 +49,6 @@ __all__ = [
     "rank_configurations",
     "write_run_yaml",
     "write_best_yaml",
-    "write_timing",
-    "read_timing_events",
     "write_hparams",
 ]
 
@@ -313,44 +311,6 @@ def write_best_yaml(
         ],
     )
     return raw
-
-
-# --- timing.json ---------------------------------------------------------------------------------------------
-
-
-def read_timing_events(out: Path) -> dict[str, dict[str, float]]:
-    """``timing.jsonl`` (appended by the driver's trial clock) as ``{trial id: {event: time}}``."""
-    events: dict[str, dict[str, float]] = {}
-    log_path = out / "timing.jsonl"
-    if log_path.is_file():
-        for line in log_path.read_text().splitlines():
-            e = json.loads(line)
-            events.setdefault(e["trial_id"], {})[e["event"]] = e["time"]
-    return events
-
-
-def write_timing(out: Path, rows: list[TrialRow], *, wall_s: float) -> float | None:
-    """Write ``timing.json``; return the mean orchestration overhead of the COMPLETE trials that ran start to end
-    in one driver session: from the trial's creation (Tune only creates a trial when a slot is free) to its end,
-    minus the trial function's own wall time (which starts after its imports)."""
-    events = read_timing_events(out)
-    per_trial = {}
-    for r in rows:
-        ev, own = events.get(r.trial_id, {}), r.extra.get("trial_wall_s")
-        if r.state == "COMPLETE" and own and "add" in ev and "end" in ev and ev["end"] > ev["add"]:
-            driver_s = ev["end"] - ev["add"]
-            per_trial[r.trial_id] = {
-                "driver_s": round(driver_s, 3),
-                "trial_s": round(own, 3),
-                "overhead_s": round(driver_s - own, 3),
-                "actor_start_s": round(ev.get("start", ev["add"]) - ev["add"], 3),
-            }
-    overheads = [v["overhead_s"] for v in per_trial.values()]
-    mean = sum(overheads) / len(overheads) if overheads else None
-    (out / "timing.json").write_text(
-        json.dumps({"sweep_wall_s": round(wall_s, 2), "mean_overhead_s": mean, "trials": per_trial}, indent=2) + "\n"
-    )
-    return mean
 
 
 # --- TensorBoard HParams -------------------------------------------------------------------------------------
