@@ -33,9 +33,8 @@ def collect_rows(experiment_dir: str, param_keys: list[str]) -> list[TrialRow]:
 
 
 def _row(trial, param_keys: list[str]) -> TrialRow:
-    config = trial.config
     last = dict(trial.last_result or {})
-    trial_cfg = Trial.from_config(config)
+    trial_cfg = Trial.from_config(trial.config)
     metric = trial_cfg.spec.metric
     final = last.get("stage") == "final"
     status = trial.status
@@ -48,12 +47,12 @@ def _row(trial, param_keys: list[str]) -> TrialRow:
     else:
         state = "PENDING"
     probe = last.get(probe_key(metric), last.get(f"last_{probe_key(metric)}"))
-    params = {k: config.get(k) for k in param_keys}
+    params = {k: trial_cfg.params.get(k) for k in param_keys}
     row = TrialRow(
         trial_id=trial.trial_id,
         state=state,
         params=params,
-        repeat=int(config.get("repeat", 0)),
+        repeat=trial_cfg.repeat,
         score=float(last[metric]) if final and metric in last else None,
         val_score=float(probe) if probe is not None else None,
         epochs=int(last["epoch"]) if "epoch" in last else None,
