@@ -146,7 +146,9 @@ class RunConfig(_Section):
 def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
     """Validate a plain dict into a RunConfig, or raise ConfigError with one line per problem (first shown)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections (data, model, pretrain, ...), got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping of sections (data, model, pretrain, ...), got {type(raw).__name__}"
+        )
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
