@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Set up the environment, then run the whole test suite (unit and the slow integration tests).
 # Usage: bash scripts/test.sh [pytest args]      e.g. bash scripts/test.sh -m "not slow" for the unit tests only
+# (plain `pytest` runs only the unit tests: pyproject.toml's addopts deselect the slow ones; -m here selects all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export SIMMTM_DATA_DIR=${SIMMTM_DATA_DIR:-$(cd .. && pwd)/shared/data}
 export RAY_memory_monitor_refresh_ms=0
-python -m pytest "$@"
+python -m pytest -m "slow or not slow" "$@"

@@ -139,7 +139,7 @@ def finetune(config: ConfigSource, *, out: str | Path, pretrained: str | Path | 
              overwrite: bool = False, progress: bool = False) -> FinetuneResult:
     """``simmtm finetune``: fine-tune (or probe) the encoder of ``pretrained``; without it the random-init baseline."""
     from simmtm import finetune as finetuning
-    from simmtm.cli.train import _guard_finetune_dir as guard_finetune_dir  # simmtm.rundir once the structure lands
+    from simmtm.rundir import guard_finetune_dir
 
     cfg, _ = resolve_config(config, overrides)
     out = Path(out)

@@ -18,15 +18,18 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from simmtm.config import read_yaml
+from simmtm.config_keys import error_line
 from simmtm.errors import ConfigError
+from simmtm.resources import Resources
 
 __all__ = [
     "DRIVER_RESOURCE",
@@ -126,9 +129,11 @@ def prepare_cluster_config(raw: dict[str, Any], *, source: str = "cluster.yaml")
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     if not _ray_version().startswith(RAY_SERIES + "."):
-        raise ConfigError(f"{source}: cannot check with Ray {_ray_version()}: the check uses Ray's private launcher "
-                          f"API as of Ray {RAY_SERIES} (pinned in pyproject.toml); "
-                          f"pip install 'ray[default]=={RAY_SERIES}.*'")
+        raise ConfigError(
+            f"{source}: cannot check with Ray {_ray_version()}: the check uses Ray's private launcher "
+            f"API as of Ray {RAY_SERIES} (pinned in pyproject.toml); "
+            f"pip install 'ray[default]=={RAY_SERIES}.*'"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping (cluster_name, provider, available_node_types, ...)")
     provider = raw.get("provider")
@@ -137,13 +142,18 @@ def prepare_cluster_config(raw: dict[str, Any], *, source: str = "cluster.yaml")
     if provider["type"] not in _DEFAULT_CONFIGS:
         close = difflib.get_close_matches(provider["type"], list(_DEFAULT_CONFIGS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{source}: provider.type: unknown provider '{provider['type']}'{hint}; "
-                          f"valid: {', '.join(sorted(_DEFAULT_CONFIGS))}")
+        raise ConfigError(
+            f"{source}: provider.type: unknown provider '{provider['type']}'{hint}; "
+            f"valid: {', '.join(sorted(_DEFAULT_CONFIGS))}"
+        )
     node_types = raw.get("available_node_types")
-    if node_types is not None and not (isinstance(node_types, dict)
-                                       and all(isinstance(v, dict) for v in node_types.values())):
-        raise ConfigError(f"{source}: available_node_types: expected a mapping of node type name -> "
-                          "{resources, node_config, min_workers, max_workers}")
+    if node_types is not None and not (
+        isinstance(node_types, dict) and all(isinstance(v, dict) for v in node_types.values())
+    ):
+        raise ConfigError(
+            f"{source}: available_node_types: expected a mapping of node type name -> "
+            "{resources, node_config, min_workers, max_workers}"
+        )
     ray_logger = logging.getLogger("ray.autoscaler._private.util")
     level = ray_logger.level
     ray_logger.setLevel(logging.WARNING)  # its INFO lines ("setting max workers ...") are noise here
@@ -176,8 +186,10 @@ def _schema_message(exc: Any) -> str:
             where_valid = f"in {path}" if path else "at top level"
             return f"unknown key '{full}'{hint}; valid keys {where_valid}: {', '.join(known)}"
     if exc.validator == "type" and exc.validator_value == "integer" and ".resources." in f".{path}.":
-        return (f"{path}: {exc.instance!r} is not a whole number; Ray node resources are integers (a node has 1 GPU, "
-                "not 0.5; fractional GPUs per trial belong in the sweep file's resources.gpus_per_worker)")
+        return (
+            f"{path}: {exc.instance!r} is not a whole number; Ray node resources are integers (a node has 1 GPU, "
+            "not 0.5; fractional GPUs per trial belong in the sweep file's resources.gpus_per_worker)"
+        )
     return f"{where}: {exc.message}"
 
 
@@ -218,7 +230,8 @@ def _looks_like_gpu(provider: str, node_config: dict[str, Any]) -> bool:
         return bool(_AWS_GPU_INSTANCE.match(str(node_config.get("InstanceType", ""))))
     if provider == "gcp":
         return bool(node_config.get("guestAccelerators")) or bool(
-            _GCP_GPU_MACHINE.match(str(node_config.get("machineType", ""))))
+            _GCP_GPU_MACHINE.match(str(node_config.get("machineType", "")))
+        )
     return False
 
 
@@ -229,7 +242,8 @@ def _check_nodes(config: dict[str, Any], nodes: Sequence[NodeType], errors: list
         errors.append(
             f"available_node_types.{head.name}.resources: the head node type has no '{DRIVER_RESOURCE}' resource; "
             f"add {DRIVER_RESOURCE}: 1 so that sweep drivers (submitted with --entrypoint-resources "
-            f"'{{\"{DRIVER_RESOURCE}\": {DRIVER_REQUEST}}}') run on the on-demand head")
+            f"'{{\"{DRIVER_RESOURCE}\": {DRIVER_REQUEST}}}') run on the on-demand head"
+        )
     for node in nodes:
         if node.is_head:
             continue
@@ -237,19 +251,21 @@ def _check_nodes(config: dict[str, Any], nodes: Sequence[NodeType], errors: list
         if node.resources.get(DRIVER_RESOURCE, 0) > 0:
             errors.append(
                 f"available_node_types.{node.name}.resources: '{DRIVER_RESOURCE}' belongs on the head only; on a "
-                "worker type a sweep driver could land on a (spot) worker and die with it")
+                "worker type a sweep driver could land on a (spot) worker and die with it"
+            )
         if "CPU" not in node.resources:
             errors.append(
                 f"available_node_types.{node.name}.resources: declare CPU (and GPU on a GPU machine) explicitly; "
-                "the check cannot look instance types up offline, and the autoscaler then needs no look-up either")
+                "the check cannot look instance types up offline, and the autoscaler then needs no look-up either"
+            )
         elif _looks_like_gpu(provider, spec.get("node_config") or {}) and node.gpus <= 0:
             errors.append(
                 f"available_node_types.{node.name}.resources: the machine type has GPUs but resources declare none; "
-                "set GPU to the machine's GPU count")
+                "set GPU to the machine's GPU count"
+            )
 
 
-def _check_metadata(config: dict[str, Any], nodes: Sequence[NodeType], max_nodes: int,
-                    errors: list[str]) -> str | None:
+def _check_metadata(config: dict[str, Any], nodes: Sequence[NodeType], max_nodes: int, errors: list[str]) -> str | None:
     meta = (config.get("metadata") or {}).get("simmtm")
     if meta is None:
         meta = {}
@@ -273,19 +289,23 @@ def _check_metadata(config: dict[str, Any], nodes: Sequence[NodeType], max_nodes
         errors.append(
             f"metadata.simmtm.storage: missing; {grow}, so sweeps need shared storage for checkpoints and results: "
             f"set it to {' or '.join(s + '://bucket/prefix' for s in SHARED_STORAGE_SCHEMES[:2])} (and pass it as "
-            "--out), or to an NFS path with shared_filesystem: true")
+            "--out), or to an NFS path with shared_filesystem: true"
+        )
         return None
     scheme = storage.split("://", 1)[0].lower() if "://" in storage else None
     if scheme in SHARED_STORAGE_SCHEMES:
         return storage
     if scheme not in (None, "file"):
-        errors.append(f"metadata.simmtm.storage: '{storage}': unknown scheme '{scheme}://'; shared schemes: "
-                      + ", ".join(f"{s}://" for s in SHARED_STORAGE_SCHEMES))
+        errors.append(
+            f"metadata.simmtm.storage: '{storage}': unknown scheme '{scheme}://'; shared schemes: "
+            + ", ".join(f"{s}://" for s in SHARED_STORAGE_SCHEMES)
+        )
     elif meta.get("shared_filesystem") is not True:
         errors.append(
             f"metadata.simmtm.storage: '{storage}' is a path on each node's own disk, but {grow}: a trial resumed on "
             "another node would not find its checkpoints. Use s3:// or gs:// storage, or mount a shared file "
-            "system on every node and set metadata.simmtm.shared_filesystem: true")
+            "system on every node and set metadata.simmtm.shared_filesystem: true"
+        )
     return storage
 
 
@@ -310,8 +330,10 @@ def _check_images(config: dict[str, Any], errors: list[str], notes: list[str]) -
             continue
         tag = match.group(1)
         if tag.split(".")[:2] != local.split(".")[:2]:
-            errors.append(f"{key}: '{image}' runs Ray {tag}, but this machine runs Ray {local} (the version "
-                          f"pyproject.toml pins); use rayproject/ray:{local}-... so launcher, jobs and cluster agree")
+            errors.append(
+                f"{key}: '{image}' runs Ray {tag}, but this machine runs Ray {local} (the version "
+                f"pyproject.toml pins); use rayproject/ray:{local}-... so launcher, jobs and cluster agree"
+            )
         elif tag != local:
             notes.append(f"{key}: '{image}' runs Ray {tag}, this machine Ray {local}")
 
@@ -325,7 +347,8 @@ def _check_security(config: dict[str, Any], errors: list[str]) -> None:
         if ports != (22, 22) or str(rule.get("IpProtocol", "tcp")) != "tcp":
             errors.append(
                 f"provider.security_group.IpPermissions[{i}]: opens ports {ports[0]}-{ports[1]}; nothing beyond SSH "
-                "may be open to the internet: reach the dashboard and Jobs API with `ray dashboard <cluster file>`")
+                "may be open to the internet: reach the dashboard and Jobs API with `ray dashboard <cluster file>`"
+            )
 
 
 def _placeholder_notes(value: Any, path: str = "") -> Iterable[str]:
@@ -344,76 +367,24 @@ def _placeholder_notes(value: Any, path: str = "") -> Iterable[str]:
 # --- sweeps --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TrialDemand:
-    """What one trial of a sweep occupies: ``workers`` Ray Train workers of ``cpus_per_worker`` CPUs and
-    ``gpus_per_worker`` GPUs each (a sweep file's ``resources`` section)."""
-
-    workers: int
-    cpus_per_worker: float
-    gpus_per_worker: float
-
-    @property
-    def cpus(self) -> float:
-        return self.workers * self.cpus_per_worker
-
-    @property
-    def gpus(self) -> float:
-        return self.workers * self.gpus_per_worker
-
-    def whole_gpus(self) -> int:
-        """GPUs one node needs to hold the whole trial: fractional workers share a GPU only while they fit in it."""
-        g = self.gpus_per_worker
-        if g <= 0:
-            return 0
-        if g > 1:
-            return math.ceil(self.workers * g)
-        per_gpu = math.floor(1 / g + 1e-9)
-        return math.ceil(self.workers / per_gpu)
-
-    def __str__(self) -> str:
-        return (f"{self.workers} worker(s) x ({self.cpus_per_worker:g} CPU, {self.gpus_per_worker:g} GPU) = "
-                f"{self.cpus:g} CPU + {self.whole_gpus()} GPU")
+# What one trial of a sweep occupies (a sweep file's ``resources`` section): the project's one resources type.
+TrialDemand = Resources
 
 
-def trial_demand(resources: dict[str, Any] | None) -> TrialDemand:
-    """Read a sweep file's ``resources`` section (``{workers, cpus_per_worker, gpus_per_worker}``).
-
-    Missing keys take the sweep schema's defaults when ``simmtm.sweep.spec`` provides them (else 1 worker, 1 CPU,
-    0 GPUs).
-    """
+def trial_demand(resources: dict[str, Any] | None) -> Resources:
+    """Read a sweep file's ``resources`` section (``{workers, cpus_per_worker, gpus_per_worker}``); missing keys
+    take the sweep schema's defaults."""
     if resources is not None and not isinstance(resources, dict):
         raise ConfigError("resources: expected a mapping with keys workers, cpus_per_worker, gpus_per_worker")
     section = dict(resources or {})
-    defaults = _resource_defaults()
-    unknown = sorted(set(section) - set(defaults))
+    valid = list(Resources.model_fields)
+    unknown = sorted(set(section) - set(valid))
     if unknown:
-        raise ConfigError(f"resources.{unknown[0]}: unknown key; valid keys: {', '.join(defaults)}")
-    values = {**defaults, **section}
+        raise ConfigError(f"resources.{unknown[0]}: unknown key; valid keys: {', '.join(valid)}")
     try:
-        demand = TrialDemand(int(values["workers"]), float(values["cpus_per_worker"]), float(values["gpus_per_worker"]))
-    except (TypeError, ValueError):
-        raise ConfigError(f"resources: expected numbers for {', '.join(defaults)}, got {section}") from None
-    if demand.workers < 1 or demand.cpus_per_worker < 0 or demand.gpus_per_worker < 0:
-        raise ConfigError(f"resources: workers must be >= 1 and the per-worker amounts >= 0, got {section}")
-    if demand.gpus_per_worker > 1 and not float(demand.gpus_per_worker).is_integer():
-        raise ConfigError(f"resources.gpus_per_worker: {demand.gpus_per_worker:g}: Ray accepts a fraction of one "
-                          "GPU or a whole number of GPUs per worker, not a fraction above one")
-    return demand
-
-
-def _resource_defaults() -> dict[str, float]:
-    defaults: dict[str, float] = {"workers": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0}
-    try:  # the sweep schema, when present, owns the defaults
-        from simmtm.sweep import spec
-    except ImportError:
-        return defaults
-    model = getattr(spec, "ResourcesConfig", None) or getattr(spec, "ResourcesSpec", None)
-    fields = getattr(model, "model_fields", {}) if model is not None else {}
-    for key in defaults:
-        if key in fields and fields[key].default is not None and not callable(fields[key].default):
-            defaults[key] = fields[key].default
-    return defaults
+        return Resources.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError(error_line(exc, "", Resources, prefix="resources.")) from None
 
 
 def sweep_files(directory: Path) -> list[Path]:
@@ -447,7 +418,8 @@ def _check_sweeps(nodes: Sequence[NodeType], sweeps: Sequence[Path], errors: lis
                 errors.append(
                     f"sweep {path}: one trial needs {demand} (its resources section), but node type {node.name} "
                     f"has {have_cpu:g} CPU + {node.gpus:g} GPU; lower the sweep's resources or use a bigger "
-                    "machine type")
+                    "machine type"
+                )
     return checked
 
 

@@ -7,26 +7,27 @@ what would be valid (``ConfigError``).
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from simmtm.config_keys import error_line, set_key
 from simmtm.errors import ConfigError
+from simmtm.masking import MaskingKind
 
 __all__ = [
+    "SWEEP_SECTIONS",
     "DataConfig",
+    "FinetuneConfig",
     "ModelConfig",
     "PretrainConfig",
-    "FinetuneConfig",
     "RunConfig",
-    "load_config",
-    "parse_config",
     "apply_overrides",
     "dump_config",
-    "SWEEP_SECTIONS",
+    "load_config",
+    "parse_config",
 ]
 
 # Sections that only `simmtm sweep` reads; a run ignores them so that a sweep file is also a runnable config.
@@ -101,7 +102,7 @@ class PretrainConfig(_Section):
     mask_ratio: float = Field(0.5, gt=0, lt=1)  # r: fraction of time points masked
     num_masked: int = Field(3, ge=1)  # M: masked copies per series
     mask_length: float = Field(3.0, ge=1)  # lm: mean length of a masked run (geometric masking)
-    masking: Literal["geometric", "random"] = "geometric"
+    masking: MaskingKind = "geometric"
     temperature: float = Field(0.2, gt=0)  # tau
     loss_weighting: Literal["auto", "fixed"] = "auto"  # auto: the official learnable weighting
     constraint_weight: float = Field(0.1, ge=0)  # lambda, with loss_weighting: fixed
@@ -177,43 +178,16 @@ class RunConfig(_Section):
 # --- loading -------------------------------------------------------------------------------------------------
 
 
-def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    keys = []
-    for name, field in model.model_fields.items():
-        keys.append(prefix + name)
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys.extend(_known_keys(ann, prefix + name + "."))
-    return keys
-
-
-def _format_error(err: dict[str, Any], source: str) -> str:
-    key = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        siblings = [k for k in _known_keys(RunConfig) if k.startswith(parent) and "." not in k[len(parent):]]
-        close = difflib.get_close_matches(key, siblings, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        valid = ", ".join(k[len(parent):] for k in siblings)
-        return f"{source}: unknown key '{key}'{hint}; valid keys here: {valid}"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "missing":
-        return f"{source}: missing key '{key}'"
-    if not key:
-        return f"{source}: {msg}"
-    return f"{source}: {key}: {msg} (got {err.get('input')!r})"
-
-
 def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
     """Validate a plain dict into a RunConfig, or raise ConfigError with one line per problem (first shown)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections (data, model, pretrain, ...), got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping of sections (data, model, pretrain, ...), got {type(raw).__name__}"
+        )
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [_format_error(e, source) for e in exc.errors()]
-        more = f" (and {len(lines) - 1} more problem(s))" if len(lines) > 1 else ""
-        raise ConfigError(lines[0] + more) from None
+        raise ConfigError(error_line(exc, source, RunConfig)) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, *, source: str = "--set") -> dict[str, Any]:
@@ -227,16 +201,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, *, source:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"{source}: '{key}': '{part}' is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        set_key(raw, key, value, source=source)
     return raw
 
 

@@ -28,17 +28,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
-import math
 import os
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import ray
 import ray.train
@@ -48,10 +42,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from simmtm.checkpoint import CHECKPOINT_FILE, ray_checkpoint_state, save_state
+from simmtm.checkpoint import ray_checkpoint_state
 from simmtm.config import RunConfig, dump_config
 from simmtm.data.registry import worker_env
-from simmtm.errors import UserError
+from simmtm.errors import ConfigError, UserError
+from simmtm.ray_session import alive_nodes, check_resources, connect, disconnect
+from simmtm.reporting import EpochHook, RayReport, RunDirCallback, train_checkpoint_state
+from simmtm.resources import PLACEMENT_STRATEGIES, Scaling, describe_nodes
 from simmtm.runtime import Runtime
 from simmtm.tracking import write_json
 
@@ -73,7 +70,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 DEFAULT_RUN_NAME = "pretrain"  # inside the default storage OUT/ray: fixed, so the same --out resumes
 
 
@@ -88,7 +84,7 @@ class _AllGather(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, tensor: torch.Tensor, group: Any) -> torch.Tensor:
         world, rank = dist.get_world_size(group), dist.get_rank(group)
         ctx.group, ctx.rank, ctx.rows = group, rank, tensor.shape[0]
         tensor = tensor.contiguous()
@@ -97,7 +93,7 @@ class _AllGather(torch.autograd.Function):
         return torch.cat(parts)  # (world * rows, ...)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         grad = grad.clone(memory_format=torch.contiguous_format)  # one copy, contiguous for the collective
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None
@@ -123,7 +119,9 @@ class GlobalBatchSampler(DistributedSampler):
     ``global_batches(epoch)[k]``: the samples one process would see with the global batch size.
     """
 
-    def __init__(self, dataset, *, num_replicas: int, rank: int, batch_size: int, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self, dataset, *, num_replicas: int, rank: int, batch_size: int, shuffle: bool = True, seed: int = 0
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
         self.batch_size = batch_size
         self.num_batches = len(dataset) // (batch_size * num_replicas)
@@ -133,7 +131,7 @@ class GlobalBatchSampler(DistributedSampler):
     def global_batches(self, epoch: int | None = None) -> torch.Tensor:
         """``(num_batches, num_replicas * batch_size)`` dataset indices of each global batch of ``epoch``."""
         epoch = self.epoch if epoch is None else epoch
-        n = len(self.dataset)
+        n = len(self.dataset)  # type: ignore[arg-type]  # a map-style dataset: it has a length
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
         else:
@@ -164,8 +162,12 @@ class DistributedRuntime(Runtime):
     def from_context(cls, *, sync_batchnorm: bool = False) -> DistributedRuntime:
         """The runtime of the calling Ray Train worker (rank and world size from ``ray.train.get_context()``)."""
         context = ray.train.get_context()
-        return cls(device=ray.train.torch.get_device(), rank=context.get_world_rank(),
-                   world_size=context.get_world_size(), sync_batchnorm=sync_batchnorm)
+        return cls(
+            device=ray.train.torch.get_device(),
+            rank=context.get_world_rank(),
+            world_size=context.get_world_size(),
+            sync_batchnorm=sync_batchnorm,
+        )
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """DDP on the worker's device. With ``sync_batchnorm`` on CUDA, the encoder's BatchNorm layers (if any)
@@ -182,10 +184,24 @@ class DistributedRuntime(Runtime):
         """Shard with a ``GlobalBatchSampler`` (seeded by the loader's generator), then let Ray move batches."""
         if self.world_size > 1 and not isinstance(loader.sampler, DistributedSampler):
             seed = loader.generator.initial_seed() if loader.generator is not None else 0
-            sampler = GlobalBatchSampler(loader.dataset, num_replicas=self.world_size, rank=self.rank,
-                                         batch_size=loader.batch_size, shuffle=isinstance(loader.sampler, RandomSampler), seed=seed)
-            loader = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=True,
-                                num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+            assert loader.batch_size is not None  # our loaders batch by size, not by a batch sampler
+            sampler = GlobalBatchSampler(
+                loader.dataset,
+                num_replicas=self.world_size,
+                rank=self.rank,
+                batch_size=loader.batch_size,
+                shuffle=isinstance(loader.sampler, RandomSampler),
+                seed=seed,
+            )
+            loader = DataLoader(
+                loader.dataset,
+                batch_size=loader.batch_size,
+                sampler=sampler,
+                drop_last=True,
+                num_workers=loader.num_workers,
+                collate_fn=loader.collate_fn,
+                pin_memory=loader.pin_memory,
+            )
         return ray.train.torch.prepare_data_loader(loader)
 
     def gather(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -205,33 +221,7 @@ def _has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in module.modules())
 
 
-# --- reporting and checkpoints -----------------------------------------------------------------------------
-
-
-class EpochHook(Protocol):
-    """Called on every worker after each epoch's report (for benchmarks and tests: timing, fault injection)."""
-
-    def __call__(self, metrics: Mapping[str, Any], runtime: DistributedRuntime) -> None: ...
-
-
-class RayReport:
-    """``simmtm.runtime.Report`` for Ray Train: every rank reports its metrics; rank 0 (which gets the state)
-    writes it to a temporary directory and attaches it as the checkpoint, which Ray copies to storage."""
-
-    def __init__(self, runtime: DistributedRuntime, after_epoch: EpochHook | None = None) -> None:
-        self.runtime = runtime
-        self.after_epoch = after_epoch
-
-    def __call__(self, metrics: Mapping[str, float], state: dict[str, Any] | None = None) -> None:
-        metrics = dict(metrics)
-        if state is not None:
-            with tempfile.TemporaryDirectory(prefix="simmtm-checkpoint-") as tmp:
-                save_state(state, Path(tmp) / CHECKPOINT_FILE)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
-        if self.after_epoch is not None:
-            self.after_epoch(metrics, self.runtime)
+# --- the per-worker function ------------------------------------------------------------------------------
 
 
 def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
@@ -250,83 +240,13 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
         os.chdir(cwd)
     runtime = DistributedRuntime.from_context(sync_batchnorm=config.pretrain.gather is not False)
     resume = loop_config.get("initial_state")
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        state = ray_checkpoint_state(checkpoint)
-        if resume is None or state["step"] >= resume["step"]:
-            resume = state
+    state = train_checkpoint_state()
+    if state is not None and (resume is None or state["step"] >= resume["step"]):
+        resume = state
     return pretrain.run(config, RayReport(runtime, loop_config.get("after_epoch")), runtime=runtime, resume=resume)
 
 
-class _RunDirCallback(ray.train.UserCallback):
-    """Keeps ``out`` current after each report: ``checkpoints/last.pt``, ``history.jsonl`` and TensorBoard.
-
-    Runs on the Train controller, which Ray places on the driver's node, so ``out`` is the driver's directory.
-    """
-
-    def __init__(self, out: str) -> None:
-        self.out = out
-        self._writer = None
-
-    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        try:
-            self._record(metrics[0] if metrics else {}, checkpoint)
-        except Exception:  # never let bookkeeping of the copy in --out fail the training run
-            log.exception("could not update %s after an epoch", self.out)
-
-    def _record(self, metrics: dict[str, Any], checkpoint) -> None:
-        out = Path(self.out)
-        if checkpoint is not None:
-            target = out / "checkpoints" / "last.pt"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with checkpoint.as_directory() as directory:
-                tmp = target.with_name(target.name + ".tmp")
-                shutil.copyfile(Path(directory) / CHECKPOINT_FILE, tmp)
-                os.replace(tmp, target)
-        values = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        with (out / "history.jsonl").open("a") as history:
-            history.write(json.dumps({"kind": "pretrain_epoch", "time": time.time(), **values}) + "\n")
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(out / "tb"))
-        epoch = int(values.get("epoch", 0))
-        for key, value in values.items():
-            if key not in ("epoch", "step") and math.isfinite(value):
-                self._writer.add_scalar(f"pretrain_epoch/{key}", value, epoch)
-        self._writer.flush()
-
-
 # --- the driver --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Scaling:
-    """How many workers, what each reserves, and where they go."""
-
-    workers: int
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    placement_strategy: str = "PACK"
-
-    def check(self, config: RunConfig) -> None:
-        if self.workers < 1:
-            raise UserError(f"--workers must be at least 1, got {self.workers}")
-        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
-            raise UserError(f"--cpus-per-worker must be > 0 and --gpus-per-worker >= 0; got {self.cpus_per_worker}, {self.gpus_per_worker}")
-        if self.placement_strategy not in PLACEMENT_STRATEGIES:
-            raise UserError(f"--placement: '{self.placement_strategy}' is not one of {', '.join(PLACEMENT_STRATEGIES)}")
-        if config.device == "cuda" and self.gpus_per_worker == 0:
-            raise UserError("device: cuda with --workers needs --gpus-per-worker (for example 1)")
-        if config.device == "cpu" and self.gpus_per_worker > 0:
-            raise UserError(f"device: cpu contradicts --gpus-per-worker {self.gpus_per_worker}; set device: auto or cuda")
-
-    def scaling_config(self) -> ray.train.ScalingConfig:
-        resources = {"CPU": self.cpus_per_worker}
-        if self.gpus_per_worker:
-            resources["GPU"] = self.gpus_per_worker
-        return ray.train.ScalingConfig(num_workers=self.workers, use_gpu=self.gpus_per_worker > 0,
-                                       resources_per_worker=resources, placement_strategy=self.placement_strategy)
 
 
 def default_storage(out: str | Path) -> str:
@@ -361,28 +281,17 @@ def clear_run(storage: str, name: str) -> None:
         log.info("removed the earlier Ray Train run %s/%s", storage, name)
 
 
-def _connect(address: str | None) -> bool:
-    """Join ``address`` or start a local Ray instance (token authentication as Ray sets it up); True if this call
-    connected (so the caller disconnects), False when Ray was already initialised in this process."""
-    if ray.is_initialized():
-        return False
-    if address is None:
-        ray.init(include_dashboard=False)
-    else:
-        ray.init(address=address)
-    return True
-
-
 def _check_resources(scaling: Scaling, *, address: str | None) -> None:
-    available = ray.cluster_resources()
-    need = {"CPU": scaling.workers * scaling.cpus_per_worker, "GPU": scaling.workers * scaling.gpus_per_worker}
-    short = {k: (v, available.get(k, 0.0)) for k, v in need.items() if v > available.get(k, 0.0) + 1e-9}
-    if not short:
-        return
-    text = ", ".join(f"{v:g} {k} (the cluster has {have:g})" for k, (v, have) in short.items())
-    if address is None:
-        raise UserError(f"--workers {scaling.workers} needs {text}; lower --workers or --cpus-per-worker/--gpus-per-worker")
-    log.warning("--workers %d needs %s: the run waits until the cluster provides them", scaling.workers, text)
+    """UserError when a local Ray can never hold the workers; a joined cluster may grow, so the run waits."""
+    try:
+        check_resources(scaling, address=address)
+    except ConfigError:
+        need = f"{scaling.per_worker()}, the cluster has {describe_nodes(alive_nodes())}"
+        if address is None:
+            raise UserError(
+                f"--workers {scaling.workers} needs {need}; lower --workers or --cpus-per-worker/--gpus-per-worker"
+            ) from None
+        log.warning("--workers %d needs %s: the run waits until the cluster provides them", scaling.workers, need)
 
 
 def pretrain_distributed(
@@ -403,13 +312,13 @@ def pretrain_distributed(
     cluster a path every node shares) under ``run_name(out, storage)``: calling this again with the same ``out``
     and ``storage`` resumes from the latest of them. ``resume`` is a state to start from when Ray holds no newer
     checkpoint (for example one of an earlier in-process run in ``out``). Deciding between resuming and starting
-    afresh (``--restart``) is the caller's job (``simmtm.cli.train``).
+    afresh (``--restart``) is the caller's job (``simmtm.rundir``).
     """
     scaling.check(config)
     out = Path(out).resolve()
     storage = resolve_storage(out, storage)
     name = run_name(out, storage)
-    connected = _connect(address)
+    connected = connect(address)
     try:
         _check_resources(scaling, address=address)
         out.mkdir(parents=True, exist_ok=True)
@@ -430,7 +339,7 @@ def pretrain_distributed(
                 storage_path=storage,
                 failure_config=ray.train.FailureConfig(max_failures=max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                callbacks=[_RunDirCallback(str(out))],
+                callbacks=[RunDirCallback(str(out))],
                 worker_runtime_env={"env_vars": env} if env else None,
             ),
         )
@@ -442,7 +351,7 @@ def pretrain_distributed(
             raise
     finally:
         if connected:
-            ray.shutdown()
+            disconnect()
     metrics = result.return_value
     if metrics is None and result.checkpoint is not None:
         metrics = ray_checkpoint_state(result.checkpoint).get("metrics", {})

@@ -3,20 +3,50 @@
 All strategies return a boolean tensor of the requested shape ``(..., L)`` where ``True`` marks a *masked*
 (hidden) point, drawn on the given device with no Python loop over time points. Each series along the leading
 dimensions gets its own independent draw.
+
+A strategy is one function registered by name (``@register_masking("name")``); the config's ``pretrain.masking``
+accepts exactly the registered names (``MaskingKind``). The functions import torch themselves, so that validating a
+config (``simmtm validate``) does not.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
-import torch
+from pydantic import AfterValidator
 
-__all__ = ["geometric_mask", "random_mask", "MASKINGS", "make_mask"]
+if TYPE_CHECKING:
+    import torch
 
-MaskFn = Callable[..., torch.Tensor]
+__all__ = ["MASKINGS", "MaskingKind", "geometric_mask", "make_mask", "random_mask", "register_masking"]
+
+MaskFn = Callable[..., "torch.Tensor"]
+MASKINGS: dict[str, MaskFn] = {}
 
 
+def register_masking(name: str) -> Callable[[MaskFn], MaskFn]:
+    """Register a strategy ``fn(shape, ratio, mean_length, *, generator, device) -> bool tensor`` as ``name``."""
+
+    def add(fn: MaskFn) -> MaskFn:
+        MASKINGS[name] = fn
+        return fn
+
+    return add
+
+
+def _known_masking(name: str) -> str:
+    if name not in MASKINGS:
+        raise ValueError(f"unknown masking '{name}'; valid: {', '.join(sorted(MASKINGS))}")
+    return name
+
+
+# The type of ``pretrain.masking``: a registered strategy's name.
+MaskingKind = Annotated[str, AfterValidator(_known_masking)]
+
+
+@register_masking("geometric")
 def geometric_mask(
     shape: tuple[int, ...],
     ratio: float,
@@ -30,8 +60,11 @@ def geometric_mask(
     A two-state Markov chain alternates masked runs of mean length ``mean_length`` and unmasked runs of mean
     length ``mean_length * (1 - ratio) / ratio``; it starts masked with probability ``ratio``, so the expected
     masked fraction is ``ratio``. When that unmasked mean would fall below one point (``ratio`` above
-    ``mean_length / (mean_length + 1)``), masked runs lengthen to ``ratio / (1 - ratio)`` instead. Run lengths are drawn directly (geometric), then placed by a cumulative sum.
+    ``mean_length / (mean_length + 1)``), masked runs lengthen to ``ratio / (1 - ratio)`` instead. Run lengths are
+    drawn directly (geometric), then placed by a cumulative sum.
     """
+    import torch
+
     *lead, length = shape
     series = math.prod(lead)
     # Unmasked runs last at least one point; at high ratios the masked runs lengthen to keep the ratio.
@@ -60,6 +93,7 @@ def geometric_mask(
     return mask.reshape(*lead, length)
 
 
+@register_masking("random")
 def random_mask(
     shape: tuple[int, ...],
     ratio: float,
@@ -69,10 +103,9 @@ def random_mask(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Independent Bernoulli(ratio) masking of every point (``mean_length`` is ignored)."""
+    import torch
+
     return torch.rand(shape, generator=generator, device=device) < ratio
-
-
-MASKINGS: dict[str, MaskFn] = {"geometric": geometric_mask, "random": random_mask}
 
 
 def make_mask(
@@ -85,11 +118,7 @@ def make_mask(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Draw a mask with the strategy registered under ``name``."""
-    try:
-        fn = MASKINGS[name]
-    except KeyError:
-        raise ValueError(f"unknown masking '{name}'; valid: {', '.join(sorted(MASKINGS))}") from None
-    return fn(shape, ratio, mean_length, generator=generator, device=device)
+    return MASKINGS[_known_masking(name)](shape, ratio, mean_length, generator=generator, device=device)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -102,6 +131,8 @@ def _geometric_scale(p: float) -> float:
 
 def _geometric(scale: torch.Tensor, *, generator: torch.Generator | None) -> torch.Tensor:
     """Geometric draws by inversion of uniform draws, vectorised (``scale`` from ``_geometric_scale``)."""
+    import torch
+
     u = torch.rand(scale.shape, generator=generator, device=scale.device)
     log_u = u.clamp_min_(torch.finfo(u.dtype).tiny).log_()
     return log_u.mul_(scale).floor_().add_(1).long()
@@ -112,4 +143,3 @@ def _runs_needed(length: int, mean_masked: float, mean_unmasked: float) -> int:
     mean_pair = mean_masked + mean_unmasked
     expected = 2 * length / mean_pair
     return int(min(length, math.ceil(expected + 5 * math.sqrt(expected) + 8)))
-

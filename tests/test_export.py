@@ -32,7 +32,7 @@ def test_export_writes_weights_config_and_card_and_loads_the_trained_encoder(pre
     out = tmp_path / "encoder"
     assert main(["export", str(pre_run), "--out", str(out)]) == 0
     assert "simmtm.load_encoder" in capsys.readouterr().out
-    state = load_state(pre_run / "checkpoints" / "last.pt")
+    state = load_state(pre_run / "checkpoints" / "best.pt")
     trained = encoder_state(state["model"])
     saved = load_file(str(out / "encoder.safetensors"))  # any safetensors reader, no simmtm
     assert saved.keys() == trained.keys() and all(torch.equal(saved[k], trained[k]) for k in saved)
@@ -74,7 +74,7 @@ def test_a_simmtm_run_directory_exports_its_pretraining_with_the_downstream_scor
     assert main(["run", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "enc")]) == 0
     described = json.loads((tmp_path / "enc" / "config.json").read_text())
-    assert described["source"]["kind"] == "pre-training" and described["source"]["checkpoint"].endswith("pretrain/checkpoints/last.pt")
+    assert described["source"]["kind"] == "pre-training" and described["source"]["checkpoint"].endswith("pretrain/checkpoints/best.pt")
     card = (tmp_path / "enc" / "README.md").read_text()
     assert "downstream, fine-tuned (test): mse" in card and "random-init baseline (test): mse" in card
 

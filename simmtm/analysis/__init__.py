@@ -13,7 +13,7 @@ from simmtm.analysis.load import Sweep, analysis_study, finished_trials, load_sw
 from simmtm.analysis.recommend import Recommendation, best_config, m_vs_r, recommend, write_best_config
 from simmtm.analysis.report import Report, write_report
 from simmtm.analysis.tables import failed_trials, top_configurations
-from simmtm.analysis.warm_start import warm_start_study
+from simmtm.sweep.warm_start import warm_start_study
 
 __all__ = [
     "Sweep",

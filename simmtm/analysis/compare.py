@@ -15,7 +15,13 @@ from simmtm.analysis.importance import Importance, param_importances
 from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, SHORT_NAMES, TAU_KEY, Sweep
 from simmtm.analysis.recommend import Recommendation, recommend
 
-__all__ = ["Comparison", "compare_sweeps", "compare_heatmaps_figure", "compare_importance_figure", "compare_m_vs_r_figure"]
+__all__ = [
+    "Comparison",
+    "compare_sweeps",
+    "compare_heatmaps_figure",
+    "compare_importance_figure",
+    "compare_m_vs_r_figure",
+]
 
 
 @dataclass
@@ -28,8 +34,9 @@ class Comparison:
     importance: pd.DataFrame  # rows: parameters; columns: (label, method)
 
 
-def compare_sweeps(a: Sweep, b: Sweep, *, labels: tuple[str, str] | None = None, n_boot: int = 1000,
-                   seed: int = 0) -> Comparison:
+def compare_sweeps(
+    a: Sweep, b: Sweep, *, labels: tuple[str, str] | None = None, n_boot: int = 1000, seed: int = 0
+) -> Comparison:
     """Recommendations, importances and the M-versus-r relation of two sweeps, in tables side by side."""
     if labels is None:
         labels = (a.label(), b.label())
@@ -120,7 +127,12 @@ def compare_m_vs_r_figure(cmp: Comparison) -> Figure:
         if not points:
             continue
         r = np.array([p["r"] for p in points])
-        ax.scatter(r, [p["best_M"] for p in points], color=f"C{k}", label=f"{label}: {rel.get('verdict', rel.get('status', ''))}")
+        ax.scatter(
+            r,
+            [p["best_M"] for p in points],
+            color=f"C{k}",
+            label=f"{label}: {rel.get('verdict', rel.get('status', ''))}",
+        )
         if rel.get("slope") is not None:
             xs = np.linspace(r.min(), r.max(), 20)
             ax.plot(xs, rel["intercept"] + rel["slope"] * xs, color=f"C{k}")

@@ -80,7 +80,9 @@ def heatmap_matrix(sweep: Sweep, *, n_bins: int = 5) -> tuple[pd.DataFrame, pd.D
         means = np.where(counts > 0, sums / np.where(counts > 0, counts, 1), np.nan)
     index = pd.Index(r.labels, name="r")
     columns = pd.Index(m.labels, name="M")
-    return pd.DataFrame(means, index=index, columns=columns), pd.DataFrame(counts.astype(int), index=index, columns=columns)
+    return pd.DataFrame(means, index=index, columns=columns), pd.DataFrame(
+        counts.astype(int), index=index, columns=columns
+    )
 
 
 def cell_digits(values: np.ndarray) -> int:
@@ -92,17 +94,35 @@ def cell_digits(values: np.ndarray) -> int:
     return int(min(8, max(3, math.ceil(-math.log10(spread)) + 1)))
 
 
-def draw_heatmap(ax: Any, means: pd.DataFrame, counts: pd.DataFrame, sweep: Sweep, *, vmin: float | None = None,
-                 vmax: float | None = None, fontsize: int = 8) -> Any:
+def draw_heatmap(
+    ax: Any,
+    means: pd.DataFrame,
+    counts: pd.DataFrame,
+    sweep: Sweep,
+    *,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    fontsize: int = 8,
+) -> Any:
     """The r x M cells on ``ax``: mean score and trial count in each, blank where no trial ran; returns the image."""
     cmap = matplotlib.colormaps[_cmap(sweep)].with_extremes(bad="white")  # empty cells stay blank
-    image = ax.imshow(np.ma.masked_invalid(means.to_numpy()), cmap=cmap, aspect="auto", origin="lower", vmin=vmin, vmax=vmax)
+    image = ax.imshow(
+        np.ma.masked_invalid(means.to_numpy()), cmap=cmap, aspect="auto", origin="lower", vmin=vmin, vmax=vmax
+    )
     digits = cell_digits(means.to_numpy())
     for i in range(means.shape[0]):
         for j in range(means.shape[1]):
             if counts.iat[i, j]:
-                ax.text(j, i, f"{means.iat[i, j]:.{digits}f}\nn={counts.iat[i, j]}", ha="center", va="center", fontsize=fontsize,
-                        color="black", bbox=dict(boxstyle="round,pad=0.15", fc="white", alpha=0.6, lw=0))
+                ax.text(
+                    j,
+                    i,
+                    f"{means.iat[i, j]:.{digits}f}\nn={counts.iat[i, j]}",
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color="black",
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", alpha=0.6, lw=0),
+                )
     ax.set_xticks(range(len(means.columns)), means.columns)
     ax.set_yticks(range(len(means.index)), means.index)
     return image
@@ -128,8 +148,10 @@ def importance_figure(importance: Importance) -> Figure:
     fig = Figure(figsize=(8, 0.45 * max(len(table), 2) + 1.6), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     labels = [_name(p) for p in table.index]
-    for ax, (col, title) in zip(axes, (("ped_anova", "PED-ANOVA (what sets the top trials apart)"),
-                                       ("fanova", "fANOVA (share of score variance)"))):
+    for ax, (col, title) in zip(
+        axes,
+        (("ped_anova", "PED-ANOVA (what sets the top trials apart)"), ("fanova", "fANOVA (share of score variance)")),
+    ):
         ax.barh(labels, table[col].to_numpy(float), color="tab:blue" if col == "ped_anova" else "tab:orange")
         ax.set_title(title, fontsize=9)
         ax.set_xlim(0, 1)
@@ -179,7 +201,7 @@ def slices_figure(sweep: Sweep) -> Figure:
         ax.set_xlabel(f"{_name(p)} ({p})" if _name(p) != p else p)
         ax.set_ylabel(sweep.metric)
         ax.grid(alpha=0.3)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     if len(names) > 1 and panels:
         axes[0].legend(title="encoder", fontsize=8)
@@ -220,7 +242,8 @@ def parallel_figure(sweep: Sweep) -> Figure:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "experimental" warning of optuna.visualization.matplotlib
         ax = plot_parallel_coordinate(analysis_study(sweep), target_name=sweep.metric)
-    fig = ax.figure
+    fig = ax.get_figure(root=True)
+    assert isinstance(fig, Figure)
     fig.set_size_inches(max(7.0, 2.2 * len(sweep.params) + 2.5), 4.8)
     ax.set_title(f"parallel coordinates ({_better(sweep)})")
     fig.tight_layout()
@@ -243,9 +266,18 @@ def m_vs_r_figure(sweep: Sweep, relation: dict[str, Any]) -> Figure:
         ax.scatter(r, m, s=20 + 80 * n / n.max(), label="best mean score in the bin of r")
         if relation.get("slope") is not None and relation.get("intercept") is not None:
             xs = np.linspace(r.min(), r.max(), 20)
-            ax.plot(xs, relation["intercept"] + relation["slope"] * xs, color="tab:red", label="best M of the fitted surface")
+            ax.plot(
+                xs,
+                relation["intercept"] + relation["slope"] * xs,
+                color="tab:red",
+                label="best M of the fitted surface",
+            )
     ci = relation.get("ci")
-    sub = f"slope {relation['slope']:.3g} M per unit r" if relation.get("slope") is not None else relation.get("message", "")
+    sub = (
+        f"slope {relation['slope']:.3g} M per unit r"
+        if relation.get("slope") is not None
+        else relation.get("message", "")
+    )
     if ci:
         sub += f", {relation.get('confidence', 0.95):.0%} CI [{ci[0]:.3g}, {ci[1]:.3g}]"
     ax.set_title("does the best M grow with r?\n" + textwrap.fill(sub, 70), fontsize=9)

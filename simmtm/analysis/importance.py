@@ -47,8 +47,10 @@ class Importance:
         lines = []
         for p, row in self.table.iterrows():
             if pd.notna(row["rank_fanova"]) and row["rank_ped_anova"] != row["rank_fanova"]:
-                lines.append(f"{SHORT_NAMES.get(p, p)}: rank {int(row['rank_ped_anova'])} by PED-ANOVA, "
-                             f"{int(row['rank_fanova'])} by fANOVA")
+                lines.append(
+                    f"{SHORT_NAMES.get(p, p)}: rank {int(row['rank_ped_anova'])} by PED-ANOVA, "
+                    f"{int(row['rank_fanova'])} by fANOVA"
+                )
         return lines
 
 

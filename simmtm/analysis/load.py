@@ -16,11 +16,9 @@ and are left out of the table (counted in ``Sweep.n_warm_start``).
 
 from __future__ import annotations
 
-import json
+import csv as csv_module
 import logging
 import math
-import sqlite3
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +27,20 @@ from typing import Any, Literal
 import numpy as np
 import optuna
 import pandas as pd
-import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from simmtm.errors import UserError
-from simmtm.sweep.outputs import STATES, TRIAL_COLUMNS, WARM_START_ATTR
-from simmtm.sweep.spec import SHORT_NAMES
+from simmtm.config_keys import get_key
+from simmtm.sweep.outputs import (
+    STATES,
+    TRIAL_COLUMNS,
+    WARM_START_ATTR,
+    read_study,
+    read_sweep_json,
+    read_sweep_yaml,
+    read_trials_csv,
+)
+from simmtm.sweep.spec import SHORT_NAMES, match_choice, search_distributions
 
 __all__ = [
     "R_KEY",
@@ -50,6 +55,7 @@ __all__ = [
     "search_distributions",
     "analysis_study",
     "param_value",
+    "match_choice",
 ]
 
 logger = logging.getLogger(__name__)
@@ -108,12 +114,7 @@ class Sweep:
 
     def fixed_value(self, key: str) -> Any:
         """The value of a dotted key in the run config (for parameters the sweep did not search)."""
-        node: Any = self.run_config
-        for part in key.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return None
-            node = node[part]
-        return node
+        return get_key(self.run_config, key)
 
     def label(self) -> str:
         return self.path.name or str(self.path)
@@ -133,7 +134,7 @@ def param_value(value: Any, dist: BaseDistribution | None) -> Any:
     if isinstance(dist, FloatDistribution):
         return float(value)
     if isinstance(dist, CategoricalDistribution):
-        match = _match_choice(value, dist.choices)
+        match = match_choice(value, dist.choices)
         return value if match is None else match
     return value
 
@@ -144,15 +145,13 @@ def param_value(value: Any, dist: BaseDistribution | None) -> Any:
 def load_sweep(path: str | Path) -> Sweep:
     """Read a sweep directory; ``UserError`` (one line) when ``path`` is not one."""
     path = Path(path)
-    meta = _read_meta(path)
-    params = [str(p) for p in meta.get("params") or []]
-    run_config = _read_run_config(path)
-    search_space = meta.get("search_space") or {}
-    if not isinstance(search_space, dict):
-        search_space = {}
+    meta = read_sweep_json(path)
+    params = meta.params
+    run_config = read_sweep_yaml(path, run_only=True)
+    search_space = meta.search_space
     notes: list[str] = []
 
-    study = _load_study_snapshot(path, meta, notes)
+    study = read_study(path, meta, notes)
     study_frame, dists, n_warm = _frame_from_study(study, params) if study is not None else (None, {}, 0)
     csv_frame = _frame_from_csv(path / "trials.csv", params, notes)
 
@@ -168,11 +167,11 @@ def load_sweep(path: str | Path) -> Sweep:
     frame = _snap_to_distributions(frame, distributions)
     return Sweep(
         path=path,
-        metric=str(meta["metric"]),
-        mode=meta["mode"],
-        method=str(meta.get("method") or "unknown"),
-        seed=int(meta.get("seed") or 0),
-        study_name=str(meta.get("study_name") or ""),
+        metric=meta.metric,
+        mode=meta.mode,  # type: ignore[arg-type]  # read_sweep_json checked it is min or max
+        method=meta.method,
+        seed=meta.seed,
+        study_name=meta.study_name,
         params=params,
         search_space=search_space,
         run_config=run_config,
@@ -190,106 +189,12 @@ def finished_trials(path: str | Path) -> list[tuple[dict[str, Any], float]]:
     return [(sweep.params_of(row), float(row["score"])) for _, row in sweep.finished.iterrows()]
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
-    hint = "pass the --out directory of a `simmtm sweep` run"
-    if not path.exists():
-        raise UserError(f"{path}: no such directory; {hint}")
-    if not path.is_dir():
-        raise UserError(f"{path}: not a directory; {hint}")
-    meta_path = path / "sweep.json"
-    if not meta_path.is_file():
-        raise UserError(f"{path}: not a sweep directory (no sweep.json); {hint}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{meta_path}: not readable JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise UserError(f"{meta_path}: expected a JSON object with metric, mode, params, ...")
-    for key in ("metric", "mode", "params"):
-        if key not in meta:
-            raise UserError(f"{meta_path}: missing key '{key}' (a sweep.json holds metric, mode, study_name, storage, "
-                            "params, search_space, method, seed)")
-    if meta["mode"] not in ("min", "max"):
-        raise UserError(f"{meta_path}: mode must be 'min' or 'max', got {meta['mode']!r}")
-    if not isinstance(meta["params"], list):
-        raise UserError(f"{meta_path}: params must be a list of dotted keys, got {meta['params']!r}")
-    return meta
-
-
-def _read_run_config(path: Path) -> dict[str, Any]:
-    from simmtm.config import SWEEP_SECTIONS
-
-    yaml_path = path / "sweep.yaml"
-    if not yaml_path.is_file():
-        return {}
-    try:
-        raw = yaml.safe_load(yaml_path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{yaml_path}: not readable YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{yaml_path}: expected a mapping of sections (data, model, pretrain, ...)")
-    return {k: v for k, v in raw.items() if k not in SWEEP_SECTIONS}
-
-
-def _load_study_snapshot(path: Path, meta: Mapping[str, Any], notes: list[str]) -> optuna.Study | None:
-    """Load the study from a consistent copy of the SQLite file (the running sweep's file is only read)."""
-    db = path / "optuna.db"
-    storage_url = str(meta.get("storage") or "")
-    name = meta.get("study_name")
-    if not db.is_file():
-        if storage_url and not storage_url.startswith("sqlite"):
-            return _load_remote_study(storage_url, name, notes)
-        return None
-    with tempfile.TemporaryDirectory(prefix="simmtm-analysis-") as tmp:  # nothing is left behind in /tmp
-        snapshot = Path(tmp) / "optuna.db"
-        try:
-            src = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, timeout=30)
-            dst = sqlite3.connect(snapshot)
-            with dst:
-                src.backup(dst)
-            src.close()
-            dst.close()
-        except sqlite3.Error as exc:
-            notes.append(f"optuna.db could not be read ({exc}); trials.csv only")
-            return None
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{snapshot}")
-        try:
-            return _study_in_memory(storage, name, notes)
-        finally:
-            storage.remove_session()
-            storage.engine.dispose()
-
-
-def _study_in_memory(storage: optuna.storages.RDBStorage, name: Any, notes: list[str]) -> optuna.Study | None:
-    """The sweep's study (by name, or the only one) copied into memory, so its snapshot file can go."""
-    try:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-    except Exception as exc:  # a file that is not an Optuna database
-        notes.append(f"optuna.db is not an Optuna study database ({type(exc).__name__}); trials.csv only")
-        return None
-    if not names:
-        return None
-    if name not in names:
-        if len(names) > 1:
-            notes.append(f"optuna.db has no study '{name}' (has {', '.join(names)}); trials.csv only")
-            return None
-        name = names[0]
-    memory = optuna.storages.InMemoryStorage()
-    optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=memory)
-    return optuna.load_study(study_name=name, storage=memory)
-
-
-def _load_remote_study(url: str, name: Any, notes: list[str]) -> optuna.Study | None:
-    try:
-        return optuna.load_study(study_name=name, storage=url)
-    except Exception as exc:  # unreachable database, missing driver, unknown study
-        notes.append(f"study storage {url} could not be read ({type(exc).__name__}: {exc}); trials.csv only")
-        return None
-
-
-def _frame_from_study(study: optuna.Study, params: Sequence[str]) -> tuple[pd.DataFrame, dict[str, BaseDistribution], int]:
-    rows, dists, n_warm = [], {}, 0
+def _frame_from_study(
+    study: optuna.Study, params: Sequence[str]
+) -> tuple[pd.DataFrame, dict[str, BaseDistribution], int]:
+    rows: list[dict[str, Any]] = []
+    dists: dict[str, BaseDistribution] = {}
+    n_warm = 0
     for t in study.get_trials(deepcopy=False):
         if WARM_START_ATTR in t.user_attrs:
             n_warm += 1
@@ -321,8 +226,8 @@ def _frame_from_csv(csv: Path, params: Sequence[str], notes: list[str]) -> pd.Da
     if not csv.is_file():
         return None
     try:
-        frame = pd.read_csv(csv, dtype={"trial_id": str, "error": str, "state": str})
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, UnicodeDecodeError) as exc:
+        frame = pd.DataFrame(read_trials_csv(csv)).replace("", np.nan)  # every cell a string; "" is no value
+    except (csv_module.Error, OSError, UnicodeDecodeError) as exc:
         notes.append(f"trials.csv could not be read ({type(exc).__name__}); the Optuna study was used")
         return None
     missing = [c for c in ("trial_id", "state", "score") if c not in frame.columns]
@@ -335,8 +240,7 @@ def _frame_from_csv(csv: Path, params: Sequence[str], notes: list[str]) -> pd.Da
     for p in params:
         if p not in frame.columns:
             frame[p] = np.nan
-    aliases = {"FAIL": "FAILED", "WAITING": "PENDING", "ERROR": "FAILED", "TERMINATED": "COMPLETE"}  # Optuna/Tune words
-    frame["state"] = frame["state"].fillna("").str.upper().replace(aliases)
+    frame["state"] = frame["state"].fillna("")
     frame["error"] = frame["error"].fillna("")
     return _typed(frame[[*TRIAL_COLUMNS, *params]], params)
 
@@ -376,83 +280,6 @@ def _plain(value: Any) -> Any:
 
 # --- search space --------------------------------------------------------------------------------------------
 
-_CHOICE_KEYS = ("choices", "values", "grid", "grid_search", "categorical", "choice")
-_LOW_KEYS = ("low", "min", "lower")
-_HIGH_KEYS = ("high", "max", "upper")
-_RANGE_KEYS = {"uniform": "float", "float": "float", "loguniform": "logfloat", "int": "int", "randint": "int",
-               "qrandint": "int", "range": "auto", "logint": "logint"}
-
-
-def search_distributions(search: Mapping[str, Any], params: Sequence[str]) -> dict[str, BaseDistribution]:
-    """Optuna distributions for the searched parameters, read from a search section written in any common form.
-
-    A parameter's spec may sit at ``search[key]``, ``search["params"|"space"|"parameters"][key]`` or nested by
-    its dotted path, and may be a list (choices or grid values), ``{low, high[, log, step, type]}``,
-    ``{choices|values|grid: [...]}``, ``{type: float|int|categorical|grid, ...}`` or ``{uniform|loguniform|int: [a, b]}``.
-    Parameters whose spec cannot be read are left out.
-    """
-    out = {}
-    for key in params:
-        spec = _find_spec(search, key)
-        dist = _parse_spec(spec) if spec is not None else None
-        if dist is not None:
-            out[key] = dist
-    return out
-
-
-def _find_spec(search: Mapping[str, Any], key: str) -> Any:
-    for root in (search, *(search.get(k) for k in ("params", "space", "parameters", "grid"))):
-        if not isinstance(root, Mapping):
-            continue
-        if key in root:
-            return root[key]
-        node: Any = root
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, Mapping) else None
-        if node is not None:
-            return node
-    return None
-
-
-def _parse_spec(spec: Any) -> BaseDistribution | None:
-    try:
-        if isinstance(spec, (list, tuple)):
-            return _categorical(spec)
-        if not isinstance(spec, Mapping):
-            return None
-        kind = str(spec.get("type", spec.get("distribution", ""))).lower()
-        for k in _CHOICE_KEYS:
-            if isinstance(spec.get(k), (list, tuple)):
-                return _categorical(spec[k])
-        for k, rkind in _RANGE_KEYS.items():
-            if isinstance(spec.get(k), (list, tuple)) and len(spec[k]) == 2:
-                low, high = spec[k]
-                log = bool(spec.get("log", False)) or rkind.startswith("log")
-                return _numeric(low, high, kind=rkind if rkind != "auto" else "", log=log, step=spec.get("step"))
-        low = next((spec[k] for k in _LOW_KEYS if k in spec), None)
-        high = next((spec[k] for k in _HIGH_KEYS if k in spec), None)
-        if low is not None and high is not None:
-            log = bool(spec.get("log", False)) or kind.startswith("log")
-            return _numeric(low, high, kind=kind, log=log, step=spec.get("step", spec.get("q")))
-    except (TypeError, ValueError):
-        return None
-    return None
-
-
-def _categorical(values: Sequence[Any]) -> CategoricalDistribution | None:
-    values = [_plain(v) for v in values]
-    if not values or not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
-        return None
-    return CategoricalDistribution(list(dict.fromkeys(values)))
-
-
-def _numeric(low: Any, high: Any, *, kind: str, log: bool, step: Any) -> BaseDistribution:
-    ints = isinstance(low, int) and isinstance(high, int) and not isinstance(step, float)
-    is_int = "int" in kind or (kind in ("", "auto") and ints)
-    if is_int:
-        return IntDistribution(int(low), int(high), log=log, step=1 if log or step is None else int(step))
-    return FloatDistribution(float(low), float(high), log=log, step=None if log or step is None else float(step))
-
 
 def _merge(a: BaseDistribution | None, b: BaseDistribution) -> BaseDistribution:
     """Two distributions seen for one parameter (a define-by-run space may vary): the smallest one holding both."""
@@ -468,11 +295,12 @@ def _merge(a: BaseDistribution | None, b: BaseDistribution) -> BaseDistribution:
     return b
 
 
-def _resolve_distributions(params: Sequence[str], from_study: Mapping[str, BaseDistribution],
-                           search: Mapping[str, Any], frame: pd.DataFrame) -> dict[str, BaseDistribution]:
+def _resolve_distributions(
+    params: Sequence[str], from_study: Mapping[str, BaseDistribution], search: Mapping[str, Any], frame: pd.DataFrame
+) -> dict[str, BaseDistribution]:
     """Per parameter: the study's own distribution, else the search section's, else one inferred from the values;
     widened where a recorded value falls outside it."""
-    parsed = search_distributions(search, params)
+    parsed = search_distributions(search, params)  # the sweep's own SearchSpec, read by the sweep's code
     out = {}
     for p in params:
         dist = from_study.get(p) or parsed.get(p)
@@ -499,10 +327,11 @@ def _widen(dist: BaseDistribution, values: pd.Series) -> BaseDistribution:
     if values.empty:
         return dist
     if isinstance(dist, CategoricalDistribution):
-        extra = [v for v in dict.fromkeys(_plain(v) for v in values) if _match_choice(v, dist.choices) is None]
+        extra = [v for v in dict.fromkeys(_plain(v) for v in values) if match_choice(v, dist.choices) is None]
         return CategoricalDistribution([*dist.choices, *extra]) if extra else dist
     if not pd.api.types.is_numeric_dtype(values):
         return _infer(values) or dist
+    assert isinstance(dist, (FloatDistribution, IntDistribution))
     low, high = float(values.min()), float(values.max())
     if low >= dist.low and high <= dist.high:
         return dist
@@ -511,24 +340,11 @@ def _widen(dist: BaseDistribution, values: pd.Series) -> BaseDistribution:
     return FloatDistribution(min(dist.low, low), max(dist.high, high), log=dist.log)
 
 
-def _match_choice(value: Any, choices: Sequence[Any]) -> Any:
-    """The choice equal to ``value`` (numbers compared with a tolerance: CSV round trips), or None."""
-    for c in choices:
-        if c == value:
-            return c
-        if isinstance(c, (int, float)) and not isinstance(c, bool) and isinstance(value, (int, float)):
-            if math.isclose(float(c), float(value), rel_tol=1e-9, abs_tol=1e-12):
-                return c
-        if isinstance(c, str) and str(value) == c:
-            return c
-    return None
-
-
 def _snap_to_distributions(frame: pd.DataFrame, dists: Mapping[str, BaseDistribution]) -> pd.DataFrame:
     """Replace recorded values of categorical parameters by the exact choice they stand for."""
     for p, d in dists.items():
         if isinstance(d, CategoricalDistribution) and p in frame.columns:
-            frame[p] = [(_match_choice(_plain(v), d.choices) if not _isnan(v) else v) for v in frame[p]]
+            frame[p] = [(match_choice(_plain(v), d.choices) if not _isnan(v) else v) for v in frame[p]]
     return frame
 
 
@@ -549,6 +365,12 @@ def analysis_study(sweep: Sweep) -> optuna.Study:
         # A conditional parameter (searched only `when` another has some value) is absent from some trials.
         values = {p: v for p in params if (v := param_value(row[p], sweep.distributions[p])) is not None}
         dists = {p: sweep.distributions[p] for p in values}
-        study.add_trial(optuna.trial.create_trial(params=values, distributions=dists, value=float(row["score"]),
-                                                  user_attrs={"trial_id": row["trial_id"], "repeat": int(row["repeat"])}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=values,
+                distributions=dists,
+                value=float(row["score"]),
+                user_attrs={"trial_id": row["trial_id"], "repeat": int(row["repeat"])},
+            )
+        )
     return study

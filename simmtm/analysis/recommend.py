@@ -17,7 +17,6 @@ again in most resamples. A fitted surface lets every trial inform the slope.)
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Mapping
@@ -27,13 +26,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from simmtm.analysis.levels import levels_of
 from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, SHORT_NAMES, TAU_KEY, Sweep, param_value
 from simmtm.config import RunConfig, parse_config
+from simmtm.config_keys import apply_params
 from simmtm.errors import UserError
+from simmtm.sweep.outputs import write_run_yaml
 
 __all__ = [
     "Recommendation",
@@ -82,10 +82,16 @@ class Recommendation:
             return [self.message]
         values = ", ".join(f"{SHORT_NAMES.get(k, k)}={_fmt(v)}" for k, v in self.params.items())
         fixed = ", ".join(f"{SHORT_NAMES.get(k, k)}={_fmt(v)}" for k, v in self.fixed.items())
-        ci = f" ({self.confidence:.0%} CI {_score(self.ci[0])} to {_score(self.ci[1])})" if self.ci else " (one trial: no interval)"
-        lines = [f"recommended: {values}" + (f" (not searched: {fixed})" if fixed else ""),
-                 f"expected {self.metric}: {_score(self.expected_score)}{ci}, from {self.n_support} of {self.n_finished} "
-                 "finished trials"]
+        ci = (
+            f" ({self.confidence:.0%} CI {_score(self.ci[0])} to {_score(self.ci[1])})"
+            if self.ci
+            else " (one trial: no interval)"
+        )
+        lines = [
+            f"recommended: {values}" + (f" (not searched: {fixed})" if fixed else ""),
+            f"expected {self.metric}: {_score(self.expected_score)}{ci}, from {self.n_support} of {self.n_finished} "
+            "finished trials",
+        ]
         if self.stability is not None:
             lines.append(f"stability: {self.stability:.0%} of bootstrap resamples pick the same neighbourhood")
         lines.extend(f"at the edge: {e['message']}" for e in self.edges)
@@ -107,17 +113,31 @@ def _score(v: float | None) -> str:
 # --- the recommendation ----------------------------------------------------------------------------------------
 
 
-def recommend(sweep: Sweep, *, radius: float = 0.15, min_support: int = 3, confidence: float = 0.95,
-              n_boot: int = 1000, seed: int = 0, edge_fraction: float = 0.1) -> Recommendation:
+def recommend(
+    sweep: Sweep,
+    *,
+    radius: float = 0.15,
+    min_support: int = 3,
+    confidence: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+    edge_fraction: float = 0.1,
+) -> Recommendation:
     """Recommend parameters from a sweep's finished trials (seeded: the same sweep gives the same answer)."""
     done = sweep.finished
     n = len(done)
-    base = dict(metric=sweep.metric, mode=sweep.mode, n_finished=n, confidence=confidence, fixed=_fixed(sweep))
+    base: dict[str, Any] = dict(
+        metric=sweep.metric, mode=sweep.mode, n_finished=n, confidence=confidence, fixed=_fixed(sweep)
+    )
     if n < MIN_FINISHED:
         counts = sweep.counts()
         others = ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v and k != "COMPLETE")
-        return Recommendation("insufficient", f"no recommendation: {n} finished trial(s)"
-                              f"{' (' + others + ')' if others else ''}; it needs at least {MIN_FINISHED}", **base)
+        return Recommendation(
+            "insufficient",
+            f"no recommendation: {n} finished trial(s)"
+            f"{' (' + others + ')' if others else ''}; it needs at least {MIN_FINISHED}",
+            **base,
+        )
     params = [p for p in sweep.params if p in sweep.distributions and done[p].notna().all()]
     rng = np.random.default_rng(seed)
     scores = done["score"].to_numpy(float)
@@ -132,7 +152,9 @@ def recommend(sweep: Sweep, *, radius: float = 0.15, min_support: int = 3, confi
     ci = _bootstrap_mean_ci(member_scores, confidence, n_boot, rng) if len(members) > 1 else None
     stability = _stability(near, good, need, centre, n_boot=min(n_boot, 300), rng=rng)
 
-    values = {p: _centre_value(done[p].iloc[members], done[p].iloc[centre], sweep.distributions[p], how[p]) for p in params}
+    values = {
+        p: _centre_value(done[p].iloc[members], done[p].iloc[centre], sweep.distributions[p], how[p]) for p in params
+    }
     for p in sweep.params:  # conditional parameters: from the members that have them
         have = done[p].iloc[members].dropna() if p in sweep.distributions and p not in values else None
         if have is not None and not have.empty:
@@ -141,9 +163,19 @@ def recommend(sweep: Sweep, *, radius: float = 0.15, min_support: int = 3, confi
             values[p] = _centre_value(have, have.mode().iloc[0], dist, "numeric" if numeric else "same value")
     best_row = done.iloc[int(np.argmax(good))]
     rec = Recommendation(
-        "ok", "", params=values, expected_score=expected, ci=ci, n_support=len(members), neighbourhood=how,
-        stability=stability, best_trial={"trial_id": best_row["trial_id"], "score": float(best_row["score"]),
-                                         "params": sweep.params_of(best_row)},
+        "ok",
+        "",
+        params=values,
+        expected_score=expected,
+        ci=ci,
+        n_support=len(members),
+        neighbourhood=how,
+        stability=stability,
+        best_trial={
+            "trial_id": best_row["trial_id"],
+            "score": float(best_row["score"]),
+            "params": sweep.params_of(best_row),
+        },
         edges=_edges(values, sweep.distributions, how, edge_fraction),
         m_vs_r=m_vs_r(sweep, n_boot=n_boot, seed=seed, confidence=confidence),
         **base,
@@ -153,8 +185,11 @@ def recommend(sweep: Sweep, *, radius: float = 0.15, min_support: int = 3, confi
 
 
 def _fixed(sweep: Sweep) -> dict[str, Any]:
-    return {k: sweep.fixed_value(k) for k in (R_KEY, M_KEY, TAU_KEY, ENCODER_KEY)
-            if k not in sweep.params and sweep.fixed_value(k) is not None}
+    return {
+        k: sweep.fixed_value(k)
+        for k in (R_KEY, M_KEY, TAU_KEY, ENCODER_KEY)
+        if k not in sweep.params and sweep.fixed_value(k) is not None
+    }
 
 
 def _is_levels(dist: BaseDistribution, sweep: Sweep) -> bool:
@@ -171,7 +206,9 @@ def _unit(values: np.ndarray, dist: BaseDistribution) -> np.ndarray:
     return (v - low) / (high - low) if high > low else np.zeros_like(v)
 
 
-def _neighbours(done: pd.DataFrame, params: list[str], sweep: Sweep, radius: float) -> tuple[np.ndarray, dict[str, str]]:
+def _neighbours(
+    done: pd.DataFrame, params: list[str], sweep: Sweep, radius: float
+) -> tuple[np.ndarray, dict[str, str]]:
     """near[i, j]: trial j lies in the neighbourhood centred on trial i."""
     n = len(done)
     near = np.ones((n, n), dtype=bool)
@@ -206,8 +243,9 @@ def _bootstrap_mean_ci(x: np.ndarray, confidence: float, n_boot: int, rng: np.ra
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
-def _stability(near: np.ndarray, good: np.ndarray, need: int, centre: int, *, n_boot: int,
-               rng: np.random.Generator) -> float | None:
+def _stability(
+    near: np.ndarray, good: np.ndarray, need: int, centre: int, *, n_boot: int, rng: np.random.Generator
+) -> float | None:
     """Share of bootstrap resamples of all trials whose chosen centre lies in the neighbourhood of ``centre``."""
     n = len(good)
     if n < 3:
@@ -238,8 +276,9 @@ def _centre_value(members: pd.Series, centre: Any, dist: BaseDistribution, how: 
 # --- edges of the searched space -------------------------------------------------------------------------------
 
 
-def _edges(values: Mapping[str, Any], dists: Mapping[str, BaseDistribution], how: Mapping[str, str],
-           fraction: float) -> list[dict[str, Any]]:
+def _edges(
+    values: Mapping[str, Any], dists: Mapping[str, BaseDistribution], how: Mapping[str, str], fraction: float
+) -> list[dict[str, Any]]:
     out = []
     for p, v in values.items():
         dist = dists[p]
@@ -269,8 +308,15 @@ def _edge(key: str, side: str, value: Any, low: float, high: float, *, log: bool
     name = f"{key} ({SHORT_NAMES[key]})" if key in SHORT_NAMES else key
     where = "lowest" if side == "low" else "highest"
     if limit is not None and math.isclose(bound, limit[0]) and limit[1]:
-        return dict(param=key, side=side, value=value, bound=bound, can_widen=False, suggested_bound=None,
-                    message=f"{name}={_fmt(value)} is at the {where} value it can take; nothing to widen")
+        return dict(
+            param=key,
+            side=side,
+            value=value,
+            bound=bound,
+            can_widen=False,
+            suggested_bound=None,
+            message=f"{name}={_fmt(value)} is at the {where} value it can take; nothing to widen",
+        )
     span = (math.log(high) - math.log(low)) if log and low > 0 else (high - low)
     if log and low > 0:
         target = bound * math.exp(-span / 2) if side == "low" else bound * math.exp(span / 2)
@@ -285,13 +331,27 @@ def _edge(key: str, side: str, value: Any, low: float, high: float, *, log: bool
     else:
         target = float(f"{target:.3g}")
     if target == bound:
-        return dict(param=key, side=side, value=value, bound=bound, can_widen=False, suggested_bound=None,
-                    message=f"{name}={_fmt(value)} is at the {where} value it can take; nothing to widen")
+        return dict(
+            param=key,
+            side=side,
+            value=value,
+            bound=bound,
+            can_widen=False,
+            suggested_bound=None,
+            message=f"{name}={_fmt(value)} is at the {where} value it can take; nothing to widen",
+        )
     verb = "lower" if side == "low" else "raise"
     which = "lower" if side == "low" else "upper"
-    return dict(param=key, side=side, value=value, bound=bound, can_widen=True, suggested_bound=target,
-                message=f"the best {name} ({_fmt(value)}) lies at the {which} bound {_fmt(bound)} of the searched range; "
-                        f"widen the search: {verb} the {which} bound to about {_fmt(target)}")
+    return dict(
+        param=key,
+        side=side,
+        value=value,
+        bound=bound,
+        can_widen=True,
+        suggested_bound=target,
+        message=f"the best {name} ({_fmt(value)}) lies at the {which} bound {_fmt(bound)} of the searched range; "
+        f"widen the search: {verb} the {which} bound to about {_fmt(target)}",
+    )
 
 
 def _config_limits(key: str) -> tuple[tuple[float, bool] | None, tuple[float, bool] | None]:
@@ -322,8 +382,9 @@ def _config_limits(key: str) -> tuple[tuple[float, bool] | None, tuple[float, bo
 # --- M against r -----------------------------------------------------------------------------------------------
 
 
-def _best_m_points(r_idx: np.ndarray, m_idx: np.ndarray, good: np.ndarray, r_centres: np.ndarray,
-                   m_centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _best_m_points(
+    r_idx: np.ndarray, m_idx: np.ndarray, good: np.ndarray, r_centres: np.ndarray, m_centres: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per r level that tried at least two M levels: (r centre, best M, trials)."""
     nr, nm = len(r_centres), len(m_centres)
     sums = np.zeros((nr, nm))
@@ -336,7 +397,9 @@ def _best_m_points(r_idx: np.ndarray, m_idx: np.ndarray, good: np.ndarray, r_cen
     return r_centres[keep], best[keep], counts.sum(axis=1)[keep]
 
 
-def m_vs_r(sweep: Sweep, *, n_bins: int = 5, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+def m_vs_r(
+    sweep: Sweep, *, n_bins: int = 5, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, Any]:
     """The fitted relation between the best M and r, with the slope's bootstrap interval.
 
     A quadratic response surface is fitted to the score over (r, M), with the other searched parameters as
@@ -351,19 +414,30 @@ def m_vs_r(sweep: Sweep, *, n_bins: int = 5, n_boot: int = 1000, seed: int = 0, 
     r_levels = levels_of(done[R_KEY], sweep.distributions[R_KEY], n_bins=n_bins)
     m_levels = levels_of(done[M_KEY], sweep.distributions[M_KEY], n_bins=n_bins)
     r, m, counts = _best_m_points(r_levels.index, m_levels.index, good, r_levels.centres, m_levels.centres)
-    out: dict[str, Any] = {"method": "quadratic response surface over r and M (other parameters as covariates)",
-                           "points": [{"r": float(a), "best_M": float(b), "n_trials": int(c)} for a, b, c in zip(r, m, counts)],
-                           "confidence": confidence, "slope": None, "intercept": None, "ci": None}
+    out: dict[str, Any] = {
+        "method": "quadratic response surface over r and M (other parameters as covariates)",
+        "points": [{"r": float(a), "best_M": float(b), "n_trials": int(c)} for a, b, c in zip(r, m, counts)],
+        "confidence": confidence,
+        "slope": None,
+        "intercept": None,
+        "ci": None,
+    }
     X, scale = _surface_design(done, sweep)  # scale: (r_low, r_span, m_low, m_span)
     if len(done) < X.shape[1] + 3 or np.linalg.matrix_rank(X) < X.shape[1]:
-        return {**out, "status": "insufficient",
-                "message": f"{len(done)} finished trials over {len(set(zip(done[R_KEY], done[M_KEY])))} (r, M) pairs: too few "
-                           f"to fit how the score curves in r and M ({X.shape[1]} coefficients)"}
+        return {
+            **out,
+            "status": "insufficient",
+            "message": f"{len(done)} finished trials over {len(set(zip(done[R_KEY], done[M_KEY])))} (r, M) pairs: "
+            f"too few to fit how the score curves in r and M ({X.shape[1]} coefficients)",
+        }
     line = _ridge_line(np.linalg.lstsq(X, good, rcond=None)[0], scale)
     if line is None:
-        return {**out, "status": "no interior best M",
-                "message": "at a fixed r the fitted score does not peak inside the searched range of M (the best M sits at "
-                           "an end of it), so there is no best-M line to fit; see the r x M heatmap"}
+        return {
+            **out,
+            "status": "no interior best M",
+            "message": "at a fixed r the fitted score does not peak inside the searched range of M (the best M sits at "
+            "an end of it), so there is no best-M line to fit; see the r x M heatmap",
+        }
     slope, intercept = line
     rng = np.random.default_rng(seed)
     slopes = []
@@ -378,23 +452,33 @@ def m_vs_r(sweep: Sweep, *, n_bins: int = 5, n_boot: int = 1000, seed: int = 0, 
     share = len(slopes) / n_boot
     out.update(slope=float(slope), intercept=float(intercept), peaked_share=share)
     if share < 0.5:
-        return {**out, "status": "insufficient",
-                "message": f"slope {slope:.3g} M per unit r, but only {share:.0%} of bootstrap resamples show a best M "
-                           "inside the range: too uncertain for an interval"}
+        return {
+            **out,
+            "status": "insufficient",
+            "message": f"slope {slope:.3g} M per unit r, but only {share:.0%} of bootstrap resamples show a best M "
+            "inside the range: too uncertain for an interval",
+        }
     a = (1 - confidence) / 2
     lo, hi = float(np.quantile(slopes, a)), float(np.quantile(slopes, 1 - a))
     per = f"{slope / 10:+.2g} M per +0.1 in r ({confidence:.0%} CI {lo / 10:+.2g} to {hi / 10:+.2g})"
     across = slope * scale[1]  # change of the best M over the searched range of r
     if (lo > 0 or hi < 0) and abs(across) < MIN_M_CHANGE:
-        verdict, message = "flat", (f"the best M hardly changes with r: {per}, {across:+.2g} across the searched range of r "
-                                    f"(less than {MIN_M_CHANGE} masked series)")
+        verdict, message = (
+            "flat",
+            (
+                f"the best M hardly changes with r: {per}, {across:+.2g} across the searched range of r "
+                f"(less than {MIN_M_CHANGE} masked series)"
+            ),
+        )
     elif lo > 0:
         verdict, message = "grows", f"on this data the best M grows with r: {per}"
     elif hi < 0:
         verdict, message = "shrinks", f"on this data the best M shrinks as r grows: {per}"
     else:
-        verdict, message = "unclear", (f"no clear relation: {per}; the interval includes 0, so this data does not show "
-                                       "M changing with r")
+        verdict, message = (
+            "unclear",
+            (f"no clear relation: {per}; the interval includes 0, so this data does not show M changing with r"),
+        )
     if share < 0.9:
         message += f" ({share:.0%} of resamples had a best M inside the range)"
     return {**out, "status": "ok", "ci": [lo, hi], "verdict": verdict, "message": message}
@@ -451,13 +535,7 @@ def best_config(sweep: Sweep, rec: Recommendation) -> RunConfig:
         raise UserError(f"{sweep.path}: cannot write a run config: {rec.message}")
     if not sweep.run_config:
         raise UserError(f"{sweep.path / 'sweep.yaml'}: missing or empty; it is the base of the recommended run config")
-    raw = copy.deepcopy(sweep.run_config)
-    for key, value in rec.params.items():
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+    raw = apply_params(sweep.run_config, rec.params)
     return parse_config(raw, source=f"{sweep.path / 'sweep.yaml'} with the recommended parameters")
 
 
@@ -467,12 +545,15 @@ def write_best_config(sweep: Sweep, rec: Recommendation, path: str | Path) -> Ru
     path = Path(path)
     ci = f" ({rec.confidence:.0%} CI {_score(rec.ci[0])} to {_score(rec.ci[1])})" if rec.ci else ""
     values = ", ".join(f"{k}={_fmt(v)}" for k, v in rec.params.items())
-    header = (
-        f"# {path.name}: the run config recommended by `simmtm recommend {sweep.path}`\n"
-        f"# {values}\n"
-        f"# expected {rec.metric} {_score(rec.expected_score)}{ci} from {rec.n_support} of {rec.n_finished} finished trials\n"
-        f"# Run it:   simmtm pretrain {path} --out runs/{path.stem}\n"
+    write_run_yaml(
+        path,
+        config.run_dict(),
+        [
+            f"{path.name}: the run config recommended by `simmtm recommend {sweep.path}`",
+            values,
+            f"expected {rec.metric} {_score(rec.expected_score)}{ci} from {rec.n_support} of {rec.n_finished} finished "
+            "trials",
+            f"Run it:   simmtm pretrain {path} --out runs/{path.stem}",
+        ],
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + yaml.safe_dump(config.run_dict(), sort_keys=False))
     return config

@@ -43,8 +43,14 @@ class Report:
     skipped: dict[str, str] = field(default_factory=dict)  # figure name -> why it is not there
 
 
-def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, interactive: bool = True,
-                 n_boot: int = 1000, seed: int = 0) -> Report:
+def write_report(
+    sweep_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    interactive: bool = True,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Report:
     """Analyse the sweep in ``sweep_dir`` and write ``report.html``, ``figures/*.png`` and ``recommendation.json``
     to ``out_dir`` (default: ``default_report_dir(sweep_dir)``)."""
     sweep = load_sweep(sweep_dir)
@@ -69,7 +75,9 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, in
             "slices": lambda: F.slices_figure(sweep),
             "history": lambda: F.history_figure(sweep),
             "parallel": lambda: F.parallel_figure(sweep),
-            "m_vs_r": (lambda: F.m_vs_r_figure(sweep, relation)) if _has_r_m(sweep) else "r and M were not both searched",
+            "m_vs_r": (lambda: F.m_vs_r_figure(sweep, relation))
+            if _has_r_m(sweep)
+            else "r and M were not both searched",
         }
         for name, make in makers.items():
             if isinstance(make, str) or make is None:
@@ -113,7 +121,9 @@ def _plotly_divs(sweep: Sweep) -> dict[str, str]:
     except Exception as exc:
         logger.warning("interactive figures failed: %s", exc)
         return {}
-    return {name: fig.to_html(full_html=False, include_plotlyjs=False, default_width="100%") for name, fig in figs.items()}
+    return {
+        name: fig.to_html(full_html=False, include_plotlyjs=False, default_width="100%") for name, fig in figs.items()
+    }
 
 
 # --- HTML ------------------------------------------------------------------------------------------------------
@@ -135,7 +145,9 @@ def _esc(x: Any) -> str:
 
 
 def _table(frame: pd.DataFrame, *, css_id: str, index: bool = True) -> str:
-    return frame.to_html(table_id=css_id, index=index, na_rep="", float_format=lambda v: f"{v:.4g}", border=0, escape=True)
+    return frame.to_html(
+        table_id=css_id, index=index, na_rep="", float_format=lambda v: f"{v:.4g}", border=0, escape=True
+    )
 
 
 def _img(path: Path, alt: str) -> str:
@@ -148,27 +160,44 @@ def _figure_section(name: str, title: str, pngs: dict[str, Path], skipped: dict[
         body = _img(pngs[name], F.FIGURES[name])
     else:
         body = f'<p class="note">Not shown: {_esc(skipped.get(name, "not available"))}.</p>'
-    return f'<section id="{name}"><h2>{_esc(title)}</h2><p class="muted">{_esc(F.FIGURES[name])}</p>{extra}{body}</section>'
+    caption = f'<p class="muted">{_esc(F.FIGURES[name])}</p>'
+    return f'<section id="{name}"><h2>{_esc(title)}</h2>{caption}{extra}{body}</section>'
 
 
-def _page(sweep: Sweep, rec: Recommendation, importance: Importance | None, pngs: dict[str, Path],
-          skipped: dict[str, str], plotly_divs: dict[str, str]) -> str:
+def _page(
+    sweep: Sweep,
+    rec: Recommendation,
+    importance: Importance | None,
+    pngs: dict[str, Path],
+    skipped: dict[str, str],
+    plotly_divs: dict[str, str],
+) -> str:
     counts = sweep.counts()
     n = counts["COMPLETE"]
-    parts = [f"<h1>Sensitivity report: {_esc(sweep.path)}</h1>",
-             f'<p class="muted">metric {_esc(sweep.metric)} ({_esc("lower" if sweep.mode == "min" else "higher")} is better), '
-             f"method {_esc(sweep.method)}, searched {_esc(', '.join(sweep.params) or 'nothing')}; read from {_esc(sweep.source)}; "
-             f"written {dt.datetime.now().isoformat(timespec='seconds')}</p>",
-             "<p>Trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v or k == "COMPLETE") +
-             (f"; {sweep.n_warm_start} more copied from an earlier sweep (warm start) are not counted here"
-              if sweep.n_warm_start else "") + ".</p>"]
+    parts = [
+        f"<h1>Sensitivity report: {_esc(sweep.path)}</h1>",
+        f'<p class="muted">metric {_esc(sweep.metric)} '
+        f"({_esc('lower' if sweep.mode == 'min' else 'higher')} is better), method {_esc(sweep.method)}, "
+        f"searched {_esc(', '.join(sweep.params) or 'nothing')}; read from {_esc(sweep.source)}; "
+        f"written {dt.datetime.now().isoformat(timespec='seconds')}</p>",
+        "<p>Trials: "
+        + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v or k == "COMPLETE")
+        + (
+            f"; {sweep.n_warm_start} more copied from an earlier sweep (warm start) are not counted here"
+            if sweep.n_warm_start
+            else ""
+        )
+        + ".</p>",
+    ]
     if n < MIN_FINISHED:
         state = "no finished trials yet" if n == 0 else "only 1 finished trial"
         failed = counts["FAILED"]
         all_failed = failed and failed == len(sweep.trials)
         more = f" All {failed} trial(s) so far failed; their errors are listed below." if all_failed else ""
-        parts.append(f'<p class="note" id="status">This sweep has {state}: the analysis needs at least {MIN_FINISHED} '
-                     f"(importances {MIN_TRIALS}).{more} Run the report again when more trials have finished.</p>")
+        parts.append(
+            f'<p class="note" id="status">This sweep has {state}: the analysis needs at least {MIN_FINISHED} '
+            f"(importances {MIN_TRIALS}).{more} Run the report again when more trials have finished.</p>"
+        )
     parts.extend(f'<p class="note">{_esc(note)}</p>' for note in sweep.notes)
     parts.append(_recommendation_section(rec))
 
@@ -179,9 +208,12 @@ def _page(sweep: Sweep, rec: Recommendation, importance: Importance | None, pngs
             shown = shown.rename(index=lambda p: f"{SHORT_NAMES.get(p, p)} ({p})")
             imp_extra += _table(shown, css_id="importance-table")
             dis = importance.disagreements()
-            imp_extra += (f'<p class="note">The methods disagree: {_esc("; ".join(dis))}. PED-ANOVA looks at the top '
-                          f"{importance.target_quantile:.0%} of trials, fANOVA at the whole score variance.</p>" if dis
-                          else '<p class="muted">Both methods rank the parameters the same way.</p>')
+            imp_extra += (
+                f'<p class="note">The methods disagree: {_esc("; ".join(dis))}. PED-ANOVA looks at the top '
+                f"{importance.target_quantile:.0%} of trials, fANOVA at the whole score variance.</p>"
+                if dis
+                else '<p class="muted">Both methods rank the parameters the same way.</p>'
+            )
         if importance.note:
             imp_extra += f'<p class="note">{_esc(importance.note)}</p>'
     parts.append(_figure_section("importance", "Parameter importance", pngs, skipped, imp_extra))
@@ -190,27 +222,42 @@ def _page(sweep: Sweep, rec: Recommendation, importance: Importance | None, pngs
     parts.append(_figure_section("history", "Optimisation history", pngs, skipped, plotly_divs.get("history", "")))
     parts.append(_figure_section("parallel", "Parallel coordinates", pngs, skipped))
     rel = rec.m_vs_r or {}
-    parts.append(_figure_section("m_vs_r", "Does the best M grow with r?", pngs, skipped,
-                                 f"<p>{_esc(rel.get('message', ''))}</p>" if rel.get("message") else ""))
+    parts.append(
+        _figure_section(
+            "m_vs_r",
+            "Does the best M grow with r?",
+            pngs,
+            skipped,
+            f"<p>{_esc(rel.get('message', ''))}</p>" if rel.get("message") else "",
+        )
+    )
     if plotly_divs:
-        inter = "".join(f'<h3>{_esc(name)}</h3>{div}' for name, div in plotly_divs.items() if name != "history")
+        inter = "".join(f"<h3>{_esc(name)}</h3>{div}" for name, div in plotly_divs.items() if name != "history")
         parts.append(f'<section id="interactive"><h2>Interactive views</h2>{inter}</section>')
 
     top = top_configurations(sweep)
     top_html = _table(top, css_id="top-configurations") if not top.empty else '<p class="note">No finished trials.</p>'
-    parts.append(f'<section id="top"><h2>Top configurations</h2><p class="muted">Trials with equal parameters '
-                 f"(repeats) are one row; scores are their means; test results where scored.</p>{top_html}</section>")
+    parts.append(
+        f'<section id="top"><h2>Top configurations</h2><p class="muted">Trials with equal parameters '
+        f"(repeats) are one row; scores are their means; test results where scored.</p>{top_html}</section>"
+    )
     failed = failed_trials(sweep)
     if not failed.empty:
-        parts.append(f'<section id="failed"><h2>Failed trials</h2>{_table(failed, css_id="failed-trials", index=False)}</section>')
+        parts.append(
+            '<section id="failed"><h2>Failed trials</h2>'
+            f"{_table(failed, css_id='failed-trials', index=False)}</section>"
+        )
 
     script = ""
     if plotly_divs:
         from plotly.offline import get_plotlyjs
 
         script = f'<script type="text/javascript">{get_plotlyjs()}</script>'
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>simmtm sweep report: {_esc(sweep.label())}</title>'
-            f"<style>{_CSS}</style>{script}</head><body>{''.join(parts)}</body></html>\n")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>simmtm sweep report: {_esc(sweep.label())}</title>"
+        f"<style>{_CSS}</style>{script}</head><body>{''.join(parts)}</body></html>\n"
+    )
 
 
 def _recommendation_section(rec: Recommendation) -> str:
@@ -219,7 +266,9 @@ def _recommendation_section(rec: Recommendation) -> str:
     if rec.status == "ok":
         how = ", ".join(f"{SHORT_NAMES.get(k, k)}: {v}" for k, v in rec.neighbourhood.items())
         best_id, best_score = rec.best_trial.get("trial_id"), rec.best_trial.get("score")
-        body += (f'<p class="muted">The recommendation is the centre of the best neighbourhood of trials ({_esc(how)}); '
-                 f"the interval bootstraps the neighbourhood's mean over its trials. For reference, the single best "
-                 f"trial was {_esc(best_id)} ({best_score:.4g}).</p>")
+        body += (
+            f'<p class="muted">The recommendation is the centre of the best neighbourhood of trials ({_esc(how)}); '
+            f"the interval bootstraps the neighbourhood's mean over its trials. For reference, the single best "
+            f"trial was {_esc(best_id)} ({best_score:.4g}).</p>"
+        )
     return f'<section id="recommendation"><h2>Recommendation</h2>{body}</section>'

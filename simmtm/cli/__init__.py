@@ -16,7 +16,17 @@ from simmtm.errors import UserError
 __all__ = ["main"]
 
 # Subcommand modules, in the order `simmtm --help` lists them.
-_COMMANDS = ("simmtm.cli.train", "simmtm.cli.validate", "simmtm.cli.data", "simmtm.cli.cluster", "simmtm.cli.analyze", "simmtm.cli.sweep", "simmtm.cli.official", "simmtm.cli.export", "simmtm.cli.status")
+_COMMANDS = (
+    "simmtm.cli.train",
+    "simmtm.cli.validate",
+    "simmtm.cli.data",
+    "simmtm.cli.cluster",
+    "simmtm.cli.analyze",
+    "simmtm.cli.sweep",
+    "simmtm.cli.status",
+    "simmtm.cli.export",
+    "simmtm.cli.official",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

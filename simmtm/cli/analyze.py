@@ -10,21 +10,32 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("analyze", help="sensitivity report of a sweep directory",
-                       description="Write report.html, figures/*.png and recommendation.json for a sweep directory "
-                                   "(finished, still running or resumed).")
+    p = sub.add_parser(
+        "analyze",
+        help="sensitivity report of a sweep directory",
+        description="Write report.html, figures/*.png and recommendation.json for a sweep directory "
+        "(finished, still running or resumed).",
+    )
     p.add_argument("sweep_dir", type=Path, metavar="DIR", help="the --out directory of `simmtm sweep`")
-    p.add_argument("--out", type=Path, metavar="REPORT_DIR", help="where to write the report (default: DIR-report beside DIR)")
-    p.add_argument("--no-interactive", action="store_true", help="PNG figures only: no plotly views (a much smaller file)")
+    p.add_argument(
+        "--out", type=Path, metavar="REPORT_DIR", help="where to write the report (default: DIR-report beside DIR)"
+    )
+    p.add_argument(
+        "--no-interactive", action="store_true", help="PNG figures only: no plotly views (a much smaller file)"
+    )
     _analysis_options(p)
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("recommend", help="recommended r, M (tau, encoder) from a sweep directory",
-                       description="Recommend parameters with an expected score and its bootstrap interval; flag a best "
-                                   "region at the edge of the searched space; fit how the best M moves with r.")
+    p = sub.add_parser(
+        "recommend",
+        help="recommended r, M (tau, encoder) from a sweep directory",
+        description="Recommend parameters with an expected score and its bootstrap interval; flag a best "
+        "region at the edge of the searched space; fit how the best M moves with r.",
+    )
     p.add_argument("sweep_dir", type=Path, metavar="DIR", help="the --out directory of `simmtm sweep`")
-    p.add_argument("--write", type=Path, metavar="BEST_YAML",
-                   help="also write the recommended run config (for `simmtm pretrain`)")
+    p.add_argument(
+        "--write", type=Path, metavar="BEST_YAML", help="also write the recommended run config (for `simmtm pretrain`)"
+    )
     p.add_argument("--json", action="store_true", help="print the recommendation as JSON instead of text")
     _analysis_options(p)
     p.set_defaults(func=cmd_recommend)
@@ -38,9 +49,12 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from simmtm.analysis.report import write_report
 
-    report = write_report(args.sweep_dir, args.out, interactive=not args.no_interactive, n_boot=args.bootstrap, seed=args.seed)
+    report = write_report(
+        args.sweep_dir, args.out, interactive=not args.no_interactive, n_boot=args.bootstrap, seed=args.seed
+    )
     counts = report.sweep.counts()
     print("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v or k == "COMPLETE"))
+    assert report.recommendation is not None  # write_report always recommends (or says why not)
     for line in report.recommendation.summary():
         print(line)
     reasons: dict[str, list[str]] = {}

@@ -21,11 +21,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and schema, then this project's rules (driver resource on the head, shared storage, declared GPUs, "
         "every GPU node type holds one trial of each sweep).",
     )
-    c.add_argument("files", type=Path, nargs="*", metavar="FILE",
-                   help="cluster files (default: ./cluster.yaml and ./cluster/*.yaml)")
-    c.add_argument("--sweeps", type=Path, nargs="+", metavar="PATH",
-                   help="sweep files or folders whose trials each GPU node type must hold "
-                   "(default: the sweeps/ folder next to each cluster file)")
+    c.add_argument(
+        "files",
+        type=Path,
+        nargs="*",
+        metavar="FILE",
+        help="cluster files (default: ./cluster.yaml and ./cluster/*.yaml)",
+    )
+    c.add_argument(
+        "--sweeps",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="sweep files or folders whose trials each GPU node type must hold "
+        "(default: the sweeps/ folder next to each cluster file)",
+    )
     c.set_defaults(func=cmd_check)
 
 

@@ -11,21 +11,37 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "sweep", help="search pre-training settings (Ray Tune + Optuna, ASHA on a downstream probe)",
+        "sweep",
+        help="search pre-training settings (Ray Tune + Optuna, ASHA on a downstream probe)",
         description="Run the sweep in SWEEP.yaml (a run config plus search/tune/resources). Trials are pruned on a "
-                    "probe's validation score and end with a full fine-tune; the best configurations are scored on "
-                    "test once. Interrupted sweeps continue with --resume.",
+        "probe's validation score and end with a full fine-tune; the best configurations are scored on "
+        "test once. Interrupted sweeps continue with --resume.",
     )
     p.add_argument("config", type=Path, metavar="SWEEP.yaml", help="a sweep file")
-    p.add_argument("--out", type=Path, required=True, help="sweep directory (trials.csv, best.yaml, optuna.db, tb/, ray/)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="sweep directory (trials.csv, best.yaml, optuna.db, tb/, ray/)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
-    p.add_argument("--address", help="a running Ray cluster (e.g. auto or ray://head:10001); default: the cluster of the "
-                                     "Ray job this runs in (RAY_ADDRESS set), else a fresh local Ray")
-    p.add_argument("--warm-start", type=Path, metavar="PREVIOUS_DIR",
-                   help="seed the new study with the finished trials of an earlier sweep (same parameters and metric; "
-                        "tpe or random); they guide the sampler and stay out of this sweep's tables")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the sweep file, e.g. --set tune.num_samples=16 (repeatable)")
+    p.add_argument(
+        "--address",
+        help="a running Ray cluster (e.g. auto or ray://head:10001); default: the cluster of the "
+        "Ray job this runs in (RAY_ADDRESS set), else a fresh local Ray",
+    )
+    p.add_argument(
+        "--warm-start",
+        type=Path,
+        metavar="PREVIOUS_DIR",
+        help="seed the new study with the finished trials of an earlier sweep (same parameters and metric; "
+        "tpe or random); they guide the sampler and stay out of this sweep's tables",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the sweep file, e.g. --set tune.num_samples=16 (repeatable)",
+    )
     p.add_argument("--quiet-table", action="store_true", help="no live trial table")
     p.set_defaults(func=cmd_sweep)
 
@@ -33,13 +49,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from simmtm.sweep.driver import run_sweep
 
-    outcome = run_sweep(args.config, args.out, resume=args.resume, address=args.address, overrides=args.overrides,
-                        verbose=0 if args.quiet_table else 1, warm_start=args.warm_start)
-    counts = {s: sum(r.state == s for r in outcome.rows) for s in ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")}
+    outcome = run_sweep(
+        args.config,
+        args.out,
+        resume=args.resume,
+        address=args.address,
+        overrides=args.overrides,
+        verbose=0 if args.quiet_table else 1,
+        warm_start=args.warm_start,
+    )
+    counts = {
+        s: sum(r.state == s for r in outcome.rows) for s in ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")
+    }
     summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
     print(f"sweep: {len(outcome.rows)} trials ({summary}) in {outcome.wall_s:.0f} s; results in {outcome.out}")
     if not outcome.finished:
-        print(f"sweep interrupted; continue it with: simmtm sweep {args.config} --out {args.out} --resume", file=sys.stderr)
+        print(
+            f"sweep interrupted; continue it with: simmtm sweep {args.config} --out {args.out} --resume",
+            file=sys.stderr,
+        )
         return 130
     for r in outcome.rows:
         if r.state == "FAILED":
@@ -48,13 +76,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("no trial completed; nothing to recommend", file=sys.stderr)
         return 1
     best = outcome.best[0]
-    mean = sum(r.score for r in outcome.best) / len(outcome.best)
+    mean = sum(r.score or 0.0 for r in outcome.best) / len(outcome.best)  # the best rows are COMPLETE: all scored
     params = "  ".join(f"{k}={best.params.get(k)}" for k in outcome.param_keys if best.params.get(k) is not None)
     test = [r.test_score for r in outcome.best if r.test_score is not None]
     test_text = f", test {outcome.metric.removeprefix('val_')} {sum(test) / len(test):.4f}" if test else ""
     print(f"best: {params}  ({outcome.metric} {mean:.4f}{test_text})")
     r_value, m_value = best.params.get("pretrain.mask_ratio"), best.params.get("pretrain.num_masked")
     if r_value is not None or m_value is not None:
-        print(f"best r = {r_value if r_value is not None else 'as configured'}, best M = {m_value if m_value is not None else 'as configured'}")
+        shown = ["as configured" if v is None else v for v in (r_value, m_value)]
+        print(f"best r = {shown[0]}, best M = {shown[1]}")
     print(f"run it: simmtm pretrain {outcome.out / 'best.yaml'} --out runs/best")
     return 0

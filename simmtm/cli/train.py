@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,34 +10,43 @@ import yaml
 
 from simmtm.config import RunConfig, load_config
 from simmtm.errors import UserError
+from simmtm.resources import PLACEMENT_STRATEGIES, Scaling
+from simmtm.rundir import check_resumable_config, guard_finetune_dir, prepare_pretrain_dir
 
-__all__ = ["register", "prepare_pretrain_dir", "format_metrics"]
-
-# Keys that may change between a run and its resumption (more epochs, a larger step cap).
-_RESUMABLE_CHANGES = {"pretrain.epochs", "pretrain.max_steps", "threads", "device", "data.num_workers"}
-# What a run directory may hold (`ray`: a distributed run's Ray Train storage); anything else means --out points at
-# somebody else's folder.
-_RUN_FILES = {"config.yaml", "checkpoints", "tb", "history.jsonl", "metrics.json", "ray"}
+__all__ = ["register", "check_inputs", "format_metrics", "comparison_table"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="pre-train SimMTM from a config",
-                       description="Pre-train SimMTM, in this process or (--workers N) data-parallel on Ray Train. "
-                                   "Re-running with the same --out resumes.")
+    p = sub.add_parser(
+        "pretrain",
+        help="pre-train SimMTM from a config",
+        description="Pre-train SimMTM, in this process or (--workers N) data-parallel on Ray Train. "
+        "Re-running with the same --out resumes.",
+    )
     _common(p)
-    p.add_argument("--restart", action="store_true", help="discard a previous run in --out (and its Ray storage) and start afresh")
+    p.add_argument(
+        "--restart", action="store_true", help="discard a previous run in --out (and its Ray storage) and start afresh"
+    )
     _distributed(p)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("finetune", help="fine-tune (or probe) a pre-trained encoder",
-                       description="Fine-tune on the downstream task; without --from this is the random-init baseline.")
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune (or probe) a pre-trained encoder",
+        description="Fine-tune on the downstream task; without --from this is the random-init baseline.",
+    )
     _common(p)
-    p.add_argument("--from", dest="pretrained", type=Path, help="a `simmtm pretrain` output directory or checkpoint file")
+    p.add_argument(
+        "--from", dest="pretrained", type=Path, help="a `simmtm pretrain` output directory or checkpoint file"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier fine-tuning run in --out")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("run", help="pre-train, fine-tune, and fine-tune a random-init baseline for comparison",
-                       description="Writes DIR/pretrain, DIR/finetune and (unless --no-baseline) DIR/baseline.")
+    p = sub.add_parser(
+        "run",
+        help="pre-train, fine-tune, and fine-tune a random-init baseline for comparison",
+        description="Writes DIR/pretrain, DIR/finetune and (unless --no-baseline) DIR/baseline.",
+    )
     _common(p)
     p.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline")
     p.add_argument("--restart", action="store_true", help="discard a previous pre-training in DIR/pretrain")
@@ -48,22 +56,59 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="a run or sweep YAML file")
     p.add_argument("--out", type=Path, required=True, help="output directory (everything the run writes goes here)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set pretrain.mask_ratio=0.3 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set pretrain.mask_ratio=0.3 (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _distributed(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("distributed (Ray Train; without --workers the run stays in this process, without Ray)")
-    g.add_argument("--workers", type=int, metavar="N", help="data-parallel Ray Train workers; pretrain.batch_size is the global batch")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs each worker reserves (default 0: CPU)")
-    g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C", help="CPUs each worker reserves and its torch threads (default 1)")
-    g.add_argument("--address", metavar="ADDR", help="join this Ray cluster (e.g. 10.0.0.1:6379 or auto); default: start a local Ray instance")
-    g.add_argument("--storage", metavar="PATH", help="where Ray keeps checkpoints: a local path, or on a multi-node cluster a "
-                                                       "path all nodes share (NFS, s3://, gs://); default OUT/ray")
-    g.add_argument("--max-failures", type=int, default=2, metavar="K", help="restart the worker group from the last checkpoint up to K times (default 2)")
-    g.add_argument("--placement", default="PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
-                   help="placement of the workers on nodes (default PACK; STRICT_SPREAD: one worker per node)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="data-parallel Ray Train workers; pretrain.batch_size is the global batch",
+    )
+    g.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs each worker reserves (default 0: CPU)"
+    )
+    g.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="CPUs each worker reserves and its torch threads (default 1)",
+    )
+    g.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="join this Ray cluster (e.g. 10.0.0.1:6379 or auto); default: start a local Ray instance",
+    )
+    g.add_argument(
+        "--storage",
+        metavar="PATH",
+        help="where Ray keeps checkpoints: a local path, or on a multi-node cluster a "
+        "path all nodes share (NFS, s3://, gs://); default OUT/ray",
+    )
+    g.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        metavar="K",
+        help="restart the worker group from the last checkpoint up to K times (default 2)",
+    )
+    g.add_argument(
+        "--placement",
+        default="PACK",
+        choices=PLACEMENT_STRATEGIES,
+        help="placement of the workers on nodes (default PACK; STRICT_SPREAD: one worker per node)",
+    )
 
 
 def check_inputs(config: RunConfig, *, workers: int = 1, finetuning: bool = False) -> None:
@@ -75,58 +120,18 @@ def check_inputs(config: RunConfig, *, workers: int = 1, finetuning: bool = Fals
         finetune.check_inputs(config)
 
 
-def prepare_pretrain_dir(out: Path, config: RunConfig, *, restart: bool) -> dict[str, Any] | None:
-    """Decide between a fresh start and resumption; return the state to resume from, or None.
-
-    Refuses (UserError) a directory that holds something other than a simmtm run, or a run whose config differs
-    in more than the epoch budget, unless ``restart``.
-    """
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
-    entries = {p.name for p in out.iterdir()}
-    if not entries:
-        return None
-    if not entries <= _RUN_FILES:
-        raise UserError(f"--out {out}: not empty and not a simmtm run directory (holds {', '.join(sorted(entries - _RUN_FILES))}); choose another --out")
-    if restart:
-        for name in entries:
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        return None
-    from simmtm.checkpoint import latest_checkpoint, load_state  # torch: only for commands that train
-
-    ckpt = latest_checkpoint(out)
-    if ckpt is None:
-        return None
-    state = load_state(ckpt)
-    if state.get("kind") != "simmtm-pretrain":
-        raise UserError(f"--out {out}: holds a {state.get('kind', 'foreign')} checkpoint, not a pre-training run")
-    _refuse_changed(out, state["config"], config)
-    return state
-
-
-def _refuse_changed(out: Path, saved: dict[str, Any], config: RunConfig) -> None:
-    """Resuming may change only what does not alter the run (epochs, threads, device, ...)."""
-    changed = sorted(k for k in _diff(saved, config.run_dict()) if k not in _RESUMABLE_CHANGES)
-    if changed:
-        raise UserError(f"--out {out}: holds a run with a different config ({', '.join(changed)}); pass --restart to discard it or choose another --out")
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(set(a) | set(b)) for k in _diff(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix.rstrip(".")]
-
-
 def cmd_pretrain(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     check_inputs(config, workers=args.workers or 1)
     if args.workers is None:
-        for flag, value, default in (("--address", args.address, None), ("--storage", args.storage, None),
-                                     ("--gpus-per-worker", args.gpus_per_worker, 0.0), ("--cpus-per-worker", args.cpus_per_worker, 1.0),
-                                     ("--max-failures", args.max_failures, 2), ("--placement", args.placement, "PACK")):
+        for flag, value, default in (
+            ("--address", args.address, None),
+            ("--storage", args.storage, None),
+            ("--gpus-per-worker", args.gpus_per_worker, 0.0),
+            ("--cpus-per-worker", args.cpus_per_worker, 1.0),
+            ("--max-failures", args.max_failures, 2),
+            ("--placement", args.placement, "PACK"),
+        ):
             if value != default:
                 raise UserError(f"{flag} applies to distributed runs only; add --workers N")
         metrics = _pretrain(config, args.out, restart=args.restart, progress=not args.no_progress)
@@ -148,8 +153,12 @@ def _pretrain_distributed(config: RunConfig, args: argparse.Namespace) -> dict[s
     """The same run directory semantics as in process (resume unless --restart), with Ray Train workers."""
     from simmtm import distributed
 
-    scaling = distributed.Scaling(workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                                  cpus_per_worker=args.cpus_per_worker, placement_strategy=args.placement)
+    scaling = Scaling.from_flags(
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        placement_strategy=args.placement,
+    )
     scaling.check(config)  # a bad --workers fails before anything is touched
     if args.max_failures < 0:
         raise UserError(f"--max-failures must be >= 0, got {args.max_failures}")
@@ -158,17 +167,16 @@ def _pretrain_distributed(config: RunConfig, args: argparse.Namespace) -> dict[s
     storage = distributed.resolve_storage(out, args.storage)
     if args.restart and args.storage:
         distributed.clear_run(storage, distributed.run_name(out, storage))
-    _check_resumable_config(out, config, restart=args.restart)
-    return distributed.pretrain_distributed(config, out=out, scaling=scaling, address=args.address, storage=storage,
-                                            max_failures=args.max_failures, resume=resume)
-
-
-def _check_resumable_config(out: Path, config: RunConfig, *, restart: bool) -> None:
-    """A distributed run writes config.yaml before its first checkpoint: refuse to resume it with another config."""
-    path = out / "config.yaml"
-    if restart or not path.is_file():
-        return
-    _refuse_changed(out, yaml.safe_load(path.read_text()) or {}, config)
+    check_resumable_config(out, config, restart=args.restart)
+    return distributed.pretrain_distributed(
+        config,
+        out=out,
+        scaling=scaling,
+        address=args.address,
+        storage=storage,
+        max_failures=args.max_failures,
+        resume=resume,
+    )
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -176,20 +184,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from simmtm import finetune
 
     finetune.check_inputs(config, pretrained=args.pretrained)  # bad input or --from fails before anything is written
-    _guard_finetune_dir(args.out, overwrite=args.overwrite)
+    guard_finetune_dir(args.out, overwrite=args.overwrite)
     metrics = _finetune(config, args.out, args.pretrained, progress=not args.no_progress)
     print(format_metrics("fine-tuning" if args.pretrained else "random-init baseline", metrics))
     print(f"run directory: {args.out}")
     return 0
-
-
-def _guard_finetune_dir(out: Path, *, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise UserError(f"--out {out}: already exists and is not empty; pass --overwrite to replace it or choose another --out")
-        if not (out / "metrics.json").exists() and not (out / "config.yaml").exists():
-            raise UserError(f"--out {out}: not a simmtm run directory; refusing to overwrite it")
-        shutil.rmtree(out)
 
 
 def _finetune(config: RunConfig, out: Path, pretrained: Path | None, *, progress: bool) -> dict[str, Any]:
@@ -204,13 +203,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     pre_dir, ft_dir, base_dir = args.out / "pretrain", args.out / "finetune", args.out / "baseline"
     for d in (ft_dir, base_dir):
-        _guard_finetune_dir(d, overwrite=True)
+        guard_finetune_dir(d, overwrite=True)
     _pretrain(config, pre_dir, restart=args.restart, progress=progress)
     results = {"SimMTM": _finetune(config, ft_dir, pre_dir, progress=progress)}
     if not args.no_baseline:
         results["random init"] = _finetune(config, base_dir, None, progress=progress)
     print(comparison_table(results))
-    (args.out / "summary.yaml").write_text(yaml.safe_dump({k: _headline(v) for k, v in results.items()}, sort_keys=False))
+    (args.out / "summary.yaml").write_text(
+        yaml.safe_dump({k: _headline(v) for k, v in results.items()}, sort_keys=False)
+    )
     return 0
 
 
@@ -238,5 +239,8 @@ def format_metrics(title: str, metrics: dict[str, Any]) -> str:
     body = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items())
     lines = [f"{title}: {body}"]
     for h, m in metrics.get("horizons", {}).items():
-        lines.append(f"  horizon {h}: mse={m['mse']:.4f} mae={m['mae']:.4f} (val mse {m['val_mse']:.4f}, best epoch {m['best_epoch']})")
+        lines.append(
+            f"  horizon {h}: mse={m['mse']:.4f} mae={m['mae']:.4f} "
+            f"(val mse {m['val_mse']:.4f}, best epoch {m['best_epoch']})"
+        )
     return "\n".join(lines)

@@ -8,12 +8,17 @@ from pathlib import Path
 
 from simmtm.config import load_config
 from simmtm.errors import UserError
+from simmtm.sweep.spec import validate_sweep_sections
 
 __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate", help="check config files without running", description="Check configs: schema, and with --data also the data they name.")
+    p = sub.add_parser(
+        "validate",
+        help="check config files without running",
+        description="Check configs: schema, and with --data also the data they name.",
+    )
     p.add_argument("configs", type=Path, nargs="+", metavar="CONFIG")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data", action="store_true", help="also load the data and build the model")
@@ -25,8 +30,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for path in args.configs:
         try:
             config = load_config(path, args.overrides)
-            for check in _extra_checks():
-                check(config, path)
+            validate_sweep_sections(config, path)
             if args.data:
                 from simmtm.cli.train import check_inputs
 
@@ -39,12 +43,3 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if failures:
         raise UserError(f"{failures} of {len(args.configs)} config(s) invalid")
     return 0
-
-
-def _extra_checks():
-    """Checks contributed by other parts (the sweep schema registers one when it exists)."""
-    try:
-        from simmtm.sweep.spec import validate_sweep_sections  # noqa: F401
-    except ImportError:
-        return []
-    return [validate_sweep_sections]

@@ -21,6 +21,7 @@ of a case marks a shorter series (some archives pad with it); a ``?`` anywhere e
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from simmtm.data.formats import FileFormat, get_format, register_format, suffixes
 from simmtm.errors import DataError
 
 __all__ = [
@@ -43,7 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TENSOR_SUFFIXES = (".pt", ".npz")
 SINGLE_FILE_FRACTIONS = (0.2, 0.2)  # val, test shares of a lone file; the rest trains
 STD_FLOOR = 1e-8
 
@@ -261,19 +262,8 @@ def _as_array(value: object) -> np.ndarray:
     return value.numpy() if torch.is_tensor(value) else np.asarray(value)
 
 
-def _read_tensors(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``samples`` (N, C, L) and ``labels`` (N,) from a .pt or .npz file."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                content = {key: archive[key] for key in archive.files}
-        else:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch and numpy raise many types for a corrupt or unsafe file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: cannot load: {reason}") from None
+def _labelled_arrays(content: object, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``samples`` (N, C, L) float32 and ``labels`` (N,) out of a loaded mapping, checked."""
     if not isinstance(content, dict) or "samples" not in content or "labels" not in content:
         keys = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise DataError(f"{path}: expected a mapping with 'samples' [N, C, L] and 'labels' [N], got {keys}")
@@ -291,11 +281,81 @@ def _read_tensors(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return samples, labels
 
 
+class _LabelledFormat(FileFormat):
+    """A classification format: ``read`` gives equal-length arrays, ``cases`` the cases as they are in the file."""
+
+    task = "classification"
+
+    def cases(self, path: Path) -> _Cases:
+        samples, labels = self.read(path)
+        return _Cases.of_array(samples, labels, path)
+
+
+class _TensorFormat(_LabelledFormat):
+    """A file holding ``samples`` [N, C, L] (or [N, L]) and ``labels`` [N]."""
+
+    split_files = True
+
+    def read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        try:
+            content = self.load(path)
+        except Exception as exc:  # torch and numpy raise many types for a corrupt or unsafe file
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{path}: cannot load: {reason}") from None
+        return _labelled_arrays(content, path)
+
+    @abstractmethod
+    def load(self, path: Path) -> object: ...
+
+
+@register_format
+class PtFormat(_TensorFormat):
+    """``torch.save`` of a dict (the official SimMTM files), loaded with ``weights_only=True``."""
+
+    suffix = ".pt"
+
+    def load(self, path: Path) -> object:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@register_format
+class NpzFormat(_TensorFormat):
+    """``numpy.savez`` of ``samples`` and ``labels`` (no pickles)."""
+
+    suffix = ".npz"
+
+    def load(self, path: Path) -> object:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+
+
+@register_format
+class TsFormat(_LabelledFormat):
+    """A UEA/UCR ``.ts`` file (``read_ts``); ``*_TRAIN.ts``/``*_TEST.ts`` files form a train/test pair."""
+
+    suffix = ".ts"
+    task = "classification"
+    pairs = True
+
+    def read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        samples, labels = read_ts(path)
+        return samples, np.asarray(labels, dtype=str)
+
+    def cases(self, path: Path) -> _Cases:
+        return _parse_ts(path)  # the cases may differ in length; load_classification decides what to do
+
+
 def _read_any(path: Path) -> _Cases:
-    if path.suffix == ".ts":
-        return _parse_ts(path)
-    samples, labels = _read_tensors(path)
-    return _Cases.of_array(samples, labels, path)
+    """A classification file's cases, through the reader registered for its suffix."""
+    fmt = get_format(path)
+    if not isinstance(fmt, _LabelledFormat):
+        raise DataError(
+            f"{path}: unsupported file type '{path.suffix}'; classification reads "
+            f"{', '.join(suffixes('classification'))} or a directory"
+        )
+    return fmt.cases(path)
 
 
 def _encode_labels(parts: Sequence[np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
@@ -354,7 +414,7 @@ def _pair_paths(path: Path) -> tuple[Path, Path] | None:
 
 
 def _official_layout(directory: Path) -> dict[str, Path] | None:
-    for suffix in TENSOR_SUFFIXES:
+    for suffix in suffixes("classification", split_files=True):
         files = {split: directory / f"{split}{suffix}" for split in ("train", "val", "test")}
         if all(p.is_file() for p in files.values()):
             return files
@@ -369,28 +429,29 @@ def _layout(path: Path) -> tuple[str, dict[str, Path]]:
         official = _official_layout(path)
         if official:
             return "official", official
-        trains = sorted(path.glob("*_TRAIN.ts"))
+        trains = sorted(p for s in suffixes("classification", pairs=True) for p in path.glob(f"*_TRAIN{s}"))
         if len(trains) == 1:
-            train, test = _pair_paths(trains[0])
-            return "pair", {"train": train, "test": test}
+            pair = _pair_paths(trains[0])
+            assert pair is not None  # a *_TRAIN file always names a pair
+            return "pair", {"train": pair[0], "test": pair[1]}
         found = ", ".join(p.name for p in trains) if trains else "none"
         raise DataError(
             f"{path}: expected one *_TRAIN.ts/*_TEST.ts pair or train/val/test.pt (.npz) inside; "
             f"*_TRAIN.ts files found: {found}"
         )
-    if path.suffix == ".ts":
-        pair = _pair_paths(path)
+    fmt = get_format(path)
+    if fmt is not None and fmt.task == "classification":
+        pair = _pair_paths(path) if fmt.pairs else None
         if pair:
             return "pair", {"train": pair[0], "test": pair[1]}
-        return "single", {"all": path}
-    if path.suffix in TENSOR_SUFFIXES:
-        if path.stem == "train":
+        if fmt.split_files and path.stem == "train":
             official = _official_layout(path.parent)
             if official and official["train"] == path:
                 return "official", official
         return "single", {"all": path}
     raise DataError(
-        f"{path}: unsupported file type '{path.suffix}'; classification reads .ts, .pt, .npz or a directory"
+        f"{path}: unsupported file type '{path.suffix}'; classification reads "
+        f"{', '.join(suffixes('classification'))} or a directory"
     )
 
 

@@ -29,19 +29,34 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import pooch
 import requests
 
+from simmtm.data.formats import Task
 from simmtm.errors import DataError
 
-if TYPE_CHECKING:
-    from simmtm.data.registry import DatasetSpec
-
-__all__ = ["KNOWN_SHA256", "RETRIES", "URL_BASE_ENV", "download", "sha256_file", "source_url"]
+__all__ = ["DatasetSpec", "KNOWN_SHA256", "RETRIES", "URL_BASE_ENV", "download", "sha256_file", "source_url"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A named data set: its task, its files under the data directory, and where to fetch them."""
+
+    name: str
+    task: Task
+    files: tuple[str, ...]  # relative to the data directory; files[0] is the path the loader is given
+    url: str | None = None  # one raw file, or a .zip holding `files` by base name; None: fetched by hand
+    description: str = ""
+    manual: str = ""  # how to get the files when url is None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def is_archive(self) -> bool:
+        return self.url is not None and self.url.lower().endswith(".zip")
 
 # SHA-256 of the unmodified files, by file name (computed from copies checked here).
 KNOWN_SHA256: dict[str, str] = {

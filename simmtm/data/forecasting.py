@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from simmtm.data.formats import FORMATS, FileFormat, get_format, register_format
 from simmtm.errors import DataError
 
 __all__ = ["ForecastingSplits", "WindowDataset", "load_forecasting", "split_borders"]
@@ -88,6 +89,17 @@ class WindowDataset(Dataset):
 
 
 # --- reading -------------------------------------------------------------------------------------------------
+
+
+@register_format
+class CsvFormat(FileFormat):
+    """A CSV with a date column (named ``date``, or the first column) and numeric columns."""
+
+    suffix = ".csv"
+    task = "forecasting"
+
+    def read(self, path: Path) -> pd.DataFrame:
+        return _read_csv(path)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -213,7 +225,10 @@ def load_forecasting(
     path = Path(path)
     if seq_len < 1 or horizon < 0:
         raise ValueError(f"need seq_len >= 1 and horizon >= 0, got {seq_len} and {horizon}")
-    frame = _read_csv(path)
+    fmt = get_format(path)
+    if fmt is None or fmt.task != "forecasting":
+        fmt = FORMATS[CsvFormat.suffix]  # any other file is read as CSV
+    frame = fmt.read(path)
     date, dates = _date_column(frame, path)
     columns = _select_columns(frame, path, date, features, target)
     values = frame[columns].to_numpy(dtype=np.float64)  # (T, C)

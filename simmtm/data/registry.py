@@ -17,8 +17,9 @@ import platformdirs
 
 from simmtm.config import DataConfig
 from simmtm.data.classification import ClassificationSplits, load_classification
-from simmtm.data.download import download
+from simmtm.data.download import DatasetSpec, download
 from simmtm.data.forecasting import ForecastingSplits, load_forecasting
+from simmtm.data.formats import Task, get_format, suffixes
 from simmtm.errors import DataError
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Task = Literal["forecasting", "classification"]
 DATA_DIR_ENV = "SIMMTM_DATA_DIR"
 ETT_URL = "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/{file}"
 UCR_URL = "https://timeseriesclassification.com/aeon-toolkit/{name}.zip"
@@ -44,23 +44,6 @@ TSLIB_MANUAL = (
     "it is not fetched automatically (no stable public raw URL): download the data archive linked from the "
     "README of github.com/thuml/Time-Series-Library (or Autoformer) and copy {file} from it"
 )
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A named data set: its task, its files under the data directory, and where to fetch them."""
-
-    name: str
-    task: Task
-    files: tuple[str, ...]  # relative to the data directory; files[0] is the path the loader is given
-    url: str | None = None  # one raw file, or a .zip holding `files` by base name; None: fetched by hand
-    description: str = ""
-    manual: str = ""  # how to get the files when url is None
-    aliases: tuple[str, ...] = ()
-
-    @property
-    def is_archive(self) -> bool:
-        return self.url is not None and self.url.lower().endswith(".zip")
 
 
 def _ett(name: str, description: str) -> DatasetSpec:
@@ -141,14 +124,6 @@ class ResolvedData:
     name: str
 
 
-_TASK_BY_SUFFIX: dict[str, Task] = {
-    ".csv": "forecasting",
-    ".ts": "classification",
-    ".pt": "classification",
-    ".npz": "classification",
-}
-
-
 def _resolve_name(name: str) -> tuple[DatasetSpec, Path]:
     spec = get_dataset(name)
     root = data_dir()
@@ -187,17 +162,24 @@ def resolve(cfg: DataConfig) -> ResolvedData:
         task = spec.task
     elif path.is_dir():
         task = "classification"
-    elif path.suffix.lower() in _TASK_BY_SUFFIX:
-        task = _TASK_BY_SUFFIX[path.suffix.lower()]
+    elif (fmt := get_format(path)) is not None:
+        task = fmt.task
     else:
         raise DataError(
-            f"{path}: cannot tell the task from suffix '{path.suffix}'; use .csv (forecasting), "
-            ".ts/.pt/.npz or a directory (classification), or set data.task"
+            f"{path}: cannot tell the task from suffix '{path.suffix}'; use {'/'.join(suffixes('forecasting'))} "
+            f"(forecasting), {'/'.join(suffixes('classification'))} or a directory (classification), or set data.task"
         )
-    if task == "forecasting" and (path.is_dir() or path.suffix.lower() != ".csv"):
-        raise DataError(f"{path}: forecasting reads a .csv file (a date column plus numeric columns)")
-    if task == "classification" and path.suffix.lower() == ".csv":
-        raise DataError(f"{path}: classification reads .ts, .pt or .npz files or a directory of them, not .csv")
+    fmt = get_format(path)  # a directory's suffix counts too: a folder named x.csv is no classification set
+    if task == "forecasting" and (path.is_dir() or fmt is None or fmt.task != "forecasting"):
+        raise DataError(
+            f"{path}: forecasting reads a {' or '.join(suffixes('forecasting'))} file (a date column plus "
+            "numeric columns)"
+        )
+    if task == "classification" and fmt is not None and fmt.task != "classification":
+        raise DataError(
+            f"{path}: classification reads {', '.join(suffixes('classification'))} files or a directory "
+            f"of them, not {path.suffix}"
+        )
     logger.debug("data %s -> %s (%s)", name, path, task)
     return ResolvedData(task=task, path=path, name=name)
 

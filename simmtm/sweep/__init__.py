@@ -1,8 +1,10 @@
 """Sweeps over SimMTM's pre-training settings: Ray Tune trials, an Optuna study, ASHA on a downstream probe.
 
-``spec`` (the sweep file schema), ``trial`` (one trial as a plain function), ``search`` (the Optuna searcher),
-``driver`` (the Tune experiment, resume, results) and ``outputs`` (trials.csv, best.yaml, HParams).
-Importing this package imports neither Ray nor torch.
+``spec`` (the sweep file schema and the ``TrialSpec`` every trial shares), ``trial`` (one trial as a plain
+function), ``trainable`` and ``multiworker`` (a trial in Tune, on one process or on Ray Train workers), ``search``
+(the Optuna searcher), ``warm_start`` (seeding the study from an earlier sweep), ``driver`` (the entry and the Tune
+experiment), ``results`` (rows, study reconciliation, test scores) and ``outputs`` (every file of a sweep directory,
+read and written). Importing this package imports neither Ray nor torch.
 """
 
 from simmtm.sweep.spec import SweepSpec, sweep_spec, validate_sweep_sections

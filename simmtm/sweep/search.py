@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from simmtm.sweep.spec import SearchSpec, condition_holds
+from simmtm.sweep.spec import SearchSpec, condition_holds, search_distributions
 
 __all__ = ["SweepSearch", "DefineByRun", "make_sampler", "open_storage", "search_distributions"]
 
@@ -56,27 +56,13 @@ class DefineByRun:
             if not condition_holds(p.when, {**self.base_values, **chosen}):
                 continue
             if p.type == "categorical":
-                chosen[key] = trial.suggest_categorical(key, p.choices)
+                chosen[key] = trial.suggest_categorical(key, p.choices or [])
             elif p.type == "int":
-                chosen[key] = trial.suggest_int(key, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+                low, high = p.bounds
+                chosen[key] = trial.suggest_int(key, int(low), int(high), log=p.log, step=int(p.step or 1))
             else:
-                chosen[key] = trial.suggest_float(key, p.low, p.high, log=p.log, step=p.step)
-
-
-def search_distributions(search: SearchSpec) -> dict[str, optuna.distributions.BaseDistribution]:
-    """The Optuna distribution of every searched key of a tpe/random search: those ``DefineByRun`` suggests from, so
-    that trials copied in by a warm start share the sampler's search space exactly."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    dists: dict[str, optuna.distributions.BaseDistribution] = {}
-    for key, p in search.params.items():
-        if p.type == "categorical":
-            dists[key] = CategoricalDistribution(p.choices)
-        elif p.type == "int":
-            dists[key] = IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-        else:
-            dists[key] = FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-    return dists
+                low, high = p.bounds
+                chosen[key] = trial.suggest_float(key, low, high, log=p.log, step=p.step)
 
 
 def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
@@ -117,8 +103,12 @@ class SweepSearch(OptunaSearch):
         first: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
-            space=DefineByRun(search, base_values), metric=metric, mode=mode,
-            sampler=make_sampler(search, seed), study_name=study_name, storage=storage,
+            space=DefineByRun(search, base_values),
+            metric=metric,
+            mode=mode,
+            sampler=make_sampler(search, seed),
+            study_name=study_name,
+            storage=storage,
         )
         self._probe_metric = probe_metric
         self._reported: dict[str, set[int]] = {}  # trial id -> steps already given to Optuna

@@ -8,17 +8,22 @@ and the key.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import itertools
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from simmtm.config import RunConfig, _known_keys, parse_config
+from simmtm.config import SWEEP_SECTIONS, RunConfig, parse_config
+from simmtm.config_keys import apply_params, error_line, flatten, get_key, known_keys, set_key
 from simmtm.errors import ConfigError
+from simmtm.resources import Resources
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
 
 __all__ = [
     "ParamSpec",
@@ -27,6 +32,10 @@ __all__ = [
     "TuneSpec",
     "ResourcesSpec",
     "SweepSpec",
+    "TrialSpec",
+    "probe_key",
+    "search_distributions",
+    "match_choice",
     "sweep_spec",
     "validate_sweep_sections",
     "searchable_keys",
@@ -46,7 +55,12 @@ __all__ = [
 # searched key starts from the schema default.
 PAPER_DEFAULTS = {"pretrain.mask_ratio": 0.5, "pretrain.num_masked": 3, "pretrain.temperature": 0.2}
 # Short names of the keys the paper is about, for tables and axes.
-SHORT_NAMES = {"pretrain.mask_ratio": "r", "pretrain.num_masked": "M", "pretrain.temperature": "tau", "model.encoder": "encoder"}
+SHORT_NAMES = {
+    "pretrain.mask_ratio": "r",
+    "pretrain.num_masked": "M",
+    "pretrain.temperature": "tau",
+    "model.encoder": "encoder",
+}
 
 # Keys a sweep may not search: they decide where and how a trial runs, not what it learns.
 _NOT_SEARCHABLE = {"device", "threads", "data.name", "data.path", "data.task", "data.num_workers"}
@@ -89,12 +103,18 @@ class ParamSpec(_Spec):
             raise ValueError(f"an int parameter needs whole-number bounds (got low={self.low}, high={self.high})")
         return self
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """``(low, high)`` of a float or int range (validated: both set)."""
+        assert self.low is not None and self.high is not None, "a categorical parameter has no bounds"
+        return self.low, self.high
+
     def values_to_check(self) -> list[Any]:
         """Values whose validity against the run config decides whether the range is legal."""
         if self.type == "categorical":
             return list(self.choices or [])
         cast = int if self.type == "int" else float
-        return [cast(self.low), cast(self.high)]
+        return [cast(v) for v in self.bounds]
 
 
 class SearchSpec(_Spec):
@@ -103,8 +123,12 @@ class SearchSpec(_Spec):
     method: Literal["tpe", "random", "grid"] = "tpe"
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     grid: dict[str, list[Any]] | None = None  # method: grid; every combination is run (times tune.repeats)
-    first: Literal["paper", "config", "none"] = "paper"  # the first TPE/random trial: paper defaults, the run config's own values, or none
-    seed: int | None = None  # the sampler's seed; None: the run's seed. Changing it re-draws the search, not the training
+    first: Literal["paper", "config", "none"] = (
+        "paper"  # the first TPE/random trial: paper defaults, the run config's own values, or none
+    )
+    seed: int | None = (
+        None  # the sampler's seed; None: the run's seed. Changing it re-draws the search, not the training
+    )
 
     @model_validator(mode="after")
     def _method_matches(self) -> SearchSpec:
@@ -128,7 +152,7 @@ class SearchSpec(_Spec):
     @property
     def keys(self) -> list[str]:
         """The searched dotted keys, in file order."""
-        return list(self.grid) if self.method == "grid" else list(self.params)
+        return list(self.grid or {}) if self.method == "grid" else list(self.params)
 
     def grid_cells(self) -> list[dict[str, Any]]:
         """Every combination of the grid values (method: grid)."""
@@ -154,7 +178,9 @@ class TuneSpec(_Spec):
     probe_every: int = Field(1, ge=1)  # pre-training epochs between probe scores
     probe_steps: int = Field(50, ge=1)  # optimiser steps of each probe's head
     probe_val_batches: int = Field(1, ge=1)  # the probe's per-epoch validation cap (its score uses the full split)
-    probe_overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys set for probes only (e.g. data.features: S)
+    probe_overrides: dict[str, Any] = Field(
+        default_factory=dict
+    )  # dotted keys set for probes only (e.g. data.features: S)
     metric: str | None = None  # None: val_mse (forecasting) or val_accuracy (classification)
     mode: Literal["min", "max"] | None = None  # None: min for mse/mae, max for accuracy/f1
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
@@ -171,18 +197,78 @@ class TuneSpec(_Spec):
         return self.num_samples or 8
 
 
-class ResourcesSpec(_Spec):
-    """What one trial occupies: ``workers`` data-parallel processes with these CPUs and GPUs each."""
-
-    workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
+# What one trial occupies: ``workers`` data-parallel processes with these CPUs and GPUs each.
+ResourcesSpec = Resources
 
 
 class SweepSpec(_Spec):
     search: SearchSpec
     tune: TuneSpec = Field(default_factory=TuneSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    resources: Resources = Field(default_factory=Resources)
+
+
+def probe_key(metric: str) -> str:
+    """The name under which probe scores are reported (``probe_val_mse``): ASHA prunes on it."""
+    return f"probe_{metric}"
+
+
+_TUNE_DEFAULTS = TuneSpec()
+
+
+class TrialSpec(_Spec):
+    """What every trial of a sweep shares (all but its searched values and repeat index), frozen.
+
+    The driver builds it once from the sweep file (``of_sweep``); it travels to the trials as plain data and is
+    validated again where a trial starts. Its defaults are the sweep file's (``TuneSpec``), for tests and tools
+    that run a trial by hand.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: dict[str, Any]  # the base run config (sweep sections left out)
+    metric: str
+    probe_every: int = Field(_TUNE_DEFAULTS.probe_every, ge=1)
+    probe_steps: int = Field(_TUNE_DEFAULTS.probe_steps, ge=1)
+    probe_val_batches: int = Field(_TUNE_DEFAULTS.probe_val_batches, ge=1)
+    probe_overrides: dict[str, Any] = Field(default_factory=dict)
+    max_failures: int = Field(_TUNE_DEFAULTS.max_failures, ge=0)
+    resources: Resources = Field(default_factory=Resources)
+    tb_dir: str | None = None  # per-trial TensorBoard scores under tb_dir/<trial id>; None: none
+    storage_path: str | None = None  # where a multi-worker trial's Train run keeps its checkpoints
+
+    @classmethod
+    def of_sweep(
+        cls, config: RunConfig, spec: SweepSpec, *, metric: str, tb_dir: str | None, storage_path: str | None
+    ) -> TrialSpec:
+        tune = spec.tune
+        return cls(
+            run=config.run_dict(),
+            metric=metric,
+            probe_every=tune.probe_every,
+            probe_steps=tune.probe_steps,
+            probe_val_batches=tune.probe_val_batches,
+            probe_overrides=tune.probe_overrides,
+            max_failures=tune.max_failures,
+            resources=spec.resources,
+            tb_dir=tb_dir,
+            storage_path=storage_path,
+        )
+
+    @property
+    def probe_metric(self) -> str:
+        return probe_key(self.metric)
+
+    def run_config(self, params: Mapping[str, Any], repeat: int, *, pin_threads: bool = True) -> RunConfig:
+        """The run config one trial trains with: base run + searched values, seed shifted by the repeat index.
+
+        ``pin_threads``: each worker uses as many torch threads as it holds CPUs (no oversubscription when several
+        trials share a machine).
+        """
+        raw = apply_params(self.run, params)
+        raw["seed"] = int(raw.get("seed", 0)) + repeat
+        if pin_threads:
+            raw["threads"] = max(1, int(self.resources.cpus_per_worker))
+        return parse_config(raw, source="trial config")
 
 
 # --- dotted keys ---------------------------------------------------------------------------------------------
@@ -191,25 +277,8 @@ class SweepSpec(_Spec):
 def searchable_keys() -> list[str]:
     """Leaf keys of the run config that a sweep may search."""
     sections = {"data", "model", "pretrain", "finetune"}
-    leaves = [k for k in _known_keys(RunConfig) if k not in sections and k.split(".")[0] not in {"search", "tune", "resources"}]
+    leaves = [k for k in known_keys(RunConfig) if k not in sections and k.split(".")[0] not in SWEEP_SECTIONS]
     return [k for k in leaves if k not in _NOT_SEARCHABLE]
-
-
-def get_key(raw: dict[str, Any], key: str, default: Any = None) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
 
 
 def condition_holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:
@@ -227,7 +296,9 @@ def condition_holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool
 def sweep_spec(config: RunConfig, path: str | Path = "sweep") -> SweepSpec:
     """The validated sweep sections of ``config``; ConfigError (one line, naming file and key) otherwise."""
     validate_sweep_sections(config, path)
-    return SweepSpec.model_validate({"search": config.search, "tune": config.tune or {}, "resources": config.resources or {}})
+    return SweepSpec.model_validate(
+        {"search": config.search, "tune": config.tune or {}, "resources": config.resources or {}}
+    )
 
 
 def validate_sweep_sections(config: RunConfig, path: str | Path) -> None:
@@ -245,7 +316,7 @@ def validate_sweep_sections(config: RunConfig, path: str | Path) -> None:
     try:
         spec = SweepSpec.model_validate({k: v if v is not None else {} for k, v in sections.items()})
     except ValidationError as exc:
-        raise ConfigError(_pydantic_line(exc, source)) from None
+        raise ConfigError(error_line(exc, source, SweepSpec)) from None
 
     known = searchable_keys()
     base = config.run_dict()
@@ -263,11 +334,14 @@ def validate_sweep_sections(config: RunConfig, path: str | Path) -> None:
                 _check_value(base, key, value, source, where=where)
             for cond_key, wanted in (param.when or {}).items():
                 if cond_key not in seen and cond_key not in known:
-                    raise ConfigError(f"{source}: {where}.when: '{cond_key}' is neither a parameter searched before it nor a config key")
+                    raise ConfigError(
+                        f"{source}: {where}.when: '{cond_key}' is neither a parameter searched before it "
+                        "nor a config key"
+                    )
                 if cond_key in seen:
                     cond = spec.search.params[cond_key]
                     allowed = wanted if isinstance(wanted, list) else [wanted]
-                    if cond.type == "categorical" and not any(a in cond.choices for a in allowed):
+                    if cond.type == "categorical" and not any(a in (cond.choices or []) for a in allowed):
                         raise ConfigError(
                             f"{source}: {where}.when: {cond_key} never takes {wanted!r} (its choices: {cond.choices})"
                         )
@@ -284,22 +358,28 @@ def validate_sweep_sections(config: RunConfig, path: str | Path) -> None:
         )
     r = spec.resources
     if r.workers > 1 and (r.cpus_per_worker != int(r.cpus_per_worker)):
-        raise ConfigError(f"{source}: resources.cpus_per_worker: use whole CPUs with workers > 1 (got {r.cpus_per_worker})")
+        raise ConfigError(
+            f"{source}: resources.cpus_per_worker: use whole CPUs with workers > 1 (got {r.cpus_per_worker})"
+        )
 
 
 def _check_key(key: str, known: list[str], source: str, *, where: str) -> None:
     if key in known:
         return
     if key in _NOT_SEARCHABLE:
-        raise ConfigError(f"{source}: {where}: '{key}' cannot be searched (it decides where a trial runs, not what it learns)")
+        raise ConfigError(
+            f"{source}: {where}: '{key}' cannot be searched (it decides where a trial runs, not what it learns)"
+        )
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ConfigError(f"{source}: {where}: unknown parameter '{key}'{hint}; a parameter is a dotted config key such as pretrain.mask_ratio")
+    raise ConfigError(
+        f"{source}: {where}: unknown parameter '{key}'{hint}; a parameter is a dotted config key such as "
+        "pretrain.mask_ratio"
+    )
 
 
 def _check_value(base: dict[str, Any], key: str, value: Any, source: str, *, where: str) -> None:
-    raw = copy.deepcopy(base)
-    set_key(raw, key, value)
+    raw = apply_params(base, {key: value})
     try:
         config = parse_config(raw, source=where)
     except ConfigError as exc:
@@ -316,28 +396,24 @@ def _check_metric(tune: TuneSpec, source: str) -> None:
         return
     valid = ("val_mse", "val_mae", "val_accuracy", "val_f1")
     if tune.metric not in valid:
-        raise ConfigError(f"{source}: tune.metric: '{tune.metric}' is not a validation score; valid: {', '.join(valid)}")
-
-
-def _pydantic_line(exc: ValidationError, source: str) -> str:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-    if err["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{key}'{more}"
-    if err["type"] == "missing":
-        return f"{source}: missing key '{key}'{more}"
-    return f"{source}: {key}: {msg}{more}"
+        raise ConfigError(
+            f"{source}: tune.metric: '{tune.metric}' is not a validation score; valid: {', '.join(valid)}"
+        )
 
 
 def resolve_metric(tune: TuneSpec, task: str) -> tuple[str, str]:
     """The sweep's metric and mode for a task: val_mse/min for forecasting, val_accuracy/max for classification."""
     metric = tune.metric or ("val_accuracy" if task == "classification" else "val_mse")
     if task == "classification" and metric in ("val_mse", "val_mae"):
-        raise ConfigError(f"tune.metric: {metric} is a forecasting score but the data is a classification task; use val_accuracy or val_f1")
+        raise ConfigError(
+            f"tune.metric: {metric} is a forecasting score but the data is a classification task; "
+            "use val_accuracy or val_f1"
+        )
     if task == "forecasting" and metric in ("val_accuracy", "val_f1"):
-        raise ConfigError(f"tune.metric: {metric} is a classification score but the data is a forecasting task; use val_mse or val_mae")
+        raise ConfigError(
+            f"tune.metric: {metric} is a classification score but the data is a forecasting task; "
+            "use val_mse or val_mae"
+        )
     mode = tune.mode or ("max" if metric in ("val_accuracy", "val_f1") else "min")
     return metric, mode
 
@@ -354,7 +430,7 @@ def first_point(spec: SweepSpec, base: dict[str, Any]) -> dict[str, Any] | None:
     point: dict[str, Any] = {}
     defaults = RunConfig.model_validate({"data": {"name": "x"}}).run_dict()
     for key, param in spec.search.params.items():
-        if not condition_holds(param.when, {**_flat(base), **point}):
+        if not condition_holds(param.when, {**flatten(base), **point}):
             continue
         if spec.search.first == "paper":
             value = PAPER_DEFAULTS.get(key, get_key(defaults, key))
@@ -370,27 +446,53 @@ def _inside(param: ParamSpec, value: Any) -> bool:
         return value in (param.choices or [])
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return False
-    return param.low <= value <= param.high and (param.type != "int" or value == int(value))
-
-
-def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in raw.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    low, high = param.bounds
+    return low <= value <= high and (param.type != "int" or value == int(value))
 
 
 def flat_config(raw: dict[str, Any]) -> dict[str, Any]:
     """A nested run dict as ``{dotted key: value}``."""
-    return _flat(raw)
+    return flatten(raw)
 
 
-def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the run dict with the searched values set at their dotted keys."""
-    raw = copy.deepcopy(base)
-    for key, value in params.items():
-        set_key(raw, key, value)
-    return raw
+def search_distributions(
+    search: SearchSpec | Mapping[str, Any], keys: Sequence[str] | None = None
+) -> dict[str, BaseDistribution]:
+    """The Optuna distribution of every searched key: what ``DefineByRun`` suggests from for tpe/random (so that
+    trials a warm start copies in share the sampler's space), and the grid's values as choices for a grid.
+
+    ``search`` may be the search section as ``sweep.json`` stores it; one that does not validate gives ``{}``.
+    ``keys``: only these (those the search does not name are left out).
+    """
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if not isinstance(search, SearchSpec):
+        try:
+            search = SearchSpec.model_validate(search)
+        except ValidationError:
+            return {}
+    dists: dict[str, BaseDistribution] = {}
+    if search.method == "grid":
+        dists = {key: CategoricalDistribution(values) for key, values in (search.grid or {}).items()}
+    for key, p in search.params.items():
+        if p.type == "categorical":
+            dists[key] = CategoricalDistribution(p.choices or [])
+        elif p.type == "int":
+            low, high = p.bounds
+            dists[key] = IntDistribution(int(low), int(high), log=p.log, step=int(p.step or 1))
+        else:
+            dists[key] = FloatDistribution(*p.bounds, log=p.log, step=p.step)
+    return dists if keys is None else {k: dists[k] for k in keys if k in dists}
+
+
+def match_choice(value: Any, choices: Sequence[Any]) -> Any:
+    """The choice equal to ``value`` (numbers compared with a tolerance: CSV round trips), or None."""
+    for c in choices:
+        if c == value:
+            return c
+        if isinstance(c, (int, float)) and not isinstance(c, bool) and isinstance(value, (int, float)):
+            if math.isclose(float(c), float(value), rel_tol=1e-9, abs_tol=1e-12):
+                return c
+        if isinstance(c, str) and str(value) == c:
+            return c
+    return None

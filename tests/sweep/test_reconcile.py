@@ -8,7 +8,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from simmtm.sweep.driver import ORPHAN_REASON, _reconcile_study
+from simmtm.sweep.results import ORPHAN_REASON, reconcile_study
 from simmtm.sweep.outputs import TrialRow
 
 
@@ -24,7 +24,7 @@ def test_a_trial_asked_before_it_was_tagged_becomes_a_named_failed_row(tmp_path:
     study.add_trial(warm)
     rows = [TrialRow(trial_id="aaaa", state="COMPLETE", params={"pretrain.mask_ratio": done.params["pretrain.mask_ratio"]}, score=0.25)]
 
-    orphans = _reconcile_study(url, "s", rows, ["pretrain.mask_ratio"])
+    orphans = reconcile_study(url, "s", rows, ["pretrain.mask_ratio"])
 
     assert [o.trial_id for o in orphans] == [f"optuna-{untagged.number}"]
     assert orphans[0].state == "FAILED" and orphans[0].error == ORPHAN_REASON

@@ -15,7 +15,8 @@ from simmtm.config import load_config
 from simmtm.errors import ConfigError
 from simmtm.sweep.search import SweepSearch
 from simmtm.sweep.spec import PAPER_DEFAULTS, ResourcesSpec, SweepSpec, first_point, flat_config, sampler_seed, sweep_spec
-from simmtm.sweep.driver import check_resources, concurrency, plan_trials, resolve_address
+from simmtm.ray_session import check_resources, resolve_address
+from simmtm.sweep.driver import concurrency, plan_trials
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 SWEEP_FILES = ("quick.yaml", "etth1_rm.yaml", "grid_rm.yaml", "gunpoint_sweep.yaml")

@@ -6,14 +6,16 @@ import math
 
 import pytest
 
-from simmtm.sweep.trial import run_trial, trial_config, trial_loop
+from simmtm.sweep.spec import TrialSpec
+from simmtm.sweep.trainable import run_trial
+from simmtm.sweep.trial import trial_loop
 
 
 @pytest.fixture
 def trial(make_config, csv_writer, tmp_path):
     csv = csv_writer(tmp_path / "series.csv")
     run = make_config(csv, {"pretrain": {"epochs": 3, "max_steps": None}, "finetune": {"horizons": [4, 8]}})
-    return {"sweep": trial_config(run, metric="val_mse", probe_steps=3, tb_dir=str(tmp_path / "tb")),
+    return {"sweep": TrialSpec(run=run, metric="val_mse", probe_steps=3, tb_dir=str(tmp_path / "tb")).model_dump(),
             "pretrain.mask_ratio": 0.3, "pretrain.num_masked": 2, "repeat": 1}
 
 

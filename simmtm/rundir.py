@@ -1,0 +1,169 @@
+"""Run-directory policy: what ``--out`` may already hold, and when a run resumes, restarts or refuses.
+
+One place for the three kinds of output directory the CLI writes: a pre-training run (resumed unless
+``--restart``), a fine-tuning run (replaced only with ``--overwrite``) and a sweep (continued only with
+``--resume`` and the same resolved sweep file). Every refusal is a ``UserError`` naming ``--out``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simmtm.config import RunConfig
+from simmtm.config_keys import diff_keys
+from simmtm.errors import UserError
+
+__all__ = [
+    "RESUMABLE_CHANGES",
+    "RUN_FILES",
+    "SWEEP_FILES",
+    "prepare_pretrain_dir",
+    "check_resumable_config",
+    "guard_finetune_dir",
+    "prepare_sweep_dir",
+]
+
+log = logging.getLogger(__name__)
+
+# Keys that may change between a run and its resumption (more epochs, a larger step cap).
+RESUMABLE_CHANGES = {"pretrain.epochs", "pretrain.max_steps", "threads", "device", "data.num_workers"}
+# What a run directory may hold (`ray`: a distributed run's Ray Train storage); anything else means --out points at
+# somebody else's folder.
+RUN_FILES = {"config.yaml", "checkpoints", "tb", "history.jsonl", "metrics.json", "ray"}
+# What a sweep directory may hold (`ray`: Tune's experiment folder).
+SWEEP_FILES = {
+    "sweep.yaml",
+    "sweep.json",
+    "optuna.db",
+    "trials.csv",
+    "best.yaml",
+    "best",
+    "tb",
+    "ray",
+    "timing.json",
+    "timing.jsonl",
+}
+
+
+def _empty(out: Path, entries: set[str]) -> None:
+    for name in entries:
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+
+# --- pre-training -------------------------------------------------------------------------------------------
+
+
+def prepare_pretrain_dir(out: Path, config: RunConfig, *, restart: bool) -> dict[str, Any] | None:
+    """Decide between a fresh start and resumption; return the state to resume from, or None.
+
+    Refuses (UserError) a directory that holds something other than a simmtm run, or a run whose config differs
+    in more than the epoch budget, unless ``restart``.
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return None
+    if not entries <= RUN_FILES:
+        raise UserError(
+            f"--out {out}: not empty and not a simmtm run directory (holds "
+            f"{', '.join(sorted(entries - RUN_FILES))}); choose another --out"
+        )
+    if restart:
+        _empty(out, entries)
+        return None
+    from simmtm.checkpoint import latest_checkpoint, load_state  # torch: only for commands that train
+
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        return None
+    state = load_state(ckpt)
+    if state.get("kind") != "simmtm-pretrain":
+        raise UserError(f"--out {out}: holds a {state.get('kind', 'foreign')} checkpoint, not a pre-training run")
+    _refuse_changed(out, state["config"], config)
+    return state
+
+
+def check_resumable_config(out: Path, config: RunConfig, *, restart: bool) -> None:
+    """A distributed run writes config.yaml before its first checkpoint: refuse to resume it with another config."""
+    path = out / "config.yaml"
+    if restart or not path.is_file():
+        return
+    _refuse_changed(out, yaml.safe_load(path.read_text()) or {}, config)
+
+
+def _refuse_changed(out: Path, saved: dict[str, Any], config: RunConfig) -> None:
+    """Resuming may change only what does not alter the run (epochs, threads, device, ...)."""
+    changed = sorted(k for k in diff_keys(saved, config.run_dict()) if k not in RESUMABLE_CHANGES)
+    if changed:
+        raise UserError(
+            f"--out {out}: holds a run with a different config ({', '.join(changed)}); pass --restart to "
+            "discard it or choose another --out"
+        )
+
+
+# --- fine-tuning --------------------------------------------------------------------------------------------
+
+
+def guard_finetune_dir(out: Path, *, overwrite: bool) -> None:
+    """Empty ``out`` for a fine-tuning run: only with ``overwrite``, and only when it is a simmtm run."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise UserError(
+                f"--out {out}: already exists and is not empty; pass --overwrite to replace it or choose another --out"
+            )
+        if not (out / "metrics.json").exists() and not (out / "config.yaml").exists():
+            raise UserError(f"--out {out}: not a simmtm run directory; refusing to overwrite it")
+        shutil.rmtree(out)
+
+
+# --- sweeps -------------------------------------------------------------------------------------------------
+
+
+def prepare_sweep_dir(
+    out: Path,
+    resolved: dict[str, Any],
+    *,
+    resume: bool,
+    sweep_file: Path,
+    earlier: Callable[[], dict[str, Any]],
+    can_restore: Callable[[], bool],
+) -> bool:
+    """Check --out against --resume; return True when there is a Tune experiment to restore.
+
+    ``resolved``: the resolved sweep file, compared with ``earlier()`` (the sweep being resumed, as its
+    ``sweep.yaml`` holds it). ``can_restore``: whether Tune holds state to restore (Ray's experiment folder may
+    live outside ``out``).
+    """
+    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    if not resume:
+        if entries:
+            what = "an earlier sweep; pass --resume to continue it" if "sweep.json" in entries else "other files"
+            raise UserError(f"--out {out}: already holds {what}, or choose another --out")
+        return False
+    if not (out / "sweep.yaml").is_file():
+        raise UserError(f"--resume: {out} holds no sweep (no sweep.yaml); run without --resume to start one")
+    if not entries <= SWEEP_FILES:
+        raise UserError(f"--out {out}: holds files a sweep does not write ({', '.join(sorted(entries - SWEEP_FILES))})")
+    changed = diff_keys(earlier(), resolved)
+    if changed:
+        raise UserError(
+            f"--resume: {sweep_file} differs from the sweep in {out} ({', '.join(changed[:5])}); resume with the same "
+            "file and --set values, or start a new --out"
+        )
+    if can_restore():
+        return True
+    log.info("%s: the earlier sweep stopped before Tune started (no Tune state); starting it afresh", out)
+    _empty(out, entries - {"sweep.yaml", "sweep.json"})
+    return False

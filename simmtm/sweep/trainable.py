@@ -1,0 +1,33 @@
+"""The Tune trainable of a sweep: ``run_trial(config)`` runs one trial in this process or on Ray Train workers.
+
+Inside Tune it reports through ``simmtm.reporting.tune_report`` and resumes from the trial's own checkpoint; called
+outside Tune (tests, debugging) it runs the same steps and returns the final result. With ``resources.workers > 1``
+the trial launches a TorchTrainer (``simmtm.sweep.multiworker``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from simmtm.reporting import in_tune, tune_checkpoint_state, tune_report
+from simmtm.sweep.multiworker import run_multi_worker_trial
+from simmtm.sweep.trial import Trial, trial_loop
+
+__all__ = ["run_trial"]
+
+
+def run_trial(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Run one trial. Inside Tune it reports and returns None; outside it returns the final result."""
+    trial = Trial.from_config(config)  # validated once, where the trial starts
+    inside = in_tune()
+    if inside:  # one line per checkpoint from Ray's own loggers drowns the trial table
+        for name in ("ray.train", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if trial.spec.resources.workers > 1:
+        result = run_multi_worker_trial(trial)
+    elif inside:
+        result = trial_loop(trial, report=tune_report, resume=tune_checkpoint_state())
+    else:
+        result = trial_loop(trial)
+    return None if inside else result
