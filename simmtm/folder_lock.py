@@ -89,8 +89,10 @@ class FolderLock:
         self.holder = Holder.me(command)
         self.taken_over: Holder | None = None  # the dead holder whose lock this one replaced
         self._fd: int | None = None
+        self._created = False
 
     def acquire(self) -> FolderLock:
+        self._created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -128,6 +130,8 @@ class FolderLock:
         finally:
             os.close(self._fd)
             self._fd = None
+        if self._created and not any(self.folder.iterdir()):  # refused before writing: leave no trace
+            self.folder.rmdir()
 
     def __enter__(self) -> FolderLock:
         return self.acquire()

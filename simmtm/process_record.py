@@ -49,11 +49,20 @@ def alive(entry: dict[str, Any]) -> psutil.Process | None:
     return None
 
 
-def record_children(path: str | Path, *, note: dict[str, Any] | None = None, watchdog: bool = True) -> None:
-    """Write this process and its descendants to ``path`` (atomically) and start the watchdog."""
+def record_children(path: str | Path, *, exclude: set[int] = frozenset(), note: dict[str, Any] | None = None,
+                    watchdog: bool = True) -> None:
+    """Write this process and its descendants (but the pids in ``exclude``: what ran before, not ours to stop) to
+    ``path`` (atomically) and start the watchdog."""
     path = Path(path)
     me = psutil.Process()
-    record = {"driver": _entry(me), "children": [_entry(p) for p in me.children(recursive=True)], **(note or {})}
+    children = []
+    for proc in me.children(recursive=True):
+        try:
+            if proc.pid not in exclude:
+                children.append(_entry(proc))
+        except psutil.NoSuchProcess:  # ended meanwhile
+            pass
+    record = {"driver": _entry(me), "children": children, **(note or {})}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, path)

@@ -50,7 +50,9 @@ def test_the_lock_is_one_per_folder_and_freed_on_release(tmp_path: Path) -> None
             FolderLock(tmp_path / "a").acquire()
     with FolderLock(tmp_path / "a") as again:
         assert again.taken_over is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"] and not list((tmp_path / "a").iterdir())
+        (tmp_path / "a" / "written").write_text("x")
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["written"]  # the lock file went, the work stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # b: created by its lock, left empty, removed
 
 
 def test_many_processes_racing_for_one_folder_get_one_owner(tmp_path: Path) -> None:

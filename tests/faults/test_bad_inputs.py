@@ -9,11 +9,12 @@ start passing when the point is done, and the marker then goes).
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,25 @@ class Workspace:
         self.out = root / "out"
         self._make_config = make_config
         self._csv_writer = csv_writer
+        self.holders: list[subprocess.Popen] = []
+
+    def held(self, folder: Path) -> str:
+        """``folder``, owned by another live process (holding its lock until the case ends)."""
+        code = "import sys, time; from simmtm.folder_lock import lock_folder; lock_folder(sys.argv[1]); print('held', flush=True); time.sleep(120)"
+        proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        self.holders.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return str(folder)
+
+    def study(self, name: str = "shared") -> str:
+        """A database URL whose study ``name`` exists already (another sweep's)."""
+        import optuna
+
+        url = f"sqlite:///{self.root / 'studies.db'}"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.create_study(storage=url, study_name=name)
+        return url
 
     def raw(self, changes: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._make_config(self.csv, changes)
@@ -120,8 +140,12 @@ class Workspace:
 
 
 @pytest.fixture
-def ws(tmp_path: Path, make_config, csv_writer) -> Workspace:
-    return Workspace(tmp_path, make_config, csv_writer)
+def ws(tmp_path: Path, make_config, csv_writer):
+    workspace = Workspace(tmp_path, make_config, csv_writer)
+    yield workspace
+    for proc in workspace.holders:
+        proc.kill()
+        proc.wait()
 
 
 # --- the table ----------------------------------------------------------------------------------------------------
@@ -186,7 +210,7 @@ for key, value, pattern in [
     ("data.val_fraction", NAN, "finite number"), ("model.attention_dropout", NAN, "finite number"),
     # wrong types and unknown choices
     ("pretrain.num_masked", "three", "valid integer"), ("pretrain.num_masked", 2.5, "valid integer"),
-    ("pretrain.mask_ratio", "high", "valid number"), ("pretrain.masking", "zigzag", "'geometric' or 'random'"),
+    ("pretrain.mask_ratio", "high", "valid number"), ("pretrain.masking", "zigzag", "geometric'?,? (or )?'?random"),
     ("pretrain.loss_weighting", "learned", "'auto' or 'fixed'"), ("pretrain.scheduler", "step", "'cosine' or 'none'"),
     ("device", "tpu", "'auto', 'cpu' or 'cuda'"), ("data.features", "X", "'M' or 'S'"),
     ("data.task", "regression", "'forecasting' or 'classification'"), ("seed", "abc", "valid integer"),
@@ -326,11 +350,12 @@ for name, argv, pattern, hole in [
     ("log with low 0", sweep(param(key="pretrain.temperature", type="float", low=0, high=1, log=True)), r"log: true needs low > 0", None),
     ("log with step", sweep(param(key="pretrain.temperature", type="float", low=0.1, high=1, log=True, step=0.1)), r"log and step cannot", None),
     ("int with fractional bounds", sweep(param(key="pretrain.num_masked", type="int", low=1.5, high=4)), r"whole-number bounds", None),
-    ("int with a fractional step", sweep(param(key="pretrain.num_masked", type="int", low=1, high=5, step=0.5)), r"step", "14.3"),
-    ("float step wider than its range", sweep(param(type="float", low=0.1, high=0.3, step=0.5)), r"step", "14.3"),
+    ("int with a fractional step", sweep(param(key="pretrain.num_masked", type="int", low=1, high=5, step=0.5)), r"step", None),
+    ("float step wider than its range", sweep(param(type="float", low=0.1, high=0.3, step=0.5)), r"step", None),
+    ("high - low not a multiple of step", sweep(param(type="float", low=0.1, high=0.9, step=0.3)), r"not a multiple of step", None),
     ("step 0", sweep(param(type="float", low=0.1, high=0.9, step=0)), r"step: .*greater than 0", None),
-    ("infinite high", sweep(param(key="pretrain.num_masked", type="int", low=1, high=INF)), r"finite", "14.3"),
-    ("NaN low", sweep(param(type="float", low=NAN, high=0.9)), r"finite", "14.3"),
+    ("infinite high", sweep(param(key="pretrain.num_masked", type="int", low=1, high=INF)), r"finite", None),
+    ("NaN low", sweep(param(type="float", low=NAN, high=0.9)), r"finite", None),
     ("categorical without choices", sweep(param(key="model.encoder", type="categorical", choices=[])), r"non-empty 'choices'", None),
     ("categorical with bounds", sweep(param(key="model.encoder", type="categorical", choices=["transformer"], low=1)), r"choices' only", None),
     ("float with choices", sweep(param(type="float", low=0.1, high=0.9, choices=[0.2])), r"use type: categorical", None),
@@ -356,9 +381,12 @@ for name, argv, pattern, hole in [
     ("fractional CPUs with workers", sweep(resources={"workers": 2, "cpus_per_worker": 0.5}), r"use whole CPUs", None),
     ("more CPUs than the machine", sweep(resources={"workers": 1, "cpus_per_worker": 4096}), r"4096", None),
     ("search section missing", lambda w: ["sweep", w.config({"tune": {"num_samples": 2}}), "--out", str(w.out)], r"needs a 'search' section", None),
-    ("not a sweep file", lambda w: ["sweep", w.config(), "--out", str(w.out)], r"search", "14.3"),
-    ("warm start from nowhere", sweep(None, "--warm-start", "/nonexistent/sweep"), r"/nonexistent/sweep", "14.4"),
+    ("not a sweep file", lambda w: ["sweep", w.config(), "--out", str(w.out)], r"search", None),
+    ("warm start from nowhere", sweep(None, "--warm-start", "/nonexistent/sweep"), r"/nonexistent/sweep", None),
     ("resume without a sweep", sweep(None, "--resume"), r"resume", None),
+    ("an existing study, not shared", lambda w: ["sweep", w.sweep(tune={"storage": w.study(), "study_name": "shared"}),
+                                                 "--out", str(w.out)], r"already holds a study 'shared'", None),
+    ("shared study without a database", sweep(tune={"shared_study": True}), r"shared_study: true needs tune.storage", None),
 ]:
     case(f"sweep {name}", "sweep files", argv, pattern, hole=hole)
 
@@ -468,33 +496,41 @@ def _a_file(w: Workspace) -> Path:
 
 
 for name, argv, pattern, hole in [
-    ("pretrain --out is a file", lambda w: ["pretrain", w.config(), "--out", str(_a_file(w))], r"afile: exists and is not a directory", None),
-    ("pretrain --out under a file", lambda w: ["pretrain", w.config(), "--out", str(_a_file(w) / "run")], r"afile", "14.2"),
-    ("pretrain --out read-only", lambda w: ["pretrain", w.config(), "--out", str(_readonly(w) / "run")], r"readonly|/sys", "14.2"),
+    ("pretrain --out is a file", lambda w: ["pretrain", w.config(), "--out", str(_a_file(w))], r"afile: is a file, not a folder", None),
+    ("pretrain --out under a file", lambda w: ["pretrain", w.config(), "--out", str(_a_file(w) / "run")], r"afile", None),
+    ("pretrain --out read-only", lambda w: ["pretrain", w.config(), "--out", str(_readonly(w) / "run")], r"readonly|/sys", None),
     ("pretrain --out somebody's folder", lambda w: ["pretrain", w.config(), "--out", str(_foreign(w))], r"not a simmtm run directory", None),
     ("pretrain --restart somebody's folder", lambda w: ["pretrain", w.config(), "--out", str(_foreign(w)), "--restart"], r"not a simmtm run directory", None),
     ("finetune --out is a file", lambda w: ["finetune", w.config(), "--out", str(_a_file(w))], r"afile", None),
-    ("finetune --out read-only", lambda w: ["finetune", w.config(), "--out", str(_readonly(w) / "run")], r"readonly|/sys", "14.2"),
+    ("finetune --out read-only", lambda w: ["finetune", w.config(), "--out", str(_readonly(w) / "run")], r"readonly|/sys", None),
     ("finetune --overwrite somebody's folder", lambda w: ["finetune", w.config(), "--out", str(_foreign(w)), "--overwrite"], r"not a simmtm run directory", None),
     ("finetune --out a pre-training run", lambda w: ["finetune", w.config(), "--out", str(w.pretrain_run())], r"already exists", None),
-    ("run --out is a file", lambda w: ["run", w.config(), "--out", str(_a_file(w))], r"afile", "14.2"),
-    ("run --out read-only", lambda w: ["run", w.config(), "--out", str(_readonly(w) / "run")], r"readonly|/sys", "14.2"),
-    ("run --out somebody's folder", lambda w: ["run", w.config(), "--out", str(_foreign(w))], r"mine", "14.2"),
+    ("run --out is a file", lambda w: ["run", w.config(), "--out", str(_a_file(w))], r"afile", None),
+    ("run --out read-only", lambda w: ["run", w.config(), "--out", str(_readonly(w) / "run")], r"readonly|/sys", None),
+    ("run --out somebody's folder", lambda w: ["run", w.config(), "--out", str(_foreign(w))], r"mine", None),
     ("sweep --out is a file", lambda w: ["sweep", w.sweep(), "--out", str(_a_file(w))], r"afile", None),
-    ("sweep --out read-only", lambda w: ["sweep", w.sweep(), "--out", str(_readonly(w) / "s")], r"readonly|/sys", "14.2"),
+    ("sweep --out read-only", lambda w: ["sweep", w.sweep(), "--out", str(_readonly(w) / "s")], r"readonly|/sys", None),
     ("sweep --out somebody's folder", lambda w: ["sweep", w.sweep(), "--out", str(_foreign(w))], r"mine", None),
     ("sweep --out a pre-training run", lambda w: ["sweep", w.sweep(), "--out", str(w.pretrain_run())], r"pre", None),
     ("analyze a missing folder", lambda w: ["analyze", str(w.root / "nosweep")], r"nosweep", None),
     ("analyze an empty folder", lambda w: ["analyze", str((w.root / "e").mkdir() or w.root / "e"), "--out", str(w.out)], r"e", None),
-    ("analyze --out is a file", lambda w: ["analyze", str(w.sweep_dir()), "--out", str(_a_file(w))], r"afile", "14.2"),
-    ("analyze --out read-only", lambda w: ["analyze", str(w.sweep_dir()), "--out", str(_readonly(w) / "r")], r"readonly|/sys", "14.2"),
-    ("analyze --out a run folder", lambda w: ["analyze", str(w.sweep_dir()), "--out", str(w.pretrain_run())], r"pre", "14.2"),
-    ("analyze --out somebody's folder", lambda w: ["analyze", str(w.sweep_dir()), "--out", str(_foreign(w))], r"mine", "14.2"),
-    ("analyze with both tables corrupt", lambda w: ["analyze", str(_corrupt_both(w)), "--out", str(w.out)], r"trials.csv|optuna.db", "14.4"),
-    ("recommend --write a data file", lambda w: ["recommend", str(w.sweep_dir()), "--write", str(w.csv)], r"series.csv", "14.2"),
-    ("recommend --write a folder", lambda w: ["recommend", str(w.sweep_dir()), "--write", str(_foreign(w))], r"mine", "14.2"),
-    ("recommend --write read-only", lambda w: ["recommend", str(w.sweep_dir()), "--write", str(_readonly(w) / "b.yaml")], r"readonly|/sys", "14.2"),
-    ("recommend with both tables corrupt", lambda w: ["recommend", str(_corrupt_both(w))], r"trials.csv|optuna.db", "14.4"),
+    ("analyze --out is a file", lambda w: ["analyze", str(w.sweep_dir()), "--out", str(_a_file(w))], r"afile", None),
+    ("analyze --out read-only", lambda w: ["analyze", str(w.sweep_dir()), "--out", str(_readonly(w) / "r")], r"readonly|/sys", None),
+    ("analyze --out a run folder", lambda w: ["analyze", str(w.sweep_dir()), "--out", str(w.pretrain_run())], r"pre", None),
+    ("analyze --out somebody's folder", lambda w: ["analyze", str(w.sweep_dir()), "--out", str(_foreign(w))], r"mine", None),
+    ("analyze with both tables corrupt", lambda w: ["analyze", str(_corrupt_both(w)), "--out", str(w.out)], r"trials.csv|optuna.db", None),
+    ("recommend --write a data file", lambda w: ["recommend", str(w.sweep_dir()), "--write", str(w.csv)], r"series.csv", None),
+    ("recommend --write a folder", lambda w: ["recommend", str(w.sweep_dir()), "--write", str(_foreign(w))], r"mine", None),
+    ("recommend --write read-only", lambda w: ["recommend", str(w.sweep_dir()), "--write", str(_readonly(w) / "b.yaml")], r"readonly|/sys", None),
+    ("pretrain --out owned by a running process", lambda w: ["pretrain", w.config(), "--out", w.held(w.out)],
+     r"out: in use by pid \d+ on .* since", None),
+    ("finetune --out owned by a running process", lambda w: ["finetune", w.config(), "--out", w.held(w.out)],
+     r"out: in use by pid \d+", None),
+    ("run --out owned by a running process", lambda w: ["run", w.config(), "--out", w.held(w.out)], r"out: in use by pid \d+", None),
+    ("sweep --out owned by a running driver", lambda w: ["sweep", w.sweep(), "--out", w.held(w.out)], r"out: in use by pid \d+", None),
+    ("analyze --out owned by a running process", lambda w: ["analyze", str(w.sweep_dir()), "--out", w.held(w.out)],
+     r"out: in use by pid \d+", None),
+    ("recommend with both tables corrupt", lambda w: ["recommend", str(_corrupt_both(w))], r"trials.csv|optuna.db", None),
 ]:
     case(f"output {name}", "output paths", argv, pattern, hole=hole)
 
@@ -559,6 +595,17 @@ def test_bad_input_is_refused_cleanly(name: str, ws: Workspace, capsys: pytest.C
     assert re.search(spec.expected, line), line
     assert "Traceback" not in err and "weights_only" not in err
     assert after == before, sorted(set(after) ^ set(before)) or "a file changed"
+
+
+@pytest.mark.parametrize("broken", ["trials.csv", "optuna.db"])
+def test_a_corrupt_table_is_reported_and_the_other_one_used(broken: str, ws: Workspace, capsys) -> None:
+    root = ws.sweep_dir()
+    (root / broken).write_bytes(b"\x00\x01garbage" * 10)
+    capsys.readouterr()
+    assert main(["recommend", str(root)]) == 0
+    err = capsys.readouterr().err
+    used = "optuna.db" if broken == "trials.csv" else "trials.csv"
+    assert re.search(rf"note: .*sweep-done: {re.escape(broken)} .*{'Optuna study' if used == 'optuna.db' else 'trials.csv only'}", err), err
 
 
 def test_the_table_covers_every_kind_with_over_100_cases() -> None:

@@ -204,10 +204,18 @@ def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(make_config,
         wait_for(f"{finished} finished trials", lambda: sum(e["event"] == "end" for e in events(out)) >= finished, driver, log)
         time.sleep(rng.uniform(0, 1.0))
         seen += descendants(driver)
+        recorded = json.loads((out / "processes.json").read_text())["children"]
+        assert {"raylet", "gcs_server"} <= {p["name"] for p in recorded}, recorded
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
+        # No process outlives its driver: the watchdog stops the whole local Ray (agents included) by itself.
+        left = lambda: [p for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # noqa: E731
+        deadline = time.time() + 60
+        while left() and time.time() < deadline:
+            time.sleep(0.5)
+        assert not left(), f"seed {SEED}: outlived the driver: {[(p.pid, p.name()) for p in left()]}"
     finally:
-        stop_session(driver, seen)  # until issue 14.7: what the killed driver started is stopped here
+        stop_session(driver, seen)
     ended_before = {e["trial_id"] for e in events(out) if e["event"] == "end"}
 
     resumed = simmtm(*argv, "--resume", log=log)
@@ -259,3 +267,40 @@ def test_a_killed_ray_train_worker_is_replaced_and_the_run_ends_as_planned(make_
     record_property("faults", 1)
     assert [r["epoch"] for r in history(out, "pretrain_epoch")] == [1, 2, 3, 4], f"seed {SEED}"
     assert checkpoint(out)["epoch"] == 4
+
+
+# --- several drivers, one study (tune.shared_study) --------------------------------------------------------------
+
+
+def test_two_drivers_feed_one_shared_study_and_each_reports_only_its_own_trials(make_config, tiny_csv: Path, tmp_path: Path) -> None:
+    from optuna.trial import TrialState
+
+    from simmtm.sweep.outputs import read_trials_csv
+
+    raw = make_config(tiny_csv, {"pretrain": {"epochs": 2, "max_steps": None}})
+    raw["search"] = {"method": "tpe", "params": {"pretrain.mask_ratio": {"type": "float", "low": 0.1, "high": 0.9}}}
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    raw["tune"] = {"num_samples": 2, "probe_steps": 5, "scheduler": {"type": "fifo"}, "test_top_k": 0,
+                   "storage": url, "study_name": "team", "shared_study": True}
+    raw["resources"] = {"workers": 1, "cpus_per_worker": 1}
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    drivers = {name: simmtm("sweep", str(sweep_file), "--out", str(tmp_path / name), "--quiet-table", log=tmp_path / f"{name}.log")
+               for name in ("a", "b")}
+    try:
+        for name, proc in drivers.items():
+            assert proc.wait(timeout=500) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    finally:
+        for proc in drivers.values():
+            stop_session(proc, [])
+    rows = {name: read_trials_csv(tmp_path / name / "trials.csv") for name in drivers}
+    for name, table in rows.items():  # each driver's table: its own two trials, finished; none of the other's
+        assert [r["state"] for r in table] == ["COMPLETE", "COMPLETE"], (name, table)
+    import optuna
+
+    study = optuna.load_study(study_name="team", storage=url)
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    owners = {t.user_attrs["owner"] for t in trials}
+    assert {o.rsplit(":", 1)[-1].rsplit("/", 1)[-1] for o in owners} == {"a", "b"}
+    assert {t.user_attrs["tune_trial_id"] for t in trials} == {r["trial_id"] for table in rows.values() for r in table}
