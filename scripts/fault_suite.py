@@ -37,8 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "faults.xml"
-        cmd = [sys.executable, "-m", "pytest", str(REPO / "tests" / "faults"), "-q", "-p", "no:cacheprovider",
-               f"--junitxml={report}", "-o", "junit_family=xunit1", *args.pytest_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(REPO / "tests" / "faults"),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={report}",
+            "-o",
+            "junit_family=xunit1",
+            *args.pytest_args,
+        ]
         cmd += ["-m", "not slow" if args.fast else "slow or not slow"]  # plain pytest deselects the slow tests
         print(f"fault suite: seed {seed}: {' '.join(cmd[2:])}", flush=True)
         subprocess.run(cmd, cwd=REPO, env=env, check=False)

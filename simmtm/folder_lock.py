@@ -45,8 +45,12 @@ class Holder:
 
     @classmethod
     def me(cls, command: str | None = None) -> Holder:
-        return cls(pid=os.getpid(), host=socket.gethostname(), started=time.time(),
-                   command=command or " ".join(["simmtm", *sys.argv[1:]])[:300])
+        return cls(
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            started=time.time(),
+            command=command or " ".join(["simmtm", *sys.argv[1:]])[:300],
+        )
 
 
 class FolderBusy(UserError):
@@ -102,7 +106,9 @@ class FolderLock:
                 holder = _read_holder(fd)
                 os.close(fd)
                 who = holder.describe() if holder else "another process (still starting)"
-                raise FolderBusy(f"{self.folder}: in use by {who}; wait for it to end, or choose another folder") from None
+                raise FolderBusy(
+                    f"{self.folder}: in use by {who}; wait for it to end, or choose another folder"
+                ) from None
             # The holder before us may have removed the file between our open and our flock: then we locked a
             # file nobody else will see; start again on the current one.
             try:

@@ -49,8 +49,13 @@ def alive(entry: dict[str, Any]) -> psutil.Process | None:
     return None
 
 
-def record_children(path: str | Path, *, exclude: set[int] = frozenset(), note: dict[str, Any] | None = None,
-                    watchdog: bool = True) -> None:
+def record_children(
+    path: str | Path,
+    *,
+    exclude: frozenset[int] | set[int] = frozenset(),
+    note: dict[str, Any] | None = None,
+    watchdog: bool = True,
+) -> None:
     """Write this process and its descendants (but the pids in ``exclude``: what ran before, not ours to stop) to
     ``path`` (atomically) and start the watchdog."""
     path = Path(path)
@@ -67,9 +72,19 @@ def record_children(path: str | Path, *, exclude: set[int] = frozenset(), note: 
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, path)
     if watchdog:
-        subprocess.Popen([sys.executable, "-m", "simmtm.process_record", str(path)], start_new_session=True,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))})
+        subprocess.Popen(
+            [sys.executable, "-m", "simmtm.process_record", str(path)],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
+                ),
+            },
+        )
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -99,8 +114,12 @@ def stop_recorded(path: str | Path) -> int:
     path.unlink(missing_ok=True)
     psutil.wait_procs(left, timeout=10)
     if left:
-        log.warning("stopped %d process(es) left by pid %d, which ended without stopping them (%s)", len(left),
-                    record["driver"]["pid"], ", ".join(sorted({p.get("name", "?") for p in record["children"]})))
+        log.warning(
+            "stopped %d process(es) left by pid %d, which ended without stopping them (%s)",
+            len(left),
+            record["driver"]["pid"],
+            ", ".join(sorted({p.get("name", "?") for p in record["children"]})),
+        )
     return len(left)
 
 

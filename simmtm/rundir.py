@@ -91,7 +91,8 @@ def check_run_all_dir(out: Path) -> None:
     """``simmtm run DIR`` writes DIR/pretrain, DIR/finetune, DIR/baseline and DIR/summary.yaml, and nothing else."""
     foreign = _entries(out) - RUN_ALL_FILES
     if foreign:
-        raise UserError(f"--out {out}: not a `simmtm run` folder (holds {', '.join(sorted(foreign))}); choose another --out")
+        held = ", ".join(sorted(foreign))
+        raise UserError(f"--out {out}: not a `simmtm run` folder (holds {held}); choose another --out")
 
 
 def check_report_dir(out: Path) -> None:

@@ -64,7 +64,9 @@ def check_output_file(path: str | Path, *, option: str, marker: str, force: bool
     if path.is_dir():
         raise UserError(f"{option} {path}: is a folder; name a file (for example {path / 'best.yaml'})")
     if path.exists() and not force and not written_by_simmtm(path, marker):
-        raise UserError(f"{option} {path}: exists and was not written by simmtm; pass --force to replace it, or choose another file")
+        raise UserError(
+            f"{option} {path}: exists and was not written by simmtm; pass --force to replace it, or choose another file"
+        )
     existing = _nearest_existing(path.absolute().parent)
     if not existing.is_dir():
         raise UserError(f"{option} {path}: {existing} is a file, so the file cannot be made under it")

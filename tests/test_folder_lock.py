@@ -19,13 +19,18 @@ HOLD = "import sys, time; from simmtm.folder_lock import lock_folder; lock_folde
 
 
 def hold_in_another_process(folder: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
 
-def test_a_second_owner_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path: Path, caplog) -> None:
+def test_a_second_owner_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(
+    tmp_path: Path, caplog
+) -> None:
     folder = tmp_path / "run"
     holder = hold_in_another_process(folder)
     try:
@@ -35,7 +40,9 @@ def test_a_second_owner_is_refused_naming_the_holder_and_a_dead_holders_lock_is_
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    assert (folder / LOCK_FILE).is_file() and current_holder(folder) is None  # the file stays, the lock went with the process
+    assert (folder / LOCK_FILE).is_file() and current_holder(
+        folder
+    ) is None  # the file stays, the lock went with the process
     with caplog.at_level(logging.WARNING, logger="simmtm.folder_lock"):
         lock = lock_folder(folder, command="me")
     assert lock.taken_over.pid == holder.pid and f"pid {holder.pid}" in caplog.text
@@ -57,13 +64,19 @@ def test_the_lock_is_one_per_folder_and_freed_on_release(tmp_path: Path) -> None
 
 def test_many_processes_racing_for_one_folder_get_one_owner(tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    code = ("import sys, time; from simmtm.folder_lock import lock_folder, FolderBusy\n"
-            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
-            "try:\n    lock_folder(sys.argv[1]); print('owner', flush=True); time.sleep(2)\n"
-            "except FolderBusy:\n    print('busy', flush=True)\n")
+    code = (
+        "import sys, time; from simmtm.folder_lock import lock_folder, FolderBusy\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "try:\n    lock_folder(sys.argv[1]); print('owner', flush=True); time.sleep(2)\n"
+        "except FolderBusy:\n    print('busy', flush=True)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     start = time.time() + 5  # all six imported by then: they race for the lock together
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(folder), str(start)], stdout=subprocess.PIPE, text=True, env=env)
-             for _ in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(folder), str(start)], stdout=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(6)
+    ]
     said = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
     assert said == ["busy"] * 5 + ["owner"], said

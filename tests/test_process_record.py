@@ -28,8 +28,12 @@ time.sleep(300)
 
 def start_driver(record: Path, *, watchdog: bool) -> tuple[subprocess.Popen, psutil.Process]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(record), "1" if watchdog else "0"], stdout=subprocess.PIPE,
-                              text=True, env=env)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(record), "1" if watchdog else "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     child = psutil.Process(int(driver.stdout.readline()))
     return driver, child
 

@@ -167,7 +167,8 @@ def _pretrain_distributed(config: RunConfig, args: argparse.Namespace) -> dict[s
         raise UserError(f"--max-failures must be >= 0, got {args.max_failures}")
     out = args.out
     with own(out):
-        resume = prepare_pretrain_dir(out, config, restart=args.restart)  # --restart empties --out (default storage too)
+        # --restart empties --out (and the default storage in it)
+        resume = prepare_pretrain_dir(out, config, restart=args.restart)
         storage = distributed.resolve_storage(out, args.storage)
         if args.restart and args.storage:
             distributed.clear_run(storage, distributed.run_name(out, storage))

@@ -30,8 +30,8 @@ from typing import Any
 from simmtm import ray_session
 from simmtm.config import RunConfig, load_config
 from simmtm.errors import ConfigError, UserError
-from simmtm.resources import Resources, describe_nodes
 from simmtm.process_record import RECORD_FILE, stop_recorded
+from simmtm.resources import Resources, describe_nodes
 from simmtm.rundir import own, prepare_sweep_dir
 from simmtm.sweep.outputs import (
     SweepMeta,

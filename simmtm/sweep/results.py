@@ -94,7 +94,13 @@ ORPHAN_REASON = "the driver stopped before Tune recorded this trial"
 
 
 def reconcile_study(
-    storage_url: str, study_name: str, rows: list[TrialRow], param_keys: list[str], *, owner: str = "", shared: bool = False
+    storage_url: str,
+    study_name: str,
+    rows: list[TrialRow],
+    param_keys: list[str],
+    *,
+    owner: str = "",
+    shared: bool = False,
 ) -> list[TrialRow]:
     """Make the Optuna study agree with Tune's trials (after an interruption the two can drift apart).
 

@@ -42,8 +42,13 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
 def simmtm(*args: str, log: Path) -> subprocess.Popen:
     """``python -m simmtm ARGS`` in its own session (a kill of it reaches nothing else), output to ``log``."""
     with log.open("ab") as sink:
-        return subprocess.Popen([sys.executable, "-m", "simmtm", *args], env=ENV, start_new_session=True,
-                                stdout=sink, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "simmtm", *args],
+            env=ENV,
+            start_new_session=True,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def descendants(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -59,7 +64,9 @@ def wait_for(what: str, ready: Callable[[], Any], proc: subprocess.Popen, log: P
         value = ready()
         if value:
             return value
-        assert proc.poll() is None, f"seed {SEED}: ended (exit {proc.returncode}) before {what}:\n{log.read_text()[-3000:]}"
+        assert proc.poll() is None, (
+            f"seed {SEED}: ended (exit {proc.returncode}) before {what}:\n{log.read_text()[-3000:]}"
+        )
         assert time.time() < deadline, f"seed {SEED}: no {what} within {timeout} s"
         time.sleep(0.05)
 
@@ -117,8 +124,9 @@ def tiny_run(make_config, csv: Path, tmp_path: Path, **pretrain: Any) -> Path:
 # --- pre-training ---------------------------------------------------------------------------------------------
 
 
-def test_a_pretraining_killed_at_a_random_point_resumes_bit_identical(make_config, tiny_csv: Path, tmp_path: Path,
-                                                                       rng: random.Random, record_property) -> None:
+def test_a_pretraining_killed_at_a_random_point_resumes_bit_identical(
+    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property
+) -> None:
     config = tiny_run(make_config, tiny_csv, tmp_path)
     whole, split, log = tmp_path / "whole", tmp_path / "split", tmp_path / "split.log"
     assert main(["pretrain", str(config), "--out", str(whole), "--no-progress"]) == 0
@@ -128,7 +136,12 @@ def test_a_pretraining_killed_at_a_random_point_resumes_bit_identical(make_confi
     after = rng.randrange(epochs - 1)
     proc = simmtm("pretrain", str(config), "--out", str(split), "--no-progress", log=log)
     try:
-        wait_for(f"epoch {after}", lambda: (split / "config.yaml").is_file() and len(history(split, "pretrain_epoch")) >= after, proc, log)
+        wait_for(
+            f"epoch {after}",
+            lambda: (split / "config.yaml").is_file() and len(history(split, "pretrain_epoch")) >= after,
+            proc,
+            log,
+        )
         time.sleep(rng.uniform(0, 0.4))
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL, f"seed {SEED}: the run ended before the kill"
@@ -141,8 +154,12 @@ def test_a_pretraining_killed_at_a_random_point_resumes_bit_identical(make_confi
     assert done.wait(timeout=300) == 0, log.read_text()[-3000:]
 
     # Each epoch once, with the uninterrupted run's numbers, and the same weights and optimiser state to the bit.
-    assert [r["epoch"] for r in history(split, "pretrain_epoch")] == list(range(1, epochs + 1)), f"seed {SEED}, killed after {killed_at}"
-    assert history(split, "pretrain_epoch") == history(whole, "pretrain_epoch"), f"seed {SEED}, killed after {killed_at}"
+    assert [r["epoch"] for r in history(split, "pretrain_epoch")] == list(range(1, epochs + 1)), (
+        f"seed {SEED}, killed after {killed_at}"
+    )
+    assert history(split, "pretrain_epoch") == history(whole, "pretrain_epoch"), (
+        f"seed {SEED}, killed after {killed_at}"
+    )
     a, b = checkpoint(whole), checkpoint(split)
     for key, tensor in a["model"].items():
         assert torch.equal(b["model"][key], tensor), f"seed {SEED}, killed after {killed_at}: {key} differs"
@@ -169,17 +186,29 @@ def events(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(make_config, tiny_csv: Path, tmp_path: Path,
-                                                                   rng: random.Random, record_property) -> None:
+def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(
+    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property
+) -> None:
     from optuna.trial import TrialState
     from studies import study_of
 
     from simmtm.sweep.outputs import read_trials_csv
 
     raw = make_config(tiny_csv, {"pretrain": {"epochs": TRIAL_EPOCHS, "max_steps": None}})
-    raw["search"] = {"method": "tpe", "params": {"pretrain.mask_ratio": {"type": "float", "low": 0.1, "high": 0.9},
-                                                 "pretrain.num_masked": {"type": "int", "low": 1, "high": 4}}}
-    raw["tune"] = {"num_samples": TRIALS, "probe_steps": 5, "max_failures": 1, "scheduler": {"type": "fifo"}, "test_top_k": 1}
+    raw["search"] = {
+        "method": "tpe",
+        "params": {
+            "pretrain.mask_ratio": {"type": "float", "low": 0.1, "high": 0.9},
+            "pretrain.num_masked": {"type": "int", "low": 1, "high": 4},
+        },
+    }
+    raw["tune"] = {
+        "num_samples": TRIALS,
+        "probe_steps": 5,
+        "max_failures": 1,
+        "scheduler": {"type": "fifo"},
+        "test_top_k": 1,
+    }
     raw["resources"] = {"workers": 1, "cpus_per_worker": 1}
     sweep_file, out, log = tmp_path / "sweep.yaml", tmp_path / "out", tmp_path / "sweep.log"
     sweep_file.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -190,8 +219,15 @@ def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(make_config,
     try:
         # 1. kill -9 of a trial's worker process (the Tune function actor) after a random number of its epochs
         epochs_first = rng.randrange(TRIAL_EPOCHS)
-        wait_for("a trial's epoch", lambda: any(len(e) >= max(epochs_first, 0) for e in trial_epochs(out).values())
-                 and titled(driver, "ray::ImplicitFunc"), driver, log)
+        wait_for(
+            "a trial's epoch",
+            lambda: (
+                any(len(e) >= max(epochs_first, 0) for e in trial_epochs(out).values())
+                and titled(driver, "ray::ImplicitFunc")
+            ),
+            driver,
+            log,
+        )
         time.sleep(rng.uniform(0, 0.5))
         victims = titled(driver, "ray::ImplicitFunc")
         assert victims, f"seed {SEED}: no trial process to kill"
@@ -201,7 +237,12 @@ def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(make_config,
 
         # 2. kill -9 of the driver once a random number of trials (1 or 2) has finished
         finished = rng.randint(1, 2)
-        wait_for(f"{finished} finished trials", lambda: sum(e["event"] == "end" for e in events(out)) >= finished, driver, log)
+        wait_for(
+            f"{finished} finished trials",
+            lambda: sum(e["event"] == "end" for e in events(out)) >= finished,
+            driver,
+            log,
+        )
         time.sleep(rng.uniform(0, 1.0))
         seen += descendants(driver)
         recorded = json.loads((out / "processes.json").read_text())["children"]
@@ -235,7 +276,9 @@ def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(make_config,
     per_trial = trial_epochs(out)
     assert set(per_trial) >= complete
     for trial_id in complete:
-        assert per_trial[trial_id] == list(range(1, TRIAL_EPOCHS + 1)), f"seed {SEED}: {trial_id}: {per_trial[trial_id]}"
+        assert per_trial[trial_id] == list(range(1, TRIAL_EPOCHS + 1)), (
+            f"seed {SEED}: {trial_id}: {per_trial[trial_id]}"
+        )
     study = study_of(out)
     tagged = [t.user_attrs.get("tune_trial_id") for t in study.get_trials()]
     assert len(tagged) == len(set(tagged))  # one Optuna trial per Tune trial
@@ -246,16 +289,23 @@ def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(make_config,
 # --- data-parallel pre-training: one Ray Train worker ------------------------------------------------------------
 
 
-def test_a_killed_ray_train_worker_is_replaced_and_the_run_ends_as_planned(make_config, tiny_csv: Path, tmp_path: Path,
-                                                                        rng: random.Random, record_property) -> None:
+def test_a_killed_ray_train_worker_is_replaced_and_the_run_ends_as_planned(
+    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property
+) -> None:
     config = tiny_run(make_config, tiny_csv, tmp_path, epochs=4)
     out, log = tmp_path / "dp", tmp_path / "dp.log"
-    proc = simmtm("pretrain", str(config), "--out", str(out), "--workers", "2", "--max-failures", "2", "--no-progress", log=log)
+    proc = simmtm(
+        "pretrain", str(config), "--out", str(out), "--workers", "2", "--max-failures", "2", "--no-progress", log=log
+    )
     seen: list[psutil.Process] = []
     try:
         after = rng.randrange(3)
-        wait_for(f"epoch {after} with two workers",
-                 lambda: len(history(out, "pretrain_epoch")) >= after and len(titled(proc, "ray::RayTrainWorker")) == 2, proc, log)
+        wait_for(
+            f"epoch {after} with two workers",
+            lambda: len(history(out, "pretrain_epoch")) >= after and len(titled(proc, "ray::RayTrainWorker")) == 2,
+            proc,
+            log,
+        )
         time.sleep(rng.uniform(0, 0.5))
         victims = titled(proc, "ray::RayTrainWorker")
         assert len(victims) == 2, f"seed {SEED}: {victims}"
@@ -272,7 +322,9 @@ def test_a_killed_ray_train_worker_is_replaced_and_the_run_ends_as_planned(make_
 # --- several drivers, one study (tune.shared_study) --------------------------------------------------------------
 
 
-def test_two_drivers_feed_one_shared_study_and_each_reports_only_its_own_trials(make_config, tiny_csv: Path, tmp_path: Path) -> None:
+def test_two_drivers_feed_one_shared_study_and_each_reports_only_its_own_trials(
+    make_config, tiny_csv: Path, tmp_path: Path
+) -> None:
     from optuna.trial import TrialState
 
     from simmtm.sweep.outputs import read_trials_csv
@@ -280,13 +332,24 @@ def test_two_drivers_feed_one_shared_study_and_each_reports_only_its_own_trials(
     raw = make_config(tiny_csv, {"pretrain": {"epochs": 2, "max_steps": None}})
     raw["search"] = {"method": "tpe", "params": {"pretrain.mask_ratio": {"type": "float", "low": 0.1, "high": 0.9}}}
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    raw["tune"] = {"num_samples": 2, "probe_steps": 5, "scheduler": {"type": "fifo"}, "test_top_k": 0,
-                   "storage": url, "study_name": "team", "shared_study": True}
+    raw["tune"] = {
+        "num_samples": 2,
+        "probe_steps": 5,
+        "scheduler": {"type": "fifo"},
+        "test_top_k": 0,
+        "storage": url,
+        "study_name": "team",
+        "shared_study": True,
+    }
     raw["resources"] = {"workers": 1, "cpus_per_worker": 1}
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-    drivers = {name: simmtm("sweep", str(sweep_file), "--out", str(tmp_path / name), "--quiet-table", log=tmp_path / f"{name}.log")
-               for name in ("a", "b")}
+    drivers = {
+        name: simmtm(
+            "sweep", str(sweep_file), "--out", str(tmp_path / name), "--quiet-table", log=tmp_path / f"{name}.log"
+        )
+        for name in ("a", "b")
+    }
     try:
         for name, proc in drivers.items():
             assert proc.wait(timeout=500) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
