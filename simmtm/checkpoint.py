@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from simmtm.errors import UserError
+from simmtm.torch_files import UnreadableTorchFile, load_weights_only
 
 __all__ = [
     "save_pretrain_checkpoints",
@@ -42,9 +43,12 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     if not path.is_file():
         raise UserError(f"{path}: no checkpoint there")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise UserError(f"{path}: not a readable simmtm checkpoint ({exc.__class__.__name__}: {exc})") from None
+        state = load_weights_only(path, map_location=map_location)
+    except UnreadableTorchFile as exc:  # truncated, foreign or unsafe: one line, never torch's advice
+        raise UserError(f"{path}: not a readable simmtm checkpoint: {exc}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a simmtm checkpoint (it holds a {type(state).__name__}, not a dict of states)")
+    return state
 
 
 def ray_checkpoint_state(checkpoint: Any) -> dict[str, Any]:

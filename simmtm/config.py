@@ -35,7 +35,7 @@ SWEEP_SECTIONS = ("search", "tune", "resources")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # .inf/.nan: never a valid setting
 
 
 class DataConfig(_Section):

@@ -46,6 +46,7 @@ from simmtm.checkpoint import ray_checkpoint_state
 from simmtm.config import RunConfig, dump_config
 from simmtm.data.registry import worker_env
 from simmtm.errors import ConfigError, UserError
+from simmtm.process_record import RECORD_FILE, stop_recorded
 from simmtm.ray_session import alive_nodes, check_resources, connect, disconnect
 from simmtm.reporting import EpochHook, RayReport, RunDirCallback, train_checkpoint_state
 from simmtm.resources import PLACEMENT_STRATEGIES, Scaling, describe_nodes
@@ -318,7 +319,9 @@ def pretrain_distributed(
     out = Path(out).resolve()
     storage = resolve_storage(out, storage)
     name = run_name(out, storage)
-    connected = connect(address)
+    record = out / RECORD_FILE  # the local Ray it starts is stopped with it, even after a kill -9 (process_record)
+    stop_recorded(record)
+    connected = connect(address, record=record)
     try:
         _check_resources(scaling, address=address)
         out.mkdir(parents=True, exist_ok=True)
@@ -351,7 +354,7 @@ def pretrain_distributed(
             raise
     finally:
         if connected:
-            disconnect()
+            disconnect(record=record)
     metrics = result.return_value
     if metrics is None and result.checkpoint is not None:
         metrics = ray_checkpoint_state(result.checkpoint).get("metrics", {})

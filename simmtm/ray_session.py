@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from simmtm.errors import ConfigError
 from simmtm.resources import Resources, describe_nodes
@@ -41,33 +42,46 @@ def is_connected() -> bool:
     return ray.is_initialized()
 
 
-def connect(address: str | None) -> bool:
+def connect(address: str | None, *, record: Path | None = None) -> bool:
     """Join ``address``, or (None) start a fresh local Ray; return True when this call connected (and so the
     caller disconnects), False when Ray was already initialised in this process.
 
     None never joins a running cluster by accident (a teammate's ``ray start`` is not ours). Workers inherit the
-    data directory (``simmtm.data.registry.worker_env``).
+    data directory (``simmtm.data.registry.worker_env``). ``record``: where to list the processes a fresh local Ray
+    started (``simmtm.process_record``), so that none outlives this driver, even after a ``kill -9``.
     """
+    import psutil
     import ray
 
     from simmtm.data.registry import worker_env
+    from simmtm.process_record import record_children
 
     if ray.is_initialized():
         return False
     env = worker_env()
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     ray.init(
         address=address or "local",
         include_dashboard=False if address is None else None,
         runtime_env={"env_vars": env} if env else None,
         log_to_driver=True,
     )
+    if address is None and record is not None:  # a joined cluster's processes are not ours
+        node = ray._private.worker._global_node
+        record_children(record, exclude=before, note={"session_dir": node.get_session_dir_path() if node else None})
     return True
 
 
-def disconnect() -> None:
+def disconnect(*, record: Path | None = None) -> None:
+    """Shut Ray down; then stop anything of the recorded local Ray that is still running (agents that outlive
+    their raylet) and drop the record."""
     import ray
 
+    from simmtm.process_record import stop_recorded
+
     ray.shutdown()
+    if record is not None:
+        stop_recorded(record)
 
 
 def alive_nodes() -> list[dict[str, float]]:

@@ -1,8 +1,13 @@
 """Run-directory policy: what ``--out`` may already hold, and when a run resumes, restarts or refuses.
 
-One place for the three kinds of output directory the CLI writes: a pre-training run (resumed unless
-``--restart``), a fine-tuning run (replaced only with ``--overwrite``) and a sweep (continued only with
-``--resume`` and the same resolved sweep file). Every refusal is a ``UserError`` naming ``--out``.
+One place for the kinds of output directory the CLI writes: a pre-training run (resumed unless ``--restart``), a
+fine-tuning run (replaced only with ``--overwrite``), the folder of ``simmtm run``, a sweep (continued only with
+``--resume`` and the same resolved sweep file) and an analysis report. Every refusal is a ``UserError`` naming
+``--out``.
+
+Every folder has one owner at a time (``own``: the lock of ``simmtm.folder_lock``, taken after the target was
+checked writable by ``simmtm.write_targets``). The owner's lock file and process record are never counted as
+contents of the folder.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import yaml
 from simmtm.config import RunConfig
 from simmtm.config_keys import diff_keys
 from simmtm.errors import UserError
+from simmtm.folder_lock import LOCK_FILE, FolderLock
+from simmtm.process_record import RECORD_FILE
+from simmtm.write_targets import check_output_folder
 
 __all__ = [
     "RESUMABLE_CHANGES",
@@ -27,6 +35,11 @@ __all__ = [
     "check_resumable_config",
     "guard_finetune_dir",
     "prepare_sweep_dir",
+    "OWNER_FILES",
+    "own",
+    "check_run_all_dir",
+    "check_report_dir",
+    "REPORT_FILES",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,7 +63,44 @@ SWEEP_FILES = {
     "ray",
     "timing.json",
     "timing.jsonl",
+    # SQLite's rollback journal (or WAL) beside optuna.db: left by a driver killed mid-write, rolled back on open
+    "optuna.db-journal",
+    "optuna.db-wal",
+    "optuna.db-shm",
 }
+
+
+# The owner's lock and its record of the processes it started: never contents of a folder.
+OWNER_FILES = {LOCK_FILE, RECORD_FILE}
+# What `simmtm run DIR` writes; what `simmtm analyze --out` writes.
+RUN_ALL_FILES = {"pretrain", "finetune", "baseline", "summary.yaml"}
+REPORT_FILES = {"report.html", "figures", "recommendation.json"}
+
+
+def _entries(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir()} - OWNER_FILES if out.is_dir() else set()
+
+
+def own(out: Path, *, option: str = "--out") -> FolderLock:
+    """Check ``out`` writable and take it for this process: ``with own(out): ...`` (FolderBusy: somebody has it)."""
+    check_output_folder(out, option=option)
+    return FolderLock(out)
+
+
+def check_run_all_dir(out: Path) -> None:
+    """``simmtm run DIR`` writes DIR/pretrain, DIR/finetune, DIR/baseline and DIR/summary.yaml, and nothing else."""
+    foreign = _entries(out) - RUN_ALL_FILES
+    if foreign:
+        held = ", ".join(sorted(foreign))
+        raise UserError(f"--out {out}: not a `simmtm run` folder (holds {held}); choose another --out")
+
+
+def check_report_dir(out: Path) -> None:
+    """``simmtm analyze --out`` replaces an earlier report only: refuse a run, a sweep or anybody else's folder."""
+    foreign = _entries(out) - REPORT_FILES
+    if foreign:
+        raise UserError(f"--out {out}: not an analysis report folder (holds {', '.join(sorted(foreign))}); "
+                        "choose an empty or new folder")
 
 
 def _empty(out: Path, entries: set[str]) -> None:
@@ -72,7 +122,7 @@ def prepare_pretrain_dir(out: Path, config: RunConfig, *, restart: bool) -> dict
         return None
     if not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
-    entries = {p.name for p in out.iterdir()}
+    entries = _entries(out)
     if not entries:
         return None
     if not entries <= RUN_FILES:
@@ -118,14 +168,14 @@ def _refuse_changed(out: Path, saved: dict[str, Any], config: RunConfig) -> None
 
 def guard_finetune_dir(out: Path, *, overwrite: bool) -> None:
     """Empty ``out`` for a fine-tuning run: only with ``overwrite``, and only when it is a simmtm run."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or _entries(out)):
         if not overwrite:
             raise UserError(
                 f"--out {out}: already exists and is not empty; pass --overwrite to replace it or choose another --out"
             )
         if not (out / "metrics.json").exists() and not (out / "config.yaml").exists():
             raise UserError(f"--out {out}: not a simmtm run directory; refusing to overwrite it")
-        shutil.rmtree(out)
+        _empty(out, _entries(out))  # its owner's lock stays
 
 
 # --- sweeps -------------------------------------------------------------------------------------------------
@@ -146,7 +196,7 @@ def prepare_sweep_dir(
     ``sweep.yaml`` holds it). ``can_restore``: whether Tune holds state to restore (Ray's experiment folder may
     live outside ``out``).
     """
-    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    entries = _entries(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
     if not resume:

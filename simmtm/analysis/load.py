@@ -31,6 +31,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from simmtm.config_keys import get_key
+from simmtm.errors import UserError
 from simmtm.sweep.outputs import (
     STATES,
     TRIAL_COLUMNS,
@@ -156,6 +157,9 @@ def load_sweep(path: str | Path) -> Sweep:
     csv_frame = _frame_from_csv(path / "trials.csv", params, notes)
 
     frame, source = _choose(csv_frame, study_frame)
+    if source == "none" and notes:  # tables are there but none can be read (none yet: a sweep that just started)
+        why = "; ".join(n.split(";")[0] for n in notes)
+        raise UserError(f"{path}: no readable table of trials ({why}); nothing to analyze")
     if source == "trials.csv" and study_frame is not None:
         behind = _n_finished(study_frame) - _n_finished(csv_frame)
         if behind > 0:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+from simmtm.rundir import check_report_dir, own
+from simmtm.write_targets import check_output_file, check_output_folder
+
+# The first line of a config `simmtm recommend --write` wrote (simmtm.analysis.recommend.write_best_config): such a
+# file may be replaced; any other needs --force.
+RECOMMENDED_MARK = "the run config recommended by `simmtm recommend"
 
 __all__ = ["register"]
 
@@ -37,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--write", type=Path, metavar="BEST_YAML", help="also write the recommended run config (for `simmtm pretrain`)"
     )
     p.add_argument("--json", action="store_true", help="print the recommendation as JSON instead of text")
+    p.add_argument("--force", action="store_true", help="let --write replace a file that simmtm did not write")
     _analysis_options(p)
     p.set_defaults(func=cmd_recommend)
 
@@ -47,11 +56,16 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from simmtm.analysis.report import write_report
+    from simmtm.analysis.report import default_report_dir, write_report
 
-    report = write_report(
-        args.sweep_dir, args.out, interactive=not args.no_interactive, n_boot=args.bootstrap, seed=args.seed
-    )
+    out = args.out or default_report_dir(args.sweep_dir)
+    check_output_folder(out)
+    check_report_dir(out)
+    with own(out):
+        report = write_report(
+            args.sweep_dir, out, interactive=not args.no_interactive, n_boot=args.bootstrap, seed=args.seed
+        )
+    _print_notes(report.sweep)
     counts = report.sweep.counts()
     print("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v or k == "COMPLETE"))
     assert report.recommendation is not None  # write_report always recommends (or says why not)
@@ -71,7 +85,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from simmtm.analysis.load import load_sweep
     from simmtm.analysis.recommend import recommend, write_best_config
 
+    if args.write is not None:
+        check_output_file(args.write, option="--write", marker=RECOMMENDED_MARK, force=args.force)
     sweep = load_sweep(args.sweep_dir)
+    _print_notes(sweep)
     rec = recommend(sweep, n_boot=args.bootstrap, seed=args.seed)
     if args.json:
         print(json.dumps(rec.to_dict(), indent=2, default=str))
@@ -87,3 +104,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"run config: {args.write}   (simmtm pretrain {args.write} --out runs/{args.write.stem})")
     return 0
+
+
+def _print_notes(sweep) -> None:
+    """What the reader should know about the tables (one unreadable, one lagging) goes to the console."""
+    for note in sweep.notes:
+        print(f"note: {sweep.path}: {note}", file=sys.stderr)

@@ -11,7 +11,8 @@ import yaml
 from simmtm.config import RunConfig, load_config
 from simmtm.errors import UserError
 from simmtm.resources import PLACEMENT_STRATEGIES, Scaling
-from simmtm.rundir import check_resumable_config, guard_finetune_dir, prepare_pretrain_dir
+from simmtm.rundir import check_resumable_config, check_run_all_dir, guard_finetune_dir, own, prepare_pretrain_dir
+from simmtm.write_targets import check_output_folder
 
 __all__ = ["register", "check_inputs", "format_metrics", "comparison_table"]
 
@@ -122,6 +123,7 @@ def check_inputs(config: RunConfig, *, workers: int = 1, finetuning: bool = Fals
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    check_output_folder(args.out)
     check_inputs(config, workers=args.workers or 1)
     if args.workers is None:
         for flag, value, default in (
@@ -134,7 +136,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         ):
             if value != default:
                 raise UserError(f"{flag} applies to distributed runs only; add --workers N")
-        metrics = _pretrain(config, args.out, restart=args.restart, progress=not args.no_progress)
+        with own(args.out):
+            metrics = _pretrain(config, args.out, restart=args.restart, progress=not args.no_progress)
     else:
         metrics = _pretrain_distributed(config, args)
     print(format_metrics("pre-training", metrics))
@@ -163,29 +166,33 @@ def _pretrain_distributed(config: RunConfig, args: argparse.Namespace) -> dict[s
     if args.max_failures < 0:
         raise UserError(f"--max-failures must be >= 0, got {args.max_failures}")
     out = args.out
-    resume = prepare_pretrain_dir(out, config, restart=args.restart)  # --restart empties --out (default storage too)
-    storage = distributed.resolve_storage(out, args.storage)
-    if args.restart and args.storage:
-        distributed.clear_run(storage, distributed.run_name(out, storage))
-    check_resumable_config(out, config, restart=args.restart)
-    return distributed.pretrain_distributed(
-        config,
-        out=out,
-        scaling=scaling,
-        address=args.address,
-        storage=storage,
-        max_failures=args.max_failures,
-        resume=resume,
-    )
+    with own(out):
+        # --restart empties --out (and the default storage in it)
+        resume = prepare_pretrain_dir(out, config, restart=args.restart)
+        storage = distributed.resolve_storage(out, args.storage)
+        if args.restart and args.storage:
+            distributed.clear_run(storage, distributed.run_name(out, storage))
+        check_resumable_config(out, config, restart=args.restart)
+        return distributed.pretrain_distributed(
+            config,
+            out=out,
+            scaling=scaling,
+            address=args.address,
+            storage=storage,
+            max_failures=args.max_failures,
+            resume=resume,
+        )
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     from simmtm import finetune
 
+    check_output_folder(args.out)
     finetune.check_inputs(config, pretrained=args.pretrained)  # bad input or --from fails before anything is written
-    guard_finetune_dir(args.out, overwrite=args.overwrite)
-    metrics = _finetune(config, args.out, args.pretrained, progress=not args.no_progress)
+    with own(args.out):
+        guard_finetune_dir(args.out, overwrite=args.overwrite)
+        metrics = _finetune(config, args.out, args.pretrained, progress=not args.no_progress)
     print(format_metrics("fine-tuning" if args.pretrained else "random-init baseline", metrics))
     print(f"run directory: {args.out}")
     return 0
@@ -199,19 +206,22 @@ def _finetune(config: RunConfig, out: Path, pretrained: Path | None, *, progress
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    check_output_folder(args.out)
     check_inputs(config, finetuning=True)
     progress = not args.no_progress
     pre_dir, ft_dir, base_dir = args.out / "pretrain", args.out / "finetune", args.out / "baseline"
-    for d in (ft_dir, base_dir):
-        guard_finetune_dir(d, overwrite=True)
-    _pretrain(config, pre_dir, restart=args.restart, progress=progress)
-    results = {"SimMTM": _finetune(config, ft_dir, pre_dir, progress=progress)}
-    if not args.no_baseline:
-        results["random init"] = _finetune(config, base_dir, None, progress=progress)
-    print(comparison_table(results))
-    (args.out / "summary.yaml").write_text(
-        yaml.safe_dump({k: _headline(v) for k, v in results.items()}, sort_keys=False)
-    )
+    with own(args.out):  # one owner for the folder and the three runs in it
+        check_run_all_dir(args.out)
+        for d in (ft_dir, base_dir):
+            guard_finetune_dir(d, overwrite=True)
+        _pretrain(config, pre_dir, restart=args.restart, progress=progress)
+        results = {"SimMTM": _finetune(config, ft_dir, pre_dir, progress=progress)}
+        if not args.no_baseline:
+            results["random init"] = _finetune(config, base_dir, None, progress=progress)
+        print(comparison_table(results))
+        (args.out / "summary.yaml").write_text(
+            yaml.safe_dump({k: _headline(v) for k, v in results.items()}, sort_keys=False)
+        )
     return 0
 
 

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from simmtm.data.formats import FileFormat, get_format, register_format, suffixes
 from simmtm.errors import DataError
+from simmtm.torch_files import UnreadableTorchFile, load_weights_only
 
 __all__ = [
     "ClassificationSplits",
@@ -317,7 +318,10 @@ class PtFormat(_TensorFormat):
     suffix = ".pt"
 
     def load(self, path: Path) -> object:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_weights_only(path)
+        except UnreadableTorchFile as exc:  # torch's own message ends in advice to load untrusted pickles
+            raise ValueError(str(exc)) from None
 
 
 @register_format

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,9 @@ from typing import Any
 from simmtm import ray_session
 from simmtm.config import RunConfig, load_config
 from simmtm.errors import ConfigError, UserError
+from simmtm.process_record import RECORD_FILE, stop_recorded
 from simmtm.resources import Resources, describe_nodes
-from simmtm.rundir import prepare_sweep_dir
+from simmtm.rundir import own, prepare_sweep_dir
 from simmtm.sweep.outputs import (
     SweepMeta,
     TrialRow,
@@ -112,90 +114,94 @@ def run_sweep(
         raise ConfigError(f"{sweep_file}: {exc}") from None
     resolved = config.model_dump(mode="json")
     experiment_dir = _experiment_dir(spec, out)
-    restoring = prepare_sweep_dir(
-        out,
-        resolved,
-        resume=resume,
-        sweep_file=sweep_file,
-        earlier=lambda: read_sweep_yaml(out),
-        can_restore=lambda: _can_restore(experiment_dir),
-    )
-
-    storage_url = spec.tune.storage or f"sqlite:///{out / 'optuna.db'}"
-    study_name = spec.tune.study_name or out.name
-    if not restoring:
-        _check_study_is_new(storage_url, study_name, sweep_file)
-    if warm_start is not None:
-        warm_start = _check_warm_start(warm_start, spec, out, metric=metric, mode=mode, restoring=restoring)
-    param_keys = spec.search.keys
-    already = ray_session.is_connected()
-    address, where = ray_session.resolve_address(address, os.environ)
-    if not already:
-        log.info("ray: %s", where)
-    if address is None and not already:
-        ray_session.check_resources(spec.resources, nodes=[ray_session.local_node()])  # fail before Ray starts
-    started_ray = ray_session.connect(address)
-    try:
-        plan = plan_trials(spec, ray_session.alive_nodes(), joined=address is not None, address=address)
-        if plan.waiting:
-            log.warning(plan.waiting)
-        if not restoring:
-            out.mkdir(parents=True, exist_ok=True)
-            write_sweep_yaml(out, resolved)
-            write_sweep_json(
-                out,
-                SweepMeta(
-                    metric=metric,
-                    mode=mode,
-                    study_name=study_name,
-                    storage=storage_url,
-                    params=param_keys,
-                    search_space=spec.search.model_dump(mode="json", exclude_none=True),
-                    method=spec.search.method,
-                    seed=config.seed,
-                    search_seed=sampler_seed(spec, config.seed),
-                    probe_metric=probe_key(metric),
-                    repeats=spec.tune.repeats,
-                    num_samples=spec.tune.resolved_samples(spec.search),
-                    resources=spec.resources.model_dump(),
-                    warm_start=str(warm_start) if warm_start is not None else None,
-                ),
-            )
-        clock = TrialClock(out)
-        tuner = _tuner(
-            config,
-            spec,
+    owner = sweep_owner(out)
+    with own(out):  # one driver per sweep folder; several feed one study only through tune.shared_study
+        stop_recorded(out / RECORD_FILE)  # a killed predecessor's Ray, if its watchdog did not get to it
+        restoring = prepare_sweep_dir(
             out,
-            metric=metric,
-            mode=mode,
-            storage_url=storage_url,
-            study_name=study_name,
-            max_concurrent=plan.max_concurrent,
-            restoring=restoring,
-            clock=clock,
-            verbose=verbose,
-            warm_start=warm_start,
+            resolved,
+            resume=resume,
+            sweep_file=sweep_file,
+            earlier=lambda: read_sweep_yaml(out),
+            can_restore=lambda: _can_restore(experiment_dir),
         )
-        tuner.fit()
-    finally:
-        if started_ray:
-            ray_session.disconnect()
 
-    rows = collect_rows(experiment_dir, param_keys)
-    rows += reconcile_study(storage_url, study_name, rows, param_keys)
-    finished = all(r.state in ("COMPLETE", "PRUNED", "FAILED") for r in rows)
-    outcome = SweepOutcome(out=out, rows=rows, metric=metric, mode=mode, param_keys=param_keys, finished=finished)
-    if finished:
-        ranked = rank_configurations(rows, param_keys, mode)
-        if ranked:
-            outcome.best = ranked[0]
-            score_test(ranked[: spec.tune.test_top_k], out, metric=metric)
-            write_best_yaml(out / "best.yaml", config.run_dict(), outcome.best, metric=metric, sweep_dir=out)
-    write_trials_csv(out / "trials.csv", rows, param_keys)
-    write_hparams(out / "tb", rows, param_keys, metric=metric)
-    outcome.wall_s = time.time() - started
-    outcome.overhead_s = write_timing(out, rows, wall_s=outcome.wall_s)
-    return outcome
+        storage_url = spec.tune.storage or f"sqlite:///{out / 'optuna.db'}"
+        study_name = spec.tune.study_name or out.name
+        if not restoring and not spec.tune.shared_study:
+            _check_study_is_new(storage_url, study_name, sweep_file)
+        if warm_start is not None:
+            warm_start = _check_warm_start(warm_start, spec, out, metric=metric, mode=mode, restoring=restoring)
+        param_keys = spec.search.keys
+        already = ray_session.is_connected()
+        address, where = ray_session.resolve_address(address, os.environ)
+        if not already:
+            log.info("ray: %s", where)
+        if address is None and not already:
+            ray_session.check_resources(spec.resources, nodes=[ray_session.local_node()])  # fail before Ray starts
+        started_ray = ray_session.connect(address, record=out / RECORD_FILE)
+        try:
+            plan = plan_trials(spec, ray_session.alive_nodes(), joined=address is not None, address=address)
+            if plan.waiting:
+                log.warning(plan.waiting)
+            if not restoring:
+                out.mkdir(parents=True, exist_ok=True)
+                write_sweep_yaml(out, resolved)
+                write_sweep_json(
+                    out,
+                    SweepMeta(
+                        metric=metric,
+                        mode=mode,
+                        study_name=study_name,
+                        storage=storage_url,
+                        params=param_keys,
+                        search_space=spec.search.model_dump(mode="json", exclude_none=True),
+                        method=spec.search.method,
+                        seed=config.seed,
+                        search_seed=sampler_seed(spec, config.seed),
+                        probe_metric=probe_key(metric),
+                        repeats=spec.tune.repeats,
+                        num_samples=spec.tune.resolved_samples(spec.search),
+                        resources=spec.resources.model_dump(),
+                        warm_start=str(warm_start) if warm_start is not None else None,
+                    ),
+                )
+            clock = TrialClock(out)
+            tuner = _tuner(
+                config,
+                spec,
+                out,
+                metric=metric,
+                mode=mode,
+                storage_url=storage_url,
+                study_name=study_name,
+                max_concurrent=plan.max_concurrent,
+                restoring=restoring,
+                clock=clock,
+                verbose=verbose,
+                warm_start=warm_start,
+                owner=owner,
+            )
+            tuner.fit()
+        finally:
+            if started_ray:
+                ray_session.disconnect(record=out / RECORD_FILE)
+
+        rows = collect_rows(experiment_dir, param_keys)
+        rows += reconcile_study(storage_url, study_name, rows, param_keys, owner=owner, shared=spec.tune.shared_study)
+        finished = all(r.state in ("COMPLETE", "PRUNED", "FAILED") for r in rows)
+        outcome = SweepOutcome(out=out, rows=rows, metric=metric, mode=mode, param_keys=param_keys, finished=finished)
+        if finished:
+            ranked = rank_configurations(rows, param_keys, mode)
+            if ranked:
+                outcome.best = ranked[0]
+                score_test(ranked[: spec.tune.test_top_k], out, metric=metric)
+                write_best_yaml(out / "best.yaml", config.run_dict(), outcome.best, metric=metric, sweep_dir=out)
+        write_trials_csv(out / "trials.csv", rows, param_keys)
+        write_hparams(out / "tb", rows, param_keys, metric=metric)
+        outcome.wall_s = time.time() - started
+        outcome.overhead_s = write_timing(out, rows, wall_s=outcome.wall_s)
+        return outcome
 
 
 # --- checks before any trial -------------------------------------------------------------------------------------
@@ -213,6 +219,11 @@ def _check_data(config: RunConfig, spec: SweepSpec) -> str:
         probe = probe_config(config, steps=1, val_batches=1, overrides=spec.tune.probe_overrides)
         load_inputs(probe, horizon=probe.finetune.horizons[0], labelled=True)
     return inputs.task
+
+
+def sweep_owner(out: Path) -> str:
+    """Names this driver in the Optuna trials it runs (user attribute ``owner``): host and sweep folder."""
+    return f"{socket.gethostname()}:{out}"
 
 
 def _check_study_is_new(storage_url: str, study_name: str, sweep_file: Path) -> None:
@@ -262,6 +273,7 @@ def _check_warm_start(
 
     from simmtm.sweep.warm_start import warm_start_study
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" on the console
     study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
     if warm_start_study(study, previous, search_distributions(spec.search), metric=metric) == 0:
         log.warning("--warm-start %s: no finished trial to copy; the sweep starts from scratch", previous)
@@ -346,6 +358,7 @@ def _tuner(
     clock: Any,
     verbose: int,
     warm_start: Path | None = None,
+    owner: str = "",
 ):
     from ray import tune
 
@@ -377,6 +390,8 @@ def _tuner(
         study_name=study_name,
         repeats=spec.tune.repeats,
         first=first_point(spec, config.run_dict()),
+        owner=owner,
+        shared=spec.tune.shared_study,
     )
     if warm_start is not None:  # checked in run_sweep; a resumed sweep does not get here (no second copy)
         from simmtm.sweep.warm_start import warm_start_study

@@ -38,6 +38,7 @@ __all__ = [
     "TRIAL_COLUMNS",
     "STATES",
     "WARM_START_ATTR",
+    "OWNER_ATTR",
     "SweepMeta",
     "write_sweep_json",
     "read_sweep_json",
@@ -56,6 +57,9 @@ TRIAL_COLUMNS = ("trial_id", "state", "score", "val_score", "test_score", "repea
 STATES = ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")
 # The Optuna user attribute of the trials a warm start copied from an earlier sweep (not this sweep's own).
 WARM_START_ATTR = "warm_start_from"
+# The Optuna user attribute naming the driver (host:folder) that ran a trial: in a shared study (tune.shared_study)
+# each driver reconciles only its own trials.
+OWNER_ATTR = "owner"
 
 
 @dataclass

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from simmtm.sweep.outputs import WARM_START_ATTR, TrialRow
+from simmtm.sweep.outputs import OWNER_ATTR, WARM_START_ATTR, TrialRow
 from simmtm.sweep.spec import probe_key
 from simmtm.sweep.trial import Trial
 
@@ -93,7 +93,15 @@ def _error_line(trial) -> str:
 ORPHAN_REASON = "the driver stopped before Tune recorded this trial"
 
 
-def reconcile_study(storage_url: str, study_name: str, rows: list[TrialRow], param_keys: list[str]) -> list[TrialRow]:
+def reconcile_study(
+    storage_url: str,
+    study_name: str,
+    rows: list[TrialRow],
+    param_keys: list[str],
+    *,
+    owner: str = "",
+    shared: bool = False,
+) -> list[TrialRow]:
     """Make the Optuna study agree with Tune's trials (after an interruption the two can drift apart).
 
     Each Optuna trial carries the Tune trial id it ran as. A finished Tune trial whose Optuna trial is still
@@ -101,6 +109,9 @@ def reconcile_study(storage_url: str, study_name: str, rows: list[TrialRow], par
     never saved by Tune, never to run; possibly even before it got its Tune trial id, then it is named
     ``optuna-<number>``) is marked FAIL with the reason and returned as a FAILED row, so that trials.csv and the
     study list the same trials.
+
+    In a shared study (``shared``) only this driver's trials (user attribute ``owner``) are touched: the others
+    belong to drivers still running, and an untagged RUNNING trial may be one of theirs being asked right now.
     """
     import optuna
     from optuna.trial import TrialState
@@ -112,6 +123,8 @@ def reconcile_study(storage_url: str, study_name: str, rows: list[TrialRow], par
     by_tune = {r.trial_id: r for r in rows}
     orphans = []
     for t in study.get_trials(deepcopy=False):
+        if shared and t.user_attrs.get(OWNER_ATTR) != owner:
+            continue
         tune_id = t.user_attrs.get("tune_trial_id")
         if tune_id is None and t.state == TrialState.RUNNING and WARM_START_ATTR not in t.user_attrs:
             # Asked from Optuna, then the driver died before the searcher could tag it with its Tune trial id:

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from simmtm.sweep.outputs import OWNER_ATTR
 from simmtm.sweep.spec import SearchSpec, condition_holds, search_distributions
 
 __all__ = ["SweepSearch", "DefineByRun", "make_sampler", "open_storage", "search_distributions"]
@@ -101,6 +102,8 @@ class SweepSearch(OptunaSearch):
         study_name: str,
         repeats: int = 1,
         first: dict[str, Any] | None = None,
+        owner: str = "",
+        shared: bool = False,
     ) -> None:
         super().__init__(
             space=DefineByRun(search, base_values),
@@ -113,6 +116,9 @@ class SweepSearch(OptunaSearch):
         self._probe_metric = probe_metric
         self._reported: dict[str, set[int]] = {}  # trial id -> steps already given to Optuna
         self._repeats = repeats
+        self._owner = owner
+        if shared and self._ot_study.get_trials(deepcopy=False):
+            return  # a shared study another driver started: its grid or first point is queued already
         if search.method == "grid":
             for cell in search.grid_cells():
                 self._enqueue(cell)
@@ -136,6 +142,7 @@ class SweepSearch(OptunaSearch):
             for repeat in range(1, self._repeats):
                 self._ot_study.enqueue_trial(ot_trial.params, user_attrs={"repeat": repeat}, skip_if_exists=False)
         ot_trial.set_user_attr("tune_trial_id", trial_id)
+        ot_trial.set_user_attr(OWNER_ATTR, self._owner)
         return {**config, "repeat": int(ot_trial.user_attrs.get("repeat", 0))}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -67,7 +67,7 @@ _NOT_SEARCHABLE = {"device", "threads", "data.name", "data.path", "data.task", "
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ParamSpec(_Spec):
@@ -101,7 +101,21 @@ class ParamSpec(_Spec):
             raise ValueError("log and step cannot be combined")
         if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
             raise ValueError(f"an int parameter needs whole-number bounds (got low={self.low}, high={self.high})")
+        if self.step is not None:
+            self._check_step(self.low, self.high, self.step)
         return self
+
+    def _check_step(self, low: float, high: float, step: float) -> None:
+        # Optuna would not refuse these: it rounds an int step, and silently moves `high` down to the last multiple
+        # of the step (a step wider than the range leaves the single value `low`).
+        if self.type == "int" and step != int(step):
+            raise ValueError(f"an int parameter needs a whole-number step (got step={step})")
+        if step > high - low:
+            raise ValueError(f"step ({step}) is wider than the range {low}..{high}: it would leave only {low}")
+        n = (high - low) / step
+        if abs(n - round(n)) > 1e-9 * max(1.0, n):
+            raise ValueError(f"high - low ({high - low:g}) is not a multiple of step ({step}); "
+                             f"Optuna would lower high to {low + math.floor(n) * step:g}")
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -188,6 +202,15 @@ class TuneSpec(_Spec):
     test_top_k: int = Field(1, ge=0)  # configurations whose test score is computed once, after the sweep
     study_name: str | None = None  # None: the name of --out
     storage: str | None = None  # an Optuna database URL; None: sqlite:///DIR/optuna.db
+    # Several drivers (each with its own --out) feed one study in `storage` on purpose; see README "Shared studies".
+    shared_study: bool = False
+
+    @model_validator(mode="after")
+    def _shared_needs_storage(self) -> TuneSpec:
+        if self.shared_study and (self.storage is None or self.study_name is None):
+            raise ValueError("shared_study: true needs tune.storage (the database every driver uses) and "
+                             "tune.study_name (the study they share)")
+        return self
     storage_path: str | None = None  # Ray's experiment storage; None: DIR (use shared storage or s3:// on a cluster)
 
     def resolved_samples(self, search: SearchSpec) -> int:
@@ -296,6 +319,8 @@ def condition_holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool
 def sweep_spec(config: RunConfig, path: str | Path = "sweep") -> SweepSpec:
     """The validated sweep sections of ``config``; ConfigError (one line, naming file and key) otherwise."""
     validate_sweep_sections(config, path)
+    if config.search is None:
+        raise ConfigError(f"{path}: not a sweep file: it has no 'search' section (sweeps/quick.yaml shows one)")
     return SweepSpec.model_validate(
         {"search": config.search, "tune": config.tune or {}, "resources": config.resources or {}}
     )

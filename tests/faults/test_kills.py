@@ -1,0 +1,369 @@
+"""The fault suite, kills: ``kill -9`` at a random point of a pre-training, of a sweep driver, of a trial's worker
+process and of one Ray Train worker. Each run resumes (or recovers by itself) with nothing lost and nothing run
+twice. Every process runs as a real ``simmtm`` command in its own session; a test stops only what it started.
+
+The kill points are drawn from ``$SIMMTM_FAULT_SEED`` (a fresh seed when unset); a failure message names the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import torch
+import yaml
+
+from simmtm.cli import main
+
+pytestmark = pytest.mark.slow
+
+SEED = int(os.environ.get("SIMMTM_FAULT_SEED") or random.SystemRandom().randrange(2**31))
+ENV = {**os.environ, "RAY_memory_monitor_refresh_ms": "0", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    return random.Random(f"{SEED}/{request.node.name}")
+
+
+# --- processes ------------------------------------------------------------------------------------------------
+
+
+def simmtm(*args: str, log: Path) -> subprocess.Popen:
+    """``python -m simmtm ARGS`` in its own session (a kill of it reaches nothing else), output to ``log``."""
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "simmtm", *args],
+            env=ENV,
+            start_new_session=True,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def descendants(proc: subprocess.Popen) -> list[psutil.Process]:
+    try:
+        return psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def wait_for(what: str, ready: Callable[[], Any], proc: subprocess.Popen, log: Path, timeout: float = 180) -> Any:
+    deadline = time.time() + timeout
+    while True:
+        value = ready()
+        if value:
+            return value
+        assert proc.poll() is None, (
+            f"seed {SEED}: ended (exit {proc.returncode}) before {what}:\n{log.read_text()[-3000:]}"
+        )
+        assert time.time() < deadline, f"seed {SEED}: no {what} within {timeout} s"
+        time.sleep(0.05)
+
+
+def stop_session(proc: subprocess.Popen, known: list[psutil.Process]) -> None:
+    """Kill what this test started and is still alive: the session's group and the processes seen in it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in known:
+        try:
+            if p.is_running():
+                p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+
+
+def titled(proc: subprocess.Popen, prefix: str) -> list[psutil.Process]:
+    """The driver's descendants whose process title starts with ``prefix`` (Ray names its workers ray::Class.method)."""
+    found = []
+    for p in descendants(proc):
+        try:
+            if " ".join(p.cmdline()).startswith(prefix):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+# --- reading a run --------------------------------------------------------------------------------------------
+
+
+def history(run: Path, kind: str) -> list[dict[str, Any]]:
+    path = run / "history.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if k != "time"} for r in rows if r.get("kind") == kind]
+
+
+def checkpoint(run: Path) -> dict[str, Any]:
+    return torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+
+
+def tiny_run(make_config, csv: Path, tmp_path: Path, **pretrain: Any) -> Path:
+    """A tiny pre-training config with dropout (so the random-number state matters) and several epochs."""
+    raw = make_config(csv, {"model": {"dropout": 0.1}, "pretrain": {"epochs": 6, "max_steps": None, **pretrain}})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+# --- pre-training ---------------------------------------------------------------------------------------------
+
+
+def test_a_pretraining_killed_at_a_random_point_resumes_bit_identical(
+    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property
+) -> None:
+    config = tiny_run(make_config, tiny_csv, tmp_path)
+    whole, split, log = tmp_path / "whole", tmp_path / "split", tmp_path / "split.log"
+    assert main(["pretrain", str(config), "--out", str(whole), "--no-progress"]) == 0
+    epochs = len(history(whole, "pretrain_epoch"))
+
+    # Kill after a random number of finished epochs (0: before the first checkpoint) plus a random fraction of one.
+    after = rng.randrange(epochs - 1)
+    proc = simmtm("pretrain", str(config), "--out", str(split), "--no-progress", log=log)
+    try:
+        wait_for(
+            f"epoch {after}",
+            lambda: (split / "config.yaml").is_file() and len(history(split, "pretrain_epoch")) >= after,
+            proc,
+            log,
+        )
+        time.sleep(rng.uniform(0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL, f"seed {SEED}: the run ended before the kill"
+    finally:
+        stop_session(proc, [])
+    killed_at = len(history(split, "pretrain_epoch"))
+    assert killed_at < epochs
+
+    done = simmtm("pretrain", str(config), "--out", str(split), "--no-progress", log=log)
+    assert done.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+    # Each epoch once, with the uninterrupted run's numbers, and the same weights and optimiser state to the bit.
+    assert [r["epoch"] for r in history(split, "pretrain_epoch")] == list(range(1, epochs + 1)), (
+        f"seed {SEED}, killed after {killed_at}"
+    )
+    assert history(split, "pretrain_epoch") == history(whole, "pretrain_epoch"), (
+        f"seed {SEED}, killed after {killed_at}"
+    )
+    a, b = checkpoint(whole), checkpoint(split)
+    for key, tensor in a["model"].items():
+        assert torch.equal(b["model"][key], tensor), f"seed {SEED}, killed after {killed_at}: {key} differs"
+    assert b["epoch"] == a["epoch"] and b["step"] == a["step"]
+    record_property("faults", 1)
+
+
+# --- a sweep: one trial's worker, then the driver -------------------------------------------------------------
+
+TRIALS, TRIAL_EPOCHS = 4, 3
+
+
+def trial_epochs(out: Path) -> dict[str, list[int]]:
+    """Per trial folder under tb/: the pre-training epochs its history holds, in order."""
+    found = {}
+    for path in sorted((out / "tb").glob("*/pretrain/history.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        found[path.parents[1].name] = [r["epoch"] for r in rows if r.get("kind") == "pretrain_epoch"]
+    return found
+
+
+def events(out: Path) -> list[dict[str, Any]]:
+    path = out / "timing.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(
+    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property
+) -> None:
+    from optuna.trial import TrialState
+    from studies import study_of
+
+    from simmtm.sweep.outputs import read_trials_csv
+
+    raw = make_config(tiny_csv, {"pretrain": {"epochs": TRIAL_EPOCHS, "max_steps": None}})
+    raw["search"] = {
+        "method": "tpe",
+        "params": {
+            "pretrain.mask_ratio": {"type": "float", "low": 0.1, "high": 0.9},
+            "pretrain.num_masked": {"type": "int", "low": 1, "high": 4},
+        },
+    }
+    raw["tune"] = {
+        "num_samples": TRIALS,
+        "probe_steps": 5,
+        "max_failures": 1,
+        "scheduler": {"type": "fifo"},
+        "test_top_k": 1,
+    }
+    raw["resources"] = {"workers": 1, "cpus_per_worker": 1}
+    sweep_file, out, log = tmp_path / "sweep.yaml", tmp_path / "out", tmp_path / "sweep.log"
+    sweep_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    argv = ["sweep", str(sweep_file), "--out", str(out), "--quiet-table"]
+
+    driver = simmtm(*argv, log=log)
+    seen: list[psutil.Process] = []
+    try:
+        # 1. kill -9 of a trial's worker process (the Tune function actor) after a random number of its epochs
+        epochs_first = rng.randrange(TRIAL_EPOCHS)
+        wait_for(
+            "a trial's epoch",
+            lambda: (
+                any(len(e) >= max(epochs_first, 0) for e in trial_epochs(out).values())
+                and titled(driver, "ray::ImplicitFunc")
+            ),
+            driver,
+            log,
+        )
+        time.sleep(rng.uniform(0, 0.5))
+        victims = titled(driver, "ray::ImplicitFunc")
+        assert victims, f"seed {SEED}: no trial process to kill"
+        victim = rng.choice(victims)
+        victim.kill()
+        seen += descendants(driver)
+
+        # 2. kill -9 of the driver once a random number of trials (1 or 2) has finished
+        finished = rng.randint(1, 2)
+        wait_for(
+            f"{finished} finished trials",
+            lambda: sum(e["event"] == "end" for e in events(out)) >= finished,
+            driver,
+            log,
+        )
+        time.sleep(rng.uniform(0, 1.0))
+        seen += descendants(driver)
+        recorded = json.loads((out / "processes.json").read_text())["children"]
+        assert {"raylet", "gcs_server"} <= {p["name"] for p in recorded}, recorded
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        # No process outlives its driver: the watchdog stops the whole local Ray (agents included) by itself.
+        left = lambda: [p for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # noqa: E731
+        deadline = time.time() + 60
+        while left() and time.time() < deadline:
+            time.sleep(0.5)
+        assert not left(), f"seed {SEED}: outlived the driver: {[(p.pid, p.name()) for p in left()]}"
+    finally:
+        stop_session(driver, seen)
+    ended_before = {e["trial_id"] for e in events(out) if e["event"] == "end"}
+
+    resumed = simmtm(*argv, "--resume", log=log)
+    try:
+        assert resumed.wait(timeout=400) == 0, f"seed {SEED}:\n{log.read_text()[-4000:]}"
+    finally:
+        stop_session(resumed, [])
+    record_property("faults", 2)
+
+    rows = read_trials_csv(out / "trials.csv")
+    complete = {r["trial_id"] for r in rows if r["state"] == "COMPLETE"}
+    assert len(complete) == TRIALS, f"seed {SEED}: {rows}"
+    assert ended_before <= complete  # nothing lost
+    others = [r for r in rows if r["state"] != "COMPLETE"]  # asked in the instant before the kill, never run
+    assert all(r["state"] == "FAILED" and "driver stopped" in r["error"] for r in others), others
+    # Nothing ran twice: every trial's pre-training epochs once, in order (the killed one resumed from its checkpoint)
+    per_trial = trial_epochs(out)
+    assert set(per_trial) >= complete
+    for trial_id in complete:
+        assert per_trial[trial_id] == list(range(1, TRIAL_EPOCHS + 1)), (
+            f"seed {SEED}: {trial_id}: {per_trial[trial_id]}"
+        )
+    study = study_of(out)
+    tagged = [t.user_attrs.get("tune_trial_id") for t in study.get_trials()]
+    assert len(tagged) == len(set(tagged))  # one Optuna trial per Tune trial
+    assert {t.user_attrs["tune_trial_id"] for t in study.get_trials() if t.state == TrialState.COMPLETE} == complete
+    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+
+
+# --- data-parallel pre-training: one Ray Train worker ------------------------------------------------------------
+
+
+def test_a_killed_ray_train_worker_is_replaced_and_the_run_ends_as_planned(
+    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property
+) -> None:
+    config = tiny_run(make_config, tiny_csv, tmp_path, epochs=4)
+    out, log = tmp_path / "dp", tmp_path / "dp.log"
+    proc = simmtm(
+        "pretrain", str(config), "--out", str(out), "--workers", "2", "--max-failures", "2", "--no-progress", log=log
+    )
+    seen: list[psutil.Process] = []
+    try:
+        after = rng.randrange(3)
+        wait_for(
+            f"epoch {after} with two workers",
+            lambda: len(history(out, "pretrain_epoch")) >= after and len(titled(proc, "ray::RayTrainWorker")) == 2,
+            proc,
+            log,
+        )
+        time.sleep(rng.uniform(0, 0.5))
+        victims = titled(proc, "ray::RayTrainWorker")
+        assert len(victims) == 2, f"seed {SEED}: {victims}"
+        seen += descendants(proc)
+        rng.choice(victims).kill()
+        assert proc.wait(timeout=400) == 0, f"seed {SEED}:\n{log.read_text()[-4000:]}"
+    finally:
+        stop_session(proc, seen)
+    record_property("faults", 1)
+    assert [r["epoch"] for r in history(out, "pretrain_epoch")] == [1, 2, 3, 4], f"seed {SEED}"
+    assert checkpoint(out)["epoch"] == 4
+
+
+# --- several drivers, one study (tune.shared_study) --------------------------------------------------------------
+
+
+def test_two_drivers_feed_one_shared_study_and_each_reports_only_its_own_trials(
+    make_config, tiny_csv: Path, tmp_path: Path
+) -> None:
+    from optuna.trial import TrialState
+
+    from simmtm.sweep.outputs import read_trials_csv
+
+    raw = make_config(tiny_csv, {"pretrain": {"epochs": 2, "max_steps": None}})
+    raw["search"] = {"method": "tpe", "params": {"pretrain.mask_ratio": {"type": "float", "low": 0.1, "high": 0.9}}}
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    raw["tune"] = {
+        "num_samples": 2,
+        "probe_steps": 5,
+        "scheduler": {"type": "fifo"},
+        "test_top_k": 0,
+        "storage": url,
+        "study_name": "team",
+        "shared_study": True,
+    }
+    raw["resources"] = {"workers": 1, "cpus_per_worker": 1}
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    drivers = {
+        name: simmtm(
+            "sweep", str(sweep_file), "--out", str(tmp_path / name), "--quiet-table", log=tmp_path / f"{name}.log"
+        )
+        for name in ("a", "b")
+    }
+    try:
+        for name, proc in drivers.items():
+            assert proc.wait(timeout=500) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    finally:
+        for proc in drivers.values():
+            stop_session(proc, [])
+    rows = {name: read_trials_csv(tmp_path / name / "trials.csv") for name in drivers}
+    for name, table in rows.items():  # each driver's table: its own two trials, finished; none of the other's
+        assert [r["state"] for r in table] == ["COMPLETE", "COMPLETE"], (name, table)
+    import optuna
+
+    study = optuna.load_study(study_name="team", storage=url)
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    owners = {t.user_attrs["owner"] for t in trials}
+    assert {o.rsplit(":", 1)[-1].rsplit("/", 1)[-1] for o in owners} == {"a", "b"}
+    assert {t.user_attrs["tune_trial_id"] for t in trials} == {r["trial_id"] for table in rows.values() for r in table}
