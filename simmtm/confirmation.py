@@ -32,6 +32,7 @@ __all__ = [
     "confirmation_seeds",
     "judge",
     "format_params",
+    "same_params",
     "beyond_official_r",
 ]
 
@@ -49,7 +50,8 @@ def confirmation_seeds(base_seed: int, n: int) -> list[int]:
     return [base_seed + CONFIRM_SEED_OFFSET + i for i in range(n)]
 
 
-def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+def same_params(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Equal configurations (floats compared to 1e-9 relative: a value read back from a table may round)."""
     keys = set(a) | set(b)
     for k in keys:
         x, y = a.get(k), b.get(k)
@@ -68,7 +70,7 @@ def confirmation_candidates(ranked: Sequence[Mapping[str, Any]], default: Mappin
     for params in ranked:
         if len(out) > top_k:
             break
-        if not any(_same(params, seen) for seen in out):
+        if not any(same_params(params, seen) for seen in out):
             out.append(dict(params))
     return out
 

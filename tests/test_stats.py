@@ -55,3 +55,16 @@ def test_tied_with_best_uses_the_seed_noise():
     assert tied_with_best(groups, mode="min", noise_sd=5.0) == {"best", "close", "far"}
     assert tied_with_best({"a": [1.0], "b": [1.1]}, mode="max") == {"b"}
     assert tied_with_best({"a": [1.0], "b": [1.1]}, mode="max", noise_sd=0.01) == {"b"}
+
+
+def test_the_probe_check_warns_only_when_pruning_on_a_probe_that_does_not_predict():
+    from simmtm.probe_check import check_probe
+
+    final = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9]
+    good = check_probe([0.5 + 0.1 * i for i in range(10)], final, prunes=True)
+    assert good.correlation.rho == pytest.approx(1.0) and good.warning is None
+    reverse = check_probe(final[::-1], final, prunes=True)
+    assert "ranks trials against the final score" in reverse.warning and "WARNING" in reverse.line()
+    assert check_probe(final[::-1], final, prunes=False).warning is None  # FIFO: nothing was pruned on it
+    few = check_probe([1.0, 2.0], [1.0, 2.0], prunes=True)
+    assert few.correlation.rho is None and "could not be checked" in few.warning
