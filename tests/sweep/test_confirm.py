@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 
 from simmtm.confirmation import PAPER_DEFAULTS, judge
-from simmtm.sweep.confirm import ConfirmPlan, confirm_points, confirmed_configs, run_confirmation
+from simmtm.probe_check import check_probe
+from simmtm.sweep.confirm import (ConfirmOutcome, ConfirmPlan, confirm_points, confirmed_configs, probe_pairs,
+                                  read_confirmation_json, run_confirmation, rung_scores, write_confirmation_json)
+from simmtm.sweep.outputs import TrialRow
 from simmtm.sweep.driver import collect_rows
 from simmtm.sweep.trial import run_trial, trial_config
 
@@ -19,6 +22,19 @@ def test_points_are_seed_major_and_paired():
     plan = ConfirmPlan((dict(PAPER_DEFAULTS), CAND), seeds=2)
     assert confirm_points(plan) == [{"repeat": 1000, **PAPER_DEFAULTS}, {"repeat": 1000, **CAND},
                                     {"repeat": 1001, **PAPER_DEFAULTS}, {"repeat": 1001, **CAND}]
+
+
+def test_probe_pairs_and_confirmation_json_round_trip(tmp_path: Path):
+    rows = [TrialRow("a", "COMPLETE", {}, score=1.0), TrialRow("b", "PRUNED", {}), TrialRow("c", "COMPLETE", {}, score=2.0)]
+    assert probe_pairs(rows, {"a": 0.5, "b": 0.7}) == [(0.5, 1.0)]  # pruned and rung-less runs have no pair
+    configs = confirmed_configs([TrialRow("x", "COMPLETE", dict(PAPER_DEFAULTS), repeat=1000, score=1.5)],
+                                ConfirmPlan((dict(PAPER_DEFAULTS), CAND), seeds=2), base_seed=3)
+    assert configs[0].scores == {1003: 1.5, 1004: None} and configs[1].scores == {1003: None, 1004: None}
+    outcome = ConfirmOutcome(judge(configs, metric="val_mse", mode="min"), check_probe([1, 2], [1, 2], prunes=False), configs, [])
+    assert outcome.lines()[-1].startswith("no confirmed recommendation")
+    write_confirmation_json(tmp_path, outcome)
+    assert read_confirmation_json(tmp_path)["verdict"]["sentence"] == outcome.lines()[-1]
+    assert read_confirmation_json(tmp_path / "elsewhere") is None
 
 
 @pytest.mark.slow
@@ -37,6 +53,9 @@ def test_confirmation_runs_every_pair_once_and_resume_reruns_nothing(local_ray, 
     assert [c.is_default for c in configs] == [True, False]
     assert all(set(c.finished()) == {raw["seed"] + 1000, raw["seed"] + 1001} for c in configs)  # paired seeds
     assert judge(configs, metric="val_mse", mode="min").status in ("beats", "keep_default")
+
+    rungs = rung_scores(path, "probe_val_mse", 2)
+    assert set(rungs) == {r.trial_id for r in rows} and all(rungs[r.trial_id] == r.val_score for r in rows)
 
     before = {r.trial_id: r.score for r in rows}
     runs_before = sorted(p.name for p in (tmp_path / "tb").iterdir())
