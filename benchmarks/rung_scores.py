@@ -67,7 +67,7 @@ def measure(sweep_file: Path, n_configs: int, seed: int) -> dict:
     rows = []
     for params in configs:
         run_cfg = load_config(sweep_file)
-        raw = apply_params(run_cfg.run_dict(), params)
+        raw = apply_params(run_cfg.run_dict(), {**params, "threads": 1})  # as a sweep trial runs: one core
         from simmtm.config import parse_config
 
         run_cfg = parse_config(raw, source="rung_scores")
@@ -87,6 +87,7 @@ def measure(sweep_file: Path, n_configs: int, seed: int) -> dict:
 
         pretrain.run(run_cfg, keep)
         pre_s = time.time() - started
+        print(f"pre-trained {params} in {pre_s:.0f} s", file=sys.stderr, flush=True)
         probe, probe_s = _rung_score(run_cfg, at_rung["state"], spec, mode="probe", metric=metric)
         short, short_s = _rung_score(run_cfg, at_rung["state"], spec, mode="full", metric=metric)
         started = time.time()
