@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from simmtm.stats import PairedDifference, SeedSpread, paired_difference, seed_spread
+from simmtm.sweep.spec import PAPER_DEFAULTS
 
 __all__ = [
     "PAPER_DEFAULTS",
@@ -36,8 +37,6 @@ __all__ = [
     "beyond_official_r",
 ]
 
-# The paper's settings (Dong et al. 2023); the confirmation's reference configuration.
-PAPER_DEFAULTS = {"pretrain.mask_ratio": 0.5, "pretrain.num_masked": 3, "pretrain.temperature": 0.2}
 # The official geometric masking caps the masked share at lm / (lm + 1) = 0.75 for lm = 3 (docs/fidelity.md, K1).
 OFFICIAL_MAX_R = 0.75
 # Confirmation seeds start this far above the sweep's seed, away from the seeds the search trained with.

@@ -47,5 +47,9 @@ def check_probe(rung_scores: Sequence[float], final_scores: Sequence[float], *, 
         elif corr.rho < MIN_RHO or corr.ci is None or corr.ci[0] <= 0:
             verdict = "ranks trials against" if corr.rho < 0 else "is not shown to predict"
             warning = (f"ASHA pruned on a {rung} score that {verdict} the final score (Spearman {corr.rho:+.2f}); "
-                       "set tune.prune_on: finetune, or tune.scheduler.type: fifo to prune nothing")
+                       f"set tune.scheduler.type: fifo to prune nothing, or try tune.prune_on: {_other(rung)}")
     return ProbeCheck(corr, prunes, rung, warning)
+
+
+def _other(rung: str) -> str:
+    return "finetune" if rung == "probe" else "probe"

@@ -50,6 +50,8 @@ SWEEP_FILES = {
     "ray",
     "timing.json",
     "timing.jsonl",
+    "confirm",  # the confirmation stage's Ray experiment (simmtm.sweep.confirm)
+    "confirmation.json",
 }
 
 

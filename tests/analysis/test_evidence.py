@@ -20,10 +20,11 @@ def test_the_figures_draw_the_data_and_the_sentence():
     configs = [ConfirmedConfig(dict(PAPER_DEFAULTS), {1000: 1.0, 1001: 1.1}, is_default=True),
                ConfirmedConfig({**PAPER_DEFAULTS, "pretrain.mask_ratio": 0.3}, {1000: 0.98, 1001: 1.12})]
     verdict = judge(configs, metric="val_mse", mode="min")
-    fig = confirmation_figure(configs, verdict)
+    fig = confirmation_figure(configs, metric="val_mse", sentence=verdict.sentence())
     ax = fig.axes[0]
     assert len(ax.lines) == 2  # one line per seed joins its runs
     assert "keep r = 0.5, M = 3" in ax.get_title().replace("\n", " ")
     check = check_probe([1, 2, 3, 4], [4, 3, 2, 1], prunes=True)
-    fig = probe_figure([1, 2, 3, 4], [4, 3, 2, 1], check, metric="val_mse")
+    fig = probe_figure([1, 2, 3, 4], [4, 3, 2, 1], metric="val_mse", rung_name=check.rung, line=check.line(),
+                       warning=check.warning is not None)
     assert len(fig.axes[0].collections[0].get_offsets()) == 4 and "WARNING" in fig.axes[0].get_title().replace("\n", " ")

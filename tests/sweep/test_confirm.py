@@ -11,8 +11,9 @@ from simmtm.probe_check import check_probe
 from simmtm.sweep.confirm import (ConfirmOutcome, ConfirmPlan, confirm_points, confirmed_configs, probe_pairs,
                                   read_confirmation_json, run_confirmation, rung_scores, write_confirmation_json)
 from simmtm.sweep.outputs import TrialRow
-from simmtm.sweep.driver import collect_rows
-from simmtm.sweep.trial import run_trial, trial_config
+from simmtm.sweep.results import collect_rows
+from simmtm.sweep.spec import TrialSpec
+from simmtm.sweep.trainable import run_trial
 
 R, M, TAU = "pretrain.mask_ratio", "pretrain.num_masked", "pretrain.temperature"
 CAND = {R: 0.3, M: 2, TAU: 0.2}
@@ -42,7 +43,7 @@ def test_confirmation_runs_every_pair_once_and_resume_reruns_nothing(local_ray, 
     from ray import tune
 
     raw = tiny_config({"pretrain": {"epochs": 2, "max_steps": None}, "finetune": {"horizons": [4]}})
-    entry = trial_config(raw, metric="val_mse", probe_every=2, probe_steps=5, tb_dir=str(tmp_path / "tb"))
+    entry = TrialSpec(run=raw, metric="val_mse", probe_every=2, probe_steps=5, tb_dir=str(tmp_path / "tb")).model_dump(mode="json")
     plan = ConfirmPlan((dict(PAPER_DEFAULTS), CAND), seeds=2)
     trainable = tune.with_resources(run_trial, {"cpu": 1})
     path = run_confirmation(trainable, entry, plan, storage_path=str(tmp_path), max_concurrent=2)
@@ -63,3 +64,45 @@ def test_confirmation_runs_every_pair_once_and_resume_reruns_nothing(local_ray, 
     again = collect_rows(path, [R, M, TAU])
     assert {r.trial_id: r.score for r in again} == before  # restored, not re-run
     assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == runs_before
+
+
+@pytest.mark.slow
+def test_a_sweep_ends_with_the_confirmation_and_every_output_says_the_same(local_ray, tiny_sweep, tmp_path: Path, capsys):
+    import json
+
+    from optuna.trial import TrialState
+    from studies import study_of
+
+    from simmtm.cli import main
+
+    search = {"method": "tpe", "params": {R: {"type": "float", "low": 0.1, "high": 0.9}, M: {"type": "int", "low": 1, "high": 4}}}
+    path = tiny_sweep(search, tune={"num_samples": 4, "confirm": {"top_k": 1, "seeds": 2},
+                                    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}})
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--quiet-table"]) == 0
+    sweep_lines = capsys.readouterr().out.strip().splitlines()
+    conf = json.loads((out / "confirmation.json").read_text())
+    sentence = conf["verdict"]["sentence"]
+    assert sweep_lines[-1] == sentence and conf["verdict"]["status"] in ("beats", "keep_default")
+    assert any(line.startswith("probe score vs final score: Spearman") for line in sweep_lines[-3:])
+    assert conf["verdict"]["seed_spread"]["n_runs"] == 4  # 2 configurations x 2 paired seeds
+    assert sentence in (out / "best.yaml").read_text()
+    # Pruned trials hold no value in the study: sorting by value ranks only final scores, like the report.
+    study = study_of(out)
+    assert all(t.value is None for t in study.trials if t.state == TrialState.PRUNED)
+    assert all(t.value is not None for t in study.trials if t.state == TrialState.COMPLETE)
+
+    assert main(["recommend", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == sentence
+    report = tmp_path / "report"
+    assert main(["analyze", str(out), "--out", str(report), "--no-interactive", "--bootstrap", "50"]) == 0
+    rec = json.loads((report / "recommendation.json").read_text())
+    assert rec["sentence"] == sentence and rec["params"] == conf["verdict"]["recommended"]
+    assert (report / "figures" / "confirmation.png").is_file() and (report / "figures" / "probe.png").is_file()
+    assert sentence.replace("'", "&#x27;") in (report / "report.html").read_text()
+
+    # A resume re-runs no confirmation run and ends with the same sentence.
+    before = sorted(p.name for p in (out / "tb").iterdir())
+    assert main(["sweep", str(path), "--out", str(out), "--resume", "--quiet-table"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == sentence
+    assert sorted(p.name for p in (out / "tb").iterdir()) == before
