@@ -41,7 +41,12 @@ __all__ = [
 OFFICIAL_MAX_R = 0.75
 # Confirmation seeds start this far above the sweep's seed, away from the seeds the search trained with.
 CONFIRM_SEED_OFFSET = 1000
-_SHORT = {"pretrain.mask_ratio": "r", "pretrain.num_masked": "M", "pretrain.temperature": "tau", "model.encoder": "encoder"}
+_SHORT = {
+    "pretrain.mask_ratio": "r",
+    "pretrain.num_masked": "M",
+    "pretrain.temperature": "tau",
+    "model.encoder": "encoder",
+}
 
 
 def confirmation_seeds(base_seed: int, n: int) -> list[int]:
@@ -62,7 +67,9 @@ def same_params(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return True
 
 
-def confirmation_candidates(ranked: Sequence[Mapping[str, Any]], default: Mapping[str, Any], top_k: int) -> list[dict[str, Any]]:
+def confirmation_candidates(
+    ranked: Sequence[Mapping[str, Any]], default: Mapping[str, Any], top_k: int
+) -> list[dict[str, Any]]:
     """The configurations to confirm: the default first, then the best ``top_k`` of ``ranked`` (best first) that
     differ from it (a search whose best is the default itself confirms the next ones)."""
     out = [dict(default)]
@@ -122,20 +129,26 @@ class Verdict:
         return dict(self.winner if self.winner is not None else self.default)
 
     def sentence(self) -> str:
-        default = format_params({k: v for k, v in self.default.items() if k in ("pretrain.mask_ratio", "pretrain.num_masked")})
+        default = format_params(
+            {k: v for k, v in self.default.items() if k in ("pretrain.mask_ratio", "pretrain.num_masked")}
+        )
         if self.status == "insufficient":
             return f"no confirmed recommendation: {self.reason}"
         noise = self.noise_text()
         d = self.difference
         assert d is not None
         level = f"{d.confidence * 100:.3g} % interval"
-        if self.status == "beats":
-            return (f"{format_params(self.winner or {})} beats the paper's {default} by {d.mean:.3g} {self.metric} "
-                    f"({level} {d.ci[0]:.3g} to {d.ci[1]:.3g}, {d.n} paired seeds; {noise})")
+        if self.status == "beats" and d.ci is not None:  # "beats" needs an interval above zero
+            return (
+                f"{format_params(self.winner or {})} beats the paper's {default} by {d.mean:.3g} {self.metric} "
+                f"({level} {d.ci[0]:.3g} to {d.ci[1]:.3g}, {d.n} paired seeds; {noise})"
+            )
         best = format_params(self.best_candidate or {})
         ci = f"{level} {d.ci[0]:.3g} to {d.ci[1]:.3g}" if d.ci else "one seed: no interval"
-        return (f"nothing beats the paper's defaults beyond seed noise ({noise}; best candidate {best}: "
-                f"{d.mean:+.3g} {self.metric}, {ci}): keep {default}")
+        return (
+            f"nothing beats the paper's defaults beyond seed noise ({noise}; best candidate {best}: "
+            f"{d.mean:+.3g} {self.metric}, {ci}): keep {default}"
+        )
 
     def noise_text(self) -> str:
         if self.spread.sd is None:
@@ -144,10 +157,18 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         out = {
-            "status": self.status, "sentence": self.sentence(), "metric": self.metric, "mode": self.mode,
-            "recommended": self.recommended, "default": self.default, "winner": self.winner,
-            "best_candidate": self.best_candidate, "seeds": self.seeds, "comparisons": self.comparisons,
-            "seed_spread": asdict(self.spread), "reason": self.reason,
+            "status": self.status,
+            "sentence": self.sentence(),
+            "metric": self.metric,
+            "mode": self.mode,
+            "recommended": self.recommended,
+            "default": self.default,
+            "winner": self.winner,
+            "best_candidate": self.best_candidate,
+            "seeds": self.seeds,
+            "comparisons": self.comparisons,
+            "seed_spread": asdict(self.spread),
+            "reason": self.reason,
             "difference": asdict(self.difference) if self.difference is not None else None,
         }
         return out
@@ -162,29 +183,51 @@ def judge(configs: Sequence[ConfirmedConfig], *, metric: str, mode: str, confide
     candidates = [c for c in configs if not c.is_default]
     spread = seed_spread({i: list(c.finished().values()) for i, c in enumerate(configs)})
     seeds = sorted({s for c in configs for s in c.scores})
-    base = dict(metric=metric, mode=mode, default=dict(default.params), spread=spread, seeds=seeds)
+    base: dict[str, Any] = dict(metric=metric, mode=mode, default=dict(default.params), spread=spread, seeds=seeds)
     if not candidates:
-        return Verdict("insufficient", reason="no candidate besides the paper's default was confirmed "
-                       "(the search finished no other configuration)", **base)
+        return Verdict(
+            "insufficient",
+            reason="no candidate besides the paper's default was confirmed "
+            "(the search finished no other configuration)",
+            **base,
+        )
     family = 1 - (1 - confidence) / len(candidates)
+    direction: Literal["min", "max"] = "max" if mode == "max" else "min"
     comparisons, diffs = [], []
     for c in candidates:
         common = sorted(set(c.finished()) & set(default.finished()))
         if len(common) < 2:
             comparisons.append({"params": c.params, "n": len(common), "mean": None, "ci": None})
             continue
-        d = paired_difference([c.finished()[s] for s in common], [default.finished()[s] for s in common],
-                              mode=mode, confidence=family)
+        ours, theirs = [c.finished()[s] for s in common], [default.finished()[s] for s in common]
+        d = paired_difference(ours, theirs, mode=direction, confidence=family)
         diffs.append((c, d))
-        comparisons.append({"params": c.params, "n": d.n, "mean": d.mean, "ci": list(d.ci) if d.ci else None,
-                            "significant": d.significant})
+        comparisons.append(
+            {
+                "params": c.params,
+                "n": d.n,
+                "mean": d.mean,
+                "ci": list(d.ci) if d.ci else None,
+                "significant": d.significant,
+            }
+        )
     if not diffs:
-        return Verdict("insufficient", comparisons=comparisons,
-                       reason="fewer than 2 seeds finished for both a candidate and the paper's default", **base)
+        return Verdict(
+            "insufficient",
+            comparisons=comparisons,
+            reason="fewer than 2 seeds finished for both a candidate and the paper's default",
+            **base,
+        )
     best, best_d = max(diffs, key=lambda cd: cd[1].mean)
     winners = [(c, d) for c, d in diffs if d.significant]
     if winners:
         win, win_d = max(winners, key=lambda cd: cd[1].mean)
-        return Verdict("beats", winner=dict(win.params), difference=win_d, best_candidate=dict(win.params),
-                       comparisons=comparisons, **base)
+        return Verdict(
+            "beats",
+            winner=dict(win.params),
+            difference=win_d,
+            best_candidate=dict(win.params),
+            comparisons=comparisons,
+            **base,
+        )
     return Verdict("keep_default", difference=best_d, best_candidate=dict(best.params), comparisons=comparisons, **base)

@@ -31,23 +31,38 @@ class ProbeCheck:
         return f"{head}; WARNING: {self.warning}" if self.warning else head
 
     def to_dict(self) -> dict:
-        return {"spearman": asdict(self.correlation), "prunes": self.prunes, "rung": self.rung,
-                "warning": self.warning, "line": self.line()}
+        return {
+            "spearman": asdict(self.correlation),
+            "prunes": self.prunes,
+            "rung": self.rung,
+            "warning": self.warning,
+            "line": self.line(),
+        }
 
 
-def check_probe(rung_scores: Sequence[float], final_scores: Sequence[float], *, prunes: bool, rung: str = "probe",
-                confidence: float = 0.95) -> ProbeCheck:
+def check_probe(
+    rung_scores: Sequence[float],
+    final_scores: Sequence[float],
+    *,
+    prunes: bool,
+    rung: str = "probe",
+    confidence: float = 0.95,
+) -> ProbeCheck:
     """Rank-correlate the rung score with the final score (same metric, same direction: +1 is a perfect predictor)."""
     corr = spearman(rung_scores, final_scores, confidence=confidence)
     warning = None
     if prunes:
         if corr.rho is None:
-            warning = (f"ASHA pruned on the {rung} score, which could not be checked ({corr.n} run(s) with both scores); "
-                       "its ranking is unverified")
+            warning = (
+                f"ASHA pruned on the {rung} score, which could not be checked ({corr.n} run(s) with both scores); "
+                "its ranking is unverified"
+            )
         elif corr.rho < MIN_RHO or corr.ci is None or corr.ci[0] <= 0:
             verdict = "ranks trials against" if corr.rho < 0 else "is not shown to predict"
-            warning = (f"ASHA pruned on a {rung} score that {verdict} the final score (Spearman {corr.rho:+.2f}); "
-                       f"set tune.scheduler.type: fifo to prune nothing, or try tune.prune_on: {_other(rung)}")
+            warning = (
+                f"ASHA pruned on a {rung} score that {verdict} the final score (Spearman {corr.rho:+.2f}); "
+                f"set tune.scheduler.type: fifo to prune nothing, or try tune.prune_on: {_other(rung)}"
+            )
     return ProbeCheck(corr, prunes, rung, warning)
 
 

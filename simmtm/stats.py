@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import stats as _scipy_stats
@@ -55,11 +55,13 @@ class SeedSpread:
     def describe(self, digits: int = 4) -> str:
         if self.sd is None:
             return "seed noise not measured (no configuration ran with two seeds)"
-        return (f"seed-to-seed spread (SD) {self.sd:.{digits}g}, from {self.n_runs} runs of {self.n_configs} "
-                f"configuration(s)")
+        return (
+            f"seed-to-seed spread (SD) {self.sd:.{digits}g}, from {self.n_runs} runs of {self.n_configs} "
+            f"configuration(s)"
+        )
 
 
-def seed_spread(groups: Mapping[Hashable, Sequence[float]]) -> SeedSpread:
+def seed_spread(groups: Mapping[Any, Sequence[float]]) -> SeedSpread:
     """Pooled within-configuration SD: sqrt(sum of squared deviations from each group's mean / (N - groups))."""
     ss, runs, configs = 0.0, 0, 0
     for scores in groups.values():
@@ -93,8 +95,9 @@ class PairedDifference:
         return self.ci is not None and self.ci[0] > 0
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], *, mode: Mode, confidence: float = 0.95,
-                      n_boot: int = 2000, seed: int = 0) -> PairedDifference:
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], *, mode: Mode, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> PairedDifference:
     """How much A improves on B, seed by seed (``a[i]`` and ``b[i]`` ran with the same training seed)."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.shape != y.shape or x.ndim != 1 or len(x) == 0:
@@ -127,15 +130,22 @@ class RankCorrelation:
     def describe(self) -> str:
         if self.rho is None:
             return f"not measurable ({self.n} run(s) with both scores; needs 3)"
-        ci = f", {self.confidence:.0%} interval {self.ci[0]:+.2f} to {self.ci[1]:+.2f}" if self.ci else ", no interval below 4 runs"
+        ci = (
+            f", {self.confidence:.0%} interval {self.ci[0]:+.2f} to {self.ci[1]:+.2f}"
+            if self.ci
+            else ", no interval below 4 runs"
+        )
         return f"Spearman {self.rho:+.2f}{ci}, {self.n} runs"
 
 
 def spearman(x: Sequence[float], y: Sequence[float], *, confidence: float = 0.95) -> RankCorrelation:
     """Spearman's rho; its interval transforms with Fisher's z and the standard error sqrt(1.06 / (n - 3))
     (Fieller, Hartley & Pearson 1957), which holds for rank correlations better than 1 / sqrt(n - 3)."""
-    pairs = [(float(a), float(b)) for a, b in zip(x, y)
-             if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    pairs = [
+        (float(a), float(b))
+        for a, b in zip(x, y)
+        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
+    ]
     n = len(pairs)
     if n < 3:
         return RankCorrelation(None, None, n, confidence)
@@ -153,8 +163,9 @@ def spearman(x: Sequence[float], y: Sequence[float], *, confidence: float = 0.95
 # --- ties with the best ----------------------------------------------------------------------------------------
 
 
-def tied_with_best(groups: Mapping[Hashable, Sequence[float]], *, mode: Mode, noise_sd: float | None = None,
-                   confidence: float = 0.95) -> set[Hashable]:
+def tied_with_best(
+    groups: Mapping[Any, Sequence[float]], *, mode: Mode, noise_sd: float | None = None, confidence: float = 0.95
+) -> set[Any]:
     """The configurations (keys of ``groups``) that are statistically tied with the one of best mean score.
 
     A configuration is tied when its mean lies within the one-sided critical difference of the best mean:
@@ -171,5 +182,8 @@ def tied_with_best(groups: Mapping[Hashable, Sequence[float]], *, mode: Mode, no
         return {best}
     z = float(_scipy_stats.norm.ppf(confidence))
     n_best = len(groups[best])
-    return {k for k, m in means.items()
-            if sign * (means[best] - m) <= z * s * math.sqrt(1 / n_best + 1 / len(groups[k])) + 1e-15}
+    return {
+        k
+        for k, m in means.items()
+        if sign * (means[best] - m) <= z * s * math.sqrt(1 / n_best + 1 / len(groups[k])) + 1e-15
+    }

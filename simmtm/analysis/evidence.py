@@ -39,12 +39,14 @@ def confirmation_figure(configs: Sequence[ConfirmedConfig], *, metric: str, sent
     """Each confirmed configuration's score per seed; a grey line joins the runs of one seed (the pairing)."""
     fig = Figure(figsize=(max(6.0, 2.3 * len(configs) + 1.5), 4.4), layout="constrained")
     ax = fig.add_subplot()
-    labels = [("paper default\n" if c.is_default else "") + format_params(c.params).replace(", ", "\n") for c in configs]
+    labels = [
+        ("paper default\n" if c.is_default else "") + format_params(c.params).replace(", ", "\n") for c in configs
+    ]
     seeds = sorted({s for c in configs for s in c.scores})
     for seed in seeds:
         ys = [c.finished().get(seed, np.nan) for c in configs]
         ax.plot(range(len(configs)), ys, color="grey", alpha=0.5, lw=1, marker="o", ms=4)
-    means = [np.mean(list(c.finished().values())) if c.finished() else np.nan for c in configs]
+    means = np.array([np.mean(list(c.finished().values())) if c.finished() else np.nan for c in configs])
     ax.scatter(range(len(configs)), means, marker="_", s=900, color="tab:red", zorder=3, label="mean over seeds")
     ax.set_xticks(range(len(configs)), labels, fontsize=8)
     ax.set_ylabel(metric)
@@ -54,8 +56,9 @@ def confirmation_figure(configs: Sequence[ConfirmedConfig], *, metric: str, sent
     return fig
 
 
-def probe_figure(rung: Sequence[float], final: Sequence[float], *, metric: str, rung_name: str, line: str,
-                 warning: bool) -> Figure:
+def probe_figure(
+    rung: Sequence[float], final: Sequence[float], *, metric: str, rung_name: str, line: str, warning: bool
+) -> Figure:
     """The rung score (what ASHA prunes on) against the final score, one point per run that has both."""
     fig = Figure(figsize=(5.2, 4.4), layout="constrained")
     ax = fig.add_subplot()
@@ -75,5 +78,7 @@ def _wrap(text: str, width: int) -> str:
 
 def confirmed_from_json(configs: Sequence[dict]) -> list[ConfirmedConfig]:
     """``confirmation.json``'s ``configs`` back as ``ConfirmedConfig`` (seeds are written as strings)."""
-    return [ConfirmedConfig(dict(c["params"]), {int(s): v for s, v in c["scores"].items()}, bool(c["is_default"]))
-            for c in configs]
+    return [
+        ConfirmedConfig(dict(c["params"]), {int(s): v for s, v in c["scores"].items()}, bool(c["is_default"]))
+        for c in configs
+    ]

@@ -169,13 +169,17 @@ def heatmap_figure(sweep: Sweep, *, n_bins: int = 5) -> Figure:
     for i, j in ties:
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.2))
     centres = levels_of(sweep.finished[R_KEY], sweep.distributions.get(R_KEY), n_bins=n_bins).centres
-    labels = [f"{label} (beyond official)" if c > OFFICIAL_MAX_R + 1e-9 else label
-              for label, c in zip(means.index, centres)]
+    labels = [
+        f"{label} (beyond official)" if c > OFFICIAL_MAX_R + 1e-9 else label for label, c in zip(means.index, centres)
+    ]
     ax.set_yticks(range(len(means.index)), labels)
     ax.set_xlabel("M (masked series per sample)")
     ax.set_ylabel("r (masking ratio)")
-    noise_text = (f"red: tied with the best given seed noise {noise:.3g} SD; colours span >= {NOISE_SPAN:g} SD"
-                  if noise is not None else "seed noise not measured: no ties marked, colours span the cells' range")
+    noise_text = (
+        f"red: tied with the best given seed noise {noise:.3g} SD; colours span >= {NOISE_SPAN:g} SD"
+        if noise is not None
+        else "seed noise not measured: no ties marked, colours span the cells' range"
+    )
     ax.set_title(f"{sweep.metric} by r and M (mean over trials; blank: no trial)\n{noise_text}", fontsize=9)
     fig.colorbar(image, ax=ax, label=f"{sweep.metric} ({_better(sweep)})")
     return fig
@@ -334,19 +338,33 @@ def m_vs_r_figure(sweep: Sweep, relation: dict[str, Any]) -> Figure:
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.add_subplot()
     points = relation.get("points") or []
+    has_line = relation.get("slope") is not None and relation.get("intercept") is not None
     if points:
         r = np.array([p["r"] for p in points])
         m = np.array([p["best_M"] for p in points])
         n = np.array([p["n_trials"] for p in points])
         ax.scatter(r, m, s=20 + 80 * n / n.max(), label="best mean score in the bin of r")
-        if relation.get("slope") is not None and relation.get("intercept") is not None:
-            xs = np.linspace(r.min(), r.max(), 20)
-            ax.plot(
-                xs,
-                relation["intercept"] + relation["slope"] * xs,
-                color="tab:red",
-                label="best M of the fitted surface",
-            )
+    if has_line:  # over the points' r, else over the searched r (no bin of r tried two M: no points)
+        dist = sweep.distributions.get(R_KEY)
+        low, high = (
+            (r.min(), r.max()) if points else (float(getattr(dist, "low", 0.0)), float(getattr(dist, "high", 1.0)))
+        )
+        xs = np.linspace(low, high, 20)
+        ax.plot(
+            xs, relation["intercept"] + relation["slope"] * xs, color="tab:red", label="best M of the fitted surface"
+        )
+    if not points and not has_line:  # too few trials to fit or bin: show where the trials lie, and say why
+        done = sweep.finished.dropna(subset=[R_KEY, M_KEY])
+        dots = ax.scatter(
+            done[R_KEY].astype(float),
+            done[M_KEY].astype(float),
+            c=done["score"].astype(float),
+            cmap=_cmap(sweep),
+            s=40,
+            label="finished trials (colour: score)",
+        )
+        fig.colorbar(dots, ax=ax, label=f"{sweep.metric} ({_better(sweep)})")
+        ax.legend(fontsize=8)
     ci = relation.get("ci")
     sub = (
         f"slope {relation['slope']:.3g} M per unit r"
@@ -359,7 +377,7 @@ def m_vs_r_figure(sweep: Sweep, relation: dict[str, Any]) -> Figure:
     ax.set_xlabel("r (masking ratio)")
     ax.set_ylabel("best M")
     ax.grid(alpha=0.3)
-    if points:
+    if points or has_line:
         ax.legend(fontsize=8)
     return fig
 

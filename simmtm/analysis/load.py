@@ -31,6 +31,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from simmtm.config_keys import get_key
+from simmtm.sweep.confirm import read_confirmation_json
 from simmtm.sweep.outputs import (
     STATES,
     TRIAL_COLUMNS,
@@ -40,7 +41,6 @@ from simmtm.sweep.outputs import (
     read_sweep_yaml,
     read_trials_csv,
 )
-from simmtm.sweep.confirm import read_confirmation_json
 from simmtm.sweep.spec import SHORT_NAMES, match_choice, search_distributions
 from simmtm.sweep.timing import read_timing_events
 
@@ -193,8 +193,14 @@ def _in_start_order(frame: pd.DataFrame, events: Mapping[str, Mapping[str, float
     if frame.empty or not events:
         return frame
     started = frame["trial_id"].map(lambda t: events.get(str(t), {}).get("add", events.get(str(t), {}).get("start")))
-    order = sorted(range(len(frame)), key=lambda i: (started.iat[i] is None or pd.isna(started.iat[i]),
-                                                     started.iat[i] if pd.notna(started.iat[i]) else 0.0, i))
+    order = sorted(
+        range(len(frame)),
+        key=lambda i: (
+            started.iat[i] is None or pd.isna(started.iat[i]),
+            started.iat[i] if pd.notna(started.iat[i]) else 0.0,
+            i,
+        ),
+    )
     return frame.iloc[order].reset_index(drop=True)
 
 

@@ -87,8 +87,10 @@ class Recommendation:
             lines = [f"search (one seed a trial, exploratory): {line}" for line in self.search]
             if self.confirmation and self.confirmation.get("seed_spread", {}).get("sd") is not None:
                 spread = self.confirmation["seed_spread"]
-                lines.append(f"seed noise: {spread['sd']:.3g} SD of {self.metric} between seeds "
-                             f"({spread['n_runs']} confirmation runs)")
+                lines.append(
+                    f"seed noise: {spread['sd']:.3g} SD of {self.metric} between seeds "
+                    f"({spread['n_runs']} confirmation runs)"
+                )
             if self.probe_check:
                 lines.append(self.probe_check["line"])
             return [*lines, self.sentence]
@@ -149,12 +151,15 @@ def recommend(
     if n < MIN_FINISHED:
         counts = sweep.counts()
         others = ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v and k != "COMPLETE")
-        return _with_confirmation(Recommendation(
-            "insufficient",
-            f"no search-based recommendation: {n} finished trial(s)"
-            f"{' (' + others + ')' if others else ''}; it needs at least {MIN_FINISHED}",
-            **base,
-        ), sweep)
+        return _with_confirmation(
+            Recommendation(
+                "insufficient",
+                f"no recommendation: {n} finished trial(s)"
+                f"{' (' + others + ')' if others else ''}; it needs at least {MIN_FINISHED}",
+                **base,
+            ),
+            sweep,
+        )
     params = [p for p in sweep.params if p in sweep.distributions and done[p].notna().all()]
     rng = np.random.default_rng(seed)
     scores = done["score"].to_numpy(float)

@@ -77,8 +77,8 @@ def write_report(
             "history": lambda: F.history_figure(sweep),
             "parallel": lambda: F.parallel_figure(sweep),
             "m_vs_r": (lambda: F.m_vs_r_figure(sweep, relation))
-            if _has_r_m(sweep) and relation.get("points")
-            else relation.get("message") or "r and M were not both searched",
+            if _has_r_m(sweep)
+            else "r and M were not both searched",
         }
         for name, make in makers.items():
             if isinstance(make, str) or make is None:
@@ -111,21 +111,32 @@ EVIDENCE = {
 def _evidence_figures(sweep: Sweep, skipped: dict[str, str]) -> dict[str, Figure]:
     conf = sweep.confirmation
     if not conf:
-        skipped.update({name: "the sweep ran no confirmation stage (tune.confirm.seeds: 0, or an older sweep)"
-                        for name in EVIDENCE})
+        skipped.update(
+            {
+                name: "the sweep ran no confirmation stage (tune.confirm.seeds: 0, or an older sweep)"
+                for name in EVIDENCE
+            }
+        )
         return {}
     out = {}
     verdict = conf.get("verdict")
     if verdict and conf.get("configs"):
-        out["confirmation"] = confirmation_figure(confirmed_from_json(conf["configs"]), metric=sweep.metric,
-                                                  sentence=verdict["sentence"])
+        out["confirmation"] = confirmation_figure(
+            confirmed_from_json(conf["configs"]), metric=sweep.metric, sentence=verdict["sentence"]
+        )
     else:
         skipped["confirmation"] = "the confirmation stage was off (tune.confirm.seeds: 0)"
     pairs = conf.get("probe_pairs") or []
     check = conf["probe_check"]
     if len(pairs) >= 2:
-        out["probe"] = probe_figure([p[0] for p in pairs], [p[1] for p in pairs], metric=sweep.metric,
-                                    rung_name=check["rung"], line=check["line"], warning=bool(check["warning"]))
+        out["probe"] = probe_figure(
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
+            metric=sweep.metric,
+            rung_name=check["rung"],
+            line=check["line"],
+            warning=bool(check["warning"]),
+        )
     else:
         skipped["probe"] = f"{len(pairs)} run(s) have both a rung score and a final score; a scatter needs 2"
     return out
@@ -234,8 +245,15 @@ def _page(
     parts.append(_recommendation_section(rec))
     parts.append(_evidence_section("confirmation", "Confirmation: paired runs with fresh seeds", pngs, skipped))
     probe_line = (sweep.confirmation or {}).get("probe_check", {}).get("line", "")
-    parts.append(_evidence_section("probe", "Does the pruning score predict the final score?", pngs, skipped,
-                                   f"<p>{_esc(probe_line)}</p>" if probe_line else ""))
+    parts.append(
+        _evidence_section(
+            "probe",
+            "Does the pruning score predict the final score?",
+            pngs,
+            skipped,
+            f"<p>{_esc(probe_line)}</p>" if probe_line else "",
+        )
+    )
 
     imp_extra = ""
     if importance is not None:
@@ -301,7 +319,9 @@ def _evidence_section(name: str, title: str, pngs: dict[str, Path], skipped: dic
         body = _img(pngs[name], EVIDENCE[name])
     else:
         body = f'<p class="note">Not shown: {_esc(skipped.get(name, "not available"))}.</p>'
-    return f'<section id="{name}"><h2>{_esc(title)}</h2><p class="muted">{_esc(EVIDENCE[name])}</p>{extra}{body}</section>'
+    return (
+        f'<section id="{name}"><h2>{_esc(title)}</h2><p class="muted">{_esc(EVIDENCE[name])}</p>{extra}{body}</section>'
+    )
 
 
 def _recommendation_section(rec: Recommendation) -> str:

@@ -24,8 +24,19 @@ from typing import Any
 from simmtm.confirmation import CONFIRM_SEED_OFFSET, ConfirmedConfig, Verdict, same_params
 from simmtm.probe_check import ProbeCheck
 
-__all__ = ["CONFIRM_EXPERIMENT", "CONFIRMATION_FILE", "ConfirmPlan", "ConfirmOutcome", "confirm_points", "run_confirmation",
-           "confirmed_configs", "write_confirmation_json", "read_confirmation_json", "rung_scores", "probe_pairs"]
+__all__ = [
+    "CONFIRM_EXPERIMENT",
+    "CONFIRMATION_FILE",
+    "ConfirmPlan",
+    "ConfirmOutcome",
+    "confirm_points",
+    "run_confirmation",
+    "confirmed_configs",
+    "write_confirmation_json",
+    "read_confirmation_json",
+    "rung_scores",
+    "probe_pairs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +103,18 @@ def run_confirmation(
             param_space=_param_space(sweep_entry, points),
             tune_config=tune.TuneConfig(
                 search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_concurrent),
-                num_samples=len(points), max_concurrent_trials=max_concurrent,
-                trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                num_samples=len(points),
+                max_concurrent_trials=max_concurrent,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
             ),
-            run_config=tune.RunConfig(name=CONFIRM_EXPERIMENT, storage_path=storage_path,
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                      callbacks=list(callbacks), verbose=verbose),
+            run_config=tune.RunConfig(
+                name=CONFIRM_EXPERIMENT,
+                storage_path=storage_path,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=list(callbacks),
+                verbose=verbose,
+            ),
         )
     tuner.fit()
     return path
@@ -145,8 +162,10 @@ class ConfirmOutcome:
             "verdict": self.verdict.to_dict() if self.verdict is not None else None,
             "probe_check": self.probe.to_dict(),
             "probe_pairs": [list(p) for p in self.probe_pairs],
-            "configs": [{"params": c.params, "scores": {str(s): v for s, v in c.scores.items()}, "is_default": c.is_default}
-                        for c in self.configs],
+            "configs": [
+                {"params": c.params, "scores": {str(s): v for s, v in c.scores.items()}, "is_default": c.is_default}
+                for c in self.configs
+            ],
         }
 
 
@@ -176,8 +195,11 @@ def rung_scores(experiment_dir: str, probe_metric: str, epoch: int) -> dict[str,
 
 def probe_pairs(rows: Sequence[Any], rungs: Mapping[str, float]) -> list[tuple[float, float]]:
     """(rung score, final score) for every COMPLETE run that reported the rung."""
-    return [(rungs[r.trial_id], float(r.score)) for r in rows
-            if r.state == "COMPLETE" and r.score is not None and r.trial_id in rungs]
+    return [
+        (rungs[r.trial_id], float(r.score))
+        for r in rows
+        if r.state == "COMPLETE" and r.score is not None and r.trial_id in rungs
+    ]
 
 
 @dataclass(frozen=True)
@@ -199,8 +221,16 @@ class StageInputs:
     max_concurrent: int
 
 
-def confirm_sweep(stage: StageInputs, search_rows: Sequence[Any], *, trainable: Any, sweep_entry: Mapping[str, Any],
-                  default: Mapping[str, Any], trial_name: Any = None, collect: Any) -> ConfirmOutcome:
+def confirm_sweep(
+    stage: StageInputs,
+    search_rows: Sequence[Any],
+    *,
+    trainable: Any,
+    sweep_entry: Mapping[str, Any],
+    default: Mapping[str, Any],
+    trial_name: Any = None,
+    collect: Any,
+) -> ConfirmOutcome:
     """Run the confirmation after the search, judge it, check the probe, write ``confirmation.json``.
 
     ``collect(experiment_dir, param_keys)`` reads an experiment folder into rows; ``default``: the paper's values
@@ -217,13 +247,21 @@ def confirm_sweep(stage: StageInputs, search_rows: Sequence[Any], *, trainable: 
     if stage.seeds > 0:
         plan = ConfirmPlan(tuple(confirmation_candidates(ranked, default, stage.top_k)), stage.seeds)
         log.info("confirmation: %d configuration(s) x %d fresh seed(s)", len(plan.candidates), plan.seeds)
-        path = run_confirmation(trainable, sweep_entry, plan, storage_path=stage.storage_path,
-                                max_concurrent=stage.max_concurrent, trial_name=trial_name)
+        path = run_confirmation(
+            trainable,
+            sweep_entry,
+            plan,
+            storage_path=stage.storage_path,
+            max_concurrent=stage.max_concurrent,
+            trial_name=trial_name,
+        )
         confirm_rows = collect(path, stage.param_keys)
         configs = confirmed_configs(confirm_rows, plan, base_seed=stage.base_seed)
         verdict = judge(configs, metric=stage.metric, mode=stage.mode)
-        rungs = {**rung_scores(stage.search_dir, f"probe_{stage.metric}", stage.rung_epoch),
-                 **rung_scores(path, f"probe_{stage.metric}", stage.rung_epoch)}
+        rungs = {
+            **rung_scores(stage.search_dir, f"probe_{stage.metric}", stage.rung_epoch),
+            **rung_scores(path, f"probe_{stage.metric}", stage.rung_epoch),
+        }
     else:
         rungs = rung_scores(stage.search_dir, f"probe_{stage.metric}", stage.rung_epoch)
     pairs = probe_pairs([*search_rows, *confirm_rows], rungs)

@@ -30,9 +30,11 @@ from typing import Any
 
 from simmtm import ray_session
 from simmtm.config import RunConfig, load_config
+from simmtm.config_keys import get_key
 from simmtm.errors import ConfigError, UserError
 from simmtm.resources import Resources, describe_nodes
 from simmtm.rundir import prepare_sweep_dir
+from simmtm.sweep.confirm import ConfirmOutcome, StageInputs, confirm_sweep
 from simmtm.sweep.outputs import (
     SweepMeta,
     TrialRow,
@@ -46,7 +48,6 @@ from simmtm.sweep.outputs import (
     write_trials_csv,
 )
 from simmtm.sweep.results import collect_rows, reconcile_study, score_test
-from simmtm.config_keys import get_key
 from simmtm.sweep.spec import (
     PAPER_DEFAULTS,
     SHORT_NAMES,
@@ -60,7 +61,6 @@ from simmtm.sweep.spec import (
     search_distributions,
     sweep_spec,
 )
-from simmtm.sweep.confirm import ConfirmOutcome, StageInputs, confirm_sweep
 from simmtm.sweep.timing import TrialClock, write_timing
 from simmtm.sweep.trainable import run_trial
 
@@ -186,23 +186,38 @@ def run_sweep(
         rows = collect_rows(experiment_dir, param_keys)
         confirmation = None
         if all(r.state in ("COMPLETE", "PRUNED", "FAILED") for r in rows):
-            confirmation = _confirm(config, spec, out, rows, metric=metric, mode=mode, max_concurrent=plan.max_concurrent)
+            confirmation = _confirm(
+                config, spec, out, rows, metric=metric, mode=mode, max_concurrent=plan.max_concurrent
+            )
     finally:
         if started_ray:
             ray_session.disconnect()
 
     rows += reconcile_study(storage_url, study_name, rows, param_keys)
     finished = all(r.state in ("COMPLETE", "PRUNED", "FAILED") for r in rows)
-    outcome = SweepOutcome(out=out, rows=rows, metric=metric, mode=mode, param_keys=param_keys, finished=finished,
-                           confirmation=confirmation)
+    outcome = SweepOutcome(
+        out=out,
+        rows=rows,
+        metric=metric,
+        mode=mode,
+        param_keys=param_keys,
+        finished=finished,
+        confirmation=confirmation,
+    )
     if finished:
         ranked = rank_configurations(rows, param_keys, mode)
         if ranked:
             outcome.best = ranked[0]
             score_test(ranked[: spec.tune.test_top_k], out, metric=metric)
             verdict = confirmation.verdict if confirmation is not None else None
-            write_best_yaml(out / "best.yaml", config.run_dict(), outcome.best, metric=metric, sweep_dir=out,
-                            confirmed=verdict if verdict is not None and verdict.status != "insufficient" else None)
+            write_best_yaml(
+                out / "best.yaml",
+                config.run_dict(),
+                outcome.best,
+                metric=metric,
+                sweep_dir=out,
+                confirmed=verdict if verdict is not None and verdict.status != "insufficient" else None,
+            )
     write_trials_csv(out / "trials.csv", rows, param_keys)
     write_hparams(out / "tb", rows, param_keys, metric=metric)
     outcome.wall_s = time.time() - started
@@ -210,22 +225,40 @@ def run_sweep(
     return outcome
 
 
-def _confirm(config: RunConfig, spec: SweepSpec, out: Path, rows: list[TrialRow], *, metric: str, mode: str,
-             max_concurrent: int) -> ConfirmOutcome:
+def _confirm(
+    config: RunConfig, spec: SweepSpec, out: Path, rows: list[TrialRow], *, metric: str, mode: str, max_concurrent: int
+) -> ConfirmOutcome:
     """The confirmation stage after a finished search (``tune.confirm``), on the search's trainable and resources."""
     sched = spec.tune.scheduler
     storage = spec.tune.storage_path or str(out)
     stage = StageInputs(
-        out=out, metric=metric, mode=mode, param_keys=spec.search.keys, base_seed=config.seed,
-        top_k=spec.tune.confirm.top_k, seeds=spec.tune.confirm.seeds, search_dir=_experiment_dir(spec, out),
-        storage_path=storage, rung_epoch=min(sched.grace_period, config.pretrain.epochs),
-        prunes=sched.type == "asha", rung=spec.tune.prune_on, max_concurrent=max_concurrent,
+        out=out,
+        metric=metric,
+        mode=mode,
+        param_keys=spec.search.keys,
+        base_seed=config.seed,
+        top_k=spec.tune.confirm.top_k,
+        seeds=spec.tune.confirm.seeds,
+        search_dir=_experiment_dir(spec, out),
+        storage_path=storage,
+        rung_epoch=min(sched.grace_period, config.pretrain.epochs),
+        prunes=sched.type == "asha",
+        rung=spec.tune.prune_on,
+        max_concurrent=max_concurrent,
     )
-    trial_spec = TrialSpec.of_sweep(config, spec, metric=metric, tb_dir=str(out / "tb"),
-                                    storage_path=f"{storage.rstrip('/')}/confirm")
+    trial_spec = TrialSpec.of_sweep(
+        config, spec, metric=metric, tb_dir=str(out / "tb"), storage_path=f"{storage.rstrip('/')}/confirm"
+    )
     default = {k: PAPER_DEFAULTS.get(k, get_key(config.run_dict(), k)) for k in spec.search.keys}
-    return confirm_sweep(stage, rows, trainable=_trainable(spec.resources), sweep_entry=trial_spec.model_dump(mode="json"),
-                         default=default, trial_name=_trial_name, collect=collect_rows)
+    return confirm_sweep(
+        stage,
+        rows,
+        trainable=_trainable(spec.resources),
+        sweep_entry=trial_spec.model_dump(mode="json"),
+        default=default,
+        trial_name=_trial_name,
+        collect=collect_rows,
+    )
 
 
 # --- checks before any trial -------------------------------------------------------------------------------------

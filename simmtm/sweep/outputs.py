@@ -303,11 +303,15 @@ def write_best_yaml(
     """
     if confirmed is not None:
         raw = apply_params(base_run, confirmed.recommended)
-        write_run_yaml(path, raw, [
-            f"best.yaml: the configuration the confirmation stage of the sweep in {sweep_dir} recommends:",
-            confirmed.sentence(),
-            f"Run it:   simmtm pretrain {path} --out runs/best",
-        ])
+        write_run_yaml(
+            path,
+            raw,
+            [
+                f"best.yaml: the configuration the confirmation stage of the sweep in {sweep_dir} recommends:",
+                confirmed.sentence(),
+                f"Run it:   simmtm pretrain {path} --out runs/best",
+            ],
+        )
         return raw
     params = best[0].params
     raw = apply_params(base_run, {k: v for k, v in params.items() if v is not None})
