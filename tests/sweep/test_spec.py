@@ -229,6 +229,11 @@ def test_searcher_records_complete_pruned_and_failed_trials_honestly(tiny_config
     trials = {t.user_attrs["tune_trial_id"]: t for t in study.get_trials()}
     assert trials["a"].state == TrialState.COMPLETE and trials["a"].value == pytest.approx(0.42)
     assert trials["b"].state == TrialState.PRUNED and trials["b"].intermediate_values == {1: 0.9, 2: 0.8, 3: 0.7}
+    # Its probe score stays an intermediate value only: sorting the study by value ranks final scores alone
+    # (optuna's own tell would have copied 0.7 into the value).
+    assert trials["b"].value is None
+    ranked = sorted((t for t in study.get_trials() if t.value is not None), key=lambda t: t.value)
+    assert [t.user_attrs["tune_trial_id"] for t in ranked] == ["a"]
     assert trials["c"].state == TrialState.FAIL
     assert all(PATCH in t.params for t in trials.values() if t.params[ENC] == "patch")
     assert all(PATCH not in t.params for t in trials.values() if t.params[ENC] == "transformer")
