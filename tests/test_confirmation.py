@@ -50,3 +50,12 @@ def test_too_few_paired_seeds_is_insufficient_and_r_beyond_the_official_range_is
     assert "beyond" not in format_params({"pretrain.mask_ratio": 0.75})
     with pytest.raises(ValueError, match="exactly one default"):
         judge([_cand(CAND, [1.0, 2.0])], metric="val_mse", mode="min")
+
+
+def test_the_search_summary_marks_r_beyond_the_official_range():
+    from simmtm.analysis.recommend import Recommendation
+
+    rec = Recommendation("ok", "", "val_mse", "min", 3, params={"pretrain.mask_ratio": 0.8, "pretrain.num_masked": 3})
+    assert "beyond the official code's reachable 0.75" in rec.summary()[0]
+    rec.params["pretrain.mask_ratio"] = 0.7
+    assert "beyond" not in rec.summary()[0]

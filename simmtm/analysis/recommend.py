@@ -32,6 +32,7 @@ from simmtm.analysis.levels import levels_of
 from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, SHORT_NAMES, TAU_KEY, Sweep, param_value
 from simmtm.config import RunConfig, parse_config
 from simmtm.config_keys import apply_params
+from simmtm.confirmation import beyond_official_r
 from simmtm.errors import UserError
 from simmtm.sweep.outputs import write_run_yaml
 
@@ -107,7 +108,9 @@ class Recommendation:
             else " (one trial: no interval)"
         )
         lines = [
-            f"recommended: {values}" + (f" (not searched: {fixed})" if fixed else ""),
+            f"recommended: {values}"
+            + (f" (not searched: {fixed})" if fixed else "")
+            + (" [r beyond the official code's reachable 0.75]" if beyond_official_r(self.params) else ""),
             f"expected {self.metric}: {_score(self.expected_score)}{ci}, from {self.n_support} of {self.n_finished} "
             "finished trials",
         ]
