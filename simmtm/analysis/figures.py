@@ -167,7 +167,7 @@ def heatmap_figure(sweep: Sweep, *, n_bins: int = 5) -> Figure:
     image = draw_heatmap(ax, means, counts, sweep, vmin=vmin, vmax=vmax)
     ties = heatmap_ties(sweep, n_bins=n_bins, noise_sd=noise)
     for i, j in ties:
-        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.2))
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.2, clip_on=False, zorder=5))
     centres = levels_of(sweep.finished[R_KEY], sweep.distributions.get(R_KEY), n_bins=n_bins).centres
     labels = [
         f"{label} (beyond official)" if c > OFFICIAL_MAX_R + 1e-9 else label for label, c in zip(means.index, centres)
