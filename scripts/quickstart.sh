@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up the environment, then run the main job on this machine: the quick sweep (8 trials of r, M and tau on a
-# local, embedded Ray; a few minutes on 2 CPU cores), which ends by printing the best r and M.
+# Set up the environment, then run the main job on this machine: the quick sweep (5 trials of r, M and tau on a
+# local, embedded Ray, then the confirmation stage: the best and the paper's r = 0.5, M = 3 with 3 fresh paired seeds),
+# the sensitivity report (DIR-report/report.html), and the recommendation: its last line is the sweep's last line.
 # Usage: bash scripts/quickstart.sh [OUT_DIR]     (default: runs/quick-sweep; re-running continues or re-reports it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +19,5 @@ if [ -f "$OUT/sweep.json" ]; then
   RESUME=(--resume)  # an earlier (possibly interrupted) run of the same sweep: continue it
 fi
 simmtm sweep sweeps/quick.yaml --out "$OUT" "${RESUME[@]}"
+simmtm analyze "$OUT"
+simmtm recommend "$OUT"

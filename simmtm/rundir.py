@@ -67,6 +67,8 @@ SWEEP_FILES = {
     "optuna.db-journal",
     "optuna.db-wal",
     "optuna.db-shm",
+    "confirm",  # the confirmation stage's Ray experiment (simmtm.sweep.confirm)
+    "confirmation.json",
 }
 
 

@@ -18,11 +18,15 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from optuna.distributions import FloatDistribution, IntDistribution
 
+from simmtm.analysis.evidence import NOISE_SPAN, heatmap_scale
 from simmtm.analysis.importance import Importance
 from simmtm.analysis.levels import levels_of
 from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, SHORT_NAMES, TAU_KEY, Sweep, analysis_study
+from simmtm.confirmation import OFFICIAL_MAX_R
+from simmtm.stats import seed_spread, tied_with_best
 
 __all__ = [
     "heatmap_matrix",
@@ -128,14 +132,55 @@ def draw_heatmap(
     return image
 
 
+def sweep_noise_sd(sweep: Sweep) -> float | None:
+    """The seed-to-seed SD of the score: the confirmation's, else pooled over the search's repeated configurations."""
+    verdict = (sweep.confirmation or {}).get("verdict") or {}
+    sd = (verdict.get("seed_spread") or {}).get("sd")
+    if sd is not None:
+        return float(sd)
+    done = sweep.finished
+    groups: dict[tuple, list[float]] = {}
+    for _, row in done.iterrows():
+        groups.setdefault(tuple(repr(row[p]) for p in sweep.params), []).append(float(row["score"]))
+    return seed_spread(groups).sd
+
+
+def heatmap_ties(sweep: Sweep, *, n_bins: int = 5, noise_sd: float | None = None) -> set[tuple[int, int]]:
+    """The (r level, M level) cells statistically tied with the best cell, given the seed noise."""
+    done = sweep.finished.dropna(subset=[R_KEY, M_KEY])
+    r = levels_of(done[R_KEY], sweep.distributions.get(R_KEY), n_bins=n_bins)
+    m = levels_of(done[M_KEY], sweep.distributions.get(M_KEY), n_bins=n_bins)
+    groups: dict[tuple[int, int], list[float]] = {}
+    for i, j, score in zip(r.index, m.index, done["score"].to_numpy(float)):
+        groups.setdefault((int(i), int(j)), []).append(float(score))
+    return {k for k in tied_with_best(groups, mode=sweep.mode, noise_sd=noise_sd) if isinstance(k, tuple)}
+
+
 def heatmap_figure(sweep: Sweep, *, n_bins: int = 5) -> Figure:
+    """Mean score per r x M cell on the searched levels; cells tied with the best (seed noise) outlined, the colour
+    scale at least ``NOISE_SPAN`` noise SDs wide, and r above the official code's reachable 0.75 marked."""
     means, counts = heatmap_matrix(sweep, n_bins=n_bins)
-    fig = Figure(figsize=(1.1 * len(means.columns) + 2.5, 0.6 * len(means.index) + 2), layout="constrained")
+    noise = sweep_noise_sd(sweep)
+    vmin, vmax = heatmap_scale(means.to_numpy(), noise_sd=noise, mode=sweep.mode)
+    fig = Figure(figsize=(1.1 * len(means.columns) + 2.5, 0.6 * len(means.index) + 2.4), layout="constrained")
     ax = fig.add_subplot()
-    image = draw_heatmap(ax, means, counts, sweep)
+    image = draw_heatmap(ax, means, counts, sweep, vmin=vmin, vmax=vmax)
+    ties = heatmap_ties(sweep, n_bins=n_bins, noise_sd=noise)
+    for i, j in ties:
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.2, clip_on=False, zorder=5))
+    centres = levels_of(sweep.finished[R_KEY], sweep.distributions.get(R_KEY), n_bins=n_bins).centres
+    labels = [
+        f"{label} (beyond official)" if c > OFFICIAL_MAX_R + 1e-9 else label for label, c in zip(means.index, centres)
+    ]
+    ax.set_yticks(range(len(means.index)), labels)
     ax.set_xlabel("M (masked series per sample)")
     ax.set_ylabel("r (masking ratio)")
-    ax.set_title(f"{sweep.metric} by r and M (mean over trials; blank: no trial)")
+    noise_text = (
+        f"red: tied with the best given seed noise {noise:.3g} SD; colours span >= {NOISE_SPAN:g} SD"
+        if noise is not None
+        else "seed noise not measured: no ties marked, colours span the cells' range"
+    )
+    ax.set_title(f"{sweep.metric} by r and M (mean over trials; blank: no trial)\n{noise_text}", fontsize=9)
     fig.colorbar(image, ax=ax, label=f"{sweep.metric} ({_better(sweep)})")
     return fig
 
@@ -235,20 +280,54 @@ def history_figure(sweep: Sweep) -> Figure:
 
 
 def parallel_figure(sweep: Sweep) -> Figure:
-    """Optuna's parallel-coordinate plot (matplotlib) of the finished trials."""
-    import matplotlib.pyplot as plt
-    from optuna.visualization.matplotlib import plot_parallel_coordinate
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "experimental" warning of optuna.visualization.matplotlib
-        ax = plot_parallel_coordinate(analysis_study(sweep), target_name=sweep.metric)
-    fig = ax.get_figure(root=True)
-    assert isinstance(fig, Figure)
-    fig.set_size_inches(max(7.0, 2.2 * len(sweep.params) + 2.5), 4.8)
-    ax.set_title(f"parallel coordinates ({_better(sweep)})")
-    fig.tight_layout()
-    plt.close(fig)  # leave no pyplot state behind; the figure itself stays usable
+    """Parallel coordinates of the finished trials: one axis per searched parameter (its searched range, log where
+    searched so; choices evenly spaced) and the score last; one line per trial, the best in bright colours on top."""
+    done = sweep.finished
+    params = [p for p in sweep.params if p in done.columns]
+    fig = Figure(figsize=(max(7.0, 1.9 * (len(params) + 1) + 1.5), 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    columns, ticks = [], []
+    for p in params:
+        unit, lo_label, hi_label = _axis_unit(done[p], sweep.distributions.get(p))
+        columns.append(unit)
+        ticks.append((lo_label, hi_label))
+    score = done["score"].to_numpy(float)
+    lo, hi = float(np.nanmin(score)), float(np.nanmax(score))
+    columns.append((score - lo) / (hi - lo) if hi > lo else np.full(len(score), 0.5))
+    ticks.append((f"{lo:.4g}", f"{hi:.4g}"))
+    data = np.vstack(columns).T  # (trials, axes)
+    good = sweep.sign * score
+    order = np.argsort(good)  # worst first: the best are drawn last, on top
+    cmap = matplotlib.colormaps["viridis"]
+    span = float(good.max() - good.min()) or 1.0
+    for k in order:
+        ax.plot(range(data.shape[1]), data[k], color=cmap((good[k] - good.min()) / span), alpha=0.75, lw=1.3)
+    names = [_name(p) for p in params] + [sweep.metric]
+    for x, (low, high) in enumerate(ticks):
+        ax.axvline(x, color="grey", lw=0.8)
+        ax.text(x, -0.06, low, ha="center", va="top", fontsize=8)
+        ax.text(x, 1.06, high, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(names)), names, fontsize=10)
+    ax.set_yticks([])
+    ax.set_ylim(-0.15, 1.15)
+    ax.set_title(f"parallel coordinates, {len(done)} finished trials (bright: better; {_better(sweep)})", fontsize=9)
     return fig
+
+
+def _axis_unit(values: pd.Series, dist: Any) -> tuple[np.ndarray, str, str]:
+    """Values mapped to [0, 1] over the searched range, and the labels of its ends."""
+    if isinstance(dist, (FloatDistribution, IntDistribution)):
+        low, high = float(dist.low), float(dist.high)
+        v = values.astype(float).to_numpy()
+        if dist.log:
+            unit = (np.log(v) - math.log(low)) / (math.log(high) - math.log(low))
+        else:
+            unit = (v - low) / (high - low) if high > low else np.full(len(v), 0.5)
+        return unit, f"{low:.3g}", f"{high:.3g}"
+    choices = list(getattr(dist, "choices", None) or sorted(values.map(str).unique()))
+    index = {str(c): i for i, c in enumerate(choices)}
+    unit = np.array([index.get(str(v), 0) for v in values], float) / max(len(choices) - 1, 1)
+    return unit, str(choices[0]), str(choices[-1])
 
 
 # --- M against r -----------------------------------------------------------------------------------------------
@@ -259,19 +338,33 @@ def m_vs_r_figure(sweep: Sweep, relation: dict[str, Any]) -> Figure:
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.add_subplot()
     points = relation.get("points") or []
+    has_line = relation.get("slope") is not None and relation.get("intercept") is not None
     if points:
         r = np.array([p["r"] for p in points])
         m = np.array([p["best_M"] for p in points])
         n = np.array([p["n_trials"] for p in points])
         ax.scatter(r, m, s=20 + 80 * n / n.max(), label="best mean score in the bin of r")
-        if relation.get("slope") is not None and relation.get("intercept") is not None:
-            xs = np.linspace(r.min(), r.max(), 20)
-            ax.plot(
-                xs,
-                relation["intercept"] + relation["slope"] * xs,
-                color="tab:red",
-                label="best M of the fitted surface",
-            )
+    if has_line:  # over the points' r, else over the searched r (no bin of r tried two M: no points)
+        dist = sweep.distributions.get(R_KEY)
+        low, high = (
+            (r.min(), r.max()) if points else (float(getattr(dist, "low", 0.0)), float(getattr(dist, "high", 1.0)))
+        )
+        xs = np.linspace(low, high, 20)
+        ax.plot(
+            xs, relation["intercept"] + relation["slope"] * xs, color="tab:red", label="best M of the fitted surface"
+        )
+    if not points and not has_line:  # too few trials to fit or bin: show where the trials lie, and say why
+        done = sweep.finished.dropna(subset=[R_KEY, M_KEY])
+        dots = ax.scatter(
+            done[R_KEY].astype(float),
+            done[M_KEY].astype(float),
+            c=done["score"].astype(float),
+            cmap=_cmap(sweep),
+            s=40,
+            label="finished trials (colour: score)",
+        )
+        fig.colorbar(dots, ax=ax, label=f"{sweep.metric} ({_better(sweep)})")
+        ax.legend(fontsize=8)
     ci = relation.get("ci")
     sub = (
         f"slope {relation['slope']:.3g} M per unit r"
@@ -284,7 +377,7 @@ def m_vs_r_figure(sweep: Sweep, relation: dict[str, Any]) -> Figure:
     ax.set_xlabel("r (masking ratio)")
     ax.set_ylabel("best M")
     ax.grid(alpha=0.3)
-    if points:
+    if points or has_line:
         ax.legend(fontsize=8)
     return fig
 

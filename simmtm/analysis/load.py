@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 
 from simmtm.config_keys import get_key
 from simmtm.errors import UserError
+from simmtm.sweep.confirm import read_confirmation_json
 from simmtm.sweep.outputs import (
     STATES,
     TRIAL_COLUMNS,
@@ -42,6 +43,7 @@ from simmtm.sweep.outputs import (
     read_trials_csv,
 )
 from simmtm.sweep.spec import SHORT_NAMES, match_choice, search_distributions
+from simmtm.sweep.timing import read_timing_events
 
 __all__ = [
     "R_KEY",
@@ -92,6 +94,7 @@ class Sweep:
     source: str  # "trials.csv", "optuna.db" or "none"
     n_warm_start: int = 0  # trials in the study copied from an earlier sweep
     notes: list[str] = field(default_factory=list)  # things a reader should know (stale files, ...)
+    confirmation: dict[str, Any] | None = None  # confirmation.json (simmtm.sweep.confirm); None: none was run
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -168,7 +171,7 @@ def load_sweep(path: str | Path) -> Sweep:
         notes.append("trials.csv holds fewer finished trials than the Optuna study; the study was used")
 
     distributions = _resolve_distributions(params, dists, search_space, frame)
-    frame = _snap_to_distributions(frame, distributions)
+    frame = _in_start_order(_snap_to_distributions(frame, distributions), read_timing_events(path))
     return Sweep(
         path=path,
         metric=meta.metric,
@@ -184,7 +187,25 @@ def load_sweep(path: str | Path) -> Sweep:
         source=source,
         n_warm_start=n_warm,
         notes=notes,
+        confirmation=read_confirmation_json(path),
     )
+
+
+def _in_start_order(frame: pd.DataFrame, events: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """Trials in the order Tune created them (``timing.jsonl``); trials it has no time for keep their order, last.
+    (Trial ids do not sort by start: a resumed sweep's trials get a new id prefix.)"""
+    if frame.empty or not events:
+        return frame
+    started = frame["trial_id"].map(lambda t: events.get(str(t), {}).get("add", events.get(str(t), {}).get("start")))
+    order = sorted(
+        range(len(frame)),
+        key=lambda i: (
+            started.iat[i] is None or pd.isna(started.iat[i]),
+            started.iat[i] if pd.notna(started.iat[i]) else 0.0,
+            i,
+        ),
+    )
+    return frame.iloc[order].reset_index(drop=True)
 
 
 def finished_trials(path: str | Path) -> list[tuple[dict[str, Any], float]]:

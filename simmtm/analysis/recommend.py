@@ -32,6 +32,7 @@ from simmtm.analysis.levels import levels_of
 from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, SHORT_NAMES, TAU_KEY, Sweep, param_value
 from simmtm.config import RunConfig, parse_config
 from simmtm.config_keys import apply_params
+from simmtm.confirmation import beyond_official_r
 from simmtm.errors import UserError
 from simmtm.sweep.outputs import write_run_yaml
 
@@ -70,6 +71,11 @@ class Recommendation:
     best_trial: dict[str, Any] = field(default_factory=dict)  # the single best trial, for reference
     edges: list[dict[str, Any]] = field(default_factory=list)  # parameters whose best value sits at a bound
     m_vs_r: dict[str, Any] = field(default_factory=dict)
+    # From the confirmation stage (confirmation.json), when the sweep ran one: its verdict decides ``params``.
+    sentence: str | None = None  # the one sentence the sweep's last line, the report and this command print
+    confirmation: dict[str, Any] | None = None  # the verdict: paired differences, seeds, seed spread
+    probe_check: dict[str, Any] | None = None  # the rung score's rank correlation with the final score
+    search: list[str] = field(default_factory=list)  # the search-only lines (one seed a trial: exploratory)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -77,7 +83,21 @@ class Recommendation:
         return out
 
     def summary(self) -> list[str]:
-        """Readable lines for the terminal and the report."""
+        """Readable lines for the terminal and the report; with a confirmation, its sentence is the last line."""
+        if self.sentence is not None:
+            lines = [f"search (one seed a trial, exploratory): {line}" for line in self.search]
+            if self.confirmation and self.confirmation.get("seed_spread", {}).get("sd") is not None:
+                spread = self.confirmation["seed_spread"]
+                lines.append(
+                    f"seed noise: {spread['sd']:.3g} SD of {self.metric} between seeds "
+                    f"({spread['n_runs']} confirmation runs)"
+                )
+            if self.probe_check:
+                lines.append(self.probe_check["line"])
+            return [*lines, self.sentence]
+        return self._search_summary()
+
+    def _search_summary(self) -> list[str]:
         if self.status != "ok":
             return [self.message]
         values = ", ".join(f"{SHORT_NAMES.get(k, k)}={_fmt(v)}" for k, v in self.params.items())
@@ -88,7 +108,9 @@ class Recommendation:
             else " (one trial: no interval)"
         )
         lines = [
-            f"recommended: {values}" + (f" (not searched: {fixed})" if fixed else ""),
+            f"recommended: {values}"
+            + (f" (not searched: {fixed})" if fixed else "")
+            + (" [r beyond the official code's reachable 0.75]" if beyond_official_r(self.params) else ""),
             f"expected {self.metric}: {_score(self.expected_score)}{ci}, from {self.n_support} of {self.n_finished} "
             "finished trials",
         ]
@@ -132,11 +154,14 @@ def recommend(
     if n < MIN_FINISHED:
         counts = sweep.counts()
         others = ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v and k != "COMPLETE")
-        return Recommendation(
-            "insufficient",
-            f"no recommendation: {n} finished trial(s)"
-            f"{' (' + others + ')' if others else ''}; it needs at least {MIN_FINISHED}",
-            **base,
+        return _with_confirmation(
+            Recommendation(
+                "insufficient",
+                f"no recommendation: {n} finished trial(s)"
+                f"{' (' + others + ')' if others else ''}; it needs at least {MIN_FINISHED}",
+                **base,
+            ),
+            sweep,
         )
     params = [p for p in sweep.params if p in sweep.distributions and done[p].notna().all()]
     rng = np.random.default_rng(seed)
@@ -181,6 +206,24 @@ def recommend(
         **base,
     )
     rec.message = "; ".join(rec.summary()[:2])
+    return _with_confirmation(rec, sweep)
+
+
+def _with_confirmation(rec: Recommendation, sweep: Sweep) -> Recommendation:
+    """Let the confirmation's verdict decide: its recommended parameters and its sentence (the search's own pick
+    stays in ``search``, as exploratory lines)."""
+    conf = sweep.confirmation or {}
+    verdict = conf.get("verdict")
+    rec.probe_check = conf.get("probe_check")
+    if not verdict:
+        return rec
+    rec.search = rec._search_summary()
+    rec.confirmation = verdict
+    rec.sentence = verdict["sentence"]
+    rec.message = verdict["sentence"]
+    if verdict["status"] != "insufficient":
+        rec.status = "ok"
+        rec.params = dict(verdict["recommended"])
     return rec
 
 
@@ -551,8 +594,9 @@ def write_best_config(sweep: Sweep, rec: Recommendation, path: str | Path) -> Ru
         [
             f"{path.name}: the run config recommended by `simmtm recommend {sweep.path}`",
             values,
-            f"expected {rec.metric} {_score(rec.expected_score)}{ci} from {rec.n_support} of {rec.n_finished} finished "
-            "trials",
+            rec.sentence
+            or f"expected {rec.metric} {_score(rec.expected_score)}{ci} from {rec.n_support} of {rec.n_finished} "
+            "finished trials",
             f"Run it:   simmtm pretrain {path} --out runs/{path.stem}",
         ],
     )

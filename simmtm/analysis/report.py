@@ -20,6 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from simmtm.analysis import figures as F
+from simmtm.analysis.evidence import confirmation_figure, confirmed_from_json, probe_figure
 from simmtm.analysis.importance import MIN_TRIALS, Importance, param_importances
 from simmtm.analysis.load import M_KEY, R_KEY, SHORT_NAMES, Sweep, load_sweep
 from simmtm.analysis.recommend import MIN_FINISHED, Recommendation, recommend
@@ -88,7 +89,8 @@ def write_report(
             except Exception as exc:  # one figure must not cost the whole report of a live sweep
                 logger.warning("figure %s failed: %s", name, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
                 skipped[name] = f"could not be drawn: {type(exc).__name__}: {exc}"
-    for name in F.FIGURES.keys() - figs.keys():  # a figure an earlier run drew but this one cannot: not left stale
+    figs.update(_evidence_figures(sweep, skipped))
+    for name in (F.FIGURES.keys() | EVIDENCE) - figs.keys():  # an earlier run's figure this one cannot draw: removed
         (out / "figures" / f"{name}.png").unlink(missing_ok=True)
     pngs = F.save_figures(figs, out / "figures")
     plotly_divs = _plotly_divs(sweep) if interactive and n >= MIN_FINISHED else {}
@@ -97,6 +99,47 @@ def write_report(
     html_path.write_text(page, encoding="utf-8")
     logger.info("wrote %s (%d figures)", html_path, len(pngs))
     return Report(sweep, html_path, rec_path, pngs, rec, importance, skipped)
+
+
+# The confirmation stage's figures (drawn when the sweep has a confirmation.json).
+EVIDENCE = {
+    "confirmation": "the paired confirmation runs: each configuration's score per fresh seed (a line per seed)",
+    "probe": "the rung score ASHA prunes on against the final score, one point per run that has both",
+}
+
+
+def _evidence_figures(sweep: Sweep, skipped: dict[str, str]) -> dict[str, Figure]:
+    conf = sweep.confirmation
+    if not conf:
+        skipped.update(
+            {
+                name: "the sweep ran no confirmation stage (tune.confirm.seeds: 0, or an older sweep)"
+                for name in EVIDENCE
+            }
+        )
+        return {}
+    out = {}
+    verdict = conf.get("verdict")
+    if verdict and conf.get("configs"):
+        out["confirmation"] = confirmation_figure(
+            confirmed_from_json(conf["configs"]), metric=sweep.metric, sentence=verdict["sentence"]
+        )
+    else:
+        skipped["confirmation"] = "the confirmation stage was off (tune.confirm.seeds: 0)"
+    pairs = conf.get("probe_pairs") or []
+    check = conf["probe_check"]
+    if len(pairs) >= 2:
+        out["probe"] = probe_figure(
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
+            metric=sweep.metric,
+            rung_name=check["rung"],
+            line=check["line"],
+            warning=bool(check["warning"]),
+        )
+    else:
+        skipped["probe"] = f"{len(pairs)} run(s) have both a rung score and a final score; a scatter needs 2"
+    return out
 
 
 def default_report_dir(sweep_dir: str | Path) -> Path:
@@ -200,6 +243,17 @@ def _page(
         )
     parts.extend(f'<p class="note">{_esc(note)}</p>' for note in sweep.notes)
     parts.append(_recommendation_section(rec))
+    parts.append(_evidence_section("confirmation", "Confirmation: paired runs with fresh seeds", pngs, skipped))
+    probe_line = (sweep.confirmation or {}).get("probe_check", {}).get("line", "")
+    parts.append(
+        _evidence_section(
+            "probe",
+            "Does the pruning score predict the final score?",
+            pngs,
+            skipped,
+            f"<p>{_esc(probe_line)}</p>" if probe_line else "",
+        )
+    )
 
     imp_extra = ""
     if importance is not None:
@@ -260,10 +314,20 @@ def _page(
     )
 
 
+def _evidence_section(name: str, title: str, pngs: dict[str, Path], skipped: dict[str, str], extra: str = "") -> str:
+    if name in pngs:
+        body = _img(pngs[name], EVIDENCE[name])
+    else:
+        body = f'<p class="note">Not shown: {_esc(skipped.get(name, "not available"))}.</p>'
+    return (
+        f'<section id="{name}"><h2>{_esc(title)}</h2><p class="muted">{_esc(EVIDENCE[name])}</p>{extra}{body}</section>'
+    )
+
+
 def _recommendation_section(rec: Recommendation) -> str:
     lines = "".join(f"<li>{_esc(line)}</li>" for line in rec.summary())
     body = f'<div class="rec"><ul>{lines}</ul></div>'
-    if rec.status == "ok":
+    if rec.status == "ok" and rec.sentence is None:
         how = ", ".join(f"{SHORT_NAMES.get(k, k)}: {v}" for k, v in rec.neighbourhood.items())
         best_id, best_score = rec.best_trial.get("trial_id"), rec.best_trial.get("score")
         body += (

@@ -80,10 +80,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     params = "  ".join(f"{k}={best.params.get(k)}" for k in outcome.param_keys if best.params.get(k) is not None)
     test = [r.test_score for r in outcome.best if r.test_score is not None]
     test_text = f", test {outcome.metric.removeprefix('val_')} {sum(test) / len(test):.4f}" if test else ""
-    print(f"best: {params}  ({outcome.metric} {mean:.4f}{test_text})")
+    print(f"best: {params}  ({outcome.metric} {mean:.4f}{test_text}; the search's best trial, one seed)")
     r_value, m_value = best.params.get("pretrain.mask_ratio"), best.params.get("pretrain.num_masked")
     if r_value is not None or m_value is not None:
         shown = ["as configured" if v is None else v for v in (r_value, m_value)]
-        print(f"best r = {shown[0]}, best M = {shown[1]}")
+        print(f"search's best r = {shown[0]}, best M = {shown[1]}")
     print(f"run it: simmtm pretrain {outcome.out / 'best.yaml'} --out runs/best")
+    if outcome.confirmation is not None:  # the last lines: seed noise, probe check, and the recommendation
+        for line in outcome.confirmation.lines():
+            print(line)
     return 0

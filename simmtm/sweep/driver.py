@@ -13,6 +13,8 @@ The sweep directory (read by the analysis notebooks; keep it stable):
 - ``optuna.db``: the Optuna study (SQLite unless ``tune.storage`` names another database, e.g. PostgreSQL);
 - ``trials.csv``, ``best.yaml``, ``best/<trial>/`` (the test-scored fine-tunes), ``timing.json``;
 - ``tb/<trial>/`` (per-trial TensorBoard: pre-training losses, probe and final scores), ``tb/hparams/``;
+- ``confirm/`` and ``confirmation.json``: the confirmation stage (``simmtm.sweep.confirm``): the top configurations
+  and the paper's default re-run with fresh paired seeds, its verdict, the seed noise and the probe check;
 - ``ray/``: Ray's experiment folder (trial checkpoints and state; ``tune.storage_path`` may move it to shared or
   ``s3://`` storage on a multi-node cluster, where ``--out`` then only holds the tables and the database).
 """
@@ -29,10 +31,12 @@ from typing import Any
 
 from simmtm import ray_session
 from simmtm.config import RunConfig, load_config
+from simmtm.config_keys import get_key
 from simmtm.errors import ConfigError, UserError
 from simmtm.process_record import RECORD_FILE, stop_recorded
 from simmtm.resources import Resources, describe_nodes
 from simmtm.rundir import own, prepare_sweep_dir
+from simmtm.sweep.confirm import ConfirmOutcome, StageInputs, confirm_sweep
 from simmtm.sweep.outputs import (
     SweepMeta,
     TrialRow,
@@ -47,6 +51,7 @@ from simmtm.sweep.outputs import (
 )
 from simmtm.sweep.results import collect_rows, reconcile_study, score_test
 from simmtm.sweep.spec import (
+    PAPER_DEFAULTS,
     SHORT_NAMES,
     SweepSpec,
     TrialSpec,
@@ -82,6 +87,7 @@ class SweepOutcome:
     best: list[TrialRow] = field(default_factory=list)  # the best configuration's repeats
     wall_s: float = 0.0
     overhead_s: float | None = None  # mean orchestration overhead per one-worker trial (driver view - trial's own)
+    confirmation: ConfirmOutcome | None = None  # the confirmation stage and probe check (a finished search only)
 
 
 # --- entry point -----------------------------------------------------------------------------------------------
@@ -183,25 +189,82 @@ def run_sweep(
                 owner=owner,
             )
             tuner.fit()
+            rows = collect_rows(experiment_dir, param_keys)
+            confirmation = None
+            if all(r.state in ("COMPLETE", "PRUNED", "FAILED") for r in rows):
+                confirmation = _confirm(
+                    config, spec, out, rows, metric=metric, mode=mode, max_concurrent=plan.max_concurrent
+                )
         finally:
             if started_ray:
                 ray_session.disconnect(record=out / RECORD_FILE)
 
-        rows = collect_rows(experiment_dir, param_keys)
         rows += reconcile_study(storage_url, study_name, rows, param_keys, owner=owner, shared=spec.tune.shared_study)
         finished = all(r.state in ("COMPLETE", "PRUNED", "FAILED") for r in rows)
-        outcome = SweepOutcome(out=out, rows=rows, metric=metric, mode=mode, param_keys=param_keys, finished=finished)
+        outcome = SweepOutcome(
+            out=out,
+            rows=rows,
+            metric=metric,
+            mode=mode,
+            param_keys=param_keys,
+            finished=finished,
+            confirmation=confirmation,
+        )
         if finished:
             ranked = rank_configurations(rows, param_keys, mode)
             if ranked:
                 outcome.best = ranked[0]
                 score_test(ranked[: spec.tune.test_top_k], out, metric=metric)
-                write_best_yaml(out / "best.yaml", config.run_dict(), outcome.best, metric=metric, sweep_dir=out)
+                verdict = confirmation.verdict if confirmation is not None else None
+                write_best_yaml(
+                    out / "best.yaml",
+                    config.run_dict(),
+                    outcome.best,
+                    metric=metric,
+                    sweep_dir=out,
+                    confirmed=verdict if verdict is not None and verdict.status != "insufficient" else None,
+                )
         write_trials_csv(out / "trials.csv", rows, param_keys)
         write_hparams(out / "tb", rows, param_keys, metric=metric)
         outcome.wall_s = time.time() - started
         outcome.overhead_s = write_timing(out, rows, wall_s=outcome.wall_s)
         return outcome
+
+
+def _confirm(
+    config: RunConfig, spec: SweepSpec, out: Path, rows: list[TrialRow], *, metric: str, mode: str, max_concurrent: int
+) -> ConfirmOutcome:
+    """The confirmation stage after a finished search (``tune.confirm``), on the search's trainable and resources."""
+    sched = spec.tune.scheduler
+    storage = spec.tune.storage_path or str(out)
+    stage = StageInputs(
+        out=out,
+        metric=metric,
+        mode=mode,
+        param_keys=spec.search.keys,
+        base_seed=config.seed,
+        top_k=spec.tune.confirm.top_k,
+        seeds=spec.tune.confirm.seeds,
+        search_dir=_experiment_dir(spec, out),
+        storage_path=storage,
+        rung_epoch=min(sched.grace_period, config.pretrain.epochs),
+        prunes=sched.type == "asha",
+        rung=spec.tune.prune_on,
+        max_concurrent=max_concurrent,
+    )
+    trial_spec = TrialSpec.of_sweep(
+        config, spec, metric=metric, tb_dir=str(out / "tb"), storage_path=f"{storage.rstrip('/')}/confirm"
+    )
+    default = {k: PAPER_DEFAULTS.get(k, get_key(config.run_dict(), k)) for k in spec.search.keys}
+    return confirm_sweep(
+        stage,
+        rows,
+        trainable=_trainable(spec.resources),
+        sweep_entry=trial_spec.model_dump(mode="json"),
+        default=default,
+        trial_name=_trial_name,
+        collect=collect_rows,
+    )
 
 
 # --- checks before any trial -------------------------------------------------------------------------------------

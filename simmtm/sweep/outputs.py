@@ -298,9 +298,25 @@ def write_run_yaml(path: Path, raw: dict[str, Any], header: list[str]) -> None:
 
 
 def write_best_yaml(
-    path: Path, base_run: dict[str, Any], best: list[TrialRow], *, metric: str, sweep_dir: Path
+    path: Path, base_run: dict[str, Any], best: list[TrialRow], *, metric: str, sweep_dir: Path, confirmed: Any = None
 ) -> dict[str, Any]:
-    """A run config with the best parameters (and the sweep's own seed), runnable by ``simmtm pretrain``."""
+    """A run config with the best parameters (and the sweep's own seed), runnable by ``simmtm pretrain``.
+
+    ``confirmed``: the confirmation's verdict (``simmtm.confirmation.Verdict``); its recommendation (the winner, or
+    the paper's default) is then written instead of the search's single best configuration.
+    """
+    if confirmed is not None:
+        raw = apply_params(base_run, confirmed.recommended)
+        write_run_yaml(
+            path,
+            raw,
+            [
+                f"best.yaml: the configuration the confirmation stage of the sweep in {sweep_dir} recommends:",
+                confirmed.sentence(),
+                f"Run it:   simmtm pretrain {path} --out runs/best",
+            ],
+        )
+        return raw
     params = best[0].params
     raw = apply_params(base_run, {k: v for k, v in params.items() if v is not None})
     mean = statistics.fmean(r.score for r in best if r.score is not None)

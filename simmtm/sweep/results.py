@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from simmtm.sweep.outputs import OWNER_ATTR, WARM_START_ATTR, TrialRow
+from simmtm.sweep.search import tell_pruned
 from simmtm.sweep.spec import probe_key
 from simmtm.sweep.trial import Trial
 
@@ -150,7 +151,7 @@ def reconcile_study(
         elif row.state == "COMPLETE":
             study.tell(t.number, row.score)
         elif row.state == "PRUNED":
-            study.tell(t.number, state=TrialState.PRUNED)
+            tell_pruned(study, t.number)
         elif row.state == "FAILED":
             study._storage.set_trial_user_attr(t._trial_id, "reason", row.error)
             study.tell(t.number, state=TrialState.FAIL)

@@ -27,7 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 from simmtm.sweep.outputs import OWNER_ATTR
 from simmtm.sweep.spec import SearchSpec, condition_holds, search_distributions
 
-__all__ = ["SweepSearch", "DefineByRun", "make_sampler", "open_storage", "search_distributions"]
+__all__ = ["tell_pruned", "SweepSearch", "DefineByRun", "make_sampler", "open_storage", "search_distributions"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,17 @@ def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage object for a database URL (OptunaSearch takes an object, not a URL)."""
     return optuna.storages.RDBStorage(url)
+
+
+def tell_pruned(study: optuna.Study, number: int) -> None:
+    """Finish a trial as PRUNED with no value. ``study.tell`` would copy its last intermediate value (a probe score)
+    into ``value``, where COMPLETE trials hold final scores: sorting the study by value would then rank a probe
+    against a fine-tune. TPE reads a pruned trial's intermediate values, not its value, so the sampler sees the same."""
+    trial = study.get_trials(deepcopy=False)[number]
+    if trial.number != number:  # the list is in number order; guard against a storage that is not
+        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    if not study._storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED):
+        raise RuntimeError(f"trial {number} was already finished")
 
 
 class SweepSearch(OptunaSearch):
@@ -171,7 +182,10 @@ class SweepSearch(OptunaSearch):
         else:
             state, values = TrialState.PRUNED, None
         try:
-            self._ot_study.tell(ot_trial, values, state=state)
+            if state == TrialState.PRUNED:
+                tell_pruned(self._ot_study, ot_trial.number)
+            else:
+                self._ot_study.tell(ot_trial, values, state=state)
         except Exception as exc:  # already finished (told before an interruption), or a storage hiccup
             log.warning("optuna: could not record trial %s as %s: %s", trial_id, state.name, exc)
         self._completed_trials.add(trial_id)

@@ -182,6 +182,14 @@ class SchedulerSpec(_Spec):
     reduction_factor: float = Field(2.0, gt=1)
 
 
+class ConfirmSpec(_Spec):
+    """The confirmation stage: the search's top ``top_k`` configurations and the paper's default, re-run at full
+    budget with ``seeds`` fresh training seeds shared by all (paired); ``seeds: 0`` turns it off."""
+
+    top_k: int = Field(2, ge=1)
+    seeds: int = Field(3, ge=0)
+
+
 class TuneSpec(_Spec):
     """How many trials, how many at once, and how each is scored along the way."""
 
@@ -198,6 +206,9 @@ class TuneSpec(_Spec):
     metric: str | None = None  # None: val_mse (forecasting) or val_accuracy (classification)
     mode: Literal["min", "max"] | None = None  # None: min for mse/mae, max for accuracy/f1
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    # The rung score ASHA prunes on: a linear probe (frozen encoder) or a short fine-tune of the same length.
+    prune_on: Literal["probe", "finetune"] = "probe"
+    confirm: ConfirmSpec = Field(default_factory=ConfirmSpec)
     max_failures: int = Field(0, ge=0)  # retries of a failed trial (a NaN loss is deterministic: default none)
     test_top_k: int = Field(1, ge=0)  # configurations whose test score is computed once, after the sweep
     study_name: str | None = None  # None: the name of --out
@@ -254,6 +265,7 @@ class TrialSpec(_Spec):
     probe_steps: int = Field(_TUNE_DEFAULTS.probe_steps, ge=1)
     probe_val_batches: int = Field(_TUNE_DEFAULTS.probe_val_batches, ge=1)
     probe_overrides: dict[str, Any] = Field(default_factory=dict)
+    prune_on: Literal["probe", "finetune"] = _TUNE_DEFAULTS.prune_on
     max_failures: int = Field(_TUNE_DEFAULTS.max_failures, ge=0)
     resources: Resources = Field(default_factory=Resources)
     tb_dir: str | None = None  # per-trial TensorBoard scores under tb_dir/<trial id>; None: none
@@ -271,6 +283,7 @@ class TrialSpec(_Spec):
             probe_steps=tune.probe_steps,
             probe_val_batches=tune.probe_val_batches,
             probe_overrides=tune.probe_overrides,
+            prune_on=tune.prune_on,
             max_failures=tune.max_failures,
             resources=spec.resources,
             tb_dir=tb_dir,

@@ -196,6 +196,7 @@ class _ProbeRecorder:
             val_batches=self.spec.probe_val_batches,
             runtime=self.runtime,
             overrides=self.spec.probe_overrides,
+            mode=self.spec.prune_on,
         )
         pre = pretrain_metrics or state.get("metrics", {})
         result = {
@@ -224,12 +225,18 @@ class _ProbeRecorder:
 
 
 def probe_config(
-    run_cfg: RunConfig, *, steps: int, val_batches: int, overrides: Mapping[str, Any] | None = None
+    run_cfg: RunConfig,
+    *,
+    steps: int,
+    val_batches: int,
+    overrides: Mapping[str, Any] | None = None,
+    mode: str = "probe",
 ) -> RunConfig:
-    """The config of a probe: frozen encoder, one short epoch, the first horizon, plus ``tune.probe_overrides``."""
+    """The config of a rung score: one short epoch on the first horizon, plus ``tune.probe_overrides``; ``mode``
+    probe freezes the encoder (a linear probe), finetune trains it too (``tune.prune_on: finetune``)."""
     raw = apply_params(run_cfg.model_dump(mode="json"), dict(overrides or {}))
     cfg = parse_config(raw, source="tune.probe_overrides")
-    cfg.finetune.mode = "probe"
+    cfg.finetune.mode = "probe" if mode == "probe" else "full"
     cfg.finetune.epochs = 1
     cfg.finetune.max_steps = steps
     cfg.finetune.val_batches = val_batches
@@ -246,11 +253,13 @@ def probe_score(
     val_batches: int,
     runtime: Any = None,
     overrides: Mapping[str, Any] | None = None,
+    mode: str = "probe",
 ) -> float:
-    """The validation score of a linear probe (frozen encoder, one short epoch) on the in-memory state."""
+    """The validation score of the rung (a linear probe, or with ``mode`` finetune a short fine-tune) on the
+    in-memory state."""
     from simmtm import finetune
 
-    cfg = probe_config(run_cfg, steps=steps, val_batches=val_batches, overrides=overrides)
+    cfg = probe_config(run_cfg, steps=steps, val_batches=val_batches, overrides=overrides, mode=mode)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = finetune.run(cfg, pretrained=state, runtime=runtime, score_test=False)

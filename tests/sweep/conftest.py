@@ -26,7 +26,8 @@ def tiny_sweep(tmp_path: Path, csv_writer, make_config) -> Callable[..., Path]:
         for section, values in (run or {}).items():
             raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
         raw["search"] = copy.deepcopy(search)
-        raw["tune"] = {"probe_steps": 5, **(tune or {})}
+        # No confirmation stage unless a test asks for one (tests/sweep/test_confirm.py): it would triple each sweep.
+        raw["tune"] = {"probe_steps": 5, "confirm": {"seeds": 0}, **(tune or {})}
         raw["resources"] = resources or {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
         path = tmp_path / name
         path.write_text("# a tiny sweep for the tests\n# Run it: simmtm sweep sweep.yaml --out out\n" + yaml.safe_dump(raw, sort_keys=False))

@@ -1,0 +1,108 @@
+"""The confirmation stage on a real local Ray: fixed configurations x shared seeds, and a resume that re-runs nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from simmtm.confirmation import PAPER_DEFAULTS, judge
+from simmtm.probe_check import check_probe
+from simmtm.sweep.confirm import (ConfirmOutcome, ConfirmPlan, confirm_points, confirmed_configs, probe_pairs,
+                                  read_confirmation_json, run_confirmation, rung_scores, write_confirmation_json)
+from simmtm.sweep.outputs import TrialRow
+from simmtm.sweep.results import collect_rows
+from simmtm.sweep.spec import TrialSpec
+from simmtm.sweep.trainable import run_trial
+
+R, M, TAU = "pretrain.mask_ratio", "pretrain.num_masked", "pretrain.temperature"
+CAND = {R: 0.3, M: 2, TAU: 0.2}
+
+
+def test_points_are_seed_major_and_paired():
+    plan = ConfirmPlan((dict(PAPER_DEFAULTS), CAND), seeds=2)
+    assert confirm_points(plan) == [{"repeat": 1000, **PAPER_DEFAULTS}, {"repeat": 1000, **CAND},
+                                    {"repeat": 1001, **PAPER_DEFAULTS}, {"repeat": 1001, **CAND}]
+
+
+def test_probe_pairs_and_confirmation_json_round_trip(tmp_path: Path):
+    rows = [TrialRow("a", "COMPLETE", {}, score=1.0), TrialRow("b", "PRUNED", {}), TrialRow("c", "COMPLETE", {}, score=2.0)]
+    assert probe_pairs(rows, {"a": 0.5, "b": 0.7}) == [(0.5, 1.0)]  # pruned and rung-less runs have no pair
+    configs = confirmed_configs([TrialRow("x", "COMPLETE", dict(PAPER_DEFAULTS), repeat=1000, score=1.5)],
+                                ConfirmPlan((dict(PAPER_DEFAULTS), CAND), seeds=2), base_seed=3)
+    assert configs[0].scores == {1003: 1.5, 1004: None} and configs[1].scores == {1003: None, 1004: None}
+    outcome = ConfirmOutcome(judge(configs, metric="val_mse", mode="min"), check_probe([1, 2], [1, 2], prunes=False), configs, [])
+    assert outcome.lines()[-1].startswith("no confirmed recommendation")
+    write_confirmation_json(tmp_path, outcome)
+    assert read_confirmation_json(tmp_path)["verdict"]["sentence"] == outcome.lines()[-1]
+    assert read_confirmation_json(tmp_path / "elsewhere") is None
+
+
+@pytest.mark.slow
+def test_confirmation_runs_every_pair_once_and_resume_reruns_nothing(local_ray, tiny_config, tmp_path: Path):
+    from ray import tune
+
+    raw = tiny_config({"pretrain": {"epochs": 2, "max_steps": None}, "finetune": {"horizons": [4]}})
+    entry = TrialSpec(run=raw, metric="val_mse", probe_every=2, probe_steps=5, tb_dir=str(tmp_path / "tb")).model_dump(mode="json")
+    plan = ConfirmPlan((dict(PAPER_DEFAULTS), CAND), seeds=2)
+    trainable = tune.with_resources(run_trial, {"cpu": 1})
+    path = run_confirmation(trainable, entry, plan, storage_path=str(tmp_path), max_concurrent=2)
+    rows = collect_rows(path, [R, M, TAU])
+    assert len(rows) == 4 and all(r.state == "COMPLETE" and r.score is not None and r.val_score is not None for r in rows)
+    assert sorted((r.repeat, r.params[M]) for r in rows) == [(1000, 2), (1000, 3), (1001, 2), (1001, 3)]
+    configs = confirmed_configs(rows, plan, base_seed=raw["seed"])
+    assert [c.is_default for c in configs] == [True, False]
+    assert all(set(c.finished()) == {raw["seed"] + 1000, raw["seed"] + 1001} for c in configs)  # paired seeds
+    assert judge(configs, metric="val_mse", mode="min").status in ("beats", "keep_default")
+
+    rungs = rung_scores(path, "probe_val_mse", 2)
+    assert set(rungs) == {r.trial_id for r in rows} and all(rungs[r.trial_id] == r.val_score for r in rows)
+
+    before = {r.trial_id: r.score for r in rows}
+    runs_before = sorted(p.name for p in (tmp_path / "tb").iterdir())
+    run_confirmation(trainable, entry, plan, storage_path=str(tmp_path), max_concurrent=2)
+    again = collect_rows(path, [R, M, TAU])
+    assert {r.trial_id: r.score for r in again} == before  # restored, not re-run
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == runs_before
+
+
+@pytest.mark.slow
+def test_a_sweep_ends_with_the_confirmation_and_every_output_says_the_same(local_ray, tiny_sweep, tmp_path: Path, capsys):
+    import json
+
+    from optuna.trial import TrialState
+    from studies import study_of
+
+    from simmtm.cli import main
+
+    search = {"method": "tpe", "params": {R: {"type": "float", "low": 0.1, "high": 0.9}, M: {"type": "int", "low": 1, "high": 4}}}
+    path = tiny_sweep(search, tune={"num_samples": 4, "confirm": {"top_k": 1, "seeds": 2},
+                                    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}})
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--quiet-table"]) == 0
+    sweep_lines = capsys.readouterr().out.strip().splitlines()
+    conf = json.loads((out / "confirmation.json").read_text())
+    sentence = conf["verdict"]["sentence"]
+    assert sweep_lines[-1] == sentence and conf["verdict"]["status"] in ("beats", "keep_default")
+    assert any(line.startswith("probe score vs final score: Spearman") for line in sweep_lines[-3:])
+    assert conf["verdict"]["seed_spread"]["n_runs"] == 4  # 2 configurations x 2 paired seeds
+    assert sentence in (out / "best.yaml").read_text()
+    # Pruned trials hold no value in the study: sorting by value ranks only final scores, like the report.
+    study = study_of(out)
+    assert all(t.value is None for t in study.trials if t.state == TrialState.PRUNED)
+    assert all(t.value is not None for t in study.trials if t.state == TrialState.COMPLETE)
+
+    assert main(["recommend", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == sentence
+    report = tmp_path / "report"
+    assert main(["analyze", str(out), "--out", str(report), "--no-interactive", "--bootstrap", "50"]) == 0
+    rec = json.loads((report / "recommendation.json").read_text())
+    assert rec["sentence"] == sentence and rec["params"] == conf["verdict"]["recommended"]
+    assert (report / "figures" / "confirmation.png").is_file() and (report / "figures" / "probe.png").is_file()
+    assert sentence.replace("'", "&#x27;") in (report / "report.html").read_text()
+
+    # A resume re-runs no confirmation run and ends with the same sentence.
+    before = sorted(p.name for p in (out / "tb").iterdir())
+    assert main(["sweep", str(path), "--out", str(out), "--resume", "--quiet-table"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == sentence
+    assert sorted(p.name for p in (out / "tb").iterdir()) == before
