@@ -113,13 +113,15 @@ def run(
     runtime: Runtime | None = None,
     resume: dict[str, Any] | None = None,
     progress: bool = False,
+    checkpoints: bool = True,
 ) -> dict[str, float]:
     """Pre-train SimMTM; return the last epoch's metrics.
 
     ``run_dir`` (main worker) receives the resolved config, after each epoch ``checkpoints/last.pt`` (and
     ``checkpoints/best.pt`` when the epoch has the lowest validation loss so far), TensorBoard logs and
     ``history.jsonl``, and ``metrics.json`` at the end. ``resume`` is a state written by an earlier call: the run
-    continues exactly as if it had not stopped.
+    continues exactly as if it had not stopped. ``checkpoints=False`` writes no checkpoint files into ``run_dir``
+    (a sweep trial: Tune keeps the one copy, from the state passed to ``report``).
     """
     runtime = runtime or LocalRuntime(pick_device(config.device))
     set_up(config, runtime)
@@ -140,7 +142,7 @@ def run(
             at.metrics = {"epoch": at.epoch, "step": at.step, **_prefixed("train_", train, runtime),
                           **_prefixed("val_", val)}
             loop.record("pretrain_epoch", at.metrics)
-            state = _save_epoch(at, training, run_path)
+            state = _save_epoch(at, training, run_path if checkpoints else None)
             report(at.metrics, state)
             log.info("pre-training epoch %d/%d: %s", at.epoch, config.pretrain.epochs, _fmt(at.metrics))
     finally:

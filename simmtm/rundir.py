@@ -48,6 +48,8 @@ SWEEP_FILES = {
     "ray",
     "timing.json",
     "timing.jsonl",
+    "wandb",  # tune.loggers: wandb (offline runs)
+    "mlflow.db",  # tune.loggers: mlflow (the local store)
 }
 
 

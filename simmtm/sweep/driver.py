@@ -58,6 +58,7 @@ from simmtm.sweep.spec import (
 )
 from simmtm.sweep.timing import TrialClock, write_timing
 from simmtm.sweep.trainable import run_trial
+from simmtm.trackers import tracker_callbacks
 
 __all__ = ["run_sweep", "SweepOutcome", "concurrency", "plan_trials", "TrialPlan", "EXPERIMENT_NAME"]
 
@@ -86,7 +87,7 @@ class SweepOutcome:
 
 
 def run_sweep(
-    sweep_file: str | Path,
+    sweep_file: str | Path | None,
     out: str | Path,
     *,
     resume: bool = False,
@@ -97,13 +98,23 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run (or, with ``resume``, continue) the sweep in ``sweep_file``, writing everything under ``out``.
 
+    ``resume`` continues the sweep as ``out/sweep.yaml`` saved it (``sweep_file`` may be None); ``overrides`` may then
+    only raise ``tune.num_samples`` or set ``tune.time_budget_s`` (``simmtm.sweep.resume``).
+
     ``address``: the Ray cluster to join; None joins the cluster of the Ray job this driver runs in (``RAY_ADDRESS``
     set), else starts a fresh local Ray (see ``resolve_address``). ``warm_start``: an earlier sweep's directory whose
     finished trials seed the new Optuna study (same parameters, metric and mode; not with a grid).
     """
     started = time.time()
-    sweep_file, out = Path(sweep_file), Path(out).resolve()
-    config = load_config(sweep_file, overrides)
+    out = Path(out).resolve()
+    resumed = _resumed_config(out, sweep_file, overrides) if resume else None
+    if resumed is not None:
+        sweep_file, config = resumed.sweep_file, resumed.config
+    elif sweep_file is None:
+        raise UserError("simmtm sweep: give SWEEP.yaml (--resume --out DIR alone continues from DIR/sweep.yaml)")
+    else:
+        sweep_file = Path(sweep_file)
+        config = load_config(sweep_file, overrides)
     spec = sweep_spec(config, sweep_file)
     task = _check_data(config, spec)
     try:
@@ -117,12 +128,13 @@ def run_sweep(
         resolved,
         resume=resume,
         sweep_file=sweep_file,
-        earlier=lambda: read_sweep_yaml(out),
+        earlier=lambda: resolved if resumed is not None else read_sweep_yaml(out),  # resumed: from DIR/sweep.yaml
         can_restore=lambda: _can_restore(experiment_dir),
     )
 
     storage_url = spec.tune.storage or f"sqlite:///{out / 'optuna.db'}"
     study_name = spec.tune.study_name or out.name
+    trackers = tracker_callbacks(spec.tune.loggers, study_name=study_name, out=out)  # a missing package fails here
     if not restoring:
         _check_study_is_new(storage_url, study_name, sweep_file)
     if warm_start is not None:
@@ -161,6 +173,8 @@ def run_sweep(
                     warm_start=str(warm_start) if warm_start is not None else None,
                 ),
             )
+        elif resumed is not None and resumed.changes:
+            _extend(out, spec, resumed.changes, resolved, experiment_dir)
         clock = TrialClock(out)
         tuner = _tuner(
             config,
@@ -175,6 +189,7 @@ def run_sweep(
             clock=clock,
             verbose=verbose,
             warm_start=warm_start,
+            trackers=trackers,
         )
         tuner.fit()
     finally:
@@ -196,6 +211,33 @@ def run_sweep(
     outcome.wall_s = time.time() - started
     outcome.overhead_s = write_timing(out, rows, wall_s=outcome.wall_s)
     return outcome
+
+
+# --- resuming --------------------------------------------------------------------------------------------------
+
+
+def _resumed_config(out: Path, sweep_file: str | Path | None, overrides: list[str] | None):
+    """The sweep as DIR/sweep.yaml saved it, with the ``--set`` values a resume may change (``sweep.resume``)."""
+    from simmtm.sweep.resume import continue_config
+
+    resumed = continue_config(out, overrides)
+    if sweep_file is not None and Path(sweep_file).resolve() != resumed.sweep_file:
+        log.info("--resume continues the sweep as %s saved it; %s is not read again", resumed.sweep_file, sweep_file)
+    return resumed
+
+
+def _extend(out: Path, spec: SweepSpec, changes: dict[str, Any], resolved: dict[str, Any], experiment_dir: str) -> None:
+    """A resume with a larger tune.num_samples or a new time budget: into Tune's state, sweep.yaml and sweep.json."""
+    import dataclasses
+
+    from simmtm.sweep.resume import extend_experiment
+
+    total = spec.tune.resolved_samples(spec.search) * spec.tune.repeats if "tune.num_samples" in changes else None
+    extend_experiment(experiment_dir, total_trials=total, time_budget_s=changes.get("tune.time_budget_s"))
+    write_sweep_yaml(out, resolved)
+    meta = read_sweep_json(out)
+    write_sweep_json(out, dataclasses.replace(meta, num_samples=spec.tune.resolved_samples(spec.search)))
+    log.info("resuming with %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
 
 
 # --- checks before any trial -------------------------------------------------------------------------------------
@@ -346,8 +388,11 @@ def _tuner(
     clock: Any,
     verbose: int,
     warm_start: Path | None = None,
+    trackers: list[Any] | None = None,
 ):
     from ray import tune
+
+    from simmtm.sweep.live import TrialEndHParams
 
     # Save Tune's experiment state every 2 s (instead of >= 10 s), so that a driver killed with -9 loses little;
     # a forced snapshot follows every trial checkpoint anyway (CheckpointConfig(num_to_keep=1)).
@@ -414,7 +459,7 @@ def _tuner(
             storage_path=spec.tune.storage_path or str(out),
             failure_config=tune.FailureConfig(max_failures=spec.tune.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[clock],
+            callbacks=[clock, TrialEndHParams(out / "tb", spec.search.keys, metric=metric), *(trackers or [])],
             verbose=verbose,
             progress_reporter=_trial_table(spec, metric, mode) if verbose else None,
         ),

@@ -16,7 +16,7 @@ from simmtm.sweep.outputs import WARM_START_ATTR, TrialRow
 from simmtm.sweep.spec import probe_key
 from simmtm.sweep.trial import Trial
 
-__all__ = ["collect_rows", "reconcile_study", "score_test", "ORPHAN_REASON"]
+__all__ = ["collect_rows", "trial_row", "reconcile_study", "score_test", "ORPHAN_REASON"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,11 @@ def collect_rows(experiment_dir: str, param_keys: list[str]) -> list[TrialRow]:
     for trial in analysis.trials:
         rows.append(_row(trial, param_keys))
     return rows
+
+
+def trial_row(trial, param_keys: list[str]) -> TrialRow:
+    """The row of one Tune trial (saved or live; a live trial that is ending still reads RUNNING)."""
+    return _row(trial, param_keys)
 
 
 def _row(trial, param_keys: list[str]) -> TrialRow:

@@ -189,6 +189,8 @@ class TuneSpec(_Spec):
     study_name: str | None = None  # None: the name of --out
     storage: str | None = None  # an Optuna database URL; None: sqlite:///DIR/optuna.db
     storage_path: str | None = None  # Ray's experiment storage; None: DIR (use shared storage or s3:// on a cluster)
+    # experiment trackers (simmtm.trackers): TensorBoard is always written; wandb and mlflow add Ray's callbacks
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
 
     def resolved_samples(self, search: SearchSpec) -> int:
         """Configurations to try: num_samples, or the grid's cell count."""
