@@ -80,7 +80,7 @@ def test_resume_with_only_out_continues_and_a_larger_num_samples_adds_trials(tin
                       run={"pretrain": {"epochs": 1}})
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "simmtm", "sweep", "--out", str(out), "--quiet-table"]
-    first = subprocess.run([*cmd[:3], str(path), *cmd[3:], "--set", "pretrain.lr=0.002"], capture_output=True,
+    first = subprocess.run([*cmd[:4], str(path), *cmd[4:], "--set", "pretrain.lr=0.002"], capture_output=True,
                            text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     assert len(read_trials_csv(out / "trials.csv")) == 2
