@@ -39,7 +39,7 @@ __all__ = [
     "sweep",
 ]
 
-ConfigSource = str | Path | Mapping[str, Any]
+ConfigSource = str | Path | Mapping[str, Any] | RunConfig  # a RunConfig: already validated (the CLI's)
 Overrides = Mapping[str, Any] | Sequence[str] | None
 
 
@@ -106,6 +106,8 @@ class AnalysisResult:
 
 def resolve_config(config: ConfigSource, overrides: Overrides = None) -> tuple[RunConfig, dict[str, Any]]:
     """The validated config and its raw mapping (sweep sections included) from a path or a dict plus overrides."""
+    if isinstance(config, RunConfig):
+        config = config.model_dump(mode="json")
     if isinstance(config, Mapping):
         raw, source = copy.deepcopy(dict(config)), "config"
     else:
@@ -125,7 +127,7 @@ def pretrain(config: ConfigSource, *, out: str | Path, overrides: Overrides = No
              progress: bool = False) -> PretrainResult:
     """``simmtm pretrain``: pre-train in this process; an existing run in ``out`` resumes unless ``restart``."""
     from simmtm import pretrain as pretraining
-    from simmtm.cli.train import prepare_pretrain_dir
+    from simmtm.rundir import prepare_pretrain_dir
 
     cfg, _ = resolve_config(config, overrides)
     out = Path(out)
