@@ -61,7 +61,7 @@ def load_inputs(config: RunConfig, *, horizon: int = 0, labelled: bool = False) 
     observed = splits.observed or (None, None, None)  # padded series: (N, L) masks, True at real steps
 
     def dataset(part: tuple, real) -> Dataset:
-        full = LabelledDataset(*part, observed=real)
+        full = LabelledDataset(part[0], part[1], observed=real)
         return full if labelled else _Unlabelled(full)
 
     return Inputs(

@@ -12,7 +12,8 @@ Every result a trial reports reaches them as one step: at every probe (every ``t
 last epoch) the epoch's pre-training loss parts (``pretrain_train_loss``, ``pretrain_train_reconstruction``,
 ``pretrain_train_constraint`` and their ``pretrain_val_`` twins, epoch means) with the probe score, then the final
 fine-tune's scores. Per-optimiser-step losses stay in the trial's TensorBoard (``DIR/tb/<trial>/pretrain``): a Tune
-report per step would be a round trip to the driver per step, and ASHA and the searcher read every report. The packages are extras: ``pip install 'simmtm[wandb]'`` / ``'simmtm[mlflow]'``.
+report per step would be a round trip to the driver per step, and ASHA and the searcher read every report.
+The packages are extras: ``pip install 'simmtm[wandb]'`` / ``'simmtm[mlflow]'``.
 """
 
 from __future__ import annotations

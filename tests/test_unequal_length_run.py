@@ -18,15 +18,24 @@ from simmtm.inputs import load_inputs, split_batch
 from simmtm.pretrain import draw_masks
 
 CHANNELS, CLASSES = 3, 3
-TINY = {"encoder": "transformer", "d_model": 8, "n_heads": 2, "n_layers": 1, "d_ff": 16, "dropout": 0.0,
-        "projector_dim": 8}
+TINY = {
+    "encoder": "transformer",
+    "d_model": 8,
+    "n_heads": 2,
+    "n_layers": 1,
+    "d_ff": 16,
+    "dropout": 0.0,
+    "projector_dim": 8,
+}
 
 
 def _vowels(path: Path, cases: int, seed: int) -> Path:
     """A JapaneseVowels-like .ts: 3 channels, lengths 7..20 per case (every channel of a case the same length)."""
     rng = np.random.default_rng(seed)
-    head = (f"@problemName toyvowels\n@timeStamps false\n@missing false\n@univariate false\n@dimensions {CHANNELS}\n"
-            "@equalLength false\n@classLabel true 1 2 3\n@data\n")
+    head = (
+        f"@problemName toyvowels\n@timeStamps false\n@missing false\n@univariate false\n@dimensions {CHANNELS}\n"
+        "@equalLength false\n@classLabel true 1 2 3\n@data\n"
+    )
     lines = []
     for i in range(cases):
         label = i % CLASSES
@@ -40,11 +49,15 @@ def _vowels(path: Path, cases: int, seed: int) -> Path:
 def _config(tmp_path: Path, **data) -> dict:
     _vowels(tmp_path / "toyvowels_TRAIN.ts", 30, seed=0)
     _vowels(tmp_path / "toyvowels_TEST.ts", 12, seed=1)
-    return {"seed": 0, "device": "cpu", "threads": 1,
-            "data": {"path": str(tmp_path / "toyvowels_TRAIN.ts"), "seq_len": 24, "unequal_length": "pad", **data},
-            "model": copy.deepcopy(TINY),
-            "pretrain": {"num_masked": 2, "epochs": 2, "batch_size": 8, "val_batches": 1},
-            "finetune": {"epochs": 2, "batch_size": 8}}
+    return {
+        "seed": 0,
+        "device": "cpu",
+        "threads": 1,
+        "data": {"path": str(tmp_path / "toyvowels_TRAIN.ts"), "seq_len": 24, "unequal_length": "pad", **data},
+        "model": copy.deepcopy(TINY),
+        "pretrain": {"num_masked": 2, "epochs": 2, "batch_size": 8, "val_batches": 1},
+        "finetune": {"epochs": 2, "batch_size": 8},
+    }
 
 
 def test_the_padding_mask_travels_from_the_file_to_the_masks(tmp_path: Path) -> None:

@@ -191,7 +191,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for d in (ft_dir, base_dir):
         guard_finetune_dir(d, overwrite=True)
     api.pretrain(config, out=pre_dir, restart=args.restart, progress=progress)
-    results = {"SimMTM": dict(api.finetune(config, out=ft_dir, pretrained=pre_dir, overwrite=True, progress=progress).metrics)}
+    simmtm = api.finetune(config, out=ft_dir, pretrained=pre_dir, overwrite=True, progress=progress)
+    results = {"SimMTM": dict(simmtm.metrics)}
     if not args.no_baseline:
         results["random init"] = dict(api.finetune(config, out=base_dir, overwrite=True, progress=progress).metrics)
     print(comparison_table(results))

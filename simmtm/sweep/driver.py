@@ -57,6 +57,7 @@ from simmtm.sweep.spec import (
     sweep_spec,
 )
 from simmtm.sweep.timing import TrialClock, write_timing
+from simmtm.sweep.resume import Continuation, continue_config, extend_experiment
 from simmtm.sweep.trainable import run_trial
 from simmtm.trackers import tracker_callbacks
 
@@ -113,8 +114,8 @@ def run_sweep(
     elif sweep_file is None:
         raise UserError("simmtm sweep: give SWEEP.yaml (--resume --out DIR alone continues from DIR/sweep.yaml)")
     else:
-        sweep_file = Path(sweep_file)
         config = load_config(sweep_file, overrides)
+    sweep_file = Path(sweep_file)
     spec = sweep_spec(config, sweep_file)
     task = _check_data(config, spec)
     try:
@@ -216,10 +217,8 @@ def run_sweep(
 # --- resuming --------------------------------------------------------------------------------------------------
 
 
-def _resumed_config(out: Path, sweep_file: str | Path | None, overrides: list[str] | None):
+def _resumed_config(out: Path, sweep_file: str | Path | None, overrides: list[str] | None) -> Continuation:
     """The sweep as DIR/sweep.yaml saved it, with the ``--set`` values a resume may change (``sweep.resume``)."""
-    from simmtm.sweep.resume import continue_config
-
     resumed = continue_config(out, overrides)
     if sweep_file is not None and Path(sweep_file).resolve() != resumed.sweep_file:
         log.info("--resume continues the sweep as %s saved it; %s is not read again", resumed.sweep_file, sweep_file)
@@ -229,8 +228,6 @@ def _resumed_config(out: Path, sweep_file: str | Path | None, overrides: list[st
 def _extend(out: Path, spec: SweepSpec, changes: dict[str, Any], resolved: dict[str, Any], experiment_dir: str) -> None:
     """A resume with a larger tune.num_samples or a new time budget: into Tune's state, sweep.yaml and sweep.json."""
     import dataclasses
-
-    from simmtm.sweep.resume import extend_experiment
 
     total = spec.tune.resolved_samples(spec.search) * spec.tune.repeats if "tune.num_samples" in changes else None
     extend_experiment(experiment_dir, total_trials=total, time_budget_s=changes.get("tune.time_budget_s"))

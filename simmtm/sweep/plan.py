@@ -47,8 +47,13 @@ class SweepPlan:
             f"per trial: {self.per_trial}",
             f"at once: {at_once}",
             f"scheduler: {self.scheduler}, {self.epochs} pre-training epochs"
-            + (f"; ASHA rungs at epochs {', '.join(map(str, self.rungs))} ({len(self.rungs)} rungs)" if self.rungs
-               else "; every trial runs to the end" if self.scheduler == "fifo" else "; no rung before the last epoch"),
+            + (
+                f"; ASHA rungs at epochs {', '.join(map(str, self.rungs))} ({len(self.rungs)} rungs)"
+                if self.rungs
+                else "; every trial runs to the end"
+                if self.scheduler == "fifo"
+                else "; no rung before the last epoch"
+            ),
             f"first {len(self.first)} configurations:",
         ]
         for i, point in enumerate(self.first, 1):
@@ -66,7 +71,9 @@ def plan_sweep(sweep_file: str | Path, overrides: list[str] | None = None, *, ad
         from simmtm import ray_session
         from simmtm.sweep.driver import concurrency as trials_at_once
 
-        concurrency = trials_at_once(spec, ray_session.check_resources(spec.resources, nodes=[ray_session.local_node()]))
+        concurrency = trials_at_once(
+            spec, ray_session.check_resources(spec.resources, nodes=[ray_session.local_node()])
+        )
     r = spec.resources
     per_trial = f"{r.workers} worker(s) x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU)"
     sched = spec.tune.scheduler

@@ -66,7 +66,9 @@ def continue_config(out: Path, overrides: list[str] | None = None) -> Continuati
     return Continuation(saved_file, config, changes)
 
 
-def extend_experiment(experiment_dir: str, *, total_trials: int | None = None, time_budget_s: float | None = None) -> None:
+def extend_experiment(
+    experiment_dir: str, *, total_trials: int | None = None, time_budget_s: float | None = None
+) -> None:
     """Write the allowed changes into Tune's saved state in ``experiment_dir``, before ``Tuner.restore`` reads it.
 
     ``total_trials``: the trials Tune's search generator may create in all (configurations times repeats).

@@ -13,15 +13,21 @@ from simmtm.sweep.outputs import read_sweep_json, read_sweep_yaml, read_trials_c
 from simmtm.sweep.plan import plan_sweep
 from simmtm.sweep.resume import continue_config
 
-SEARCH = {"method": "tpe", "params": {
-    "pretrain.mask_ratio": {"type": "float", "low": 0.1, "high": 0.9},
-    "pretrain.num_masked": {"type": "int", "low": 1, "high": 4},
-}}
+SEARCH = {
+    "method": "tpe",
+    "params": {
+        "pretrain.mask_ratio": {"type": "float", "low": 0.1, "high": 0.9},
+        "pretrain.num_masked": {"type": "int", "low": 1, "high": 4},
+    },
+}
 
 
 def test_dry_run_prints_the_plan_and_starts_no_ray(tiny_sweep, tmp_path: Path) -> None:
-    path = tiny_sweep(SEARCH, tune={"num_samples": 6, "repeats": 2, "scheduler": {"type": "asha", "grace_period": 1}},
-                      run={"pretrain": {"epochs": 4}})
+    path = tiny_sweep(
+        SEARCH,
+        tune={"num_samples": 6, "repeats": 2, "scheduler": {"type": "asha", "grace_period": 1}},
+        run={"pretrain": {"epochs": 4}},
+    )
     code = (
         "import sys, ray\n"
         "from simmtm.cli import main\n"
@@ -65,8 +71,11 @@ def test_resume_reads_the_saved_sweep_and_refuses_a_set_that_may_not_change(tiny
     assert same.changes == {} and same.config.pretrain.lr == 0.002  # the first run's --set is kept, not repeated
     more = continue_config(out, ["tune.num_samples=5", "tune.time_budget_s=60"])
     assert more.changes == {"tune.num_samples": 5, "tune.time_budget_s": 60}
-    with pytest.raises(UserError, match=r"^--resume --set pretrain.lr: cannot change when a sweep continues "
-                                        r"\(only tune.num_samples, tune.time_budget_s may\)"):
+    with pytest.raises(
+        UserError,
+        match=r"^--resume --set pretrain.lr: cannot change when a sweep continues "
+        r"\(only tune.num_samples, tune.time_budget_s may\)",
+    ):
         continue_config(out, ["pretrain.lr=0.1"])
     with pytest.raises(UserError, match="asked for 2; resuming may only raise it"):
         continue_config(out, ["tune.num_samples=1"])
@@ -76,19 +85,24 @@ def test_resume_reads_the_saved_sweep_and_refuses_a_set_that_may_not_change(tiny
 
 @pytest.mark.slow
 def test_resume_with_only_out_continues_and_a_larger_num_samples_adds_trials(tiny_sweep, tmp_path: Path) -> None:
-    path = tiny_sweep(SEARCH, tune={"num_samples": 2, "scheduler": {"type": "fifo"}, "test_top_k": 0},
-                      run={"pretrain": {"epochs": 1}})
+    path = tiny_sweep(
+        SEARCH, tune={"num_samples": 2, "scheduler": {"type": "fifo"}, "test_top_k": 0}, run={"pretrain": {"epochs": 1}}
+    )
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "simmtm", "sweep", "--out", str(out), "--quiet-table"]
-    first = subprocess.run([*cmd[:4], str(path), *cmd[4:], "--set", "pretrain.lr=0.002"], capture_output=True,
-                           text=True, timeout=300)
+    first = subprocess.run(
+        [*cmd[:4], str(path), *cmd[4:], "--set", "pretrain.lr=0.002"], capture_output=True, text=True, timeout=300
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     assert len(read_trials_csv(out / "trials.csv")) == 2
-    refused = subprocess.run([*cmd, "--resume", "--set", "pretrain.mask_ratio=0.3"], capture_output=True, text=True,
-                             timeout=120)
+    refused = subprocess.run(
+        [*cmd, "--resume", "--set", "pretrain.mask_ratio=0.3"], capture_output=True, text=True, timeout=120
+    )
     assert refused.returncode != 0 and "cannot change when a sweep continues" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    more = subprocess.run([*cmd, "--resume", "--set", "tune.num_samples=3"], capture_output=True, text=True, timeout=300)
+    more = subprocess.run(
+        [*cmd, "--resume", "--set", "tune.num_samples=3"], capture_output=True, text=True, timeout=300
+    )
     assert more.returncode == 0, more.stderr[-3000:]
     rows = read_trials_csv(out / "trials.csv")
     assert len(rows) == 3 and {r["state"] for r in rows} == {"COMPLETE"}

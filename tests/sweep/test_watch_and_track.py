@@ -20,21 +20,33 @@ SEARCH = {"method": "grid", "grid": {"pretrain.mask_ratio": [0.3, 0.6]}}
 def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_path: Path) -> None:
     mlflow = pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
-    path = tiny_sweep(SEARCH, tune={"scheduler": {"type": "fifo"}, "test_top_k": 0, "loggers": ["tensorboard", "wandb", "mlflow"]},
-                      run={"pretrain": {"epochs": 2}})
+    path = tiny_sweep(
+        SEARCH,
+        tune={"scheduler": {"type": "fifo"}, "test_top_k": 0, "loggers": ["tensorboard", "wandb", "mlflow"]},
+        run={"pretrain": {"epochs": 2}},
+    )
     out = tmp_path / "out"
     env = {**os.environ, "WANDB_MODE": "offline", "RAY_memory_monitor_refresh_ms": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run([sys.executable, "-m", "simmtm", "sweep", str(path), "--out", str(out), "--quiet-table"],
-                          env=env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [sys.executable, "-m", "simmtm", "sweep", str(path), "--out", str(out), "--quiet-table"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("out").experiment_id])
     assert len(runs) == 2
     for run in runs:  # the pre-training loss parts of every probed epoch, then the final score
-        for part in ("pretrain_train_loss", "pretrain_train_reconstruction", "pretrain_train_constraint",
-                     "pretrain_val_loss"):
+        for part in (
+            "pretrain_train_loss",
+            "pretrain_train_reconstruction",
+            "pretrain_train_constraint",
+            "pretrain_val_loss",
+        ):
             assert len(client.get_metric_history(run.info.run_id, part)) == 2, part
         assert client.get_metric_history(run.info.run_id, "val_mse")
     offline = sorted((out / "wandb").glob("offline-run-*"))
@@ -75,11 +87,19 @@ def test_each_trials_hparams_run_is_written_when_it_ends(local_ray, tmp_path: Pa
 
     spec = TrialSpec(run=parse_config(make_config(tiny_csv)).run_dict(), metric="val_mse")
     keys = ["pretrain.mask_ratio"]
-    tuner = tune.Tuner(_ends, param_space={"sweep": spec.model_dump(mode="json"),
-                                           "pretrain.mask_ratio": tune.grid_search([0.25, 0.75])},
-                       run_config=tune.RunConfig(name="h", storage_path=str(tmp_path / "ray"), verbose=0,
-                                                 callbacks=[TrialEndHParams(tmp_path / "tb", keys, metric="val_mse"), Watch()]))
+    tuner = tune.Tuner(
+        _ends,
+        param_space={"sweep": spec.model_dump(mode="json"), "pretrain.mask_ratio": tune.grid_search([0.25, 0.75])},
+        run_config=tune.RunConfig(
+            name="h",
+            storage_path=str(tmp_path / "ray"),
+            verbose=0,
+            callbacks=[TrialEndHParams(tmp_path / "tb", keys, metric="val_mse"), Watch()],
+        ),
+    )
     tuner.fit()
     assert len(seen) == 2 and all(seen.values())
-    failed = {t: any(b"FAILED" in f.read_bytes() for f in (tmp_path / "tb" / "hparams" / t).rglob("events*")) for t in seen}
+    failed = {
+        t: any(b"FAILED" in f.read_bytes() for f in (tmp_path / "tb" / "hparams" / t).rglob("events*")) for t in seen
+    }
     assert sorted(failed.values()) == [False, True]  # the state is in the run: one trial completed, one failed
