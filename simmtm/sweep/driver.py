@@ -44,6 +44,7 @@ from simmtm.sweep.outputs import (
     write_trials_csv,
 )
 from simmtm.sweep.results import collect_rows, reconcile_study, score_test
+from simmtm.sweep.resume import Continuation, continue_config, extend_experiment
 from simmtm.sweep.spec import (
     SHORT_NAMES,
     SweepSpec,
@@ -57,7 +58,6 @@ from simmtm.sweep.spec import (
     sweep_spec,
 )
 from simmtm.sweep.timing import TrialClock, write_timing
-from simmtm.sweep.resume import Continuation, continue_config, extend_experiment
 from simmtm.sweep.trainable import run_trial
 from simmtm.trackers import tracker_callbacks
 
