@@ -11,6 +11,7 @@ import torch
 from simmtm.errors import UserError
 
 __all__ = [
+    "save_pretrain_checkpoints",
     "save_state",
     "load_state",
     "ray_checkpoint_state",
@@ -70,3 +71,16 @@ def encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     # DistributedDataParallel prefixes "module."; a checkpoint written by N workers loads on one process.
     state = {k.removeprefix("module."): v for k, v in model_state.items()}
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+# What a full pre-training state holds beyond the weights: only ``last.pt`` keeps it (resume); ``best.pt`` does not.
+_RESUME_KEYS = ("optimizer", "scheduler", "rng", "best")
+
+
+def save_pretrain_checkpoints(state: dict[str, Any], run_dir: str | Path) -> None:
+    """Write a pre-training epoch's ``checkpoints/last.pt`` (the whole state), and ``checkpoints/best.pt`` (weights,
+    config, metrics) when this epoch is the best so far (``state["best"]["epoch"] == state["epoch"]``)."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    save_state(state, checkpoints / "last.pt")
+    if state.get("best", {}).get("epoch") == state.get("epoch"):
+        save_state({k: v for k, v in state.items() if k not in _RESUME_KEYS}, checkpoints / "best.pt")

@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from simmtm.checkpoint import save_state
+from simmtm.checkpoint import save_pretrain_checkpoints
 from simmtm.config import PretrainConfig, RunConfig
 from simmtm.encoders import build_encoder
 from simmtm.errors import UserError
@@ -295,14 +295,12 @@ def _save_epoch(at: _Position, training: _Training, run_path: Path | None) -> di
     rng = rng_states(training.runtime)  # a collective: every worker takes part
     if not training.runtime.is_main:
         return None
-    weights = {"kind": "simmtm-pretrain", "model": training.core.state_dict(), "epoch": at.epoch, "step": at.step,
-               "metrics": at.metrics, "config": training.config.run_dict()}
-    state = {**weights, "optimizer": training.optimizer.state_dict(), "scheduler": training.scheduler.state_dict(),
-             "rng": rng, "best": {"epoch": at.best_epoch, "val_loss": at.best_val_loss}}
+    state = {"kind": "simmtm-pretrain", "model": training.core.state_dict(), "epoch": at.epoch, "step": at.step,
+             "metrics": at.metrics, "config": training.config.run_dict(), "optimizer": training.optimizer.state_dict(),
+             "scheduler": training.scheduler.state_dict(), "rng": rng,
+             "best": {"epoch": at.best_epoch, "val_loss": at.best_val_loss}}
     if run_path is not None:
-        save_state(state, run_path / "checkpoints" / "last.pt")
-        if at.best_epoch == at.epoch:
-            save_state(weights, run_path / "checkpoints" / "best.pt")
+        save_pretrain_checkpoints(state, run_path)
     return state
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import ray.train
 
-from simmtm.checkpoint import CHECKPOINT_FILE, ray_checkpoint_state, save_state
+from simmtm.checkpoint import CHECKPOINT_FILE, ray_checkpoint_state, save_pretrain_checkpoints, save_state
 from simmtm.tracking import RunLog
 
 if TYPE_CHECKING:
@@ -138,12 +138,16 @@ class RunDirCallback(ray.train.UserCallback):
     def _record(self, metrics: dict[str, Any], checkpoint) -> None:
         out = Path(self.out)
         if checkpoint is not None:
-            save_state(ray_checkpoint_state(checkpoint), out / "checkpoints" / "last.pt")
+            save_pretrain_checkpoints(ray_checkpoint_state(checkpoint), out)
         values = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        run_log = RunLog(out)  # opened per report: the controller has no "run ended" hook to close it
+        step = int(values.get("step", 0))
+        # Opened per report (the controller has no "run ended" hook to close it). A restarted worker group replays
+        # the epoch after its checkpoint: whatever an earlier attempt recorded from this step on is dropped first,
+        # so each epoch is recorded once; epoch scalars sit on the optimiser-step axis, as in-process.
+        run_log = RunLog(out, resume_step=step - 1)
         try:
             run_log.record("pretrain_epoch", values)
             scalars = {k: v for k, v in values.items() if k not in ("epoch", "step") and math.isfinite(v)}
-            run_log.scalars(int(values.get("epoch", 0)), scalars, prefix="pretrain_epoch/")
+            run_log.scalars(step, scalars, prefix="pretrain_epoch/")
         finally:
             run_log.close()

@@ -32,7 +32,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption (more epochs, a larger step cap).
-RESUMABLE_CHANGES = {"pretrain.epochs", "pretrain.max_steps", "threads", "device", "data.num_workers"}
+RESUMABLE_CHANGES = {
+    "pretrain.epochs", "pretrain.max_steps", "threads", "device", "data.num_workers", "precision", "compile", "log_every",
+}
 # What a run directory may hold (`ray`: a distributed run's Ray Train storage); anything else means --out points at
 # somebody else's folder.
 RUN_FILES = {"config.yaml", "checkpoints", "tb", "history.jsonl", "metrics.json", "ray"}

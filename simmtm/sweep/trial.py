@@ -28,6 +28,7 @@ from simmtm.config import RunConfig, parse_config
 from simmtm.config_keys import apply_params
 from simmtm.reporting import tune_trial_id
 from simmtm.runtime import Runtime
+from simmtm.training import TrainingDiverged
 from simmtm.sweep.spec import TrialSpec, probe_key
 
 __all__ = ["Trial", "trial_loop", "probe_config", "probe_score", "TRIAL_RESERVED_KEYS"]
@@ -125,7 +126,7 @@ def trial_loop(
         final = finetune.run(run_cfg, pretrained=recorder.last_state, runtime=local, score_test=False)
         score = float(final[metric])
         if not math.isfinite(score):
-            raise FloatingPointError(f"the fine-tuned {metric} is {score}")
+            raise TrainingDiverged(f"the fine-tuned {metric} is {score}; lower finetune.lr or the searched ranges")
         result = {
             metric: score,
             "stage": "final",
@@ -260,5 +261,5 @@ def probe_score(
         out = finetune.run(cfg, pretrained=state, runtime=runtime, score_test=False)
     score = float(out[metric])
     if not math.isfinite(score):
-        raise FloatingPointError(f"the probe's {metric} is {score} at epoch {state['epoch']}")
+        raise TrainingDiverged(f"the probe's {metric} is {score} at epoch {state['epoch']}; lower finetune.lr")
     return score
