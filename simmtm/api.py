@@ -39,7 +39,7 @@ __all__ = [
     "sweep",
 ]
 
-ConfigSource = str | Path | Mapping[str, Any]
+ConfigSource = str | Path | Mapping[str, Any] | RunConfig  # a RunConfig: already validated (the CLI's)
 Overrides = Mapping[str, Any] | Sequence[str] | None
 
 
@@ -106,6 +106,8 @@ class AnalysisResult:
 
 def resolve_config(config: ConfigSource, overrides: Overrides = None) -> tuple[RunConfig, dict[str, Any]]:
     """The validated config and its raw mapping (sweep sections included) from a path or a dict plus overrides."""
+    if isinstance(config, RunConfig):
+        config = config.model_dump(mode="json")
     if isinstance(config, Mapping):
         raw, source = copy.deepcopy(dict(config)), "config"
     else:
@@ -125,13 +127,16 @@ def pretrain(config: ConfigSource, *, out: str | Path, overrides: Overrides = No
              progress: bool = False) -> PretrainResult:
     """``simmtm pretrain``: pre-train in this process; an existing run in ``out`` resumes unless ``restart``."""
     from simmtm import pretrain as pretraining
-    from simmtm.cli.train import prepare_pretrain_dir
+    from simmtm.rundir import own, prepare_pretrain_dir
+    from simmtm.write_targets import check_output_folder
 
     cfg, _ = resolve_config(config, overrides)
     out = Path(out)
+    check_output_folder(out)
     pretraining.check_inputs(cfg)  # bad input fails before anything is written
-    resume = prepare_pretrain_dir(out, cfg, restart=restart)
-    metrics = pretraining.run(cfg, run_dir=out, resume=resume, progress=progress)
+    with own(out):  # one process per run folder
+        resume = prepare_pretrain_dir(out, cfg, restart=restart)
+        metrics = pretraining.run(cfg, run_dir=out, resume=resume, progress=progress)
     return PretrainResult(out, cfg, metrics)
 
 
@@ -139,13 +144,16 @@ def finetune(config: ConfigSource, *, out: str | Path, pretrained: str | Path | 
              overwrite: bool = False, progress: bool = False) -> FinetuneResult:
     """``simmtm finetune``: fine-tune (or probe) the encoder of ``pretrained``; without it the random-init baseline."""
     from simmtm import finetune as finetuning
-    from simmtm.rundir import guard_finetune_dir
+    from simmtm.rundir import guard_finetune_dir, own
+    from simmtm.write_targets import check_output_folder
 
     cfg, _ = resolve_config(config, overrides)
     out = Path(out)
-    finetuning.check_inputs(cfg, pretrained=pretrained)
-    guard_finetune_dir(out, overwrite=overwrite)
-    metrics = finetuning.run(cfg, run_dir=out, pretrained=pretrained, progress=progress)
+    check_output_folder(out)
+    finetuning.check_inputs(cfg, pretrained=pretrained)  # bad input or --from fails before anything is written
+    with own(out):  # one process per run folder
+        guard_finetune_dir(out, overwrite=overwrite)
+        metrics = finetuning.run(cfg, run_dir=out, pretrained=pretrained, progress=progress)
     return FinetuneResult(out, cfg, metrics, Path(pretrained) if pretrained is not None else None)
 
 

@@ -49,6 +49,9 @@ class DataConfig(_Section):
     target: str = "OT"
     stride: int = Field(1, ge=1)  # step between training window starts (evaluation always uses 1)
     val_fraction: float = Field(0.2, gt=0, lt=1)  # classification: share of the train file held out
+    # classification .ts with series of unequal lengths: pad to the longest (with a padding mask the masking, the
+    # normalisation and the encoders respect), truncate to seq_len, or error (refuse, naming the line)
+    unequal_length: Literal["pad", "truncate", "error"] = "error"
     num_workers: int = Field(0, ge=0)
 
     @model_validator(mode="after")

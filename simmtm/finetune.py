@@ -269,9 +269,15 @@ def _set_up_head(
 
 
 def _forward(model: nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """(prediction, target) of one labelled batch."""
-    x, y = batch
-    return model(x.to(device)), y.to(device)
+    """(prediction, target) of one labelled batch: (x, y), or (x, y, observed) for padded series."""
+    return _predict(model, batch, device), batch[1].to(device)
+
+
+def _predict(model: nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device) -> torch.Tensor:
+    """The model's output for a labelled batch; padded series pass their padding mask (True at real steps)."""
+    if len(batch) == 3:
+        return model(batch[0].to(device), batch[2].to(device))
+    return model(batch[0].to(device))
 
 
 @dataclass
@@ -328,11 +334,12 @@ def evaluate(
     outputs, targets = [], []
     sums = torch.zeros(2, dtype=torch.float64, device=runtime.device)  # squared and absolute errors
     count = 0
-    for i, (x, y) in enumerate(loader):
+    for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
+        y = batch[1]
         with autocast(precision, runtime.device):
-            out = model(x.to(runtime.device)).float()
+            out = _predict(model, batch, runtime.device).float()
         if task == "classification":
             outputs.append(out.clone())  # a CUDA graph (compile on CUDA) reuses its output buffer on the next call
             targets.append(y)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch.utils.data import Dataset
 
 from simmtm.config import RunConfig
 from simmtm.data import ClassificationSplits, ForecastingSplits, LabelledDataset, WindowDataset, load_splits
 
-__all__ = ["Inputs", "load_inputs"]
+__all__ = ["Inputs", "load_inputs", "split_batch"]
 
 
 @dataclass
@@ -57,14 +58,17 @@ def load_inputs(config: RunConfig, *, horizon: int = 0, labelled: bool = False) 
     assert isinstance(splits, ClassificationSplits)
     ci = False if config.model.channel_independent is None else config.model.channel_independent
 
-    def dataset(part: tuple) -> Dataset:
-        return LabelledDataset(*part) if labelled else _Unlabelled(LabelledDataset(*part))
+    observed = splits.observed or (None, None, None)  # padded series: (N, L) masks, True at real steps
+
+    def dataset(part: tuple, real) -> Dataset:
+        full = LabelledDataset(part[0], part[1], observed=real)
+        return full if labelled else _Unlabelled(full)
 
     return Inputs(
         task="classification",
-        train=dataset(splits.train),
-        val=dataset(splits.val),
-        test=dataset(splits.test),
+        train=dataset(splits.train, observed[0]),
+        val=dataset(splits.val, observed[1]),
+        test=dataset(splits.test, observed[2]),
         seq_len=splits.length,
         channels=splits.channels,
         channel_independent=ci,
@@ -72,8 +76,15 @@ def load_inputs(config: RunConfig, *, horizon: int = 0, labelled: bool = False) 
     )
 
 
+def split_batch(batch: Any) -> tuple[Any, Any]:
+    """A pre-training batch as (series (B, L, C), observed (B, L) or None): padded sets yield (x, observed) pairs."""
+    if isinstance(batch, (tuple, list)):
+        return batch[0], batch[1]
+    return batch, None
+
+
 class _Unlabelled(Dataset):
-    """Series without their labels, for pre-training."""
+    """Series without their labels, for pre-training: x, or (x, observed) for padded series."""
 
     def __init__(self, labelled: LabelledDataset) -> None:
         self.labelled = labelled
@@ -82,4 +93,5 @@ class _Unlabelled(Dataset):
         return len(self.labelled)
 
     def __getitem__(self, index: int):
-        return self.labelled[index][0]
+        item = self.labelled[index]
+        return item[0] if len(item) == 2 else (item[0], item[2])

@@ -20,7 +20,15 @@ from pydantic import AfterValidator
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MASKINGS", "MaskingKind", "geometric_mask", "make_mask", "random_mask", "register_masking"]
+__all__ = [
+    "MASKINGS",
+    "MaskingKind",
+    "geometric_mask",
+    "make_mask",
+    "random_mask",
+    "real_steps_only",
+    "register_masking",
+]
 
 MaskFn = Callable[..., "torch.Tensor"]
 MASKINGS: dict[str, MaskFn] = {}
@@ -106,6 +114,17 @@ def random_mask(
     import torch
 
     return torch.rand(shape, generator=generator, device=device) < ratio
+
+
+def real_steps_only(mask: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
+    """``mask (M, N, L, c)`` with padding never masked: only real steps (``observed (N, L)`` True) are hidden.
+
+    None (equal lengths) returns ``mask`` itself. The model leaves padding out of every loss either way; this keeps
+    a masked copy's hidden points where there is something to hide.
+    """
+    if observed is None:
+        return mask
+    return mask & observed[None, :, :, None]
 
 
 def make_mask(

@@ -21,8 +21,8 @@ from simmtm.checkpoint import save_pretrain_checkpoints
 from simmtm.config import PretrainConfig, RunConfig
 from simmtm.encoders import build_encoder
 from simmtm.errors import UserError
-from simmtm.inputs import Inputs, load_inputs
-from simmtm.masking import make_mask
+from simmtm.inputs import Inputs, load_inputs, split_batch
+from simmtm.masking import make_mask, real_steps_only
 from simmtm.model import Gather, SimMTM, to_series
 from simmtm.runtime import LocalRuntime, Report, Runtime, no_report, pick_device
 from simmtm.tracking import RunLog, write_json
@@ -80,9 +80,16 @@ def _checked_inputs(config: RunConfig, *, world_size: int) -> Inputs:
 
 
 def draw_masks(
-    config: RunConfig, series: torch.Tensor, *, seed: int, rank: int = 0, world_size: int = 1
+    config: RunConfig,
+    series: torch.Tensor,
+    *,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    observed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Masks ``(M, N, L, c)`` for a local batch of series ``(N, L, c)``.
+    """Masks ``(M, N, L, c)`` for a local batch of series ``(N, L, c)``; with ``observed (N, L)`` (padded series)
+    only real steps are masked.
 
     The masks of the whole global batch are drawn from one generator seeded by ``seed`` and each worker takes its
     own rows, so a series' mask depends on the seed and its place in the global batch, not on the worker.
@@ -98,7 +105,7 @@ def draw_masks(
         generator=generator,
         device=series.device,
     )  # (M, N_global, c, L)
-    return mask[:, rank * n : (rank + 1) * n].transpose(2, 3)  # (M, N, L, c)
+    return real_steps_only(mask[:, rank * n : (rank + 1) * n].transpose(2, 3), observed)  # (M, N, L, c)
 
 
 def _step_seed(config: RunConfig, step: int) -> int:
@@ -113,13 +120,15 @@ def run(
     runtime: Runtime | None = None,
     resume: dict[str, Any] | None = None,
     progress: bool = False,
+    checkpoints: bool = True,
 ) -> dict[str, float]:
     """Pre-train SimMTM; return the last epoch's metrics.
 
     ``run_dir`` (main worker) receives the resolved config, after each epoch ``checkpoints/last.pt`` (and
     ``checkpoints/best.pt`` when the epoch has the lowest validation loss so far), TensorBoard logs and
     ``history.jsonl``, and ``metrics.json`` at the end. ``resume`` is a state written by an earlier call: the run
-    continues exactly as if it had not stopped.
+    continues exactly as if it had not stopped. ``checkpoints=False`` writes no checkpoint files into ``run_dir``
+    (a sweep trial: Tune keeps the one copy, from the state passed to ``report``).
     """
     runtime = runtime or LocalRuntime(pick_device(config.device))
     set_up(config, runtime)
@@ -140,7 +149,7 @@ def run(
             at.metrics = {"epoch": at.epoch, "step": at.step, **_prefixed("train_", train, runtime),
                           **_prefixed("val_", val)}
             loop.record("pretrain_epoch", at.metrics)
-            state = _save_epoch(at, training, run_path)
+            state = _save_epoch(at, training, run_path if checkpoints else None)
             report(at.metrics, state)
             log.info("pre-training epoch %d/%d: %s", at.epoch, config.pretrain.epochs, _fmt(at.metrics))
     finally:
@@ -220,14 +229,23 @@ class _Training:
         return _Position(epoch=state["epoch"], step=state["step"], metrics=dict(state.get("metrics", {})),
                          best_epoch=best.get("epoch", 0), best_val_loss=best.get("val_loss", math.inf))
 
-    def losses(self, x: torch.Tensor, *, step: int) -> LossParts:
-        """The losses of one training batch, with the masks of ``step``."""
+    def losses(self, batch: torch.Tensor | list[torch.Tensor], *, step: int) -> LossParts:
+        """The losses of one training batch (series, or series and their padding masks), with the masks of ``step``."""
         runtime = self.runtime
+        x, observed = split_batch(batch)
         series = to_series(x.to(runtime.device, non_blocking=True), self.inputs.channel_independent)
+        real = self._series_observed(observed, x.shape[2])
         mask = draw_masks(self.config, series, seed=_step_seed(self.config, step), rank=runtime.rank,
-                          world_size=runtime.world_size)
-        out = self.model(series, mask, self.gather)
+                          world_size=runtime.world_size, observed=real)
+        out = self.model(series, mask, self.gather, observed=real)
         return {"loss": out.loss, "reconstruction": out.reconstruction, "constraint": out.constraint}
+
+    def _series_observed(self, observed: torch.Tensor | None, channels: int) -> torch.Tensor | None:
+        """A batch's padding mask ``(B, L)`` as the model's series see it: ``(B * C, L)`` when channel-independent."""
+        if observed is None:
+            return None
+        observed = observed.to(self.runtime.device)
+        return observed.repeat_interleave(channels, dim=0) if self.inputs.channel_independent else observed
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -236,13 +254,16 @@ class _Training:
         self.model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss, reconstruction, constraint
         batches = 0
-        for i, x in enumerate(self.val_loader):
+        for i, batch in enumerate(self.val_loader):
             if config.pretrain.val_batches is not None and i >= config.pretrain.val_batches:
                 break
+            x, observed = split_batch(batch)
             series = to_series(x.to(runtime.device), self.inputs.channel_independent)
-            mask = draw_masks(config, series, seed=VAL_MASK_SEED - i, rank=runtime.rank, world_size=runtime.world_size)
+            real = self._series_observed(observed, x.shape[2])
+            mask = draw_masks(config, series, seed=VAL_MASK_SEED - i, rank=runtime.rank, world_size=runtime.world_size,
+                              observed=real)
             with autocast(config.precision, runtime.device):
-                out = self.model(series, mask, self.gather)
+                out = self.model(series, mask, self.gather, observed=real)
             sums += torch.stack([out.loss, out.reconstruction, out.constraint]).double()
             batches += 1
         means = (sums / batches).tolist() if batches else [math.nan] * 3

@@ -69,6 +69,8 @@ SWEEP_FILES = {
     "optuna.db-shm",
     "confirm",  # the confirmation stage's Ray experiment (simmtm.sweep.confirm)
     "confirmation.json",
+    "wandb",  # tune.loggers: wandb (offline runs)
+    "mlflow.db",  # tune.loggers: mlflow (the local store)
 }
 
 

@@ -8,8 +8,12 @@ and ``MLflowLoggerCallback`` (``ray.air.integrations``), one tracker run per tri
 - MLflow: experiment = the study name, tracking URI ``$MLFLOW_TRACKING_URI`` or the local store
   ``sqlite:///DIR/mlflow.db`` (MLflow 3 refuses a plain ``mlruns/`` file store unless ``MLFLOW_ALLOW_FILE_STORE``).
 
-Every result a trial reports reaches them, so the per-epoch losses and probe scores the trial reports are logged as
-steps. The packages are extras: ``pip install 'simmtm[wandb]'`` / ``'simmtm[mlflow]'``.
+Every result a trial reports reaches them as one step: at every probe (every ``tune.probe_every`` epochs, and the
+last epoch) the epoch's pre-training loss parts (``pretrain_train_loss``, ``pretrain_train_reconstruction``,
+``pretrain_train_constraint`` and their ``pretrain_val_`` twins, epoch means) with the probe score, then the final
+fine-tune's scores. Per-optimiser-step losses stay in the trial's TensorBoard (``DIR/tb/<trial>/pretrain``): a Tune
+report per step would be a round trip to the driver per step, and ASHA and the searcher read every report.
+The packages are extras: ``pip install 'simmtm[wandb]'`` / ``'simmtm[mlflow]'``.
 """
 
 from __future__ import annotations

@@ -17,11 +17,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "probe's validation score and end with a full fine-tune; the best configurations are scored on "
         "test once. Interrupted sweeps continue with --resume.",
     )
-    p.add_argument("config", type=Path, metavar="SWEEP.yaml", help="a sweep file")
+    p.add_argument(
+        "config", type=Path, nargs="?", metavar="SWEEP.yaml", help="a sweep file (with --resume: not needed)"
+    )
     p.add_argument(
         "--out", type=Path, required=True, help="sweep directory (trials.csv, best.yaml, optuna.db, tb/, ray/)"
     )
-    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep in --out as its sweep.yaml saved it; --set may then only raise "
+        "tune.num_samples or set tune.time_budget_s",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the trial plan (resources per trial, trials at once, first configurations, ASHA rungs) "
+        "and exit without starting Ray",
+    )
     p.add_argument(
         "--address",
         help="a running Ray cluster (e.g. auto or ray://head:10001); default: the cluster of the "
@@ -47,6 +60,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from simmtm.errors import UserError
+
+    if args.config is None and not args.resume:
+        raise UserError("simmtm sweep: give SWEEP.yaml (only --resume --out DIR continues without it)")
+    if args.dry_run:
+        from simmtm.sweep.plan import plan_sweep
+
+        config = args.config if args.config is not None else args.out / "sweep.yaml"
+        print("\n".join(plan_sweep(config, args.overrides, address=args.address).lines()))
+        return 0
     from simmtm.sweep.driver import run_sweep
 
     outcome = run_sweep(
@@ -65,7 +88,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"sweep: {len(outcome.rows)} trials ({summary}) in {outcome.wall_s:.0f} s; results in {outcome.out}")
     if not outcome.finished:
         print(
-            f"sweep interrupted; continue it with: simmtm sweep {args.config} --out {args.out} --resume",
+            f"sweep interrupted; continue it with: simmtm sweep --resume --out {args.out}",
             file=sys.stderr,
         )
         return 130

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from simmtm import api
 from simmtm.config import RunConfig, load_config
 from simmtm.errors import UserError
 from simmtm.resources import PLACEMENT_STRATEGIES, Scaling
@@ -124,7 +125,6 @@ def check_inputs(config: RunConfig, *, workers: int = 1, finetuning: bool = Fals
 def cmd_pretrain(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     check_output_folder(args.out)
-    check_inputs(config, workers=args.workers or 1)
     if args.workers is None:
         for flag, value, default in (
             ("--address", args.address, None),
@@ -136,20 +136,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         ):
             if value != default:
                 raise UserError(f"{flag} applies to distributed runs only; add --workers N")
-        with own(args.out):
-            metrics = _pretrain(config, args.out, restart=args.restart, progress=not args.no_progress)
+        metrics = dict(api.pretrain(config, out=args.out, restart=args.restart, progress=not args.no_progress).metrics)
     else:
+        check_inputs(config, workers=args.workers)
         metrics = _pretrain_distributed(config, args)
     print(format_metrics("pre-training", metrics))
     print(f"run directory: {args.out}")
     return 0
-
-
-def _pretrain(config: RunConfig, out: Path, *, restart: bool, progress: bool) -> dict[str, Any]:
-    from simmtm import pretrain
-
-    resume = prepare_pretrain_dir(out, config, restart=restart)
-    return pretrain.run(config, run_dir=out, resume=resume, progress=progress)
 
 
 def _pretrain_distributed(config: RunConfig, args: argparse.Namespace) -> dict[str, Any]:
@@ -186,22 +179,14 @@ def _pretrain_distributed(config: RunConfig, args: argparse.Namespace) -> dict[s
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    from simmtm import finetune
-
-    check_output_folder(args.out)
-    finetune.check_inputs(config, pretrained=args.pretrained)  # bad input or --from fails before anything is written
-    with own(args.out):
-        guard_finetune_dir(args.out, overwrite=args.overwrite)
-        metrics = _finetune(config, args.out, args.pretrained, progress=not args.no_progress)
+    # bad input or --from fails before anything is written (api.finetune checks before it touches --out)
+    result = api.finetune(
+        config, out=args.out, pretrained=args.pretrained, overwrite=args.overwrite, progress=not args.no_progress
+    )
+    metrics = dict(result.metrics)
     print(format_metrics("fine-tuning" if args.pretrained else "random-init baseline", metrics))
     print(f"run directory: {args.out}")
     return 0
-
-
-def _finetune(config: RunConfig, out: Path, pretrained: Path | None, *, progress: bool) -> dict[str, Any]:
-    from simmtm import finetune
-
-    return finetune.run(config, run_dir=out, pretrained=pretrained, progress=progress)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -214,10 +199,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_run_all_dir(args.out)
         for d in (ft_dir, base_dir):
             guard_finetune_dir(d, overwrite=True)
-        _pretrain(config, pre_dir, restart=args.restart, progress=progress)
-        results = {"SimMTM": _finetune(config, ft_dir, pre_dir, progress=progress)}
+        api.pretrain(config, out=pre_dir, restart=args.restart, progress=progress)
+        simmtm = api.finetune(config, out=ft_dir, pretrained=pre_dir, overwrite=True, progress=progress)
+        results = {"SimMTM": dict(simmtm.metrics)}
         if not args.no_baseline:
-            results["random init"] = _finetune(config, base_dir, None, progress=progress)
+            results["random init"] = dict(api.finetune(config, out=base_dir, overwrite=True, progress=progress).metrics)
         print(comparison_table(results))
         (args.out / "summary.yaml").write_text(
             yaml.safe_dump({k: _headline(v) for k, v in results.items()}, sort_keys=False)

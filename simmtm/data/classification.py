@@ -81,19 +81,25 @@ class ClassificationSplits:
 
 
 class LabelledDataset(Dataset):
-    """Pairs of (x (L, C) float32, label int64 scalar)."""
+    """Pairs of (x (L, C) float32, label int64 scalar); padded series (``observed`` (N, L) bool given) come as
+    triples (x, label, observed (L,) bool, True at real steps)."""
 
-    def __init__(self, samples: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, samples: np.ndarray, labels: np.ndarray, observed: np.ndarray | None = None) -> None:
         if samples.ndim != 3 or labels.shape != (len(samples),):
             raise ValueError(f"expected samples (N, L, C) and labels (N,), got {samples.shape} and {labels.shape}")
+        if observed is not None and observed.shape != samples.shape[:2]:
+            raise ValueError(f"expected observed (N, L) = {samples.shape[:2]}, got {observed.shape}")
         self.samples = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.observed = None if observed is None else torch.from_numpy(np.asarray(observed, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.samples[index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        if self.observed is None:
+            return self.samples[index], self.labels[index]
+        return self.samples[index], self.labels[index], self.observed[index]
 
 
 # --- the .ts format ------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import platformdirs
 
@@ -191,4 +190,6 @@ def load_splits(cfg: DataConfig, *, horizon: int = 0, seed: int = 0) -> Forecast
         return load_forecasting(
             resolved.path, seq_len=cfg.seq_len, horizon=horizon, features=cfg.features, target=cfg.target
         )
-    return load_classification(resolved.path, val_fraction=cfg.val_fraction, seed=seed)
+    return load_classification(
+        resolved.path, val_fraction=cfg.val_fraction, seed=seed, unequal_length=cfg.unequal_length, seq_len=cfg.seq_len
+    )

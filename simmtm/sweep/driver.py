@@ -50,6 +50,7 @@ from simmtm.sweep.outputs import (
     write_trials_csv,
 )
 from simmtm.sweep.results import collect_rows, reconcile_study, score_test
+from simmtm.sweep.resume import Continuation, continue_config, extend_experiment
 from simmtm.sweep.spec import (
     PAPER_DEFAULTS,
     SHORT_NAMES,
@@ -65,6 +66,7 @@ from simmtm.sweep.spec import (
 )
 from simmtm.sweep.timing import TrialClock, write_timing
 from simmtm.sweep.trainable import run_trial
+from simmtm.trackers import tracker_callbacks
 
 __all__ = ["run_sweep", "SweepOutcome", "concurrency", "plan_trials", "TrialPlan", "EXPERIMENT_NAME"]
 
@@ -94,7 +96,7 @@ class SweepOutcome:
 
 
 def run_sweep(
-    sweep_file: str | Path,
+    sweep_file: str | Path | None,
     out: str | Path,
     *,
     resume: bool = False,
@@ -105,13 +107,23 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run (or, with ``resume``, continue) the sweep in ``sweep_file``, writing everything under ``out``.
 
+    ``resume`` continues the sweep as ``out/sweep.yaml`` saved it (``sweep_file`` may be None); ``overrides`` may then
+    only raise ``tune.num_samples`` or set ``tune.time_budget_s`` (``simmtm.sweep.resume``).
+
     ``address``: the Ray cluster to join; None joins the cluster of the Ray job this driver runs in (``RAY_ADDRESS``
     set), else starts a fresh local Ray (see ``resolve_address``). ``warm_start``: an earlier sweep's directory whose
     finished trials seed the new Optuna study (same parameters, metric and mode; not with a grid).
     """
     started = time.time()
-    sweep_file, out = Path(sweep_file), Path(out).resolve()
-    config = load_config(sweep_file, overrides)
+    out = Path(out).resolve()
+    resumed = _resumed_config(out, sweep_file, overrides) if resume else None
+    if resumed is not None:
+        sweep_file, config = resumed.sweep_file, resumed.config
+    elif sweep_file is None:
+        raise UserError("simmtm sweep: give SWEEP.yaml (--resume --out DIR alone continues from DIR/sweep.yaml)")
+    else:
+        config = load_config(sweep_file, overrides)
+    sweep_file = Path(sweep_file)
     spec = sweep_spec(config, sweep_file)
     task = _check_data(config, spec)
     try:
@@ -128,12 +140,13 @@ def run_sweep(
             resolved,
             resume=resume,
             sweep_file=sweep_file,
-            earlier=lambda: read_sweep_yaml(out),
+            earlier=lambda: resolved if resumed is not None else read_sweep_yaml(out),  # resumed: from DIR/sweep.yaml
             can_restore=lambda: _can_restore(experiment_dir),
         )
 
         storage_url = spec.tune.storage or f"sqlite:///{out / 'optuna.db'}"
         study_name = spec.tune.study_name or out.name
+        trackers = tracker_callbacks(spec.tune.loggers, study_name=study_name, out=out)  # a missing package fails here
         if not restoring and not spec.tune.shared_study:
             _check_study_is_new(storage_url, study_name, sweep_file)
         if warm_start is not None:
@@ -172,6 +185,8 @@ def run_sweep(
                         warm_start=str(warm_start) if warm_start is not None else None,
                     ),
                 )
+            elif resumed is not None and resumed.changes:
+                _extend(out, spec, resumed.changes, resolved, experiment_dir)
             clock = TrialClock(out)
             tuner = _tuner(
                 config,
@@ -187,6 +202,7 @@ def run_sweep(
                 verbose=verbose,
                 warm_start=warm_start,
                 owner=owner,
+                trackers=trackers,
             )
             tuner.fit()
             rows = collect_rows(experiment_dir, param_keys)
@@ -265,6 +281,29 @@ def _confirm(
         trial_name=_trial_name,
         collect=collect_rows,
     )
+
+
+# --- resuming --------------------------------------------------------------------------------------------------
+
+
+def _resumed_config(out: Path, sweep_file: str | Path | None, overrides: list[str] | None) -> Continuation:
+    """The sweep as DIR/sweep.yaml saved it, with the ``--set`` values a resume may change (``sweep.resume``)."""
+    resumed = continue_config(out, overrides)
+    if sweep_file is not None and Path(sweep_file).resolve() != resumed.sweep_file:
+        log.info("--resume continues the sweep as %s saved it; %s is not read again", resumed.sweep_file, sweep_file)
+    return resumed
+
+
+def _extend(out: Path, spec: SweepSpec, changes: dict[str, Any], resolved: dict[str, Any], experiment_dir: str) -> None:
+    """A resume with a larger tune.num_samples or a new time budget: into Tune's state, sweep.yaml and sweep.json."""
+    import dataclasses
+
+    total = spec.tune.resolved_samples(spec.search) * spec.tune.repeats if "tune.num_samples" in changes else None
+    extend_experiment(experiment_dir, total_trials=total, time_budget_s=changes.get("tune.time_budget_s"))
+    write_sweep_yaml(out, resolved)
+    meta = read_sweep_json(out)
+    write_sweep_json(out, dataclasses.replace(meta, num_samples=spec.tune.resolved_samples(spec.search)))
+    log.info("resuming with %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
 
 
 # --- checks before any trial -------------------------------------------------------------------------------------
@@ -421,9 +460,12 @@ def _tuner(
     clock: Any,
     verbose: int,
     warm_start: Path | None = None,
+    trackers: list[Any] | None = None,
     owner: str = "",
 ):
     from ray import tune
+
+    from simmtm.sweep.live import TrialEndHParams
 
     # Save Tune's experiment state every 2 s (instead of >= 10 s), so that a driver killed with -9 loses little;
     # a forced snapshot follows every trial checkpoint anyway (CheckpointConfig(num_to_keep=1)).
@@ -492,7 +534,7 @@ def _tuner(
             storage_path=spec.tune.storage_path or str(out),
             failure_config=tune.FailureConfig(max_failures=spec.tune.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[clock],
+            callbacks=[clock, TrialEndHParams(out / "tb", spec.search.keys, metric=metric), *(trackers or [])],
             verbose=verbose,
             progress_reporter=_trial_table(spec, metric, mode) if verbose else None,
         ),

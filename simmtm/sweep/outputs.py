@@ -51,6 +51,7 @@ __all__ = [
     "write_run_yaml",
     "write_best_yaml",
     "write_hparams",
+    "write_trial_hparams",
 ]
 
 TRIAL_COLUMNS = ("trial_id", "state", "score", "val_score", "test_score", "repeat", "epochs", "wall_s", "error")
@@ -337,7 +338,11 @@ def write_best_yaml(
 
 
 def write_hparams(tb_dir: Path, rows: list[TrialRow], param_keys: list[str], *, metric: str) -> None:
-    """One HParams run per finished trial under ``tb_dir/hparams`` (TensorBoard's HPARAMS tab)."""
+    """One HParams run per finished trial under ``tb_dir/hparams`` (TensorBoard's HPARAMS tab).
+
+    Written whole after the sweep (final states: a trial stopped by ASHA is PRUNED); ``write_trial_hparams`` adds
+    each trial's run as it ends, so the tab fills while the sweep runs.
+    """
     from torch.utils.tensorboard import SummaryWriter
 
     target = tb_dir / "hparams"
@@ -346,15 +351,32 @@ def write_hparams(tb_dir: Path, rows: list[TrialRow], param_keys: list[str], *, 
     writer = SummaryWriter(str(target))
     try:
         for r in rows:
-            if r.state not in ("COMPLETE", "PRUNED", "FAILED"):
-                continue
-            hparams = {k: _hparam(r.params.get(k)) for k in param_keys}
-            hparams.update(repeat=r.repeat, state=r.state)
-            metrics = {f"hparam/{metric}": r.score, f"hparam/probe_{metric}": r.val_score, "hparam/epochs": r.epochs}
-            metrics = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-            writer.add_hparams(hparams, metrics or {"hparam/epochs": 0.0}, run_name=r.trial_id)
+            if r.state in ("COMPLETE", "PRUNED", "FAILED"):
+                _add_hparams(writer, r, param_keys, metric=metric)
     finally:
         writer.close()
+
+
+def write_trial_hparams(tb_dir: Path, row: TrialRow, param_keys: list[str], *, metric: str) -> None:
+    """The HParams run of one trial that just ended (replacing an earlier one of the same trial: a retry)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    target = tb_dir / "hparams"
+    if (target / row.trial_id).exists():
+        shutil.rmtree(target / row.trial_id)
+    writer = SummaryWriter(str(target))
+    try:
+        _add_hparams(writer, row, param_keys, metric=metric)
+    finally:
+        writer.close()
+
+
+def _add_hparams(writer: Any, r: TrialRow, param_keys: list[str], *, metric: str) -> None:
+    hparams = {k: _hparam(r.params.get(k)) for k in param_keys}
+    hparams.update(repeat=r.repeat, state=r.state)
+    metrics = {f"hparam/{metric}": r.score, f"hparam/probe_{metric}": r.val_score, "hparam/epochs": r.epochs}
+    metrics = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    writer.add_hparams(hparams, metrics or {"hparam/epochs": 0.0}, run_name=r.trial_id)
 
 
 def _hparam(value: Any) -> Any:

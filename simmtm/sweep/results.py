@@ -17,7 +17,7 @@ from simmtm.sweep.search import tell_pruned
 from simmtm.sweep.spec import probe_key
 from simmtm.sweep.trial import Trial
 
-__all__ = ["collect_rows", "reconcile_study", "score_test", "ORPHAN_REASON"]
+__all__ = ["collect_rows", "trial_row", "reconcile_study", "score_test", "ORPHAN_REASON"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,11 @@ def collect_rows(experiment_dir: str, param_keys: list[str]) -> list[TrialRow]:
     for trial in analysis.trials:
         rows.append(_row(trial, param_keys))
     return rows
+
+
+def trial_row(trial, param_keys: list[str]) -> TrialRow:
+    """The row of one Tune trial (saved or live; a live trial that is ending still reads RUNNING)."""
+    return _row(trial, param_keys)
 
 
 def _row(trial, param_keys: list[str]) -> TrialRow:

@@ -223,6 +223,8 @@ class TuneSpec(_Spec):
                              "tune.study_name (the study they share)")
         return self
     storage_path: str | None = None  # Ray's experiment storage; None: DIR (use shared storage or s3:// on a cluster)
+    # experiment trackers (simmtm.trackers): TensorBoard is always written; wandb and mlflow add Ray's callbacks
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
 
     def resolved_samples(self, search: SearchSpec) -> int:
         """Configurations to try: num_samples, or the grid's cell count."""

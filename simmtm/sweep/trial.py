@@ -107,7 +107,12 @@ def trial_loop(
     recorder = _ProbeRecorder(run_cfg, spec, report, run_dir=run_dir, resume=resume, is_main=is_main, runtime=local)
     try:
         pretrain.run(
-            run_cfg, recorder, run_dir=run_dir / "pretrain" if run_dir else None, resume=resume, runtime=runtime
+            run_cfg,
+            recorder,
+            run_dir=run_dir / "pretrain" if run_dir else None,
+            resume=resume,
+            runtime=runtime,
+            checkpoints=False,  # Tune keeps the trial's checkpoint (from the reported state): one copy, not two
         )
         if recorder.last_epoch is None:
             raise RuntimeError("pre-training ended without a single epoch")

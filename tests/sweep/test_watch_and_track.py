@@ -1,0 +1,105 @@
+"""Watching a sweep (15.4, 15.5): tune.loggers reaches W&B (offline) and MLflow (a local store) through `simmtm
+sweep`; each trial's HParams run is written as it ends; a trial's checkpoint is kept once (Tune's), not in tb/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simmtm.sweep.spec import TrialSpec
+
+pytestmark = pytest.mark.slow
+
+SEARCH = {"method": "grid", "grid": {"pretrain.mask_ratio": [0.3, 0.6]}}
+
+
+def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_path: Path) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    path = tiny_sweep(
+        SEARCH,
+        tune={"scheduler": {"type": "fifo"}, "test_top_k": 0, "loggers": ["tensorboard", "wandb", "mlflow"]},
+        run={"pretrain": {"epochs": 2}},
+    )
+    out = tmp_path / "out"
+    env = {**os.environ, "WANDB_MODE": "offline", "RAY_memory_monitor_refresh_ms": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "simmtm", "sweep", str(path), "--out", str(out), "--quiet-table"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("out").experiment_id])
+    assert len(runs) == 2
+    for run in runs:  # the pre-training loss parts of every probed epoch, then the final score
+        for part in (
+            "pretrain_train_loss",
+            "pretrain_train_reconstruction",
+            "pretrain_train_constraint",
+            "pretrain_val_loss",
+        ):
+            assert len(client.get_metric_history(run.info.run_id, part)) == 2, part
+        assert client.get_metric_history(run.info.run_id, "val_mse")
+    offline = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(list(d.glob("*.wandb")) for d in offline)
+
+    trials = [p.name for p in (out / "tb").iterdir() if p.name != "hparams"]
+    assert len(trials) == 2
+    for trial in trials:
+        assert (out / "tb" / trial / "pretrain" / "history.jsonl").is_file()
+        assert not (out / "tb" / trial / "pretrain" / "checkpoints").exists()  # Tune's copy is the one
+        assert (out / "tb" / "hparams" / trial).is_dir()
+    assert len(list((out / "ray").rglob("checkpoint.pt"))) == 2  # one per trial (num_to_keep=1)
+
+
+def _ends(config: dict) -> None:
+    from ray import tune
+
+    tune.report({"stage": "probe", "epoch": 1, "probe_val_mse": config["pretrain.mask_ratio"]})
+    if config["pretrain.mask_ratio"] < 0.5:
+        tune.report({"stage": "final", "epoch": 1, "val_mse": config["pretrain.mask_ratio"]})
+    else:
+        raise RuntimeError("this trial fails")
+
+
+def test_each_trials_hparams_run_is_written_when_it_ends(local_ray, tmp_path: Path, make_config, tiny_csv) -> None:
+    from ray import tune
+
+    from simmtm.config import parse_config
+    from simmtm.sweep.live import TrialEndHParams
+
+    seen: dict[str, bool] = {}
+
+    class Watch(tune.Callback):  # runs after TrialEndHParams, at the same moment
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            seen[trial.trial_id] = (tmp_path / "tb" / "hparams" / trial.trial_id).is_dir()
+
+        on_trial_error = on_trial_complete
+
+    spec = TrialSpec(run=parse_config(make_config(tiny_csv)).run_dict(), metric="val_mse")
+    keys = ["pretrain.mask_ratio"]
+    tuner = tune.Tuner(
+        _ends,
+        param_space={"sweep": spec.model_dump(mode="json"), "pretrain.mask_ratio": tune.grid_search([0.25, 0.75])},
+        run_config=tune.RunConfig(
+            name="h",
+            storage_path=str(tmp_path / "ray"),
+            verbose=0,
+            callbacks=[TrialEndHParams(tmp_path / "tb", keys, metric="val_mse"), Watch()],
+        ),
+    )
+    tuner.fit()
+    assert len(seen) == 2 and all(seen.values())
+    failed = {
+        t: any(b"FAILED" in f.read_bytes() for f in (tmp_path / "tb" / "hparams" / t).rglob("events*")) for t in seen
+    }
+    assert sorted(failed.values()) == [False, True]  # the state is in the run: one trial completed, one failed
