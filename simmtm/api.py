@@ -166,7 +166,7 @@ def finetune(
 
 
 def sweep(
-    config: ConfigSource,
+    config: str | Path | Mapping[str, Any],
     *,
     out: str | Path,
     overrides: Overrides = None,
@@ -205,7 +205,9 @@ def sweep(
     counts = {
         s: sum(r.state == s for r in outcome.rows) for s in ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")
     }
-    best, tests = outcome.best, [r.test_score for r in outcome.best if r.test_score is not None]
+    best = outcome.best
+    scores = [r.score for r in best if r.score is not None]  # all of them: the ranking keeps scored trials only
+    tests = [r.test_score for r in best if r.test_score is not None]
     return SweepResult(
         out=outcome.out,
         finished=outcome.finished,
@@ -213,7 +215,7 @@ def sweep(
         mode=outcome.mode,
         counts=counts,
         best_params={k: v for k, v in best[0].params.items() if v is not None} if best else {},
-        best_score=sum(r.score for r in best) / len(best) if best else None,
+        best_score=sum(scores) / len(scores) if scores else None,
         test_score=sum(tests) / len(tests) if tests else None,
         best_yaml=outcome.out / "best.yaml" if (outcome.out / "best.yaml").is_file() else None,
         wall_s=outcome.wall_s,

@@ -159,6 +159,7 @@ class TransformerEncoder(Encoder):
         self.token = nn.Conv1d(in_channels, cfg.d_model, kernel_size=3, padding=1, padding_mode="circular", bias=False)
         if cfg.embedding_init == "official":  # the official TokenEmbedding's initialisation
             nn.init.kaiming_normal_(self.token.weight, mode="fan_in", nonlinearity="leaky_relu")
+        self.positions: torch.Tensor  # (L, D), a buffer: it follows the module's device and dtype
         self.register_buffer("positions", sinusoidal_positions(seq_len, cfg.d_model), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
         self.stack = TransformerStack(cfg)

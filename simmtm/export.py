@@ -26,6 +26,7 @@ from torch import nn
 
 from simmtm.checkpoint import encoder_state, load_state
 from simmtm.config import RunConfig, parse_config
+from simmtm.encoders import Encoder
 from simmtm.errors import UserError
 from simmtm.model import masked_instance_norm, to_series
 
@@ -47,7 +48,7 @@ class SeriesEncoder(nn.Module):
     """
 
     def __init__(
-        self, encoder: nn.Module, *, seq_len: int, channels: int, channel_independent: bool, instance_norm: bool
+        self, encoder: Encoder, *, seq_len: int, channels: int, channel_independent: bool, instance_norm: bool
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -203,8 +204,8 @@ def read_run(run: str | Path) -> _Source:
     if ckpt := _pretrain_checkpoint(run):
         return _from_pretrain(run, ckpt)
     sweep = run.parent.parent
-    if run.parent.name == "best" and (sweep / "best.yaml").is_file() and (source := _from_sweep_trial(run, sweep)):
-        return source
+    if run.parent.name == "best" and (sweep / "best.yaml").is_file() and (trial := _from_sweep_trial(run, sweep)):
+        return trial
     if ckpt := _finetune_checkpoint(run):
         return _from_finetune(run, ckpt)
     raise UserError(

@@ -109,7 +109,7 @@ def run(
     run_path = open_run_dir(run_dir, config, runtime)
     run_log = RunLog(run_path)
     try:
-        results = {
+        results: dict[str, dict[str, Any]] = {
             tag: _finetune_one(
                 config,
                 inputs,
@@ -126,6 +126,7 @@ def run(
         }
     finally:
         run_log.close()
+    metrics: dict[str, Any]
     if "classification" in results:
         metrics = results["classification"]
     else:
@@ -165,7 +166,7 @@ def _prepare(
     return config, state, stages
 
 
-def _build(config: RunConfig, inputs: Inputs, state: dict[str, Any] | None) -> nn.Module:
+def _build(config: RunConfig, inputs: Inputs, state: dict[str, Any] | None) -> Forecaster | Classifier:
     torch.manual_seed(config.seed)
     try:
         encoder = build_encoder(config.model, in_channels=inputs.series_channels, seq_len=inputs.seq_len)
@@ -275,7 +276,7 @@ def _set_up_head(
     *,
     tag: str,
     progress: bool,
-) -> tuple[nn.Module, nn.Module, Loop]:
+) -> tuple[Forecaster | Classifier, nn.Module, Loop]:
     """The model (itself, and what is called), its optimiser and loader in a ``Loop``."""
     cfg = config.finetune
     core = _build(config, inputs, state)
@@ -315,7 +316,9 @@ def _set_up_head(
     return core, model, loop
 
 
-def _forward(model: nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+def _forward(
+    model: nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(prediction, target) of one labelled batch: (x, y), or (x, y, observed) for padded series."""
     return _predict(model, batch, device), batch[1].to(device)
 
@@ -357,6 +360,7 @@ def _score_best(
     score_test: bool,
 ) -> dict[str, float]:
     """Load the selected weights, save them as ``best.pt``, score validation (and test, once)."""
+    assert best.state is not None  # update() stored the weights of the first epoch with a finite score
     core.load_state_dict(best.state)
     if run_path is not None:
         save_state(

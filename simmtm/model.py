@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -162,7 +163,9 @@ class AutomaticWeightedLoss(nn.Module):
 
     def forward(self, *losses: torch.Tensor) -> torch.Tensor:
         sigma2 = self.sigma**2
-        return sum(0.5 / sigma2[k] * loss + torch.log1p(sigma2[k]) for k, loss in enumerate(losses))
+        total = sum(0.5 / sigma2[k] * loss + torch.log1p(sigma2[k]) for k, loss in enumerate(losses))
+        # a sum of tensors is a tensor; typeshed's sum() adds the Literal[0] of an empty input
+        return cast(torch.Tensor, total)
 
 
 class FixedWeightedLoss(nn.Module):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -71,10 +72,11 @@ def _checked_inputs(config: RunConfig, *, world_size: int) -> Inputs:
             f"pretrain.batch_size ({cfg.batch_size}) is the global batch and must divide evenly over the "
             f"{world_size} workers; use a multiple of {world_size}"
         )
-    if len(inputs.train) < cfg.batch_size:
+    n_train = len(cast(Sized, inputs.train))  # our datasets have a length; torch's Dataset does not declare one
+    if n_train < cfg.batch_size:
         raise UserError(
-            f"pretrain.batch_size ({cfg.batch_size}) exceeds the {len(inputs.train)} training samples of "
-            f"{config.data.name or config.data.path}; use at most {len(inputs.train)}"
+            f"pretrain.batch_size ({cfg.batch_size}) exceeds the {n_train} training samples of "
+            f"{config.data.name or config.data.path}; use at most {n_train}"
         )
     return inputs
 

@@ -192,6 +192,13 @@ class ConfirmSpec(_Spec):
     seeds: int = Field(3, ge=0)
 
 
+Tracker = Literal["tensorboard", "wandb", "mlflow"]
+
+
+def _default_loggers() -> list[Tracker]:
+    return ["tensorboard"]
+
+
 class TuneSpec(_Spec):
     """How many trials, how many at once, and how each is scored along the way."""
 
@@ -229,7 +236,7 @@ class TuneSpec(_Spec):
 
     storage_path: str | None = None  # Ray's experiment storage; None: DIR (use shared storage or s3:// on a cluster)
     # experiment trackers (simmtm.trackers): TensorBoard is always written; wandb and mlflow add Ray's callbacks
-    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    loggers: list[Tracker] = Field(default_factory=_default_loggers)
 
     def resolved_samples(self, search: SearchSpec) -> int:
         """Configurations to try: num_samples, or the grid's cell count."""
