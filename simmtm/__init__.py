@@ -34,7 +34,12 @@ __all__ = [
 ]
 
 # name -> the module that defines it, imported on first use
-_LAZY = {"analyze": "simmtm.api", "recommend": "simmtm.api", "load_encoder": "simmtm.export", "load_pretrained": "simmtm.pretrained"}
+_LAZY = {
+    "analyze": "simmtm.api",
+    "recommend": "simmtm.api",
+    "load_encoder": "simmtm.export",
+    "load_pretrained": "simmtm.pretrained",
+}
 # API functions that share their name with a submodule (simmtm/pretrain.py, finetune.py, sweep/)
 _CALLABLE_SUBMODULES = ("pretrain", "finetune", "sweep")
 

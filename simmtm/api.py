@@ -123,8 +123,9 @@ def resolve_config(config: ConfigSource, overrides: Overrides = None) -> tuple[R
 # --- the commands ------------------------------------------------------------------------------------------------
 
 
-def pretrain(config: ConfigSource, *, out: str | Path, overrides: Overrides = None, restart: bool = False,
-             progress: bool = False) -> PretrainResult:
+def pretrain(
+    config: ConfigSource, *, out: str | Path, overrides: Overrides = None, restart: bool = False, progress: bool = False
+) -> PretrainResult:
     """``simmtm pretrain``: pre-train in this process; an existing run in ``out`` resumes unless ``restart``."""
     from simmtm import pretrain as pretraining
     from simmtm.rundir import own, prepare_pretrain_dir
@@ -140,8 +141,15 @@ def pretrain(config: ConfigSource, *, out: str | Path, overrides: Overrides = No
     return PretrainResult(out, cfg, metrics)
 
 
-def finetune(config: ConfigSource, *, out: str | Path, pretrained: str | Path | None = None, overrides: Overrides = None,
-             overwrite: bool = False, progress: bool = False) -> FinetuneResult:
+def finetune(
+    config: ConfigSource,
+    *,
+    out: str | Path,
+    pretrained: str | Path | None = None,
+    overrides: Overrides = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> FinetuneResult:
     """``simmtm finetune``: fine-tune (or probe) the encoder of ``pretrained``; without it the random-init baseline."""
     from simmtm import finetune as finetuning
     from simmtm.rundir import guard_finetune_dir, own
@@ -157,8 +165,16 @@ def finetune(config: ConfigSource, *, out: str | Path, pretrained: str | Path | 
     return FinetuneResult(out, cfg, metrics, Path(pretrained) if pretrained is not None else None)
 
 
-def sweep(config: ConfigSource, *, out: str | Path, overrides: Overrides = None, resume: bool = False,
-          address: str | None = None, warm_start: str | Path | None = None, verbose: int = 0) -> SweepResult:
+def sweep(
+    config: str | Path | Mapping[str, Any],
+    *,
+    out: str | Path,
+    overrides: Overrides = None,
+    resume: bool = False,
+    address: str | None = None,
+    warm_start: str | Path | None = None,
+    verbose: int = 0,
+) -> SweepResult:
     """``simmtm sweep``: the search in a sweep file (or dict), on a local Ray unless ``address``."""
     from simmtm.sweep.driver import run_sweep
 
@@ -166,33 +182,70 @@ def sweep(config: ConfigSource, *, out: str | Path, overrides: Overrides = None,
         with tempfile.TemporaryDirectory(prefix="simmtm-sweep-") as tmp:
             path = Path(tmp) / "sweep.yaml"
             path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
-            return sweep(path, out=out, overrides=overrides, resume=resume, address=address, warm_start=warm_start, verbose=verbose)
+            return sweep(
+                path,
+                out=out,
+                overrides=overrides,
+                resume=resume,
+                address=address,
+                warm_start=warm_start,
+                verbose=verbose,
+            )
     if isinstance(overrides, Mapping):
         overrides = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
-    outcome = run_sweep(config, out, resume=resume, address=address, overrides=list(overrides or []), verbose=verbose,
-                        warm_start=warm_start)
-    counts = {s: sum(r.state == s for r in outcome.rows) for s in ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")}
-    best, tests = outcome.best, [r.test_score for r in outcome.best if r.test_score is not None]
+    outcome = run_sweep(
+        config,
+        out,
+        resume=resume,
+        address=address,
+        overrides=list(overrides or []),
+        verbose=verbose,
+        warm_start=warm_start,
+    )
+    counts = {
+        s: sum(r.state == s for r in outcome.rows) for s in ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")
+    }
+    best = outcome.best
+    scores = [r.score for r in best if r.score is not None]  # all of them: the ranking keeps scored trials only
+    tests = [r.test_score for r in best if r.test_score is not None]
     return SweepResult(
-        out=outcome.out, finished=outcome.finished, metric=outcome.metric, mode=outcome.mode, counts=counts,
+        out=outcome.out,
+        finished=outcome.finished,
+        metric=outcome.metric,
+        mode=outcome.mode,
+        counts=counts,
         best_params={k: v for k, v in best[0].params.items() if v is not None} if best else {},
-        best_score=sum(r.score for r in best) / len(best) if best else None,
+        best_score=sum(scores) / len(scores) if scores else None,
         test_score=sum(tests) / len(tests) if tests else None,
-        best_yaml=outcome.out / "best.yaml" if (outcome.out / "best.yaml").is_file() else None, wall_s=outcome.wall_s,
+        best_yaml=outcome.out / "best.yaml" if (outcome.out / "best.yaml").is_file() else None,
+        wall_s=outcome.wall_s,
     )
 
 
-def analyze(sweep_dir: str | Path, *, out: str | Path | None = None, interactive: bool = True, bootstrap: int = 1000,
-            seed: int = 0) -> AnalysisResult:
+def analyze(
+    sweep_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    interactive: bool = True,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> AnalysisResult:
     """``simmtm analyze``: report.html, figures and recommendation.json for a sweep directory."""
     from simmtm.analysis.report import write_report
 
     report = write_report(sweep_dir, out, interactive=interactive, n_boot=bootstrap, seed=seed)
-    return AnalysisResult(report.html, report.recommendation_json, dict(report.figures), report.sweep.counts(),
-                          _recommend_result(report.recommendation, None))
+    return AnalysisResult(
+        report.html,
+        report.recommendation_json,
+        dict(report.figures),
+        report.sweep.counts(),
+        _recommend_result(report.recommendation, None),
+    )
 
 
-def recommend(sweep_dir: str | Path, *, write: str | Path | None = None, bootstrap: int = 1000, seed: int = 0) -> RecommendResult:
+def recommend(
+    sweep_dir: str | Path, *, write: str | Path | None = None, bootstrap: int = 1000, seed: int = 0
+) -> RecommendResult:
     """``simmtm recommend``: r, M (tau, encoder) to run next, with an expected score; ``write``: also the run config."""
     from simmtm.analysis.load import load_sweep
     from simmtm.analysis.recommend import recommend as recommend_params
@@ -208,6 +261,14 @@ def recommend(sweep_dir: str | Path, *, write: str | Path | None = None, bootstr
 
 
 def _recommend_result(rec: Any, written: Path | None) -> RecommendResult:
-    return RecommendResult(status=rec.status, message=rec.message, metric=rec.metric, params=dict(rec.params),
-                           expected_score=rec.expected_score, ci=tuple(rec.ci) if rec.ci else None,
-                           summary=tuple(rec.summary()), best_yaml=written, recommendation=rec)
+    return RecommendResult(
+        status=rec.status,
+        message=rec.message,
+        metric=rec.metric,
+        params=dict(rec.params),
+        expected_score=rec.expected_score,
+        ci=tuple(rec.ci) if rec.ci else None,
+        summary=tuple(rec.summary()),
+        best_yaml=written,
+        recommendation=rec,
+    )

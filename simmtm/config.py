@@ -35,7 +35,8 @@ SWEEP_SECTIONS = ("search", "tune", "resources")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # .inf/.nan: never a valid setting
+    # allow_inf_nan=False: .inf/.nan is never a valid setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -76,7 +77,8 @@ class ModelConfig(_Section):
     attention_dropout: float = Field(0.0, ge=0, lt=1)
     patch_len: int = Field(16, ge=1)  # encoder `patch` only
     patch_stride: int = Field(8, ge=1)  # encoder `patch` only
-    kernel_sizes: list[int] = Field(default_factory=lambda: [7, 5, 3])  # encoder `resnet1d`: the convolutions of each block
+    # encoder `resnet1d`: the convolutions of each block
+    kernel_sizes: list[int] = Field(default_factory=lambda: [7, 5, 3])
     channel_independent: bool | None = None  # None: True for forecasting, False for classification
     # The series-wise projector (docs/fidelity.md). official: Flatten, Linear(T*D -> projector_hidden), norm, ReLU,
     # Linear(-> projector_dim), Dropout(head_dropout), the official Pooler_Head (58.5M parameters at ETTh1).

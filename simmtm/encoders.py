@@ -76,7 +76,9 @@ def build_encoder(cfg: ModelConfig, *, in_channels: int, seq_len: int) -> Encode
     try:
         cls = ENCODERS[cfg.encoder]
     except KeyError:
-        raise ValueError(f"model.encoder: unknown encoder '{cfg.encoder}'; valid: {', '.join(sorted(ENCODERS))}") from None
+        raise ValueError(
+            f"model.encoder: unknown encoder '{cfg.encoder}'; valid: {', '.join(sorted(ENCODERS))}"
+        ) from None
     return cls.from_config(cfg, in_channels=in_channels, seq_len=seq_len)
 
 
@@ -122,7 +124,8 @@ class TransformerStack(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            EncoderLayer(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, cfg.attention_dropout) for _ in range(cfg.n_layers)
+            EncoderLayer(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, cfg.attention_dropout)
+            for _ in range(cfg.n_layers)
         )
         self.norm = nn.LayerNorm(cfg.d_model)
 
@@ -156,6 +159,7 @@ class TransformerEncoder(Encoder):
         self.token = nn.Conv1d(in_channels, cfg.d_model, kernel_size=3, padding=1, padding_mode="circular", bias=False)
         if cfg.embedding_init == "official":  # the official TokenEmbedding's initialisation
             nn.init.kaiming_normal_(self.token.weight, mode="fan_in", nonlinearity="leaky_relu")
+        self.positions: torch.Tensor  # (L, D), a buffer: it follows the module's device and dtype
         self.register_buffer("positions", sinusoidal_positions(seq_len, cfg.d_model), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
         self.stack = TransformerStack(cfg)
@@ -218,7 +222,10 @@ class ResidualBlock(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for i, k in enumerate(kernel_sizes):
-            layers += [nn.Conv1d(c_in if i == 0 else c_out, c_out, k, padding="same", bias=False), nn.BatchNorm1d(c_out)]
+            layers += [
+                nn.Conv1d(c_in if i == 0 else c_out, c_out, k, padding="same", bias=False),
+                nn.BatchNorm1d(c_out),
+            ]
             if i < len(kernel_sizes) - 1:
                 layers.append(nn.ReLU())
         self.body = nn.Sequential(*layers)
@@ -235,7 +242,10 @@ class ResNet1dEncoder(Encoder):
     def __init__(self, cfg: ModelConfig, *, in_channels: int, seq_len: int) -> None:
         super().__init__()
         self.d_model = cfg.d_model
-        blocks = [ResidualBlock(in_channels if i == 0 else cfg.d_model, cfg.d_model, cfg.kernel_sizes) for i in range(cfg.n_layers)]
+        blocks = [
+            ResidualBlock(in_channels if i == 0 else cfg.d_model, cfg.d_model, cfg.kernel_sizes)
+            for i in range(cfg.n_layers)
+        ]
         self.blocks = nn.Sequential(*blocks)
         self.dropout = nn.Dropout(cfg.dropout)
 

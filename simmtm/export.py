@@ -26,6 +26,7 @@ from torch import nn
 
 from simmtm.checkpoint import encoder_state, load_state
 from simmtm.config import RunConfig, parse_config
+from simmtm.encoders import Encoder
 from simmtm.errors import UserError
 from simmtm.model import masked_instance_norm, to_series
 
@@ -46,7 +47,9 @@ class SeriesEncoder(nn.Module):
     T is L for point-wise encoders and the number of patches for ``patch``.
     """
 
-    def __init__(self, encoder: nn.Module, *, seq_len: int, channels: int, channel_independent: bool, instance_norm: bool) -> None:
+    def __init__(
+        self, encoder: Encoder, *, seq_len: int, channels: int, channel_independent: bool, instance_norm: bool
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.seq_len, self.channels = seq_len, channels
@@ -64,7 +67,8 @@ class SeriesEncoder(nn.Module):
             raise ValueError(f"expected series of shape (B, L, {self.channels}), got {tuple(x.shape)}")
         b, _, c = x.shape
         series = to_series(x, self.channel_independent)  # (N, L, c)
-        real = None if observed is None else observed.repeat_interleave(c if self.channel_independent else 1, dim=0)  # (N, L)
+        # (N, L)
+        real = None if observed is None else observed.repeat_interleave(c if self.channel_independent else 1, dim=0)
         keep = torch.ones_like(series, dtype=torch.bool) if real is None else real[..., None].expand_as(series)
         if real is not None:
             series = torch.where(keep, series, 0.0)
@@ -118,8 +122,16 @@ def _from_pretrain(run: Path, checkpoint: Path, kind: str = "pre-training") -> _
         raise UserError(f"{checkpoint}: not a simmtm pre-training checkpoint")
     config = parse_config(state["config"], source=f"{checkpoint} (config)")
     scores = {"pre-training (validation losses)": _losses(_read_json(run / "metrics.json") or state.get("metrics", {}))}
-    return _Source(kind, run, checkpoint, encoder_state(state["model"]), config, state.get("shapes"), scores,
-                   ["set in the run's own config (not chosen by a sweep)"])
+    return _Source(
+        kind,
+        run,
+        checkpoint,
+        encoder_state(state["model"]),
+        config,
+        state.get("shapes"),
+        scores,
+        ["set in the run's own config (not chosen by a sweep)"],
+    )
 
 
 def _losses(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +153,9 @@ def _from_finetune(run: Path, checkpoint: Path) -> _Source:
     config = parse_config(state["config"], source=f"{checkpoint} (config)")
     stage = checkpoint.parent.name
     metrics = _read_json(run / "metrics.json")
-    scores = {f"downstream ({'test' if 'mse' in metrics or 'accuracy' in metrics else 'validation'})": _downstream(metrics)}
+    scores = {
+        f"downstream ({'test' if 'mse' in metrics or 'accuracy' in metrics else 'validation'})": _downstream(metrics)
+    }
     selection = [f"the encoder as fine-tuned for stage `{stage}` (mode {config.finetune.mode}) of this fine-tuning run"]
     return _Source("fine-tuning", run, checkpoint, encoder_state(state["model"]), config, None, scores, selection)
 
@@ -155,15 +169,23 @@ def _from_sweep_trial(run: Path, sweep: Path) -> _Source | None:
         return None
     source = _from_pretrain(run, found[-1], kind="sweep trial")
     source.path = run
-    source.scores = {"downstream, fine-tuned from this encoder (test, scored once)": _downstream(_read_json(run / "metrics.json"))}
-    header = [line.removeprefix("#").strip() for line in (sweep / "best.yaml").read_text().splitlines() if line.startswith("# best.yaml")]
+    source.scores = {
+        "downstream, fine-tuned from this encoder (test, scored once)": _downstream(_read_json(run / "metrics.json"))
+    }
+    header = [
+        line.removeprefix("#").strip()
+        for line in (sweep / "best.yaml").read_text().splitlines()
+        if line.startswith("# best.yaml")
+    ]
     source.selection = [f"trial `{trial}` of the sweep in `{sweep}`", *header]
     sweep_file = sweep / "sweep.yaml"
     if sweep_file.is_file():
         raw = yaml.safe_load(sweep_file.read_text()) or {}
         search, tune = raw.get("search", {}), raw.get("tune", {})
-        source.selection.append(f"search: {search.get('method', 'tpe')} over {', '.join(search.get('params', {})) or 'nothing'}; "
-                                f"{tune.get('num_samples', '?')} samples, scheduler {tune.get('scheduler', {}).get('type', 'none')}")
+        source.selection.append(
+            f"search: {search.get('method', 'tpe')} over {', '.join(search.get('params', {})) or 'nothing'}; "
+            f"{tune.get('num_samples', '?')} samples, scheduler {tune.get('scheduler', {}).get('type', 'none')}"
+        )
     return source
 
 
@@ -182,12 +204,14 @@ def read_run(run: str | Path) -> _Source:
     if ckpt := _pretrain_checkpoint(run):
         return _from_pretrain(run, ckpt)
     sweep = run.parent.parent
-    if run.parent.name == "best" and (sweep / "best.yaml").is_file() and (source := _from_sweep_trial(run, sweep)):
-        return source
+    if run.parent.name == "best" and (sweep / "best.yaml").is_file() and (trial := _from_sweep_trial(run, sweep)):
+        return trial
     if ckpt := _finetune_checkpoint(run):
         return _from_finetune(run, ckpt)
-    raise UserError(f"{run}: holds no simmtm checkpoint; RUN is a `simmtm pretrain`, `simmtm run` or `simmtm finetune` "
-                    "output directory, or a sweep's best/<trial>")
+    raise UserError(
+        f"{run}: holds no simmtm checkpoint; RUN is a `simmtm pretrain`, `simmtm run` or `simmtm finetune` "
+        "output directory, or a sweep's best/<trial>"
+    )
 
 
 # --- export and load -------------------------------------------------------------------------------------------
@@ -244,7 +268,10 @@ def load_encoder(directory: str | Path, *, map_location: str = "cpu") -> SeriesE
     directory = Path(directory)
     config_file = directory / CONFIG_FILE
     if not config_file.is_file() or not (directory / WEIGHTS_FILE).is_file():
-        raise UserError(f"{directory}: not an exported encoder (needs {CONFIG_FILE} and {WEIGHTS_FILE}); write one with `simmtm export RUN --out {directory}`")
+        raise UserError(
+            f"{directory}: not an exported encoder (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+            f"write one with `simmtm export RUN --out {directory}`"
+        )
     description = json.loads(config_file.read_text())
     if description.get("format") != FORMAT:
         raise UserError(f"{config_file}: not a simmtm encoder description (format {description.get('format')!r})")
@@ -260,8 +287,13 @@ def _build(description: dict[str, Any]) -> SeriesEncoder:
     model = ModelConfig.model_validate(description["model"])
     channels, ci = int(description["channels"]), bool(description["channel_independent"])
     encoder = build_encoder(model, in_channels=1 if ci else channels, seq_len=int(description["seq_len"]))
-    return SeriesEncoder(encoder, seq_len=int(description["seq_len"]), channels=channels, channel_independent=ci,
-                         instance_norm=bool(description["instance_norm"]))
+    return SeriesEncoder(
+        encoder,
+        seq_len=int(description["seq_len"]),
+        channels=channels,
+        channel_independent=ci,
+        instance_norm=bool(description["instance_norm"]),
+    )
 
 
 def _data_shapes(config: RunConfig, *, recorded: dict[str, int] | None) -> dict[str, Any]:
@@ -274,7 +306,11 @@ def _data_shapes(config: RunConfig, *, recorded: dict[str, int] | None) -> dict[
     except UserError:
         if recorded is None:
             raise
-        return {"seq_len": int(recorded["seq_len"]), "channels": int(recorded["channels"]), "channel_independent": False}
+        return {
+            "seq_len": int(recorded["seq_len"]),
+            "channels": int(recorded["channels"]),
+            "channel_independent": False,
+        }
     return {"seq_len": inputs.seq_len, "channels": inputs.channels, "channel_independent": inputs.channel_independent}
 
 
@@ -285,27 +321,67 @@ def model_card(source: _Source, description: dict[str, Any]) -> str:
     cfg = source.config
     data = cfg.data.name or Path(cfg.data.path or "?").name
     m = cfg.model
-    shape = f"L = {description['seq_len']}, C = {description['channels']}" + (", channel-independent" if description["channel_independent"] else "")
+    shape = f"L = {description['seq_len']}, C = {description['channels']}" + (
+        ", channel-independent" if description["channel_independent"] else ""
+    )
     rows = [
         ("data", f"{data} ({shape})"),
-        ("encoder", f"{m.encoder}: d_model {m.d_model}, {m.n_layers} layers" + (f", {m.n_heads} heads" if m.encoder == "transformer" else "")),
+        (
+            "encoder",
+            f"{m.encoder}: d_model {m.d_model}, {m.n_layers} layers"
+            + (f", {m.n_heads} heads" if m.encoder == "transformer" else ""),
+        ),
         ("r (pretrain.mask_ratio)", cfg.pretrain.mask_ratio),
         ("M (pretrain.num_masked)", cfg.pretrain.num_masked),
         ("tau (pretrain.temperature)", cfg.pretrain.temperature),
         ("masking", cfg.pretrain.masking),
-        ("pre-training", f"{cfg.pretrain.epochs} epochs, batch {cfg.pretrain.batch_size}, lr {cfg.pretrain.lr}, seed {cfg.seed}"),
+        (
+            "pre-training",
+            f"{cfg.pretrain.epochs} epochs, batch {cfg.pretrain.batch_size}, lr {cfg.pretrain.lr}, seed {cfg.seed}",
+        ),
         ("weights", f"{source.kind} checkpoint `{source.checkpoint}`"),
     ]
-    lines = [f"# simmtm encoder: {data}", "",
-             ("A SimMTM-pre-trained time-series encoder exported by `simmtm export`: series `(B, L, C)` in, one "
-              f"representation per time point (or patch) out, `(B, T, {description['out_dim']})`."), "",
-             "| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows), "", "## Scores", ""]
+    lines = [
+        f"# simmtm encoder: {data}",
+        "",
+        (
+            "A SimMTM-pre-trained time-series encoder exported by `simmtm export`: series `(B, L, C)` in, one "
+            f"representation per time point (or patch) out, `(B, T, {description['out_dim']})`."
+        ),
+        "",
+        "| | |",
+        "| --- | --- |",
+        *(f"| {k} | {v} |" for k, v in rows),
+        "",
+        "## Scores",
+        "",
+    ]
     for title, metrics in source.scores.items():
-        body = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()) or "none recorded"
+        body = (
+            ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+            or "none recorded"
+        )
         lines.append(f"- {title}: {body}")
-    lines += ["", "## How it was selected", "", *(f"- {s}" for s in source.selection), "", "## Use", "", "```python",
-              "import torch", "import simmtm", "", 'encoder = simmtm.load_encoder("path/to/this/folder")',
-              f"z = encoder(torch.randn(8, {description['seq_len']}, {description['channels']}))  # (8, T, {description['out_dim']})",
-              "```", "", "`config.json` holds the full run config the encoder was trained with.", ""]
+    lines += [
+        "",
+        "## How it was selected",
+        "",
+        *(f"- {s}" for s in source.selection),
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import torch",
+        "import simmtm",
+        "",
+        'encoder = simmtm.load_encoder("path/to/this/folder")',
+        (
+            f"z = encoder(torch.randn(8, {description['seq_len']}, {description['channels']}))"
+            f"  # (8, T, {description['out_dim']})"
+        ),
+        "```",
+        "",
+        "`config.json` holds the full run config the encoder was trained with.",
+        "",
+    ]
     return "\n".join(lines)
-

@@ -109,7 +109,7 @@ def run(
     run_path = open_run_dir(run_dir, config, runtime)
     run_log = RunLog(run_path)
     try:
-        results = {
+        results: dict[str, dict[str, Any]] = {
             tag: _finetune_one(
                 config,
                 inputs,
@@ -126,6 +126,7 @@ def run(
         }
     finally:
         run_log.close()
+    metrics: dict[str, Any]
     if "classification" in results:
         metrics = results["classification"]
     else:
@@ -165,7 +166,7 @@ def _prepare(
     return config, state, stages
 
 
-def _build(config: RunConfig, inputs: Inputs, state: dict[str, Any] | None) -> nn.Module:
+def _build(config: RunConfig, inputs: Inputs, state: dict[str, Any] | None) -> Forecaster | Classifier:
     torch.manual_seed(config.seed)
     try:
         encoder = build_encoder(config.model, in_channels=inputs.series_channels, seq_len=inputs.seq_len)
@@ -210,15 +211,25 @@ LR_SCHEDULES: dict[str, Callable[[float], Callable[[int], float]]] = {
 
 
 def _finetune_one(
-    config: RunConfig, inputs: Inputs, state: dict[str, Any] | None, runtime: Runtime, report: Report,
-    run_log: RunLog, run_path: Path | None, *, tag: str, progress: bool, score_test: bool = True,
+    config: RunConfig,
+    inputs: Inputs,
+    state: dict[str, Any] | None,
+    runtime: Runtime,
+    report: Report,
+    run_log: RunLog,
+    run_path: Path | None,
+    *,
+    tag: str,
+    progress: bool,
+    score_test: bool = True,
 ) -> dict[str, float]:
     """Train one head with early stopping on validation, then score the selected weights on test once."""
     cfg = config.finetune
     core, model, loop = _set_up_head(config, inputs, state, runtime, run_log, tag=tag, progress=progress)
     scheduler = LambdaLR(loop.optimizer, LR_SCHEDULES[cfg.lr_schedule](cfg.lr_decay))  # stepped after each epoch
-    score = functools.partial(evaluate, model, task=inputs.task, runtime=runtime, batch_size=cfg.eval_batch_size,
-                              precision=config.precision)
+    score = functools.partial(
+        evaluate, model, task=inputs.task, runtime=runtime, batch_size=cfg.eval_batch_size, precision=config.precision
+    )
     loss_fn = F.cross_entropy if inputs.task == "classification" else F.mse_loss
     best = _Best()
     try:
@@ -227,15 +238,27 @@ def _finetune_one(
             train = loop.run_epoch(epoch - 1, lambda batch: {"loss": loss_fn(*_forward(model, batch, runtime.device))})
             scheduler.step()
             val = score(inputs.val, max_batches=cfg.val_batches)
-            metrics = {"stage": tag, "epoch": epoch, "step": loop.step, "lr": lr, "train_loss": train["loss"],
-                       **{f"val_{k}": v for k, v in val.items()}}
+            metrics = {
+                "stage": tag,
+                "epoch": epoch,
+                "step": loop.step,
+                "lr": lr,
+                "train_loss": train["loss"],
+                **{f"val_{k}": v for k, v in val.items()},
+            }
             loop.record("finetune_epoch", metrics)
             report({k: v for k, v in metrics.items() if k != "stage"}, None)
             log.info("fine-tuning %s epoch %d: train_loss=%.4f val_loss=%.4f", tag, epoch, train["loss"], val["loss"])
             best.update(core, epoch, val["loss"])
             if run_path is not None:
-                last = {"kind": "simmtm-finetune", "model": core.state_dict(), "optimizer": loop.optimizer.state_dict(),
-                        "epoch": epoch, "step": loop.step, "config": config.run_dict()}
+                last = {
+                    "kind": "simmtm-finetune",
+                    "model": core.state_dict(),
+                    "optimizer": loop.optimizer.state_dict(),
+                    "epoch": epoch,
+                    "step": loop.step,
+                    "config": config.run_dict(),
+                }
                 save_state(last, run_path / "checkpoints" / tag / "last.pt")
             if best.bad_epochs >= cfg.patience or loop.done:
                 break
@@ -245,9 +268,15 @@ def _finetune_one(
 
 
 def _set_up_head(
-    config: RunConfig, inputs: Inputs, state: dict[str, Any] | None, runtime: Runtime, run_log: RunLog, *, tag: str,
+    config: RunConfig,
+    inputs: Inputs,
+    state: dict[str, Any] | None,
+    runtime: Runtime,
+    run_log: RunLog,
+    *,
+    tag: str,
     progress: bool,
-) -> tuple[nn.Module, nn.Module, Loop]:
+) -> tuple[Forecaster | Classifier, nn.Module, Loop]:
     """The model (itself, and what is called), its optimiser and loader in a ``Loop``."""
     cfg = config.finetune
     core = _build(config, inputs, state)
@@ -256,19 +285,40 @@ def _set_up_head(
         core.encoder.requires_grad_(False)
     optimizer = torch.optim.Adam([p for p in core.parameters() if p.requires_grad], lr=cfg.lr)
     shuffle = torch.Generator().manual_seed(config.seed)
-    loader = runtime.prepare_loader(DataLoader(inputs.train, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
-                                               generator=shuffle, num_workers=config.data.num_workers,
-                                               pin_memory=runtime.device.type == "cuda"))
+    loader = runtime.prepare_loader(
+        DataLoader(
+            inputs.train,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=False,
+            generator=shuffle,
+            num_workers=config.data.num_workers,
+            pin_memory=runtime.device.type == "cuda",
+        )
+    )
     if len(loader) == 0:
         raise UserError(f"finetune: no training samples in {config.data.name or config.data.path}")
-    loop = Loop(model, optimizer, loader, shuffle, config, runtime, run_log, stage=f"fine-tuning {tag}",
-                prefix=f"finetune_{tag}/", advice=f"lower finetune.lr (now {cfg.lr:g})",
-                total_steps=min(cfg.epochs * len(loader), cfg.max_steps or math.inf),
-                frozen=core.encoder if cfg.mode == "probe" else None, progress=progress)
+    loop = Loop(
+        model,
+        optimizer,
+        loader,
+        shuffle,
+        config,
+        runtime,
+        run_log,
+        stage=f"fine-tuning {tag}",
+        prefix=f"finetune_{tag}/",
+        advice=f"lower finetune.lr (now {cfg.lr:g})",
+        total_steps=min(cfg.epochs * len(loader), cfg.max_steps or math.inf),
+        frozen=core.encoder if cfg.mode == "probe" else None,
+        progress=progress,
+    )
     return core, model, loop
 
 
-def _forward(model: nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+def _forward(
+    model: nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(prediction, target) of one labelled batch: (x, y), or (x, y, observed) for padded series."""
     return _predict(model, batch, device), batch[1].to(device)
 
@@ -298,20 +348,35 @@ class _Best:
 
 
 def _score_best(
-    config: RunConfig, score: Callable[..., dict[str, float]], core: nn.Module, best: _Best, inputs: Inputs,
-    run_path: Path | None, *, tag: str, epochs: int, score_test: bool,
+    config: RunConfig,
+    score: Callable[..., dict[str, float]],
+    core: nn.Module,
+    best: _Best,
+    inputs: Inputs,
+    run_path: Path | None,
+    *,
+    tag: str,
+    epochs: int,
+    score_test: bool,
 ) -> dict[str, float]:
     """Load the selected weights, save them as ``best.pt``, score validation (and test, once)."""
+    assert best.state is not None  # update() stored the weights of the first epoch with a finite score
     core.load_state_dict(best.state)
     if run_path is not None:
-        save_state({"kind": "simmtm-finetune", "model": best.state, "epoch": best.epoch, "config": config.run_dict()},
-                   run_path / "checkpoints" / tag / "best.pt")
+        save_state(
+            {"kind": "simmtm-finetune", "model": best.state, "epoch": best.epoch, "config": config.run_dict()},
+            run_path / "checkpoints" / tag / "best.pt",
+        )
     val = score(inputs.val)
     test = score(inputs.test) if score_test else {}
     if test:
         log.info("%s: test %s", tag, ", ".join(f"{k}={v:.4f}" for k, v in test.items()))
-    return {**{k: v for k, v in test.items() if k != "loss"}, **{f"val_{k}": v for k, v in val.items() if k != "loss"},
-            "best_epoch": best.epoch, "epochs": epochs}
+    return {
+        **{k: v for k, v in test.items() if k != "loss"},
+        **{f"val_{k}": v for k, v in val.items() if k != "loss"},
+        "best_epoch": best.epoch,
+        "epochs": epochs,
+    }
 
 
 @torch.no_grad()

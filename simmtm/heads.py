@@ -21,8 +21,15 @@ class Forecaster(nn.Module):
     by default): the official Flatten_Head, whose dropout acts on the forecast itself (official 0.1)."""
 
     def __init__(
-        self, encoder: Encoder, *, seq_len: int, horizon: int, channels: int, channel_independent: bool,
-        head_dropout: float = 0.0, instance_norm: bool = True,
+        self,
+        encoder: Encoder,
+        *,
+        seq_len: int,
+        horizon: int,
+        channels: int,
+        channel_independent: bool,
+        head_dropout: float = 0.0,
+        instance_norm: bool = True,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -49,7 +56,14 @@ class Classifier(nn.Module):
     """Encoder -> flatten -> Linear -> sigmoid -> Linear -> classes (the official classification head)."""
 
     def __init__(
-        self, encoder: Encoder, *, seq_len: int, channels: int, num_classes: int, channel_independent: bool, hidden: int = 64,
+        self,
+        encoder: Encoder,
+        *,
+        seq_len: int,
+        channels: int,
+        num_classes: int,
+        channel_independent: bool,
+        hidden: int = 64,
         instance_norm: bool = True,
     ) -> None:
         super().__init__()
@@ -59,7 +73,9 @@ class Classifier(nn.Module):
         self.series_per_sample = channels if channel_independent else 1
         tokens = encoder.num_tokens(seq_len)
         self.head = nn.Sequential(
-            nn.Linear(self.series_per_sample * tokens * encoder.d_model, hidden), nn.Sigmoid(), nn.Linear(hidden, num_classes)
+            nn.Linear(self.series_per_sample * tokens * encoder.d_model, hidden),
+            nn.Sigmoid(),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +56,8 @@ def to_series(x: torch.Tensor, channel_independent: bool) -> torch.Tensor:
     """``(B, L, C)`` windows -> series: ``(B * C, L, 1)`` when every channel is its own series, else unchanged."""
     if not channel_independent:
         return x
-    b, l, c = x.shape
-    return x.permute(0, 2, 1).reshape(b * c, l, 1)  # (B*C, L, 1)
+    b, length, c = x.shape
+    return x.permute(0, 2, 1).reshape(b * c, length, 1)  # (B*C, L, 1)
 
 
 def from_series(y: torch.Tensor, batch: int, channel_independent: bool) -> torch.Tensor:
@@ -95,7 +96,12 @@ class SeriesProjector(nn.Module):
         super().__init__()
         norms = {"batch": lambda: nn.BatchNorm1d(hidden), "layer": lambda: nn.LayerNorm(hidden), "none": nn.Identity}
         self.net = nn.Sequential(
-            nn.Flatten(1), nn.Linear(tokens * d_model, hidden), norms[norm](), nn.ReLU(), nn.Linear(hidden, dim), nn.Dropout(dropout)
+            nn.Flatten(1),
+            nn.Linear(tokens * d_model, hidden),
+            norms[norm](),
+            nn.ReLU(),
+            nn.Linear(hidden, dim),
+            nn.Dropout(dropout),
         )
 
     @classmethod
@@ -103,7 +109,9 @@ class SeriesProjector(nn.Module):
         if cfg.projector == "lean":
             return cls(tokens, d_model, hidden=cfg.projector_dim, dim=cfg.projector_dim, norm=cfg.projector_norm)
         hidden = cfg.projector_hidden or tokens * d_model // 2
-        return cls(tokens, d_model, hidden=hidden, dim=cfg.projector_dim, norm=cfg.projector_norm, dropout=cfg.head_dropout)
+        return cls(
+            tokens, d_model, hidden=hidden, dim=cfg.projector_dim, norm=cfg.projector_norm, dropout=cfg.head_dropout
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -125,7 +133,9 @@ def _positives(num_views: int, num_series: int, device: torch.device) -> torch.T
 def _without_self(logits: torch.Tensor, first_row: int = 0) -> torch.Tensor:
     """Set each row's own column to -inf (row k of ``logits`` is series ``first_row + k``)."""
     rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits.index_put((rows, rows + first_row), torch.tensor(float("-inf"), device=logits.device, dtype=logits.dtype))
+    return logits.index_put(
+        (rows, rows + first_row), torch.tensor(float("-inf"), device=logits.device, dtype=logits.dtype)
+    )
 
 
 def constraint_loss(similarity: torch.Tensor, num_views: int, temperature: float) -> torch.Tensor:
@@ -153,7 +163,9 @@ class AutomaticWeightedLoss(nn.Module):
 
     def forward(self, *losses: torch.Tensor) -> torch.Tensor:
         sigma2 = self.sigma**2
-        return sum(0.5 / sigma2[k] * loss + torch.log1p(sigma2[k]) for k, loss in enumerate(losses))
+        total = sum(0.5 / sigma2[k] * loss + torch.log1p(sigma2[k]) for k, loss in enumerate(losses))
+        # a sum of tensors is a tensor; typeshed's sum() adds the Literal[0] of an empty input
+        return cast(torch.Tensor, total)
 
 
 class FixedWeightedLoss(nn.Module):
@@ -181,7 +193,9 @@ class SimMTMOutput:
 class SimMTM(nn.Module):
     """Encoder plus the SimMTM heads; ``forward`` returns the pre-training losses for a batch of series."""
 
-    def __init__(self, encoder: Encoder, *, seq_len: int, channels: int, model: ModelConfig, pretrain: PretrainConfig) -> None:
+    def __init__(
+        self, encoder: Encoder, *, seq_len: int, channels: int, model: ModelConfig, pretrain: PretrainConfig
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.seq_len, self.channels = seq_len, channels
@@ -191,13 +205,18 @@ class SimMTM(nn.Module):
         tokens, d = encoder.num_tokens(seq_len), encoder.d_model
         self.projector = SeriesProjector.from_config(model, tokens=tokens, d_model=d)
         # the official Flatten_Head: flatten, Linear(T*D -> L), Dropout(head_dropout)
-        self.decoder = nn.Sequential(nn.Flatten(1), nn.Linear(tokens * d, seq_len * channels), nn.Dropout(model.head_dropout))
+        self.decoder = nn.Sequential(
+            nn.Flatten(1), nn.Linear(tokens * d, seq_len * channels), nn.Dropout(model.head_dropout)
+        )
         self.combine: nn.Module = (
-            AutomaticWeightedLoss(2) if pretrain.loss_weighting == "auto" else FixedWeightedLoss(pretrain.constraint_weight)
+            AutomaticWeightedLoss(2)
+            if pretrain.loss_weighting == "auto"
+            else FixedWeightedLoss(pretrain.constraint_weight)
         )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, gather: Gather | None = None,
-                observed: torch.Tensor | None = None) -> SimMTMOutput:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, gather: Gather | None = None, observed: torch.Tensor | None = None
+    ) -> SimMTMOutput:
         """``x: (N, L, c)`` originals; ``mask: (M, N, L, c)``, True where a copy's point is hidden.
 
         ``gather`` (data-parallel runs) concatenates a tensor's first dimension across workers, with gradients

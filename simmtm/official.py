@@ -57,15 +57,31 @@ _RENAMES: list[tuple[re.Pattern[str], str, Callable[[Tensor], Tensor]]] = [
     (re.compile(p), target, convert)
     for p, target, convert in [
         (r"enc_embedding\.value_embedding\.tokenConv\.weight", "encoder.token.weight", lambda t: t),
-        (r"encoder\.attn_layers\.(\d+)\.attention\.out_projection\.(weight|bias)", r"encoder.stack.layers.\1.attention.out.\2", lambda t: t),
-        (r"encoder\.attn_layers\.(\d+)\.conv1\.weight", r"encoder.stack.layers.\1.ff.0.weight", lambda t: t.squeeze(-1)),
+        (
+            r"encoder\.attn_layers\.(\d+)\.attention\.out_projection\.(weight|bias)",
+            r"encoder.stack.layers.\1.attention.out.\2",
+            lambda t: t,
+        ),
+        (
+            r"encoder\.attn_layers\.(\d+)\.conv1\.weight",
+            r"encoder.stack.layers.\1.ff.0.weight",
+            lambda t: t.squeeze(-1),
+        ),
         (r"encoder\.attn_layers\.(\d+)\.conv1\.bias", r"encoder.stack.layers.\1.ff.0.bias", lambda t: t),
-        (r"encoder\.attn_layers\.(\d+)\.conv2\.weight", r"encoder.stack.layers.\1.ff.3.weight", lambda t: t.squeeze(-1)),
+        (
+            r"encoder\.attn_layers\.(\d+)\.conv2\.weight",
+            r"encoder.stack.layers.\1.ff.3.weight",
+            lambda t: t.squeeze(-1),
+        ),
         (r"encoder\.attn_layers\.(\d+)\.conv2\.bias", r"encoder.stack.layers.\1.ff.3.bias", lambda t: t),
         (r"encoder\.attn_layers\.(\d+)\.norm([12])\.(weight|bias)", r"encoder.stack.layers.\1.norm\2.\3", lambda t: t),
         (r"encoder\.norm\.(weight|bias)", r"encoder.stack.norm.\1", lambda t: t),
         (r"projection\.linear\.(weight|bias)", r"decoder.1.\1", lambda t: t),
-        (r"pooler\.pooler\.([124])\.(weight|bias|running_mean|running_var|num_batches_tracked)", r"projector.net.\1.\2", lambda t: t),
+        (
+            r"pooler\.pooler\.([124])\.(weight|bias|running_mean|running_var|num_batches_tracked)",
+            r"projector.net.\1.\2",
+            lambda t: t,
+        ),
         (r"awl\.params", "combine.sigma", lambda t: t.flip(0)),
     ]
 ]
@@ -114,32 +130,47 @@ def official_state_to_simmtm(official: Mapping[str, Tensor], model: SimMTM) -> t
                 _put(mapped, target, match.expand(template), convert(value), source=key)
                 break
         else:
-            raise UserError(f"official key '{key}' has no counterpart in simmtm (an official SimMTM forecasting "
-                            "pre-training checkpoint holds enc_embedding.*, encoder.*, projection.*, pooler.*, awl.*)")
+            raise UserError(
+                f"official key '{key}' has no counterpart in simmtm (an official SimMTM forecasting "
+                "pre-training checkpoint holds enc_embedding.*, encoder.*, projection.*, pooler.*, awl.*)"
+            )
     for (layer, kind), parts in sorted(qkv.items()):
         missing = [p for p in ("query", "key", "value") if p not in parts]
         if missing:
-            raise UserError(f"official key 'encoder.attn_layers.{layer}.attention.{missing[0]}_projection.{kind}' is missing "
-                            "(query, key and value projections come together)")
+            raise UserError(
+                f"official key 'encoder.attn_layers.{layer}.attention.{missing[0]}_projection.{kind}' is missing "
+                "(query, key and value projections come together)"
+            )
         stacked = torch.cat([parts["query"], parts["key"], parts["value"]])  # rows: q, then k, then v
-        _put(mapped, target, f"encoder.stack.layers.{layer}.attention.qkv.{kind}", stacked,
-             source=f"encoder.attn_layers.{layer}.attention.query_projection.{kind}")
+        _put(
+            mapped,
+            target,
+            f"encoder.stack.layers.{layer}.attention.qkv.{kind}",
+            stacked,
+            source=f"encoder.attn_layers.{layer}.attention.query_projection.{kind}",
+        )
     absent = [k for k in target if k not in mapped]
     encoder_absent = [k for k in absent if k.startswith("encoder.")]
     if encoder_absent:
-        raise UserError(f"the official checkpoint lacks the weights of simmtm's '{encoder_absent[0]}' "
-                        f"({len(encoder_absent)} encoder tensor(s) in all): is model.n_layers as in the official run?")
+        raise UserError(
+            f"the official checkpoint lacks the weights of simmtm's '{encoder_absent[0]}' "
+            f"({len(encoder_absent)} encoder tensor(s) in all): is model.n_layers as in the official run?"
+        )
     return {**target, **mapped}, absent
 
 
 def _put(mapped: dict[str, Tensor], target: Mapping[str, Tensor], key: str, value: Tensor, *, source: str) -> None:
     if key not in target:
-        raise UserError(f"official key '{source}' has no counterpart in this simmtm model ('{key}'); "
-                        "check model.n_layers and model.projector_norm in --config")
+        raise UserError(
+            f"official key '{source}' has no counterpart in this simmtm model ('{key}'); "
+            "check model.n_layers and model.projector_norm in --config"
+        )
     if tuple(value.shape) != tuple(target[key].shape):
-        raise UserError(f"official key '{source}' has shape {tuple(value.shape)} but --config gives {key} the shape "
-                        f"{tuple(target[key].shape)}; set data.seq_len, model.d_model, model.d_ff and model.projector_* as "
-                        "in the official run")
+        raise UserError(
+            f"official key '{source}' has shape {tuple(value.shape)} but --config gives {key} the shape "
+            f"{tuple(target[key].shape)}; set data.seq_len, model.d_model, model.d_ff and model.projector_* as "
+            "in the official run"
+        )
     mapped[key] = value.to(target[key].dtype)
 
 
@@ -147,8 +178,10 @@ def _check_positions(pe: Tensor, model: SimMTM) -> None:
     """The official position table is a fixed buffer: it must be the sine table simmtm computes itself."""
     d_model = model.encoder.d_model
     if pe.dim() != 3 or pe.shape[-1] != d_model or pe.shape[1] < model.seq_len:
-        raise UserError(f"official key '{_POSITIONS}' has shape {tuple(pe.shape)}; expected (1, >= {model.seq_len}, {d_model}) "
-                        "from data.seq_len and model.d_model in --config")
+        raise UserError(
+            f"official key '{_POSITIONS}' has shape {tuple(pe.shape)}; expected (1, >= {model.seq_len}, {d_model}) "
+            "from data.seq_len and model.d_model in --config"
+        )
     ours = sinusoidal_positions(model.seq_len, d_model)
     if not torch.allclose(pe[0, : model.seq_len].float(), ours, atol=1e-4):
         raise UserError(f"official key '{_POSITIONS}' is not the fixed sine table simmtm uses")
@@ -156,16 +189,20 @@ def _check_positions(pe: Tensor, model: SimMTM) -> None:
 
 def _check_config(config: RunConfig) -> None:
     """The official forecasting model: channel-independent Transformer, Pooler_Head, automatic loss weighting."""
-    wanted = {"model.encoder": (config.model.encoder, "transformer"),
-              "model.projector": (config.model.projector, "official"),
-              "model.projector_norm": (config.model.projector_norm, "batch"),
-              "pretrain.loss_weighting": (config.pretrain.loss_weighting, "auto"),
-              "model.instance_norm": (config.model.instance_norm, True)}
+    wanted = {
+        "model.encoder": (config.model.encoder, "transformer"),
+        "model.projector": (config.model.projector, "official"),
+        "model.projector_norm": (config.model.projector_norm, "batch"),
+        "pretrain.loss_weighting": (config.pretrain.loss_weighting, "auto"),
+        "model.instance_norm": (config.model.instance_norm, True),
+    }
     for key, (got, want) in wanted.items():
         if got != want:
             raise UserError(f"--config: {key} is {got!r}; an official forecasting checkpoint needs {want!r}")
     if config.model.channel_independent is False:
-        raise UserError("--config: model.channel_independent is false; the official forecasting model is channel-independent")
+        raise UserError(
+            "--config: model.channel_independent is false; the official forecasting model is channel-independent"
+        )
 
 
 def import_official(checkpoint: str | Path, config: RunConfig, out: str | Path) -> dict[str, Any]:
@@ -181,8 +218,10 @@ def import_official(checkpoint: str | Path, config: RunConfig, out: str | Path) 
     weights, absent = official_state_to_simmtm(official, model)
     model.load_state_dict(weights)  # the mapped state fits the model exactly
     if absent:
-        log.warning("the checkpoint holds no %s: kept at a fresh initialisation (fine-tuning reads the encoder only)",
-                    ", ".join(sorted({k.split(".")[0] for k in absent})))
+        log.warning(
+            "the checkpoint holds no %s: kept at a fresh initialisation (fine-tuning reads the encoder only)",
+            ", ".join(sorted({k.split(".")[0] for k in absent})),
+        )
     epoch = extra.get("epoch")
     state = {
         "kind": "simmtm-pretrain",
@@ -199,4 +238,10 @@ def import_official(checkpoint: str | Path, config: RunConfig, out: str | Path) 
     for name in ("last.pt", "best.pt"):
         save_state(state, out / "checkpoints" / name)
     parameters = sum(p.numel() for p in model.parameters())
-    return {"out": str(out), "tensors": len(official), "fresh": absent, "parameters": parameters, "epoch": state["epoch"]}
+    return {
+        "out": str(out),
+        "tensors": len(official),
+        "fresh": absent,
+        "parameters": parameters,
+        "epoch": state["epoch"],
+    }

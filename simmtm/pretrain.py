@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -71,10 +72,11 @@ def _checked_inputs(config: RunConfig, *, world_size: int) -> Inputs:
             f"pretrain.batch_size ({cfg.batch_size}) is the global batch and must divide evenly over the "
             f"{world_size} workers; use a multiple of {world_size}"
         )
-    if len(inputs.train) < cfg.batch_size:
+    n_train = len(cast(Sized, inputs.train))  # our datasets have a length; torch's Dataset does not declare one
+    if n_train < cfg.batch_size:
         raise UserError(
-            f"pretrain.batch_size ({cfg.batch_size}) exceeds the {len(inputs.train)} training samples of "
-            f"{config.data.name or config.data.path}; use at most {len(inputs.train)}"
+            f"pretrain.batch_size ({cfg.batch_size}) exceeds the {n_train} training samples of "
+            f"{config.data.name or config.data.path}; use at most {n_train}"
         )
     return inputs
 
@@ -146,8 +148,12 @@ def run(
             train = loop.run_epoch(at.epoch, lambda x: training.losses(x, step=loop.step))
             val = training.validate()
             at.epoch, at.step = at.epoch + 1, loop.step
-            at.metrics = {"epoch": at.epoch, "step": at.step, **_prefixed("train_", train, runtime),
-                          **_prefixed("val_", val)}
+            at.metrics = {
+                "epoch": at.epoch,
+                "step": at.step,
+                **_prefixed("train_", train, runtime),
+                **_prefixed("val_", val),
+            }
             loop.record("pretrain_epoch", at.metrics)
             state = _save_epoch(at, training, run_path if checkpoints else None)
             report(at.metrics, state)
@@ -197,10 +203,22 @@ class _Training:
         optimizer = torch.optim.Adam(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         shuffle = torch.Generator().manual_seed(config.seed)
         batch = cfg.batch_size // runtime.world_size
-        train = DataLoader(inputs.train, batch_size=batch, shuffle=True, drop_last=True, generator=shuffle,
-                           num_workers=config.data.num_workers, pin_memory=runtime.device.type == "cuda")
-        val = DataLoader(inputs.val, batch_size=batch, shuffle=False, drop_last=runtime.world_size > 1,
-                         num_workers=config.data.num_workers)
+        train = DataLoader(
+            inputs.train,
+            batch_size=batch,
+            shuffle=True,
+            drop_last=True,
+            generator=shuffle,
+            num_workers=config.data.num_workers,
+            pin_memory=runtime.device.type == "cuda",
+        )
+        val = DataLoader(
+            inputs.val,
+            batch_size=batch,
+            shuffle=False,
+            drop_last=runtime.world_size > 1,
+            num_workers=config.data.num_workers,
+        )
         train, val = runtime.prepare_loader(train), runtime.prepare_loader(val)
         total_steps = min(cfg.epochs * len(train), cfg.max_steps or math.inf)
         gather = runtime.gather() if runtime.world_size > 1 and cfg.gather is not False else None
@@ -210,10 +228,23 @@ class _Training:
     def loop(self, run_log: RunLog, *, step: int, progress: bool) -> Loop:
         cfg = self.config.pretrain
         clip = "set pretrain.grad_clip" if cfg.grad_clip is None else "lower pretrain.grad_clip"
-        return Loop(self.model, self.optimizer, self.train_loader, self.shuffle, self.config, self.runtime, run_log,
-                    stage="pre-training", prefix="pretrain/", advice=f"lower pretrain.lr (now {cfg.lr:g}) or {clip}",
-                    total_steps=self.total_steps, grad_clip=cfg.grad_clip, step_scheduler=self.scheduler, step=step,
-                    progress=progress)
+        return Loop(
+            self.model,
+            self.optimizer,
+            self.train_loader,
+            self.shuffle,
+            self.config,
+            self.runtime,
+            run_log,
+            stage="pre-training",
+            prefix="pretrain/",
+            advice=f"lower pretrain.lr (now {cfg.lr:g}) or {clip}",
+            total_steps=self.total_steps,
+            grad_clip=cfg.grad_clip,
+            step_scheduler=self.scheduler,
+            step=step,
+            progress=progress,
+        )
 
     def resume(self, state: dict[str, Any]) -> _Position:
         """Load a checkpoint's weights, optimiser and schedule (its random state comes last, in ``run``)."""
@@ -226,8 +257,13 @@ class _Training:
             group["lr"] = base * factor(self.scheduler.last_epoch)
         best = state.get("best", {})
         log.info("resuming pre-training after epoch %d (step %d)", state["epoch"], state["step"])
-        return _Position(epoch=state["epoch"], step=state["step"], metrics=dict(state.get("metrics", {})),
-                         best_epoch=best.get("epoch", 0), best_val_loss=best.get("val_loss", math.inf))
+        return _Position(
+            epoch=state["epoch"],
+            step=state["step"],
+            metrics=dict(state.get("metrics", {})),
+            best_epoch=best.get("epoch", 0),
+            best_val_loss=best.get("val_loss", math.inf),
+        )
 
     def losses(self, batch: torch.Tensor | list[torch.Tensor], *, step: int) -> LossParts:
         """The losses of one training batch (series, or series and their padding masks), with the masks of ``step``."""
@@ -235,8 +271,14 @@ class _Training:
         x, observed = split_batch(batch)
         series = to_series(x.to(runtime.device, non_blocking=True), self.inputs.channel_independent)
         real = self._series_observed(observed, x.shape[2])
-        mask = draw_masks(self.config, series, seed=_step_seed(self.config, step), rank=runtime.rank,
-                          world_size=runtime.world_size, observed=real)
+        mask = draw_masks(
+            self.config,
+            series,
+            seed=_step_seed(self.config, step),
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            observed=real,
+        )
         out = self.model(series, mask, self.gather, observed=real)
         return {"loss": out.loss, "reconstruction": out.reconstruction, "constraint": out.constraint}
 
@@ -260,8 +302,9 @@ class _Training:
             x, observed = split_batch(batch)
             series = to_series(x.to(runtime.device), self.inputs.channel_independent)
             real = self._series_observed(observed, x.shape[2])
-            mask = draw_masks(config, series, seed=VAL_MASK_SEED - i, rank=runtime.rank, world_size=runtime.world_size,
-                              observed=real)
+            mask = draw_masks(
+                config, series, seed=VAL_MASK_SEED - i, rank=runtime.rank, world_size=runtime.world_size, observed=real
+            )
             with autocast(config.precision, runtime.device):
                 out = self.model(series, mask, self.gather, observed=real)
             sums += torch.stack([out.loss, out.reconstruction, out.constraint]).double()
@@ -295,10 +338,18 @@ def _save_epoch(at: _Position, training: _Training, run_path: Path | None) -> di
     rng = rng_states(training.runtime)  # a collective: every worker takes part
     if not training.runtime.is_main:
         return None
-    state = {"kind": "simmtm-pretrain", "model": training.core.state_dict(), "epoch": at.epoch, "step": at.step,
-             "metrics": at.metrics, "config": training.config.run_dict(), "optimizer": training.optimizer.state_dict(),
-             "scheduler": training.scheduler.state_dict(), "rng": rng,
-             "best": {"epoch": at.best_epoch, "val_loss": at.best_val_loss}}
+    state = {
+        "kind": "simmtm-pretrain",
+        "model": training.core.state_dict(),
+        "epoch": at.epoch,
+        "step": at.step,
+        "metrics": at.metrics,
+        "config": training.config.run_dict(),
+        "optimizer": training.optimizer.state_dict(),
+        "scheduler": training.scheduler.state_dict(),
+        "rng": rng,
+        "best": {"epoch": at.best_epoch, "val_loss": at.best_val_loss},
+    }
     if run_path is not None:
         save_pretrain_checkpoints(state, run_path)
     return state

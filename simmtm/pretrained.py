@@ -27,7 +27,10 @@ def checkpoint_path(run_dir: str | Path, checkpoint: Literal["best", "last"] = "
     for name in names:
         if (path / "checkpoints" / name).is_file():
             return path / "checkpoints" / name
-    raise UserError(f"{path}: not a pre-training run directory (no checkpoints/{names[0]}); run `simmtm pretrain` or `simmtm import-official` first")
+    raise UserError(
+        f"{path}: not a pre-training run directory (no checkpoints/{names[0]}); "
+        "run `simmtm pretrain` or `simmtm import-official` first"
+    )
 
 
 def build_simmtm(config: RunConfig, *, seq_len: int, channels: int) -> SimMTM:
@@ -41,7 +44,9 @@ def build_simmtm(config: RunConfig, *, seq_len: int, channels: int) -> SimMTM:
     return SimMTM(encoder, seq_len=seq_len, channels=channels, model=config.model, pretrain=config.pretrain)
 
 
-def load_pretrained(run_dir: str | Path, *, checkpoint: Literal["best", "last"] = "best", map_location: str = "cpu") -> SimMTM:
+def load_pretrained(
+    run_dir: str | Path, *, checkpoint: Literal["best", "last"] = "best", map_location: str = "cpu"
+) -> SimMTM:
     """The SimMTM module of a pre-training run (its own or an imported one), weights loaded, in eval mode."""
     path = checkpoint_path(run_dir, checkpoint)
     state = load_state(path, map_location=map_location)

@@ -46,7 +46,14 @@ log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption (more epochs, a larger step cap).
 RESUMABLE_CHANGES = {
-    "pretrain.epochs", "pretrain.max_steps", "threads", "device", "data.num_workers", "precision", "compile", "log_every",
+    "pretrain.epochs",
+    "pretrain.max_steps",
+    "threads",
+    "device",
+    "data.num_workers",
+    "precision",
+    "compile",
+    "log_every",
 }
 # What a run directory may hold (`ray`: a distributed run's Ray Train storage); anything else means --out points at
 # somebody else's folder.
@@ -103,8 +110,10 @@ def check_report_dir(out: Path) -> None:
     """``simmtm analyze --out`` replaces an earlier report only: refuse a run, a sweep or anybody else's folder."""
     foreign = _entries(out) - REPORT_FILES
     if foreign:
-        raise UserError(f"--out {out}: not an analysis report folder (holds {', '.join(sorted(foreign))}); "
-                        "choose an empty or new folder")
+        raise UserError(
+            f"--out {out}: not an analysis report folder (holds {', '.join(sorted(foreign))}); "
+            "choose an empty or new folder"
+        )
 
 
 def _empty(out: Path, entries: set[str]) -> None:

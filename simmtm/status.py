@@ -48,19 +48,38 @@ class SweepStatus:
         c = self.counts
         of = f" of {self.planned}" if self.planned else ""
         not_started = max((self.planned or 0) - sum(c.values()), 0) + c.get("PENDING", 0)
-        out = [f"sweep {self.path}: {self.metric} ({self.mode})",
-               (f"trials: {self.finished}{of} finished ({c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} pruned, "
-               f"{c.get('FAILED', 0)} failed), {c.get('RUNNING', 0)} running, {not_started} not started")]
+        out = [
+            f"sweep {self.path}: {self.metric} ({self.mode})",
+            (
+                f"trials: {self.finished}{of} finished ({c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} pruned, "
+                f"{c.get('FAILED', 0)} failed), {c.get('RUNNING', 0)} running, {not_started} not started"
+            ),
+        ]
         if self.best_score is None:
             out.append("best so far: none (no trial has completed)")
         else:
-            band = (f" +/- {self.noise:.4g} (1 sd of {self.noise_source})" if self.noise is not None
-                    else " (noise band: not measured; tune.repeats > 1 measures it)")
+            band = (
+                f" +/- {self.noise:.4g} (1 sd of {self.noise_source})"
+                if self.noise is not None
+                else " (noise band: not measured; tune.repeats > 1 measures it)"
+            )
             params = "  ".join(f"{k}={_fmt(v)}" for k, v in self.best_params.items())
-            out.append(f"best so far: {self.metric} {self.best_score:.4f}{band}, {self.best_repeats} repeat(s): {params}")
+            out.append(
+                f"best so far: {self.metric} {self.best_score:.4f}{band}, {self.best_repeats} repeat(s): {params}"
+            )
         if self.elapsed_s is not None:
-            left = "done" if self.left_s == 0 else "unknown (no trial has finished)" if self.left_s is None else f"about {_duration(self.left_s)}"
-            detail = f" (mean trial {_duration(self.mean_trial_s)}, {self.concurrency} at a time)" if self.mean_trial_s and self.left_s else ""
+            left = (
+                "done"
+                if self.left_s == 0
+                else "unknown (no trial has finished)"
+                if self.left_s is None
+                else f"about {_duration(self.left_s)}"
+            )
+            detail = (
+                f" (mean trial {_duration(self.mean_trial_s)}, {self.concurrency} at a time)"
+                if self.mean_trial_s and self.left_s
+                else ""
+            )
             out.append(f"time: {_duration(self.elapsed_s)} elapsed; left: {left}{detail}")
         out.extend(self.notes)
         return out
@@ -72,7 +91,9 @@ def sweep_status(path: str | Path, *, now: float | None = None) -> SweepStatus:
 
     sweep = load_sweep(path)
     meta = json.loads((sweep.path / "sweep.json").read_text())
-    resolved = yaml.safe_load((sweep.path / "sweep.yaml").read_text()) if (sweep.path / "sweep.yaml").is_file() else None
+    resolved = (
+        yaml.safe_load((sweep.path / "sweep.yaml").read_text()) if (sweep.path / "sweep.yaml").is_file() else None
+    )
     tune = (resolved or {}).get("tune") or {}
     repeats = int(meta.get("repeats") or tune.get("repeats") or 1)
     samples = meta.get("num_samples") or tune.get("num_samples")
@@ -84,7 +105,11 @@ def sweep_status(path: str | Path, *, now: float | None = None) -> SweepStatus:
     source, n_best = "", 0
     finished = sweep.finished
     if len(finished):
-        groups = finished.groupby([finished[p].astype(str) for p in sweep.params], sort=False) if sweep.params else [((), finished)]
+        groups = (
+            finished.groupby([finished[p].astype(str) for p in sweep.params], sort=False)
+            if sweep.params
+            else [((), finished)]
+        )
         scored = [(statistics.fmean(g["score"].astype(float)), g) for _, g in groups]
         score, group = max(scored, key=lambda s: sweep.sign * s[0])
         best, n_best = sweep.params_of(group.iloc[0]), len(group)
@@ -93,13 +118,31 @@ def sweep_status(path: str | Path, *, now: float | None = None) -> SweepStatus:
         elif isinstance(meta.get("seed_noise"), dict) and meta["seed_noise"].get("std") is not None:
             noise, source = float(meta["seed_noise"]["std"]), "seed noise"
 
-    elapsed, left, mean_s, concurrency = _timing(sweep.path / "timing.jsonl", counts, planned, tune.get("time_budget_s"), now)
-    return SweepStatus(sweep.path, sweep.metric, sweep.mode, counts, planned, best, score, noise, source, n_best,
-                       elapsed, left, mean_s, concurrency, tuple(sweep.notes))
+    elapsed, left, mean_s, concurrency = _timing(
+        sweep.path / "timing.jsonl", counts, planned, tune.get("time_budget_s"), now
+    )
+    return SweepStatus(
+        sweep.path,
+        sweep.metric,
+        sweep.mode,
+        counts,
+        planned,
+        best,
+        score,
+        noise,
+        source,
+        n_best,
+        elapsed,
+        left,
+        mean_s,
+        concurrency,
+        tuple(sweep.notes),
+    )
 
 
-def _timing(path: Path, counts: dict[str, int], planned: int | None, budget: float | None,
-            now: float | None) -> tuple[float | None, float | None, float | None, int | None]:
+def _timing(
+    path: Path, counts: dict[str, int], planned: int | None, budget: float | None, now: float | None
+) -> tuple[float | None, float | None, float | None, int | None]:
     """(elapsed, left, mean trial length, concurrency) from the driver's trial clock; Nones where unknown."""
     if not path.is_file():
         return None, None, None, None
@@ -117,7 +160,11 @@ def _timing(path: Path, counts: dict[str, int], planned: int | None, budget: flo
             lengths.append(e["time"] - begun)
             spans.append((begun, e["time"]))
     running = counts.get("RUNNING", 0)
-    unfinished = (planned - sum(counts[s] for s in ("COMPLETE", "PRUNED", "FAILED"))) if planned else running + counts.get("PENDING", 0)
+    unfinished = (
+        (planned - sum(counts[s] for s in ("COMPLETE", "PRUNED", "FAILED")))
+        if planned
+        else running + counts.get("PENDING", 0)
+    )
     last = max(e["time"] for e in events)
     now = now if now is not None else (time.time() if unfinished > 0 else last)
     elapsed = now - first

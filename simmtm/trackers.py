@@ -42,7 +42,9 @@ def tracker_callbacks(loggers: Sequence[str], *, study_name: str, out: str | Pat
         if name == "tensorboard":
             continue
         if importlib.util.find_spec(name) is None:
-            raise UserError(f"tune.loggers: {name} needs the {name} package; install it with pip install 'simmtm[{name}]'")
+            raise UserError(
+                f"tune.loggers: {name} needs the {name} package; install it with pip install 'simmtm[{name}]'"
+            )
         callbacks.append(_wandb(study_name, out) if name == "wandb" else _mlflow(study_name, out))
     return callbacks
 
@@ -54,7 +56,9 @@ def _wandb(study_name: str, out: Path) -> Any:
     # the logging actors run in Ray's worker processes, whose environment is the one Ray started with: pass the
     # driver's WANDB_MODE (offline, disabled) on explicitly
     mode = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}
-    return WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", "simmtm"), group=study_name, dir=str(out), **mode)
+    return WandbLoggerCallback(
+        project=os.environ.get("WANDB_PROJECT", "simmtm"), group=study_name, dir=str(out), **mode
+    )
 
 
 def _mlflow(study_name: str, out: Path) -> Any:

@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -67,13 +67,15 @@ def set_up(config: RunConfig, runtime: Runtime) -> None:
 
 def _allow_tf32(allowed: bool) -> None:
     matmul = torch.backends.cuda.matmul
+    # torch swaps the cudnn module for a CudnnModule object at import; the names its stub declares lack `conv`
+    cudnn: Any = torch.backends.cudnn
     if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the legacy allow_tf32 flags must not be mixed with it
         mode = "tf32" if allowed else "ieee"
         matmul.fp32_precision = mode
-        torch.backends.cudnn.conv.fp32_precision = mode
+        cudnn.conv.fp32_precision = mode
     else:
         matmul.allow_tf32 = allowed
-        torch.backends.cudnn.allow_tf32 = allowed
+        cudnn.allow_tf32 = allowed
 
 
 def prepare_model(model: nn.Module, runtime: Runtime, *, compile: bool) -> nn.Module:
@@ -85,7 +87,9 @@ def prepare_model(model: nn.Module, runtime: Runtime, *, compile: bool) -> nn.Mo
     if not compile:
         return prepared
     # CUDA graphs remove the launch overhead of the many small kernels of a step; on CPU they do not exist.
-    return torch.compile(prepared, mode="reduce-overhead" if runtime.device.type == "cuda" else None)
+    compiled = torch.compile(prepared, mode="reduce-overhead" if runtime.device.type == "cuda" else None)
+    # torch.compile's stub types the result as the callable it was given; a module comes back as an OptimizedModule
+    return cast(nn.Module, compiled)
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -117,7 +121,8 @@ def rng_states(runtime: Runtime) -> list[dict[str, Any]]:
 
     A collective: every worker calls it. The result holds tensors and primitives only (``weights_only`` loads it).
     """
-    numpy = np.random.get_state()
+    numpy = np.random.get_state(legacy=True)
+    assert isinstance(numpy, tuple)  # the global RandomState is an MT19937: its state is always the legacy tuple
     python = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
@@ -242,7 +247,7 @@ class Loop:
     def _seed_epoch(self, epoch: int) -> None:
         """The epoch's data order depends on (seed, epoch) alone, so a resumed run draws the same batches."""
         sampler = getattr(self.loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
+        if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         self.shuffle.manual_seed(self.config.seed * 1_000_003 + epoch)
 

@@ -2,8 +2,14 @@
 
 import pytest
 
-from simmtm.confirmation import (PAPER_DEFAULTS, ConfirmedConfig, confirmation_candidates, confirmation_seeds,
-                                 format_params, judge)
+from simmtm.confirmation import (
+    PAPER_DEFAULTS,
+    ConfirmedConfig,
+    confirmation_candidates,
+    confirmation_seeds,
+    format_params,
+    judge,
+)
 
 CAND = {"pretrain.mask_ratio": 0.3, "pretrain.num_masked": 4, "pretrain.temperature": 0.2}
 

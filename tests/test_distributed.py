@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ray_nodes import two_nodes
 import torch
 import yaml
+from ray_nodes import two_nodes
 
 from simmtm.config import RunConfig, parse_config
 

@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from simmtm.config import ModelConfig
-from simmtm.encoders import ENCODERS, Encoder, SelfAttention, TFCEncoder, TransformerEncoder, attention, build_encoder
+from simmtm.encoders import ENCODERS, Encoder, SelfAttention, TFCEncoder, build_encoder
 
 SHAPES = [(24, 1), (24, 3), (17, 2), (40, 1)]  # (L, C)
 

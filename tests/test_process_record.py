@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from simmtm.process_record import alive, record_children, stop_recorded
+from simmtm.process_record import alive, stop_recorded
 
 # A "driver" that starts a child which ignores SIGTERM and outlives it (as Ray's agents do), records both, and
 # waits to be killed.

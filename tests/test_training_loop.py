@@ -22,7 +22,7 @@ import yaml
 from simmtm import finetune, pretrain
 from simmtm.checkpoint import encoder_state
 from simmtm.cli import main
-from simmtm.config import ModelConfig, parse_config
+from simmtm.config import parse_config
 from simmtm.errors import UserError
 from simmtm.runtime import LocalRuntime, Runtime
 from simmtm.tracking import RunLog

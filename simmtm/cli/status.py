@@ -11,9 +11,12 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="where a sweep stands (safe to run while it runs)",
-                       description="Read a sweep directory without changing it: trials by state, the best configuration "
-                                   "so far with its noise band, and about how long the rest will take.")
+    p = sub.add_parser(
+        "status",
+        help="where a sweep stands (safe to run while it runs)",
+        description="Read a sweep directory without changing it: trials by state, the best configuration "
+        "so far with its noise band, and about how long the rest will take.",
+    )
     p.add_argument("sweep_dir", type=Path, metavar="DIR", help="the --out directory of `simmtm sweep`")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(func=cmd_status)

@@ -28,8 +28,8 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import pooch
 import requests
@@ -57,6 +57,7 @@ class DatasetSpec:
     @property
     def is_archive(self) -> bool:
         return self.url is not None and self.url.lower().endswith(".zip")
+
 
 # SHA-256 of the unmodified files, by file name (computed from copies checked here).
 KNOWN_SHA256: dict[str, str] = {
@@ -120,7 +121,9 @@ def _expected_hash(target: Path) -> tuple[str | None, str]:
 def _record_first_hash(target: Path, digest: str) -> None:
     logger.warning(
         "%s: no known SHA-256 for this file; recorded %s in %s (trust on first use) and will check against it",
-        target, digest, _sidecar(target),
+        target,
+        digest,
+        _sidecar(target),
     )
     _sidecar(target).write_text(f"{digest}  {target.name}\n")
 
@@ -218,8 +221,9 @@ def _fetch(spec: DatasetSpec, url: str, staging: Path, targets: list[Path], prog
     file_name = _url_file_name(url)
     known, source = (None, "") if spec.is_archive else _expected_hash(targets[0])
     downloader = _ResumingDownloader(staging / f"{file_name}.part", progress=progress)
-    store = pooch.create(path=staging, base_url="", registry={file_name: known}, urls={file_name: url},
-                         retry_if_failed=retries)
+    store = pooch.create(
+        path=staging, base_url="", registry={file_name: known}, urls={file_name: url}, retry_if_failed=retries
+    )
     try:
         return Path(store.fetch(file_name, downloader=downloader))
     except requests.RequestException as exc:
@@ -271,9 +275,7 @@ def _check_and_place(fetched: dict[str, Path], targets: list[Path], url: str) ->
             _record_first_hash(target, digest)
 
 
-def download(
-    spec: DatasetSpec, root: Path | str, *, progress: bool = True, retries: int | None = None
-) -> list[Path]:
+def download(spec: DatasetSpec, root: Path | str, *, progress: bool = True, retries: int | None = None) -> list[Path]:
     """Fetch a data set's files into the data directory ``root`` and return their paths.
 
     Files already present with the right hash are kept. A network failure, after ``retries`` more tries (default
@@ -303,7 +305,9 @@ def download(
                     _check_and_place(members, targets, url)
             else:
                 if len(targets) != 1:
-                    raise DataError(f"data set {spec.name}: a plain URL gives one file, the registry lists {len(targets)}")
+                    raise DataError(
+                        f"data set {spec.name}: a plain URL gives one file, the registry lists {len(targets)}"
+                    )
                 _check_and_place({targets[0].name: fetched}, targets, url)
         finally:
             _tidy(staging)

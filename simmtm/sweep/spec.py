@@ -114,8 +114,10 @@ class ParamSpec(_Spec):
             raise ValueError(f"step ({step}) is wider than the range {low}..{high}: it would leave only {low}")
         n = (high - low) / step
         if abs(n - round(n)) > 1e-9 * max(1.0, n):
-            raise ValueError(f"high - low ({high - low:g}) is not a multiple of step ({step}); "
-                             f"Optuna would lower high to {low + math.floor(n) * step:g}")
+            raise ValueError(
+                f"high - low ({high - low:g}) is not a multiple of step ({step}); "
+                f"Optuna would lower high to {low + math.floor(n) * step:g}"
+            )
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -190,6 +192,13 @@ class ConfirmSpec(_Spec):
     seeds: int = Field(3, ge=0)
 
 
+Tracker = Literal["tensorboard", "wandb", "mlflow"]
+
+
+def _default_loggers() -> list[Tracker]:
+    return ["tensorboard"]
+
+
 class TuneSpec(_Spec):
     """How many trials, how many at once, and how each is scored along the way."""
 
@@ -219,12 +228,15 @@ class TuneSpec(_Spec):
     @model_validator(mode="after")
     def _shared_needs_storage(self) -> TuneSpec:
         if self.shared_study and (self.storage is None or self.study_name is None):
-            raise ValueError("shared_study: true needs tune.storage (the database every driver uses) and "
-                             "tune.study_name (the study they share)")
+            raise ValueError(
+                "shared_study: true needs tune.storage (the database every driver uses) and "
+                "tune.study_name (the study they share)"
+            )
         return self
+
     storage_path: str | None = None  # Ray's experiment storage; None: DIR (use shared storage or s3:// on a cluster)
     # experiment trackers (simmtm.trackers): TensorBoard is always written; wandb and mlflow add Ray's callbacks
-    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    loggers: list[Tracker] = Field(default_factory=_default_loggers)
 
     def resolved_samples(self, search: SearchSpec) -> int:
         """Configurations to try: num_samples, or the grid's cell count."""

@@ -28,8 +28,8 @@ from simmtm.config import RunConfig, parse_config
 from simmtm.config_keys import apply_params
 from simmtm.reporting import tune_trial_id
 from simmtm.runtime import Runtime
-from simmtm.training import TrainingDiverged
 from simmtm.sweep.spec import TrialSpec, probe_key
+from simmtm.training import TrainingDiverged
 
 __all__ = ["Trial", "trial_loop", "probe_config", "probe_score", "TRIAL_RESERVED_KEYS"]
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from studies import study_of
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from studies import study_of
 
 from simmtm.analysis import finished_trials, load_sweep, warm_start_study
 from simmtm.errors import UserError

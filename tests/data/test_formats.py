@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
+from simmtm.config import DataConfig
 from simmtm.data import load_splits
 from simmtm.data.formats import FORMATS
-from simmtm.config import DataConfig
 from simmtm.errors import DataError
 
 N, C, L, ROWS = 6, 2, 5, 40

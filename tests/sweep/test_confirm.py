@@ -8,8 +8,17 @@ import pytest
 
 from simmtm.confirmation import PAPER_DEFAULTS, judge
 from simmtm.probe_check import check_probe
-from simmtm.sweep.confirm import (ConfirmOutcome, ConfirmPlan, confirm_points, confirmed_configs, probe_pairs,
-                                  read_confirmation_json, run_confirmation, rung_scores, write_confirmation_json)
+from simmtm.sweep.confirm import (
+    ConfirmOutcome,
+    ConfirmPlan,
+    confirm_points,
+    confirmed_configs,
+    probe_pairs,
+    read_confirmation_json,
+    run_confirmation,
+    rung_scores,
+    write_confirmation_json,
+)
 from simmtm.sweep.outputs import TrialRow
 from simmtm.sweep.results import collect_rows
 from simmtm.sweep.spec import TrialSpec

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from studies import study_of
 from optuna.trial import TrialState
 from ray_nodes import two_nodes
+from studies import study_of
 
 from simmtm.sweep.outputs import read_trials_csv
 

@@ -8,8 +8,8 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from simmtm.sweep.results import ORPHAN_REASON, reconcile_study
 from simmtm.sweep.outputs import TrialRow
+from simmtm.sweep.results import ORPHAN_REASON, reconcile_study
 
 
 def test_a_trial_asked_before_it_was_tagged_becomes_a_named_failed_row(tmp_path: Path) -> None:

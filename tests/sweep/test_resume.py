@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from studies import study_of
 from optuna.trial import TrialState
+from studies import study_of
 
 from simmtm.sweep.outputs import read_trials_csv
 

@@ -13,10 +13,18 @@ from optuna.trial import TrialState
 from simmtm.cli import main
 from simmtm.config import load_config
 from simmtm.errors import ConfigError
-from simmtm.sweep.search import SweepSearch
-from simmtm.sweep.spec import PAPER_DEFAULTS, ResourcesSpec, SweepSpec, first_point, flat_config, sampler_seed, sweep_spec
 from simmtm.ray_session import check_resources, resolve_address
 from simmtm.sweep.driver import concurrency, plan_trials
+from simmtm.sweep.search import SweepSearch
+from simmtm.sweep.spec import (
+    PAPER_DEFAULTS,
+    ResourcesSpec,
+    SweepSpec,
+    first_point,
+    flat_config,
+    sampler_seed,
+    sweep_spec,
+)
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 SWEEP_FILES = ("quick.yaml", "etth1_rm.yaml", "grid_rm.yaml", "gunpoint_sweep.yaml")

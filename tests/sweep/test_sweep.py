@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from studies import study_of
 import yaml
 from optuna.trial import TrialState
+from studies import study_of
 
 from simmtm.cli import main
 from simmtm.config import load_config

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from studies import study_of
 from optuna.trial import TrialState
+from studies import study_of
 
 from simmtm.analysis import load_sweep
 from simmtm.cli import main
