@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -99,7 +100,7 @@ def step_flops(step, attention_calls: list) -> dict:
     counted = counter.get_total_flops()
     by_op = counter.get_flop_counts().get("Global", {})
     counted_attention = sum(f for op, f in by_op.items() if "scaled_dot_product" in str(op))
-    by_hand = sum(12 * q.numel() // q.shape[-1] * q.shape[-2] * q.shape[-1] for q in attention_calls)  # 4 fwd + 8 bwd
+    by_hand = sum(12 * math.prod(shape) * shape[-2] for shape in attention_calls)  # 4 fwd + 8 bwd: 12 P T T hs
     return {"flops": counted - counted_attention + by_hand, "attention_flops": by_hand}
 
 
@@ -137,7 +138,7 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
     real_attention = encoders.attention
 
     def recording_attention(q, k, v, **kwargs):
-        calls.append(q)
+        calls.append(tuple(q.shape))  # the shape only: holding q would keep the q/k/v projection alive
         return real_attention(q, k, v, **kwargs)
 
     encoders.attention = recording_attention
@@ -179,7 +180,7 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
         out.loss.backward()
 
     result.update(step_flops(recorded_step, calls))
-    shapes = [tuple(q.shape) for q in calls]
+    shapes = list(calls)
     calls.clear()
     result["attention_shapes"] = sorted(set(shapes))
     result["flops_per_s"] = result["flops"] / result["s_per_step"]
