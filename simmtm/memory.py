@@ -16,7 +16,7 @@ import logging
 import torch
 from torch import nn
 
-__all__ = ["Dropout", "return_freed_memory", "MMAP_THRESHOLD"]
+__all__ = ["MMAP_THRESHOLD", "Dropout", "return_freed_memory"]
 
 log = logging.getLogger(__name__)
 
