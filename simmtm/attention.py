@@ -179,6 +179,9 @@ class _PackedSmallHeadAttention(torch.autograd.Function):
         return grad
 
 
+_BLOCKS_PER_THREAD = 8
+
+
 def _run(direction: str, *tensors: torch.Tensor) -> None:
     """Split the problems across torch's thread count; the C call releases the GIL.
 
@@ -198,13 +201,15 @@ def _run(direction: str, *tensors: torch.Tensor) -> None:
     strides = (ctypes.c_long * (3 * len(strided)))(*(s for t in strided for s in t.stride()[:3]))
     pointers = [t.data_ptr() for t in tensors]
     threads = max(1, min(torch.get_num_threads(), problems))
-    step = -(-problems // threads)
+    # A few blocks per thread, handed out as threads free up: on a shared machine one descheduled thread does not
+    # leave the others waiting at the end with half of its work still to do.
+    step = -(-problems // (threads * _BLOCKS_PER_THREAD)) if threads > 1 else problems
     ranges = [(start, min(problems, start + step)) for start in range(0, problems, step)]
     calls = [(size, *pointers, strides, heads, start, stop, length, size**-0.5) for start, stop in ranges]
     if len(calls) == 1:
         codes = [fn(*calls[0])]
     else:
-        codes = list(_pool(len(calls)).map(lambda args: fn(*args), calls))
+        codes = list(_pool(threads).map(lambda args: fn(*args), calls))
     if any(codes):
         raise RuntimeError(f"small-head attention kernel failed (codes {codes}) for head size {size}")
 
