@@ -156,20 +156,18 @@ def test_the_scale_benchmark_writes_studies_the_analysis_reads_and_fits_growth_o
 @pytest.mark.slow
 def test_the_scale_benchmarks_tune_sweep_gives_the_rows_of_tunes_full_analysis(tmp_path) -> None:
     # collect_rows reads the trials without ExperimentAnalysis's per-trial result frames: same rows as with them
+    import ray
+    from ray import cloudpickle
     from ray.tune import ExperimentAnalysis
 
     from simmtm.sweep.driver import EXPERIMENT_NAME
     from simmtm.sweep.results import _row, collect_rows
-
-    from ray import cloudpickle
 
     scale = script("sweep_scale")
     cloudpickle.register_pickle_by_value(scale)  # loaded from its path: Ray's workers could not import it by name
     try:
         figures = scale.run_tune(tmp_path / "n6", 6, concurrent=2)
     finally:
-        import ray
-
         ray.shutdown()  # the Ray instance tuner.fit started in this process
     assert sum(figures["states"].values()) == 6 and figures["states"]["FAILED"] == 0
     keys = ["pretrain.mask_ratio", "pretrain.num_masked", "pretrain.temperature"]
