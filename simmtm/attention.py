@@ -6,6 +6,8 @@
   per-block overhead, and it took 88 % of a pre-training step. Ours handles one problem per thread at a time, one row
   of scores at a time: the scores never leave L1, memory stays linear in T, and the backward pass recomputes the
   probabilities from the saved log-sum-exp (one exponential per score in each direction, as flash attention does).
+  It reads q, k, v in place through strides (with ``packed=``, straight out of the fused q/k/v projection, whose
+  gradient it writes in one piece) and lays its output out as (N, T, h, hs), so merging the heads is a view.
 * Everything else: ``F.scaled_dot_product_attention``, with small heads zero-padded on a GPU (see ``PAD_HEADS``).
 
 ``KERNEL = "sdpa"`` (or the environment variable ``SIMMTM_ATTENTION=sdpa``) forces the reference kernel everywhere,
