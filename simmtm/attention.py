@@ -105,7 +105,8 @@ def _is_split_of(packed: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
         return False
     views = packed.permute(2, 0, 3, 1, 4)
     return all(
-        a.shape == b.shape and a.stride() == b.stride() and a.data_ptr() == b.data_ptr() for a, b in zip(views, (q, k, v))
+        a.shape == b.shape and a.stride() == b.stride() and a.data_ptr() == b.data_ptr()
+        for a, b in zip(views, (q, k, v), strict=True)
     )
 
 
