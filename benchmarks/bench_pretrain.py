@@ -10,6 +10,7 @@ Each configuration runs in a fresh subprocess so that its peak RSS is its own. A
     python benchmarks/bench_pretrain.py --json out.json      # keep the figures
     python benchmarks/bench_pretrain.py --projector lean     # the lean projector instead of the official widths
     python benchmarks/bench_pretrain.py --attention sdpa     # only torch's attention kernel (default: both, A/B)
+    python benchmarks/bench_pretrain.py --return-freed-memory   # glibc returns large freed blocks at once (see below)
 
 Rows run the official projector (Linear(L*D -> L*D/2), BatchNorm, ReLU, Linear(-> 128), Dropout 0.1) unless
 ``--projector lean``: through ``model.projector: official`` where the config has that key, else the benchmark
@@ -23,6 +24,11 @@ since the counter cannot see inside the small-head kernel; the exponentials are 
 and its share of the machine's peak, both the nominal peak (cores x GHz x FLOP/cycle from /proc/cpuinfo: 2 FMA units
 x vector lanes x 2 is assumed) and a measured one (a 2048^3 float32 matmul on the same threads, in the same process).
 
+``--return-freed-memory`` runs each row with ``simmtm.memory.return_freed_memory()`` (glibc's mmap threshold fixed at
+4 MiB): peak RSS is then what the step's tensors need, not that plus the heap fragmentation of earlier steps, at the
+price of page faults on every step (system CPU time; docs/benchmarks.md, "Peak memory"). The same from outside:
+``MALLOC_MMAP_THRESHOLD_=4194304 python ...`` for any simmtm command.
+
 The official implementation's figures on this kind of machine (2 CPU threads; ../shared/REFERENCE.md section 3)
 are printed beside ours as the reference.
 """
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -99,7 +106,7 @@ def step_flops(step, attention_calls: list) -> dict:
     counted = counter.get_total_flops()
     by_op = counter.get_flop_counts().get("Global", {})
     counted_attention = sum(f for op, f in by_op.items() if "scaled_dot_product" in str(op))
-    by_hand = sum(12 * q.numel() // q.shape[-1] * q.shape[-2] * q.shape[-1] for q in attention_calls)  # 4 fwd + 8 bwd
+    by_hand = sum(12 * math.prod(shape) * shape[-2] for shape in attention_calls)  # 4 fwd + 8 bwd: 12 P T T hs
     return {"flops": counted - counted_attention + by_hand, "attention_flops": by_hand}
 
 
@@ -114,6 +121,10 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
     from simmtm.model import SimMTM, to_series
 
     torch.set_num_threads(threads)
+    if cfg.get("return_freed_memory"):
+        from simmtm.memory import return_freed_memory
+
+        return_freed_memory()
     torch.manual_seed(0)
     attention.PAD_HEADS = cfg.get("pad_heads", True)
     attention.KERNEL = cfg.get("attention", "auto")
@@ -137,7 +148,7 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
     real_attention = encoders.attention
 
     def recording_attention(q, k, v, **kwargs):
-        calls.append(q)
+        calls.append(tuple(q.shape))  # the shape only: holding q would keep the q/k/v projection alive
         return real_attention(q, k, v, **kwargs)
 
     encoders.attention = recording_attention
@@ -158,6 +169,7 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start, cpu_start = time.perf_counter(), time.process_time()
+    sys_start = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     for _ in range(steps):
         step()
     if dev.type == "cuda":
@@ -168,6 +180,7 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
               "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "steps": steps, "threads": threads,
               "device": device, "s_per_step": elapsed / steps, "cpu_s_per_step": cpu / steps,
               "samples_per_s": cfg["batch"] * steps / elapsed, "peak_rss_gb": peak_rss,
+              "sys_cpu_s_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_start) / steps,
               "load_avg": os.getloadavg()[0]}
 
     def recorded_step() -> None:  # the attention inputs of the step are kept until counted
@@ -179,7 +192,7 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
         out.loss.backward()
 
     result.update(step_flops(recorded_step, calls))
-    shapes = [tuple(q.shape) for q in calls]
+    shapes = list(calls)
     calls.clear()
     result["attention_shapes"] = sorted(set(shapes))
     result["flops_per_s"] = result["flops"] / result["s_per_step"]
@@ -236,6 +249,8 @@ def main() -> None:
                         help="override a row field, e.g. --set seq_len=96 --set batch=4 (small, quick runs)")
     parser.add_argument("--no-head-pad", action="store_true",
                         help="GPU: leave small attention heads unpadded (torch's math kernel), to measure what padding buys")
+    parser.add_argument("--return-freed-memory", action="store_true",
+                        help="fix glibc's mmap threshold (simmtm.memory.return_freed_memory): lower peak RSS, more page faults")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -247,6 +262,8 @@ def main() -> None:
     configs = [{**c, "projector": args.projector, **overrides, "attention": a} for c in (grid() if args.grid else [dict(PAPER)]) for a in kernels]
     if args.no_head_pad:
         configs = [{**c, "pad_heads": False} for c in configs]
+    if args.return_freed_memory:
+        configs = [{**c, "return_freed_memory": True} for c in configs]
     print(f"# SimMTM pre-training, {args.device}, {args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up; "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}; load average at start "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -89,7 +89,7 @@ def run_tune(out: Path, trials: int, *, concurrent: int) -> dict:
     from simmtm.sweep.driver import EXPERIMENT_NAME, collect_rows
     from simmtm.sweep.outputs import write_trials_csv
     from simmtm.sweep.search import SweepSearch, open_storage
-    from simmtm.sweep.spec import first_point, flat_config, sampler_seed
+    from simmtm.sweep.spec import TrialSpec, first_point, flat_config, sampler_seed
 
     config, spec = sweep_config(trials)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,9 @@ def run_tune(out: Path, trials: int, *, concurrent: int) -> dict:
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     tuner = tune.Tuner(
         tune.with_resources(synthetic_trial, {"cpu": 1}),  # logical: Ray gets --concurrent CPUs
-        param_space={"sweep": {"metric": METRIC}},  # what collect_rows reads of the real trial_config
+        # every trial's config carries the shared TrialSpec, as the driver's does (collect_rows validates it)
+        param_space={"sweep": TrialSpec.of_sweep(config, spec, metric=METRIC, tb_dir=None, storage_path=None)
+                     .model_dump(mode="json")},
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=trials,
                                     max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(out), verbose=0,

@@ -20,6 +20,7 @@ from torch import nn
 
 from simmtm.attention import attention
 from simmtm.config import ModelConfig
+from simmtm.memory import Dropout
 
 __all__ = [
     "Encoder",
@@ -99,8 +100,10 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         n, t, d = x.shape
-        q, k, v = self.qkv(x).view(n, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (N, h, T, hs)
-        y = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, keys=keys)  # (N, h, T, hs)
+        qkv = self.qkv(x).view(n, t, 3, self.n_heads, d // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (N, h, T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        y = attention(q, k, v, dropout_p=dropout_p, keys=keys, packed=qkv)  # (N, h, T, hs)
         return self.out(y.transpose(1, 2).reshape(n, t, d))
 
 
@@ -110,10 +113,10 @@ class EncoderLayer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, attention_dropout: float = 0.0) -> None:
         super().__init__()
         self.attention = SelfAttention(d_model, n_heads, attention_dropout)
-        self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+        self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), Dropout(dropout), nn.Linear(d_ff, d_model))
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         x = self.norm1(x + self.dropout(self.attention(x, keys)))
@@ -161,7 +164,7 @@ class TransformerEncoder(Encoder):
             nn.init.kaiming_normal_(self.token.weight, mode="fan_in", nonlinearity="leaky_relu")
         self.positions: torch.Tensor  # (L, D), a buffer: it follows the module's device and dtype
         self.register_buffer("positions", sinusoidal_positions(seq_len, cfg.d_model), persistent=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.stack = TransformerStack(cfg)
 
     @classmethod
@@ -190,7 +193,7 @@ class PatchEncoder(Encoder):
         self.stride = cfg.patch_stride
         self.embed = nn.Linear(cfg.patch_len * in_channels, cfg.d_model)
         self.positions = nn.Parameter(0.02 * torch.randn(self.num_tokens(seq_len), cfg.d_model))
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.stack = TransformerStack(cfg)
 
     @classmethod

@@ -67,6 +67,51 @@ def test_small_head_kernel_takes_the_transformers_strided_views() -> None:
 
 
 @needs_kernel
+def test_packed_qkv_gives_the_same_values_and_gradients_without_copies() -> None:
+    # SelfAttention passes the fused projection's (N, T, 3, h, hs) output: the kernel reads it in place and returns
+    # its gradient in one piece. Same arithmetic as the three-view path, so bit-for-bit the same numbers.
+    torch.manual_seed(0)
+    packed = torch.randn(3, 29, 3, 4, 2)
+    grad = torch.randn(3, 4, 29, 2)
+    split = packed.detach().clone().requires_grad_()
+    separate = attention(*split.permute(2, 0, 3, 1, 4))
+    separate.backward(grad)
+    fused = packed.detach().clone().requires_grad_()
+    out = attention(*fused.permute(2, 0, 3, 1, 4), packed=fused)
+    out.backward(grad)
+    assert torch.equal(out, separate) and torch.equal(fused.grad, split.grad)
+    reference = packed.detach().clone().requires_grad_()
+    F.scaled_dot_product_attention(*reference.permute(2, 0, 3, 1, 4)).backward(grad)
+    torch.testing.assert_close(fused.grad, reference.grad, rtol=1e-5, atol=2e-6)
+    assert out.transpose(1, 2).is_contiguous()  # laid out (N, T, h, hs): merging the heads is a view
+    # a tensor that q, k, v are not views of is ignored (the three views are used)
+    other = torch.randn(3, 29, 3, 4, 2)
+    torch.testing.assert_close(attention(*packed.permute(2, 0, 3, 1, 4), packed=other), separate.detach(), rtol=0, atol=0)
+
+
+@needs_kernel
+def test_the_transformer_layer_gives_the_reference_values_and_gradients_with_the_packed_kernel(monkeypatch) -> None:
+    torch.manual_seed(0)
+    encoder = build_encoder(
+        ModelConfig(encoder="transformer", d_model=8, n_heads=4, n_layers=2, d_ff=16, dropout=0.0), in_channels=1, seq_len=21
+    )
+    x = torch.randn(3, 21, 1)
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        encoder.zero_grad(set_to_none=True)
+        out = encoder(x)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in encoder.parameters()]
+
+    ours, our_grads = run()
+    monkeypatch.setattr(attention_module, "KERNEL", "sdpa")
+    ref, ref_grads = run()
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=2e-6)
+    for a, b in zip(our_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernel
 def test_small_head_kernel_refuses_what_it_was_not_built_for() -> None:
     x = torch.randn(2, 3, 5, 2)
     with pytest.raises(ValueError, match="float32"):

@@ -151,3 +151,30 @@ def test_the_scale_benchmark_writes_studies_the_analysis_reads_and_fits_growth_o
     assert sweep.counts()["COMPLETE"] == 15 and sweep.counts()["PRUNED"] == 15
     assert scale.slope([100, 1000], [1.0, 10.0]) == pytest.approx(1.0)
     assert scale.slope([100, 1000, 10000], [1.0, 100.0, 10000.0]) == pytest.approx(2.0)
+
+
+@pytest.mark.slow
+def test_the_scale_benchmarks_tune_sweep_gives_the_rows_of_tunes_full_analysis(tmp_path) -> None:
+    # collect_rows reads the trials without ExperimentAnalysis's per-trial result frames: same rows as with them
+    import ray
+    from ray import cloudpickle
+    from ray.tune import ExperimentAnalysis
+
+    from simmtm.sweep.driver import EXPERIMENT_NAME
+    from simmtm.sweep.results import _row, collect_rows
+
+    scale = script("sweep_scale")
+    cloudpickle.register_pickle_by_value(scale)  # loaded from its path: Ray's workers could not import it by name
+    try:
+        figures = scale.run_tune(tmp_path / "n6", 6, concurrent=2)
+    finally:
+        ray.shutdown()  # the Ray instance tuner.fit started in this process
+    assert sum(figures["states"].values()) == 6 and figures["states"]["FAILED"] == 0
+    keys = ["pretrain.mask_ratio", "pretrain.num_masked", "pretrain.temperature"]
+    experiment = str(tmp_path / "n6" / EXPERIMENT_NAME)
+    full = [_row(trial, keys) for trial in ExperimentAnalysis(experiment).trials]
+    fields = ["trial_id", "state", "params", "repeat", "score", "val_score", "epochs", "wall_s", "error"]
+    assert [[getattr(r, f) for f in fields] for r in collect_rows(experiment, keys)] == [
+        [getattr(r, f) for f in fields] for r in full
+    ]
+    assert (tmp_path / "n6" / "trials.csv").read_text().count("\n") == 7

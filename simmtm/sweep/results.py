@@ -24,13 +24,20 @@ log = logging.getLogger(__name__)
 
 def collect_rows(experiment_dir: str, param_keys: list[str]) -> list[TrialRow]:
     """One row per Tune trial, from Tune's saved experiment state."""
+    return [_row(trial, param_keys) for trial in _saved_trials(experiment_dir)]
+
+
+def _saved_trials(experiment_dir: str) -> list:
+    """Tune's trials as its experiment state saved them (``ExperimentAnalysis.trials``), without the analysis's
+    per-trial pandas frame of every reported result: unused here, it was 70 % of collect_rows at 300 trials
+    (docs/benchmarks.md, "Sweeps at scale")."""
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(experiment_dir)
-    rows = []
-    for trial in analysis.trials:
-        rows.append(_row(trial, param_keys))
-    return rows
+    class _TrialsOnly(ExperimentAnalysis):
+        def _fetch_trial_dataframes(self) -> dict:
+            return {}
+
+    return _TrialsOnly(experiment_dir).trials
 
 
 def trial_row(trial, param_keys: list[str]) -> TrialRow:
