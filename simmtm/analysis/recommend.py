@@ -350,16 +350,17 @@ def _edge(key: str, side: str, value: Any, low: float, high: float, *, log: bool
     limit = limit_low if side == "low" else limit_high
     name = f"{key} ({SHORT_NAMES[key]})" if key in SHORT_NAMES else key
     where = "lowest" if side == "low" else "highest"
+    at_limit = dict(
+        param=key,
+        side=side,
+        value=value,
+        bound=bound,
+        can_widen=False,
+        suggested_bound=None,
+        message=f"{name}={_fmt(value)} is at the {where} value it can take; nothing to widen",
+    )
     if limit is not None and math.isclose(bound, limit[0]) and limit[1]:
-        return dict(
-            param=key,
-            side=side,
-            value=value,
-            bound=bound,
-            can_widen=False,
-            suggested_bound=None,
-            message=f"{name}={_fmt(value)} is at the {where} value it can take; nothing to widen",
-        )
+        return at_limit
     span = (math.log(high) - math.log(low)) if log and low > 0 else (high - low)
     if log and low > 0:
         target = bound * math.exp(-span / 2) if side == "low" else bound * math.exp(span / 2)
@@ -374,15 +375,7 @@ def _edge(key: str, side: str, value: Any, low: float, high: float, *, log: bool
     else:
         target = float(f"{target:.3g}")
     if target == bound:
-        return dict(
-            param=key,
-            side=side,
-            value=value,
-            bound=bound,
-            can_widen=False,
-            suggested_bound=None,
-            message=f"{name}={_fmt(value)} is at the {where} value it can take; nothing to widen",
-        )
+        return at_limit
     verb = "lower" if side == "low" else "raise"
     which = "lower" if side == "low" else "upper"
     return dict(
