@@ -44,8 +44,8 @@ import json
 import math
 import os
 import random
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -254,7 +254,9 @@ def once(run: Path, args: list[str], read) -> dict[str, Any]:
     return record
 
 
-def matched_finetune(pre_steps: int, ft_steps: int, steps_per_epoch: int, epochs: int, lr_decay: float) -> dict[str, Any]:
+def matched_finetune(
+    pre_steps: int, ft_steps: int, steps_per_epoch: int, epochs: int, lr_decay: float
+) -> dict[str, Any]:
     """Fine-tuning overrides that give a random init at least ``pre_steps + ft_steps`` optimiser steps a horizon
     (whole epochs, no early stop before the last: patience = epochs; the validation-best epoch is kept), with the
     official schedule (first epoch at lr/25, then lr * decay^(e-2) in epoch e) stretched so that the last epoch
@@ -271,7 +273,10 @@ def pretrained_arm(out: Path, tag: str, seed: int, common: dict[str, Any], extra
     return {**record, "pretrain": pre_record, "overrides": extra}
 
 
-def faithful_seed(out: Path, seed: int, threads: int, arm: str, simmtm_record: dict[str, Any] | None = None) -> dict[str, Any]:
+def faithful_seed(
+    out: Path, seed: int, threads: int, arm: str, simmtm_record: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One arm of one seed; the compute-matched random init takes its budget from the seed's ``simmtm_record``."""
     common = {"seed": seed, "threads": threads}
     if arm == SIMMTM:
         return pretrained_arm(out, "simmtm", seed, common, {})
@@ -322,7 +327,8 @@ def faithful_summary(results: dict[str, Any]) -> str:
     arms = {arm: per_seed for arm, per_seed in results["arms"].items() if per_seed}
     horizons = sorted({h for per_seed in arms.values() for e in per_seed.values() for h in e["horizons"]}, key=int)
     lines = ["| arm | seeds | MSE (mean over horizons) mean +/- sd | MAE mean +/- sd | "
-             + " | ".join(f"MSE h{h}" for h in horizons) + " | encoder updates (pre-train + fine-tune) | per seed MSE |",
+             + " | ".join(f"MSE h{h}" for h in horizons)
+             + " | encoder updates (pre-train + fine-tune) | per seed MSE |",
              "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in horizons) + " | ---: | --- |"]
     for arm, per_seed in arms.items():
         seeds = sorted(per_seed, key=int)
@@ -333,7 +339,7 @@ def faithful_summary(results: dict[str, Any]) -> str:
             cells.append(f"{statistics.fmean(values):.4f} +/- {sd:.4f}")
         cells += [f"{statistics.fmean(per_seed[s]['horizons'][h]['mse'] for s in seeds):.4f}" for h in horizons]
         updates = sorted({encoder_updates(per_seed[s]) for s in seeds})
-        cells.append("-".join(str(u) for u in (updates[0], updates[-1]) if u) if updates[0] != updates[-1] else str(updates[0]))
+        cells.append(str(updates[0]) if len(updates) == 1 else f"{updates[0]}-{updates[-1]}")
         cells.append(", ".join(f"{per_seed[s]['mse']:.4f}" for s in seeds))
         lines.append(f"| {arm} | {len(seeds)} | " + " | ".join(cells) + " |")
     lines += ["", "| paired difference (per seed) | metric | seeds | mean | sd | 95 % t interval | 95 % bootstrap "
@@ -358,6 +364,9 @@ def faithful_main(out: Path, seeds: list[int], threads: int, jobs: int, *, summa
         results = json.loads(path.read_text())
     else:
         started, loads, stop = time.time(), [], threading.Event()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=ROOT).stdout.strip()  # the code as it was when the study started
 
         def sample_load() -> None:
             while True:
@@ -371,9 +380,6 @@ def faithful_main(out: Path, seeds: list[int], threads: int, jobs: int, *, summa
             results = faithful_study(out, seeds, threads, jobs)
         finally:
             stop.set()
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=ROOT).stdout.strip()
         results.update(commit=commit.stdout.strip() + ("+dirty" if dirty else ""), cpus=os.cpu_count(),
                        started_utc=time.strftime("%H:%M", time.gmtime(started)),
                        finished_utc=time.strftime("%H:%M", time.gmtime()), wall_s=round(time.time() - started, 1),
@@ -396,7 +402,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every run (the sweep uses its own)")
     parser.add_argument("--parts", nargs="+", default=["etth1", "cross", "cls"],
-                        choices=("etth1", "cross", "cls", "faithful"), help="faithful: the official-recipe study (alone)")
+                        choices=("etth1", "cross", "cls", "faithful"),
+                        help="faithful: the official-recipe study (runs alone)")
     parser.add_argument("--jobs", type=int, default=1, help="faithful: commands run at a time (default 1)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run of the study (e.g. pretrain.epochs=12); repeatable")
