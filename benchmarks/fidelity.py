@@ -18,8 +18,10 @@ at a CPU size, for ``--seeds`` (at least 5), ETTh1 at the config's horizons (ave
   contrastive term over dropout noise. Whatever masked modelling adds is gone; the warm start itself is not;
 * random init, compute-matched: no pre-training, fine-tuned for at least as many optimiser steps per horizon as
   the SimMTM arm of the same seed took in pre-training plus fine-tuning, the fine-tuning schedule stretched over
-  them (same first epoch, the halving spread so that its last epoch runs at SimMTM's last lr), early stopping on
-  validation with the same patience.
+  them (same first epoch, the halving spread so that its last epoch runs at SimMTM's last lr), every step run and
+  the validation-best epoch kept (early stopping as model selection; patience = epochs);
+* SimMTM, fine-tuned as long as the random init: the SimMTM arm's pre-training with the random init's fine-tuning
+  schedule (more updates in all than the random init): does pre-training help once fine-tuning is not cut short?
 
 Runs go ``--jobs`` at a time (one torch thread each). ``OUT/faithful.json`` keeps every run (test and validation
 scores per horizon, optimiser steps, best pre-training epoch, wall time of each command); the table and the paired
@@ -191,8 +193,10 @@ def summary(results: dict[str, Any]) -> str:
 SIMMTM = "SimMTM (r 0.5, M 3)"
 GENERIC = "generic warm start (r 0.01)"
 BASELINE = "random init, compute-matched"
-ARMS = (SIMMTM, GENERIC, BASELINE)
-PAIRS = ((SIMMTM, BASELINE), (GENERIC, BASELINE), (SIMMTM, GENERIC))  # first minus second, per seed
+SIMMTM_LONG = "SimMTM, fine-tuned as long as the random init"
+ARMS = (SIMMTM, GENERIC, BASELINE, SIMMTM_LONG)
+# first minus second, per seed
+PAIRS = ((SIMMTM, BASELINE), (GENERIC, BASELINE), (SIMMTM, GENERIC), (SIMMTM_LONG, BASELINE))
 # The warm start without masked modelling: about one point in a hundred masked, so a series' copies are itself.
 GENERIC_PRETRAIN = {"pretrain.mask_ratio": 0.01}
 
@@ -286,13 +290,19 @@ def faithful_seed(
     horizons = simmtm_record["horizons"].values()
     extra = matched_finetune(simmtm_record["pretrain"]["steps"], max(h["steps"] for h in horizons),
                              min(h["steps_per_epoch"] for h in horizons), recipe.epochs, recipe.lr_decay)
-    record = once(out / f"random-ft-s{seed}", ["finetune", *sets({**common, **extra})], finetune_record)
-    return {**record, "overrides": extra}
+    if arm == BASELINE:
+        record = once(out / f"random-ft-s{seed}", ["finetune", *sets({**common, **extra})], finetune_record)
+        return {**record, "overrides": extra}
+    # SIMMTM_LONG: the SimMTM arm's pre-training, fine-tuned with the random init's longer schedule
+    pre = out / f"simmtm-pre-s{seed}"
+    record = once(out / f"simmtm-long-ft-s{seed}", ["finetune", "--from", str(pre), *sets({**common, **extra})],
+                  finetune_record)
+    return {**record, "pretrain": simmtm_record["pretrain"], "overrides": extra}
 
 
 def faithful_study(out: Path, seeds: list[int], threads: int, jobs: int) -> dict[str, Any]:
-    """Every arm of every seed, ``jobs`` commands at a time: per seed the SimMTM arm then its compute-matched
-    random init (whose budget it sets), and the generic warm start beside them."""
+    """Every arm of every seed, ``jobs`` commands at a time: per seed the SimMTM arm, then its compute-matched
+    random init and its long fine-tuning (whose budget it sets), and the generic warm start beside them."""
     results: dict[str, Any] = {"config": str(FAITHFUL.relative_to(ROOT)), "seeds": seeds, "threads": threads,
                                "jobs": jobs, "arms": {arm: {} for arm in ARMS}}
     lock = threading.Lock()
@@ -305,7 +315,8 @@ def faithful_study(out: Path, seeds: list[int], threads: int, jobs: int) -> dict
 
     def pretrained_then_matched(seed: int) -> None:
         simmtm_record = record(SIMMTM, seed, faithful_seed(out, seed, threads, SIMMTM))
-        record(BASELINE, seed, faithful_seed(out, seed, threads, BASELINE, simmtm_record))
+        for arm in (BASELINE, SIMMTM_LONG):
+            record(arm, seed, faithful_seed(out, seed, threads, arm, simmtm_record))
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = []
@@ -364,6 +375,7 @@ def faithful_main(out: Path, seeds: list[int], threads: int, jobs: int, *, summa
         results = json.loads(path.read_text())
     else:
         started, loads, stop = time.time(), [], threading.Event()
+        earlier = json.loads(path.read_text()).get("invocations", []) if path.exists() else []  # a resumed study
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                text=True, cwd=ROOT).stdout.strip()  # the code as it was when the study started
@@ -380,17 +392,18 @@ def faithful_main(out: Path, seeds: list[int], threads: int, jobs: int, *, summa
             results = faithful_study(out, seeds, threads, jobs)
         finally:
             stop.set()
-        results.update(commit=commit.stdout.strip() + ("+dirty" if dirty else ""), cpus=os.cpu_count(),
-                       started_utc=time.strftime("%H:%M", time.gmtime(started)),
-                       finished_utc=time.strftime("%H:%M", time.gmtime()), wall_s=round(time.time() - started, 1),
-                       load_avg_1min=loads)
+        this = {"commit": commit.stdout.strip() + ("+dirty" if dirty else ""), "cpus": os.cpu_count(),
+                "jobs": jobs, "threads": threads, "started_utc": time.strftime("%H:%M", time.gmtime(started)),
+                "finished_utc": time.strftime("%H:%M", time.gmtime()), "wall_s": round(time.time() - started, 1),
+                "load_avg_1min": loads}
+        results["invocations"] = earlier + [this]
         path.write_text(json.dumps(results, indent=2) + "\n")
     text = faithful_summary(results)
-    if "wall_s" in results:
-        loads = results["load_avg_1min"]
-        text += (f"\n\ncommit {results['commit']}, {results['cpus']} CPUs, {results['jobs']} run(s) at a time of "
-                 f"{results['threads']} thread(s), {results['started_utc']}-{results['finished_utc']} UTC, wall time "
-                 f"{results['wall_s'] / 60:.1f} min, 1-minute load average {min(loads):.1f}-{max(loads):.1f} "
+    for run in results.get("invocations", []):
+        loads = run["load_avg_1min"]
+        text += (f"\n\ncommit {run['commit']}, {run['cpus']} CPUs, {run['jobs']} run(s) at a time of "
+                 f"{run['threads']} thread(s), {run['started_utc']}-{run['finished_utc']} UTC, wall time "
+                 f"{run['wall_s'] / 60:.1f} min, 1-minute load average {min(loads):.1f}-{max(loads):.1f} "
                  f"(median {statistics.median(loads):.1f}, sampled every minute)")
     (out / "faithful.md").write_text(text + "\n")
     print(text)

@@ -159,13 +159,16 @@ def test_the_faithful_summary_pairs_arms_by_seed(fidelity) -> None:
 
     arms = {fidelity.SIMMTM: {"0": run(0.40), "1": run(0.42), "2": run(0.41)},
             fidelity.GENERIC: {"0": run(0.41), "1": run(0.43), "2": run(0.41)},
-            fidelity.BASELINE: {"0": run(0.45, None), "1": run(0.44, None), "2": run(0.46, None)}}
+            fidelity.BASELINE: {"0": run(0.45, None), "1": run(0.44, None), "2": run(0.46, None)},
+            fidelity.SIMMTM_LONG: {"0": run(0.44), "1": run(0.44)}}
     text = fidelity.faithful_summary({"arms": arms})
     assert f"| {fidelity.SIMMTM} | 3 | 0.4100 +/- 0.0100 | 0.2050 +/- 0.0050 | 0.4100 | 0.4100 | 78 |" in text
     assert f"| {fidelity.BASELINE} | 3 | 0.4500 +/- 0.0100 |" in text and "| 27 | 0.4500, 0.4400, 0.4600 |" in text
     # SimMTM - baseline per seed: -0.05, -0.02, -0.05: mean -0.04, sd 0.0173, t half-width 4.303 * 0.0173 / sqrt(3)
     assert f"| {fidelity.SIMMTM} - {fidelity.BASELINE} | mse | 3 | -0.0400 | 0.0173 | [-0.0830, +0.0030] |" in text
     assert f"| {fidelity.SIMMTM} - {fidelity.GENERIC} | mse | 3 | -0.0067 |" in text and "| 2/3 |" in text
+    # only the seeds both arms ran are paired: 0.44 - 0.45 and 0.44 - 0.44
+    assert f"| {fidelity.SIMMTM_LONG} - {fidelity.BASELINE} | mse | 2 | -0.0050 | 0.0071 |" in text
 
 
 # --- pre-training roofline and the GPU profile (run here on the CPU, tiny shapes) -----------------------------
