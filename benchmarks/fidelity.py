@@ -10,7 +10,7 @@ stopping on validation:
 * classification (``sweeps/gunpoint.yaml``: GunPoint, ResNet-1D): random init against SimMTM.
 
 ``--parts faithful`` is the study with the official recipe (``benchmarks/fidelity_faithful.yaml``, docs/fidelity.md)
-at a CPU size, for ``--seeds`` (at least 5), ETTh1 at the config's horizons (averaged), three arms per seed:
+at a CPU size, for ``--seeds`` (at least 5), ETTh1 at the config's horizons (averaged), four arms per seed:
 
 * SimMTM: pre-trained with the paper's r = 0.5, M = 3, tau = 0.2, the best pre-training checkpoint fine-tuned;
 * generic warm start: the same pre-training (model, data, steps, optimiser, losses) with r = 0.01, so that almost
