@@ -9,6 +9,24 @@ stopping on validation:
 * cross-domain ETTh2 -> ETTh1: pre-trained on ETTh2 with the paper's defaults, fine-tuned and tested on ETTh1;
 * classification (``sweeps/gunpoint.yaml``: GunPoint, ResNet-1D): random init against SimMTM.
 
+``--parts faithful`` is the study with the official recipe (``benchmarks/fidelity_faithful.yaml``, docs/fidelity.md)
+at a CPU size, for ``--seeds`` (at least 5), ETTh1 at the config's horizons (averaged), four arms per seed:
+
+* SimMTM: pre-trained with the paper's r = 0.5, M = 3, tau = 0.2, the best pre-training checkpoint fine-tuned;
+* generic warm start: the same pre-training (model, data, steps, optimiser, losses) with r = 0.01, so that almost
+  no point is masked: each original is rebuilt from near-identical copies of itself, an autoencoder with a
+  contrastive term over dropout noise. Whatever masked modelling adds is gone; the warm start itself is not;
+* random init, compute-matched: no pre-training, fine-tuned for at least as many optimiser steps per horizon as
+  the SimMTM arm of the same seed took in pre-training plus fine-tuning, the fine-tuning schedule stretched over
+  them (same first epoch, the halving spread so that its last epoch runs at SimMTM's last lr), every step run and
+  the validation-best epoch kept (early stopping as model selection; patience = epochs);
+* SimMTM, fine-tuned as long as the random init: the SimMTM arm's pre-training with the random init's fine-tuning
+  schedule (more updates in all than the random init): does pre-training help once fine-tuning is not cut short?
+
+Runs go ``--jobs`` at a time (one torch thread each). ``OUT/faithful.json`` keeps every run (test and validation
+scores per horizon, optimiser steps, best pre-training epoch, wall time of each command); the table and the paired
+differences (arm minus arm, per seed, with a t and a bootstrap 95 % interval) go to ``OUT/faithful.md``.
+
 Every step is a ``simmtm`` command run in a subprocess, its log beside its output; a step whose output already
 exists is not run again, so an interrupted study resumes where it stopped. The summary (per seed, mean +/- sd, and
 the paired difference to random init) is printed and written to ``OUT/fidelity.json`` and ``OUT/fidelity.md``.
@@ -16,6 +34,7 @@ the paired difference to random init) is printed and written to ``OUT/fidelity.j
     python benchmarks/fidelity.py --out runs/fidelity                  # the whole study (about an hour on 2 cores)
     python benchmarks/fidelity.py --out runs/fidelity --threads 1      # leave the other core to another job
     python benchmarks/fidelity.py --out runs/fidelity --summary        # only re-print the tables
+    python benchmarks/fidelity.py --parts faithful --out runs/fidelity-faithful --seeds 0 1 2 3 4 --jobs 2
     python benchmarks/fidelity.py --out runs/fidelity-long --parts etth1 cross --sweep runs/fidelity/sweep \
         --set pretrain.epochs=12                                        # 4x the pre-training, same swept r/M
 """
@@ -24,24 +43,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import random
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from simmtm.config import load_config
 from simmtm.sweep.spec import get_key
 
 ROOT = Path(__file__).resolve().parent.parent
 FORECAST = ROOT / "sweeps" / "quick.yaml"
 CLASSIFY = ROOT / "sweeps" / "gunpoint.yaml"
+FAITHFUL = ROOT / "benchmarks" / "fidelity_faithful.yaml"
 SEARCHED = ("pretrain.mask_ratio", "pretrain.num_masked", "pretrain.temperature")
 
 
-def simmtm(args: list[str], log: Path, *, append: bool = False) -> None:
+def simmtm(args: list[str], log: Path, *, append: bool = False) -> float:
     """Run one ``simmtm`` command, its output in ``log`` (``append``: after what a resumed run wrote there before);
     a failure stops the study with the log's tail. ``search_efficiency.py`` runs its sweeps through this too."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +79,9 @@ def simmtm(args: list[str], log: Path, *, append: bool = False) -> None:
     if done.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-15:])
         raise SystemExit(f"`simmtm {' '.join(args)}` failed (exit {done.returncode}); log {log}:\n{tail}")
-    print(f"    {time.time() - started:.0f} s", flush=True)
+    took = time.time() - started
+    print(f"    {took:.0f} s  ({log.stem})", flush=True)
+    return took
 
 
 def sets(values: dict[str, Any]) -> list[str]:
@@ -159,13 +188,236 @@ def summary(results: dict[str, Any]) -> str:
                                  for k, v in results["swept"].items()))
     return "\n".join(lines)
 
+# --- the study with the official recipe (--parts faithful) -------------------------------------------------------
+
+SIMMTM = "SimMTM (r 0.5, M 3)"
+GENERIC = "generic warm start (r 0.01)"
+BASELINE = "random init, compute-matched"
+SIMMTM_LONG = "SimMTM, fine-tuned as long as the random init"
+ARMS = (SIMMTM, GENERIC, BASELINE, SIMMTM_LONG)
+# first minus second, per seed
+PAIRS = ((SIMMTM, BASELINE), (GENERIC, BASELINE), (SIMMTM, GENERIC), (SIMMTM_LONG, BASELINE))
+# The warm start without masked modelling: about one point in a hundred masked, so a series' copies are itself.
+GENERIC_PRETRAIN = {"pretrain.mask_ratio": 0.01}
+
+# Student's t 0.975 quantile for 1-30 degrees of freedom (beyond 30 the df-30 value: slightly wide, never narrow).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def paired_interval(diffs: list[float], *, n_boot: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """Mean of per-seed differences with two 95 % intervals: Student's t (mean +/- t * sd / sqrt(n)) and the
+    percentile bootstrap over seeds (``n_boot`` resamples, seeded). ``better``: differences below zero (a lower
+    error for the first arm)."""
+    n = len(diffs)
+    if n < 2:
+        raise ValueError(f"a paired interval needs at least 2 differences, got {n}")
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = T975[min(n - 1, len(T975)) - 1] * sd / math.sqrt(n)
+    rng = random.Random(seed)
+    boots = sorted(statistics.fmean(rng.choices(diffs, k=n)) for _ in range(n_boot))
+    return {"n": n, "mean": mean, "sd": sd, "t_low": mean - half, "t_high": mean + half,
+            "boot_low": boots[round(0.025 * (n_boot - 1))], "boot_high": boots[round(0.975 * (n_boot - 1))],
+            "better": sum(d < 0 for d in diffs)}
+
+
+def history(run: Path, kind: str) -> list[dict[str, Any]]:
+    records = (json.loads(line) for line in (run / "history.jsonl").read_text().splitlines() if line.strip())
+    return [r for r in records if r["kind"] == kind]
+
+
+def pretrain_record(run: Path) -> dict[str, Any]:
+    epochs = history(run, "pretrain_epoch")
+    best = min(reversed(epochs), key=lambda e: e["val_loss"])  # ties go to the later epoch, as best.pt does
+    return {"steps": epochs[-1]["step"], "epochs": len(epochs), "best_epoch": best["epoch"],
+            "val_loss": best["val_loss"]}
+
+
+def finetune_record(run: Path) -> dict[str, Any]:
+    """Test and validation scores per horizon with the optimiser steps each horizon's head took."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    epochs = history(run, "finetune_epoch")
+    horizons = {}
+    for h, m in metrics["horizons"].items():
+        mine = [e for e in epochs if e["stage"] == f"h{h}"]
+        horizons[h] = {**m, "steps": mine[-1]["step"], "steps_per_epoch": mine[0]["step"]}
+    return {"mse": metrics["mse"], "mae": metrics["mae"], "val_mse": metrics["val_mse"], "horizons": horizons}
+
+
+def once(run: Path, args: list[str], read) -> dict[str, Any]:
+    """Run one ``simmtm`` command into ``run`` unless it finished before; its record (``read(run)`` and the
+    command's wall time) is kept as RUN.json, so a resumed study reads it instead of running again."""
+    kept = run.with_suffix(".json")
+    if kept.exists():
+        return json.loads(kept.read_text())
+    if run.exists():  # an interrupted command: start it again
+        shutil.rmtree(run)
+    wall = simmtm([args[0], str(FAITHFUL), "--out", str(run), "--no-progress", *args[1:]], run.with_suffix(".log"))
+    record = {**read(run), "wall_s": round(wall, 1)}
+    kept.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def matched_finetune(
+    pre_steps: int, ft_steps: int, steps_per_epoch: int, epochs: int, lr_decay: float
+) -> dict[str, Any]:
+    """Fine-tuning overrides that give a random init at least ``pre_steps + ft_steps`` optimiser steps a horizon
+    (whole epochs, no early stop before the last: patience = epochs; the validation-best epoch is kept), with the
+    official schedule (first epoch at lr/25, then lr * decay^(e-2) in epoch e) stretched so that the last epoch
+    runs at the lr of the pre-trained arm's last epoch (``epochs`` at ``lr_decay``)."""
+    matched = max(math.ceil((pre_steps + ft_steps) / steps_per_epoch), epochs)
+    decay = lr_decay ** ((epochs - 2) / (matched - 2)) if epochs > 2 and matched > 2 else lr_decay
+    return {"finetune.epochs": matched, "finetune.patience": matched, "finetune.lr_decay": round(decay, 6)}
+
+
+def pretrained_arm(out: Path, tag: str, seed: int, common: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    pre = out / f"{tag}-pre-s{seed}"
+    pre_record = once(pre, ["pretrain", *sets({**common, **extra})], pretrain_record)
+    record = once(out / f"{tag}-ft-s{seed}", ["finetune", "--from", str(pre), *sets(common)], finetune_record)
+    return {**record, "pretrain": pre_record, "overrides": extra}
+
+
+def faithful_seed(
+    out: Path, seed: int, threads: int, arm: str, simmtm_record: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One arm of one seed; the compute-matched random init takes its budget from the seed's ``simmtm_record``."""
+    common = {"seed": seed, "threads": threads}
+    if arm == SIMMTM:
+        return pretrained_arm(out, "simmtm", seed, common, {})
+    if arm == GENERIC:
+        return pretrained_arm(out, "generic", seed, common, GENERIC_PRETRAIN)
+    recipe = load_config(FAITHFUL).finetune
+    horizons = simmtm_record["horizons"].values()
+    extra = matched_finetune(simmtm_record["pretrain"]["steps"], max(h["steps"] for h in horizons),
+                             min(h["steps_per_epoch"] for h in horizons), recipe.epochs, recipe.lr_decay)
+    if arm == BASELINE:
+        record = once(out / f"random-ft-s{seed}", ["finetune", *sets({**common, **extra})], finetune_record)
+        return {**record, "overrides": extra}
+    # SIMMTM_LONG: the SimMTM arm's pre-training, fine-tuned with the random init's longer schedule
+    pre = out / f"simmtm-pre-s{seed}"
+    record = once(out / f"simmtm-long-ft-s{seed}", ["finetune", "--from", str(pre), *sets({**common, **extra})],
+                  finetune_record)
+    return {**record, "pretrain": simmtm_record["pretrain"], "overrides": extra}
+
+
+def faithful_study(out: Path, seeds: list[int], threads: int, jobs: int) -> dict[str, Any]:
+    """Every arm of every seed, ``jobs`` commands at a time: per seed the SimMTM arm, then its compute-matched
+    random init and its long fine-tuning (whose budget it sets), and the generic warm start beside them."""
+    results: dict[str, Any] = {"config": str(FAITHFUL.relative_to(ROOT)), "seeds": seeds, "threads": threads,
+                               "jobs": jobs, "arms": {arm: {} for arm in ARMS}}
+    lock = threading.Lock()
+
+    def record(arm: str, seed: int, entry: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            results["arms"][arm][str(seed)] = entry
+            (out / "faithful.json").write_text(json.dumps(results, indent=2) + "\n")
+        return entry
+
+    def pretrained_then_matched(seed: int) -> None:
+        simmtm_record = record(SIMMTM, seed, faithful_seed(out, seed, threads, SIMMTM))
+        for arm in (BASELINE, SIMMTM_LONG):
+            record(arm, seed, faithful_seed(out, seed, threads, arm, simmtm_record))
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = []
+        for seed in seeds:
+            futures.append(pool.submit(pretrained_then_matched, seed))
+            futures.append(pool.submit(lambda s=seed: record(GENERIC, s, faithful_seed(out, s, threads, GENERIC))))
+        for future in futures:
+            future.result()  # a failed command stops the study here, with its log's tail
+    return results
+
+
+def encoder_updates(entry: dict[str, Any]) -> int:
+    """Optimiser steps the encoder of one run's longest horizon took: pre-training plus fine-tuning."""
+    return entry.get("pretrain", {}).get("steps", 0) + max(h["steps"] for h in entry["horizons"].values())
+
+
+def faithful_summary(results: dict[str, Any]) -> str:
+    """Markdown: each arm (test MSE/MAE averaged over horizons; per horizon; steps), then the paired differences."""
+    arms = {arm: per_seed for arm, per_seed in results["arms"].items() if per_seed}
+    horizons = sorted({h for per_seed in arms.values() for e in per_seed.values() for h in e["horizons"]}, key=int)
+    lines = ["| arm | seeds | MSE (mean over horizons) mean +/- sd | MAE mean +/- sd | "
+             + " | ".join(f"MSE h{h}" for h in horizons)
+             + " | encoder updates (pre-train + fine-tune) | per seed MSE |",
+             "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in horizons) + " | ---: | --- |"]
+    for arm, per_seed in arms.items():
+        seeds = sorted(per_seed, key=int)
+        cells = []
+        for metric in ("mse", "mae"):
+            values = [per_seed[s][metric] for s in seeds]
+            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+            cells.append(f"{statistics.fmean(values):.4f} +/- {sd:.4f}")
+        cells += [f"{statistics.fmean(per_seed[s]['horizons'][h]['mse'] for s in seeds):.4f}" for h in horizons]
+        updates = sorted({encoder_updates(per_seed[s]) for s in seeds})
+        cells.append(str(updates[0]) if len(updates) == 1 else f"{updates[0]}-{updates[-1]}")
+        cells.append(", ".join(f"{per_seed[s]['mse']:.4f}" for s in seeds))
+        lines.append(f"| {arm} | {len(seeds)} | " + " | ".join(cells) + " |")
+    lines += ["", "| paired difference (per seed) | metric | seeds | mean | sd | 95 % t interval | 95 % bootstrap "
+              "interval | seeds where the first is better |", "| --- | --- | ---: | ---: | ---: | --- | --- | ---: |"]
+    for first, second in PAIRS:
+        common = sorted(set(arms.get(first, {})) & set(arms.get(second, {})), key=int)
+        if len(common) < 2:
+            continue
+        for metric in ("mse", "mae"):
+            st = paired_interval([arms[first][s][metric] - arms[second][s][metric] for s in common])
+            lines.append(f"| {first} - {second} | {metric} | {st['n']} | {st['mean']:+.4f} | {st['sd']:.4f} | "
+                         f"[{st['t_low']:+.4f}, {st['t_high']:+.4f}] | [{st['boot_low']:+.4f}, {st['boot_high']:+.4f}] "
+                         f"| {st['better']}/{st['n']} |")
+    return "\n".join(lines)
+
+
+def faithful_main(out: Path, seeds: list[int], threads: int, jobs: int, *, summary_only: bool) -> None:
+    """Run (or resume) the faithful study, noting the commit, the wall time and the machine's load average every
+    minute (other jobs may share the machine); then write and print its tables."""
+    path = out / "faithful.json"
+    if summary_only:
+        results = json.loads(path.read_text())
+    else:
+        started, loads, stop = time.time(), [], threading.Event()
+        earlier = json.loads(path.read_text()).get("invocations", []) if path.exists() else []  # a resumed study
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=ROOT).stdout.strip()  # the code as it was when the study started
+
+        def sample_load() -> None:
+            while True:
+                loads.append(round(os.getloadavg()[0], 2))
+                if stop.wait(60):
+                    return
+
+        sampler = threading.Thread(target=sample_load, daemon=True)
+        sampler.start()
+        try:
+            results = faithful_study(out, seeds, threads, jobs)
+        finally:
+            stop.set()
+        this = {"commit": commit.stdout.strip() + ("+dirty" if dirty else ""), "cpus": os.cpu_count(),
+                "jobs": jobs, "threads": threads, "started_utc": time.strftime("%H:%M", time.gmtime(started)),
+                "finished_utc": time.strftime("%H:%M", time.gmtime()), "wall_s": round(time.time() - started, 1),
+                "load_avg_1min": loads}
+        results["invocations"] = earlier + [this]
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    text = faithful_summary(results)
+    for run in results.get("invocations", []):
+        loads = run["load_avg_1min"]
+        text += (f"\n\ncommit {run['commit']}, {run['cpus']} CPUs, {run['jobs']} run(s) at a time of "
+                 f"{run['threads']} thread(s), {run['started_utc']}-{run['finished_utc']} UTC, wall time "
+                 f"{run['wall_s'] / 60:.1f} min, 1-minute load average {min(loads):.1f}-{max(loads):.1f} "
+                 f"(median {statistics.median(loads):.1f}, sampled every minute)")
+    (out / "faithful.md").write_text(text + "\n")
+    print(text)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fidelity")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every run (the sweep uses its own)")
-    parser.add_argument("--parts", nargs="+", default=["etth1", "cross", "cls"], choices=("etth1", "cross", "cls"))
+    parser.add_argument("--parts", nargs="+", default=["etth1", "cross", "cls"],
+                        choices=("etth1", "cross", "cls", "faithful"),
+                        help="faithful: the official-recipe study (runs alone)")
+    parser.add_argument("--jobs", type=int, default=1, help="faithful: commands run at a time (default 1)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run of the study (e.g. pretrain.epochs=12); repeatable")
     parser.add_argument("--sweep", type=Path, help="take the swept r/M/tau from this finished sweep instead of running one")
@@ -174,6 +426,11 @@ def main() -> None:
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    if "faithful" in args.parts:
+        if args.parts != ["faithful"] or args.overrides or args.sweep:
+            parser.error("--parts faithful runs alone, from benchmarks/fidelity_faithful.yaml (no --set, no --sweep)")
+        faithful_main(args.out, args.seeds, args.threads, args.jobs, summary_only=args.summary)
+        return
     if args.summary:
         results = json.loads((args.out / "fidelity.json").read_text())
     else:

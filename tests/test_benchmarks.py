@@ -7,6 +7,8 @@ published figures.
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -96,6 +98,77 @@ def test_fidelity_pairs_each_arm_with_the_random_init_of_the_same_seed(fidelity)
     assert "| ETTh1 SimMTM paper r/M | mse | 0.4350 +/- 0.0212 | 0.4500, 0.4200 | -0.0150 (1/2) |" in text
     assert "| GunPoint SimMTM | accuracy | 0.9500 +/- nan | 0.9500 | +0.0500 (1/1) |" in text
     assert "| ETTh1 random init | mse | 0.4500 +/- 0.0707 | 0.5000, 0.4000 | - |" in text
+
+
+
+def test_the_paired_interval_matches_hand_computed_t_and_bootstrap_figures(fidelity) -> None:
+    st = fidelity.paired_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    # mean 3, sd sqrt(2.5) = 1.5811; t(0.975, 4 df) = 2.776: half-width 2.776 * 1.5811 / sqrt(5) = 1.9629
+    assert (st["n"], st["mean"], st["better"]) == (5, 3.0, 0)
+    assert st["sd"] == pytest.approx(1.58114, abs=1e-5)
+    assert (st["t_low"], st["t_high"]) == (pytest.approx(1.03707, abs=1e-5), pytest.approx(4.96293, abs=1e-5))
+    # bootstrap means of 5 draws lie on a 0.2 grid, inside the t interval here, and repeat with the seed
+    assert 1.0 < st["boot_low"] < 3.0 < st["boot_high"] < 5.0
+    assert st == fidelity.paired_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert round(st["boot_low"] * 5) == pytest.approx(st["boot_low"] * 5)
+    # equal differences: a zero-width interval at that value; negative differences count as "first arm better"
+    same = fidelity.paired_interval([-0.01] * 6)
+    assert same["t_low"] == same["t_high"] == same["boot_low"] == same["boot_high"] == pytest.approx(-0.01)
+    assert same["better"] == 6
+    # two seeds: t(0.975, 1 df) = 12.706
+    two = fidelity.paired_interval([0.0, 2.0])
+    assert two["t_high"] - two["mean"] == pytest.approx(12.706 * math.sqrt(2) / math.sqrt(2))  # sd sqrt(2), n 2
+    with pytest.raises(ValueError, match="at least 2"):
+        fidelity.paired_interval([0.1])
+
+
+def test_the_matched_baseline_gets_at_least_the_pretrained_arms_steps_and_its_last_lr(fidelity) -> None:
+    extra = fidelity.matched_finetune(51, 27, 9, 3, 0.5)
+    assert extra["finetune.epochs"] == 9 and 9 * 9 >= 51 + 27 and extra["finetune.patience"] == 9
+    # official schedule: epoch e >= 2 runs at lr * decay^(e-2); the last epochs agree: 0.5^1 = decay^7
+    assert extra["finetune.lr_decay"] ** 7 == pytest.approx(0.5, abs=1e-5)
+    assert fidelity.matched_finetune(0, 10, 9, 3, 0.5)["finetune.epochs"] == 3  # never fewer than the recipe's
+
+
+def write_history(run: Path, records: list[dict]) -> None:
+    run.mkdir(parents=True)
+    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_run_records_count_steps_per_horizon_and_the_best_pretraining_epoch(fidelity, tmp_path: Path) -> None:
+    pre = tmp_path / "pre"
+    write_history(pre, [{"kind": "pretrain_epoch", "epoch": e, "step": 17 * e, "val_loss": v}
+                        for e, v in ((1, 3.0), (2, 2.0), (3, 2.0))])
+    assert fidelity.pretrain_record(pre) == {"steps": 51, "epochs": 3, "best_epoch": 3, "val_loss": 2.0}  # tie: later
+    ft = tmp_path / "ft"
+    write_history(ft, [{"kind": "finetune_epoch", "stage": f"h{h}", "epoch": e, "step": 9 * e}
+                       for h, last in ((96, 3), (192, 2)) for e in range(1, last + 1)])
+    horizons = {"96": {"mse": 0.4, "mae": 0.4}, "192": {"mse": 0.5, "mae": 0.45}}
+    (ft / "metrics.json").write_text(json.dumps({"horizons": horizons, "mse": 0.45, "mae": 0.425, "val_mse": 0.6}))
+    record = fidelity.finetune_record(ft)
+    assert record["horizons"]["96"]["steps"] == 27 and record["horizons"]["192"]["steps"] == 18
+    assert record["horizons"]["192"]["steps_per_epoch"] == 9 and record["mse"] == 0.45
+    assert fidelity.encoder_updates({**record, "pretrain": {"steps": 51}}) == 51 + 27
+
+
+def test_the_faithful_summary_pairs_arms_by_seed(fidelity) -> None:
+    def run(mse: float, pre: int | None = 51) -> dict:
+        horizons = {"96": {"mse": mse, "steps": 27}, "192": {"mse": mse, "steps": 27}}
+        entry = {"mse": mse, "mae": mse / 2, "horizons": horizons}
+        return {**entry, "pretrain": {"steps": pre}} if pre else entry
+
+    arms = {fidelity.SIMMTM: {"0": run(0.40), "1": run(0.42), "2": run(0.41)},
+            fidelity.GENERIC: {"0": run(0.41), "1": run(0.43), "2": run(0.41)},
+            fidelity.BASELINE: {"0": run(0.45, None), "1": run(0.44, None), "2": run(0.46, None)},
+            fidelity.SIMMTM_LONG: {"0": run(0.44), "1": run(0.44)}}
+    text = fidelity.faithful_summary({"arms": arms})
+    assert f"| {fidelity.SIMMTM} | 3 | 0.4100 +/- 0.0100 | 0.2050 +/- 0.0050 | 0.4100 | 0.4100 | 78 |" in text
+    assert f"| {fidelity.BASELINE} | 3 | 0.4500 +/- 0.0100 |" in text and "| 27 | 0.4500, 0.4400, 0.4600 |" in text
+    # SimMTM - baseline per seed: -0.05, -0.02, -0.05: mean -0.04, sd 0.0173, t half-width 4.303 * 0.0173 / sqrt(3)
+    assert f"| {fidelity.SIMMTM} - {fidelity.BASELINE} | mse | 3 | -0.0400 | 0.0173 | [-0.0830, +0.0030] |" in text
+    assert f"| {fidelity.SIMMTM} - {fidelity.GENERIC} | mse | 3 | -0.0067 |" in text and "| 2/3 |" in text
+    # only the seeds both arms ran are paired: 0.44 - 0.45 and 0.44 - 0.44
+    assert f"| {fidelity.SIMMTM_LONG} - {fidelity.BASELINE} | mse | 2 | -0.0050 | 0.0071 |" in text
 
 
 # --- pre-training roofline and the GPU profile (run here on the CPU, tiny shapes) -----------------------------
