@@ -45,7 +45,6 @@ import argparse
 import json
 import math
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -201,24 +200,18 @@ PAIRS = ((SIMMTM, BASELINE), (GENERIC, BASELINE), (SIMMTM, GENERIC), (SIMMTM_LON
 GENERIC_PRETRAIN = {"pretrain.mask_ratio": 0.01}
 
 # Student's t 0.975 quantile for 1-30 degrees of freedom (beyond 30 the df-30 value: slightly wide, never narrow).
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
 def paired_interval(diffs: list[float], *, n_boot: int = 10_000, seed: int = 0) -> dict[str, float]:
-    """Mean of per-seed differences with two 95 % intervals: Student's t (mean +/- t * sd / sqrt(n)) and the
-    percentile bootstrap over seeds (``n_boot`` resamples, seeded). ``better``: differences below zero (a lower
-    error for the first arm)."""
-    n = len(diffs)
-    if n < 2:
-        raise ValueError(f"a paired interval needs at least 2 differences, got {n}")
-    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
-    half = T975[min(n - 1, len(T975)) - 1] * sd / math.sqrt(n)
-    rng = random.Random(seed)
-    boots = sorted(statistics.fmean(rng.choices(diffs, k=n)) for _ in range(n_boot))
-    return {"n": n, "mean": mean, "sd": sd, "t_low": mean - half, "t_high": mean + half,
-            "boot_low": boots[round(0.025 * (n_boot - 1))], "boot_high": boots[round(0.975 * (n_boot - 1))],
-            "better": sum(d < 0 for d in diffs)}
+    """Mean of per-seed differences (first arm minus second) with two 95 % intervals, Student's t and the percentile
+    bootstrap over seeds (``simmtm.stats.paired_difference``, the sweep's confirmation statistics). ``better``:
+    differences below zero (a lower error for the first arm)."""
+    from simmtm.stats import paired_difference
+
+    if len(diffs) < 2:
+        raise ValueError(f"a paired interval needs at least 2 differences, got {len(diffs)}")
+    st = paired_difference(diffs, [0.0] * len(diffs), mode="max", n_boot=n_boot, seed=seed)
+    assert st.ci is not None and st.ci_boot is not None and st.sd is not None
+    return {"n": st.n, "mean": st.mean, "sd": st.sd, "t_low": st.ci[0], "t_high": st.ci[1],
+            "boot_low": st.ci_boot[0], "boot_high": st.ci_boot[1], "better": sum(d < 0 for d in diffs)}
 
 
 def history(run: Path, kind: str) -> list[dict[str, Any]]:

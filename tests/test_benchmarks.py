@@ -106,7 +106,7 @@ def test_the_paired_interval_matches_hand_computed_t_and_bootstrap_figures(fidel
     # mean 3, sd sqrt(2.5) = 1.5811; t(0.975, 4 df) = 2.776: half-width 2.776 * 1.5811 / sqrt(5) = 1.9629
     assert (st["n"], st["mean"], st["better"]) == (5, 3.0, 0)
     assert st["sd"] == pytest.approx(1.58114, abs=1e-5)
-    assert (st["t_low"], st["t_high"]) == (pytest.approx(1.03707, abs=1e-5), pytest.approx(4.96293, abs=1e-5))
+    assert (st["t_low"], st["t_high"]) == (pytest.approx(1.03707, abs=1e-3), pytest.approx(4.96293, abs=1e-3))  # t to 3 decimals
     # bootstrap means of 5 draws lie on a 0.2 grid, inside the t interval here, and repeat with the seed
     assert 1.0 < st["boot_low"] < 3.0 < st["boot_high"] < 5.0
     assert st == fidelity.paired_interval([1.0, 2.0, 3.0, 4.0, 5.0])
@@ -117,7 +117,7 @@ def test_the_paired_interval_matches_hand_computed_t_and_bootstrap_figures(fidel
     assert same["better"] == 6
     # two seeds: t(0.975, 1 df) = 12.706
     two = fidelity.paired_interval([0.0, 2.0])
-    assert two["t_high"] - two["mean"] == pytest.approx(12.706 * math.sqrt(2) / math.sqrt(2))  # sd sqrt(2), n 2
+    assert two["t_high"] - two["mean"] == pytest.approx(12.706 * math.sqrt(2) / math.sqrt(2), rel=1e-4)  # sd sqrt(2), n 2
     with pytest.raises(ValueError, match="at least 2"):
         fidelity.paired_interval([0.1])
 
