@@ -32,7 +32,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             config = load_config(path, args.overrides)
             validate_sweep_sections(config, path)
             if args.data:
-                from simmtm.cli.train import check_inputs
+                from simmtm.pretrain import check_inputs  # loads the data, builds the model; writes nothing
 
                 check_inputs(config)
         except UserError as exc:
