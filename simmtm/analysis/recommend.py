@@ -205,6 +205,7 @@ def recommend(
         m_vs_r=m_vs_r(sweep, n_boot=n_boot, seed=seed, confidence=confidence),
         **base,
     )
+    rec.edges = _gate_edges(rec.edges, done, sweep, members, edge_fraction, confidence=confidence)
     rec.message = "; ".join(rec.summary()[:2])
     return _with_confirmation(rec, sweep)
 
@@ -342,6 +343,93 @@ def _edges(
         if side is not None:
             out.append(_edge(p, side, v, low, high, log=getattr(dist, "log", False)))
     return out
+
+
+def search_noise(done: pd.DataFrame, sweep: Sweep) -> float | None:
+    """The seed-to-seed SD of the score: the confirmation's paired runs, else the search's own repeats."""
+    from simmtm.stats import seed_spread
+
+    sd = ((sweep.confirmation or {}).get("seed_spread") or {}).get("sd")
+    if sd is not None:
+        return float(sd)
+    keys = [p for p in sweep.params if p in done]
+    groups: dict[tuple, list[float]] = {}
+    for _, row in done.iterrows():
+        groups.setdefault(tuple(str(row[p]) for p in keys), []).append(float(row["score"]))
+    return seed_spread(groups).sd
+
+
+def _gate_edges(
+    edges: list[dict[str, Any]],
+    done: pd.DataFrame,
+    sweep: Sweep,
+    members: np.ndarray,
+    fraction: float,
+    *,
+    confidence: float,
+) -> list[dict[str, Any]]:
+    """Advise widening a range only when the edge beats the inside of the range beyond seed noise.
+
+    The recommended neighbourhood's mean is compared with the best configuration whose value of that parameter lies
+    inside the range (its mean over repeats); within z * SD * sqrt(1/n + 1/n') of it, the edge is a tie and the
+    advice becomes "no need to widen". Without any noise estimate the advice stands, saying so.
+    """
+    from scipy.stats import norm
+
+    noise = search_noise(done, sweep)
+    scores = done["score"].to_numpy(float)
+    good = sweep.sign * scores
+    expected = float(good[members].mean())
+    out = []
+    for edge in edges:
+        if not edge["can_widen"]:
+            out.append(edge)
+            continue
+        name = f"{edge['param']} ({SHORT_NAMES[edge['param']]})" if edge["param"] in SHORT_NAMES else edge["param"]
+        if noise is None:
+            out.append({**edge, "message": edge["message"] + " (seed noise not measured: confirm before widening)"})
+            continue
+        inside = _inside(done[edge["param"]], sweep.distributions[edge["param"]], edge, fraction)
+        groups: dict[tuple, list[float]] = {}
+        keys = [p for p in sweep.params if p in done]
+        for i in np.flatnonzero(inside):
+            groups.setdefault(tuple(str(done[p].iloc[i]) for p in keys), []).append(float(good[i]))
+        if not groups:
+            out.append(edge)
+            continue
+        best_inside = max(groups.values(), key=lambda g: float(np.mean(g)))
+        gap = expected - float(np.mean(best_inside))
+        critical = float(norm.ppf(confidence)) * noise * math.sqrt(1 / len(members) + 1 / len(best_inside))
+        if gap <= critical:
+            out.append(
+                {
+                    **edge,
+                    "can_widen": False,
+                    "suggested_bound": None,
+                    "noise_sd": noise,
+                    "gap": gap,
+                    "message": f"the best {name} ({_fmt(edge['value'])}) lies at the {edge['side']} bound, but "
+                    f"values inside the range are within seed noise of it (gap {gap:.3g}, seed SD {noise:.3g}): "
+                    "no need to widen",
+                }
+            )
+        else:
+            out.append({**edge, "noise_sd": noise, "gap": gap})
+    return out
+
+
+def _inside(values: pd.Series, dist: BaseDistribution, edge: dict[str, Any], fraction: float) -> np.ndarray:
+    """Rows whose value of the edge's parameter lies away from that edge."""
+    if isinstance(dist, CategoricalDistribution) or not isinstance(values.iloc[0], (int, float, np.number)):
+        return (values.astype(str) != str(edge["value"])).to_numpy()
+    numeric = values.astype(float).to_numpy()
+    if isinstance(dist, (FloatDistribution, IntDistribution)):
+        u = _unit(numeric, dist)
+        edge_u = float(_unit(np.array([float(edge["value"])]), dist)[0])
+        if edge["side"] == "low":
+            return (u > max(fraction, edge_u)) & (numeric != float(edge["value"]))
+        return (u < min(1 - fraction, edge_u)) & (numeric != float(edge["value"]))
+    return numeric != float(edge["value"])
 
 
 def _edge(key: str, side: str, value: Any, low: float, high: float, *, log: bool) -> dict[str, Any]:

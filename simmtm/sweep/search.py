@@ -67,18 +67,20 @@ class DefineByRun:
 
 
 def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
-    """TPE (Optuna 5: multivariate, constant liar) or random, seeded from the sweep's seed. Grid cells are enqueued.
+    """TPE or random, seeded from the sweep's seed. Grid cells are enqueued.
 
-    With conditional parameters TPE groups the sub-spaces (``group=True``) instead of falling back to independent
+    TPE starts with ``search.startup_trials`` random draws (Optuna's default when unset). With conditional
+    parameters it is multivariate and groups the sub-spaces (``group=True``) instead of falling back to independent
     sampling for every conditional key.
     """
     if search.method != "tpe":
         return optuna.samplers.RandomSampler(seed=seed)
+    startup = {} if search.startup_trials is None else {"n_startup_trials": search.startup_trials}
     if any(p.when for p in search.params.values()):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-    return optuna.samplers.TPESampler(seed=seed)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, **startup)
+    return optuna.samplers.TPESampler(seed=seed, **startup)
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:

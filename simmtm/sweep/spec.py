@@ -145,6 +145,9 @@ class SearchSpec(_Spec):
     seed: int | None = (
         None  # the sampler's seed; None: the run's seed. Changing it re-draws the search, not the training
     )
+    # TPE: trials drawn at random before its model of the surface takes over (Optuna's n_startup_trials; None: its
+    # default of 10, which a sweep of 12 trials would spend almost entirely at random)
+    startup_trials: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _method_matches(self) -> SearchSpec:
@@ -213,7 +216,7 @@ class TuneSpec(_Spec):
         default_factory=dict
     )  # dotted keys set for probes only (e.g. data.features: S)
     metric: str | None = None  # None: val_mse (forecasting) or val_accuracy (classification)
-    mode: Literal["min", "max"] | None = None  # None: min for mse/mae, max for accuracy/f1
+    mode: Literal["min", "max"] | None = None  # None: min for mse/mae/log_loss, max for accuracy/f1
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     # The rung score ASHA prunes on: a linear probe (frozen encoder) or a short fine-tune of the same length.
     prune_on: Literal["probe", "finetune"] = "probe"
@@ -443,10 +446,14 @@ def _check_value(base: dict[str, Any], key: str, value: Any, source: str, *, whe
             raise ConfigError(f"{source}: {where}: unknown encoder {value!r}; valid: {', '.join(sorted(ENCODERS))}")
 
 
+# classification scores; val_log_loss (the mean cross-entropy) is minimised, the others maximised
+CLASSIFICATION_METRICS = ("val_accuracy", "val_f1", "val_log_loss")
+
+
 def _check_metric(tune: TuneSpec, source: str) -> None:
     if tune.metric is None:
         return
-    valid = ("val_mse", "val_mae", "val_accuracy", "val_f1")
+    valid = ("val_mse", "val_mae", *CLASSIFICATION_METRICS)
     if tune.metric not in valid:
         raise ConfigError(
             f"{source}: tune.metric: '{tune.metric}' is not a validation score; valid: {', '.join(valid)}"
@@ -459,9 +466,9 @@ def resolve_metric(tune: TuneSpec, task: str) -> tuple[str, str]:
     if task == "classification" and metric in ("val_mse", "val_mae"):
         raise ConfigError(
             f"tune.metric: {metric} is a forecasting score but the data is a classification task; "
-            "use val_accuracy or val_f1"
+            "use val_accuracy, val_f1 or val_log_loss"
         )
-    if task == "forecasting" and metric in ("val_accuracy", "val_f1"):
+    if task == "forecasting" and metric in CLASSIFICATION_METRICS:
         raise ConfigError(
             f"tune.metric: {metric} is a classification score but the data is a forecasting task; "
             "use val_mse or val_mae"

@@ -111,3 +111,25 @@ def test_too_few_finished_trials_is_a_status_not_an_error(tmp_path: Path, synth:
     assert rec.status == "insufficient"
     assert f"{states.count('COMPLETE')} finished trial" in rec.message
     assert rec.summary() == [rec.message]
+
+
+@pytest.mark.parametrize("spread", [0.004, 0.00001])
+def test_widening_is_advised_only_beyond_seed_noise(tmp_path: Path, synth: SimpleNamespace, spread: float) -> None:
+    """The best r sits at the upper bound by 0.001 over r = 0.7. With repeats that differ by +-0.004 (seed SD ~0.006)
+    that is a tie: no advice to widen. With repeats +-0.00001 apart the same gap is real: widen."""
+    space = {synth.R: FloatDistribution(0.1, 0.9), synth.M: IntDistribution(1, 3)}
+    rows = [
+        synth.Row({synth.R: r, synth.M: m}, 0.40 - 0.005 * r + 0.01 * (m - 2) ** 2 + (spread if rep else -spread),
+                  repeat=rep)
+        for r in R_GRID for m in (1, 2, 3) for rep in (0, 1)
+    ]
+    root = synth.write_sweep(tmp_path / "sweep", rows, space, method="grid",
+                             search=synth.grid_search({synth.R: R_GRID, synth.M: [1, 2, 3]}))
+    rec = recommend(load_sweep(root), n_boot=100)
+    assert rec.params[synth.R] == 0.9
+    (edge,) = [e for e in rec.edges if e["param"] == synth.R]
+    assert edge["noise_sd"] == pytest.approx(spread * 2**0.5, rel=1e-6)
+    if spread > 0.001:
+        assert not edge["can_widen"] and "within seed noise" in edge["message"] and "no need to widen" in edge["message"]
+    else:
+        assert edge["can_widen"] and "widen the search" in edge["message"]

@@ -264,3 +264,23 @@ def test_grid_search_enqueues_every_cell_times_repeats(tiny_config, tmp_path) ->
     cells = sorted((c[R], c[M], c["repeat"]) for c in seen)
     assert cells == sorted((r, m, k) for r in (0.25, 0.5, 0.75) for m in (1, 3) for k in (0, 1))
     assert study.trials[0].distributions[R].__class__.__name__ == "FloatDistribution"  # numeric axes stay numeric
+
+
+def test_search_startup_trials_hands_over_to_tpe_earlier() -> None:
+    """search.startup_trials: the first draws equal a default TPE's (both random), later ones come from the model."""
+    from simmtm.sweep.search import make_sampler
+    from simmtm.sweep.spec import SearchSpec
+
+    def draws(startup: int | None) -> list[float]:
+        spec = SearchSpec.model_validate(
+            {"params": {"x": {"type": "float", "low": 0.0, "high": 1.0}}, "startup_trials": startup}
+        )
+        study = optuna.create_study(sampler=make_sampler(spec, seed=3))
+        study.optimize(lambda t: (t.suggest_float("x", 0.0, 1.0) - 0.2) ** 2, n_trials=8)
+        return [t.params["x"] for t in study.trials]
+
+    early, default = draws(3), draws(None)
+    assert early[:3] == default[:3]  # random start, same seed
+    assert early[3:] != default[3:]  # TPE's model from trial 4 on, the default still random until trial 11
+    with pytest.raises(Exception, match="startup_trials"):
+        SearchSpec.model_validate({"params": {"x": {"type": "float", "low": 0, "high": 1}}, "startup_trials": 0})
