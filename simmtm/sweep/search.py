@@ -75,12 +75,12 @@ def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
     """
     if search.method != "tpe":
         return optuna.samplers.RandomSampler(seed=seed)
-    startup = {} if search.startup_trials is None else {"n_startup_trials": search.startup_trials}
+    startup = 10 if search.startup_trials is None else search.startup_trials  # 10: Optuna's default
     if any(p.when for p in search.params.values()):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, **startup)
-    return optuna.samplers.TPESampler(seed=seed, **startup)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
