@@ -15,12 +15,10 @@ Both use the same seed as the pre-training. ``--baseline`` adds random-init rows
 floor against which pre-training is measured. Rows are appended to OUT/results.jsonl as jobs finish: an
 interrupted run continues where it stopped (finished jobs are skipped).
 
-The summary, per protocol and split (validation, test): the cell means, the seed noise (pooled within-cell SD,
-``simmtm.stats.seed_spread``), the surface's spread (best cell mean minus worst), their ratio, a one-way ANOVA over
-cells (F and p: is any cell different from the others beyond seed noise?), the share of the between-cell variance
-that r and M explain as main effects, and the cells tied with the best (``simmtm.stats.tied_with_best``).
-Note: with few seeds the range of cell means is inflated by noise alone (for 45 cells of 3 seeds of pure noise it is
-about 2.5x the seed SD): the ANOVA's p is the test; the ratio is the issue's yardstick.
+The summary, per protocol and split (validation, test), is ``simmtm.analysis.surface_noise`` (what the report
+prints for a sweep): the cell means, the seed noise (pooled within-cell SD), the surface's spread (best cell mean
+minus worst) and their ratio, a one-way ANOVA over cells, the share of the between-cell variation r and M explain,
+and the cells tied with the best.
 """
 
 from __future__ import annotations
@@ -131,9 +129,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 def summarize(rows: list[dict[str, Any]], *, metric: str | None = None) -> list[str]:
     """The markdown tables of the summary (see the module docstring)."""
     import numpy as np
-    from scipy import stats as sps
 
-    from simmtm.stats import seed_spread, tied_with_best
+    from simmtm.analysis.surface import surface_noise
 
     grid = [r for r in rows if r.get("r") is not None]
     base = [r for r in rows if r.get("r") is None]
@@ -151,58 +148,35 @@ def summarize(rows: list[dict[str, Any]], *, metric: str | None = None) -> list[
             key = f"{split}{metric}"
             cells: dict[tuple[float, int], list[float]] = {}
             for r in grid:
-                value = r[protocol].get(key)
-                if value is not None and math.isfinite(value):
-                    cells.setdefault((r["r"], r["m"]), []).append(value)
+                if r[protocol].get(key) is not None:
+                    cells.setdefault((r["r"], r["m"]), []).append(r[protocol][key])
             if not cells:
                 continue
-            means = {k: float(np.mean(v)) for k, v in cells.items()}
-            noise = seed_spread(cells).sd
-            spread = max(means.values()) - min(means.values())
-            groups = [v for v in cells.values() if len(v) >= 2]
-            anova = sps.f_oneway(*groups) if len(groups) >= 2 else None
-            tied = tied_with_best(cells, mode=mode) if noise is not None else set()
-            best = (min if mode == "min" else max)(means, key=lambda k: means[k])
-            # main effects: between-cell sum of squares explained by r alone and by M alone (balanced-grid view)
-            grand = float(np.mean(list(means.values())))
-            ss_cells = sum((m - grand) ** 2 for m in means.values())
-            ss_r = sum(
-                len([k for k in means if k[0] == r]) * (np.mean([means[k] for k in means if k[0] == r]) - grand) ** 2
-                for r in rs
-            )
-            ss_m = sum(
-                len([k for k in means if k[1] == m]) * (np.mean([means[k] for k in means if k[1] == m]) - grand) ** 2
-                for m in ms
-            )
-            base_scores = [b[protocol].get(key) for b in base if b[protocol].get(key) is not None]
-            lines += ["", f"### {protocol} ({'frozen-encoder linear probe' if protocol == 'probe' else 'full fine-tune'}), "
-                          f"{'validation' if split else 'test'} {metric}", ""]
+            s = surface_noise(cells, mode=mode)
+            name = "frozen-encoder probe" if protocol == "probe" else "full fine-tune"
+            lines += ["", f"### {name}, {'validation' if split else 'test'} {metric}", ""]
             lines.append("| r \\ M | " + " | ".join(str(m) for m in ms) + " |")
             lines.append("| --- |" + " ---: |" * len(ms))
             for r in rs:
-                cells_txt = []
+                row = []
                 for m in ms:
-                    if (r, m) not in means:
-                        cells_txt.append("")
+                    if (r, m) not in cells:
+                        row.append("")
                         continue
-                    mark = "**" if (r, m) == best else ("*" if (r, m) in tied else "")
-                    cells_txt.append(f"{mark}{means[(r, m)]:.4f}{mark} (n={len(cells[(r, m)])})")
-                lines.append(f"| {r:g} | " + " | ".join(cells_txt) + " |")
-            ratio = spread / noise if noise else float("nan")
+                    mark = "**" if (r, m) == s.best else ("*" if (r, m) in s.tied else "")
+                    row.append(f"{mark}{np.mean(cells[(r, m)]):.4f}{mark}")
+                lines.append(f"| {r:g} | " + " | ".join(row) + " |")
+            base_scores = [b[protocol][key] for b in base if b[protocol].get(key) is not None]
             lines += [
                 "",
-                f"seed noise (pooled within-cell SD) {noise:.4f}" if noise is not None else "seed noise: needs 2+ seeds a cell",
-                f"spread (best - worst cell mean) {spread:.4f} = {ratio:.1f}x the seed noise",
-                (f"one-way ANOVA over {len(groups)} cells: F = {anova.statistic:.2f}, p = {anova.pvalue:.2g}"
-                 if anova is not None else "ANOVA: needs 2+ cells with 2+ seeds"),
-                f"between-cell variance explained by r {ss_r / ss_cells:.0%}, by M {ss_m / ss_cells:.0%}"
-                if ss_cells > 0 else "",
-                f"best cell r = {best[0]:g}, M = {best[1]} ({means[best]:.4f}); tied with it (one-sided 95 %): "
-                f"{len(tied)} of {len(means)} cells (marked *)",
+                s.line(key),
+                f"between-cell variation explained by r {s.share_r or 0:.0%}, by M {s.share_m or 0:.0%}; "
+                f"best cell r = {s.best[0]:g}, M = {s.best[1]}; bold: best, *: tied with it (one-sided 95 %)",
             ]
             if base_scores:
-                lines.append(f"random init (no pre-training): mean {np.mean(base_scores):.4f} over "
-                             f"{len(base_scores)} seeds")
+                lines.append(f"random init (no pre-training): {np.mean(base_scores):.4f} "
+                             f"(SD {np.std(base_scores, ddof=1) if len(base_scores) > 1 else float('nan'):.4f}, "
+                             f"{len(base_scores)} seeds)")
     return lines
 
 

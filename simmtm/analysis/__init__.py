@@ -12,6 +12,7 @@ from simmtm.analysis.importance import Importance, param_importances
 from simmtm.analysis.load import Sweep, analysis_study, finished_trials, load_sweep, search_distributions
 from simmtm.analysis.recommend import Recommendation, best_config, m_vs_r, recommend, write_best_config
 from simmtm.analysis.report import Report, write_report
+from simmtm.analysis.surface import SurfaceNoise, surface_noise, sweep_surface_noise
 from simmtm.analysis.tables import failed_trials, top_configurations
 from simmtm.sweep.warm_start import warm_start_study
 
@@ -34,4 +35,7 @@ __all__ = [
     "write_report",
     "warm_start_study",
     "compare_sweeps",
+    "SurfaceNoise",
+    "surface_noise",
+    "sweep_surface_noise",
 ]

@@ -24,6 +24,7 @@ from simmtm.analysis.evidence import confirmation_figure, confirmed_from_json, p
 from simmtm.analysis.importance import MIN_TRIALS, Importance, param_importances
 from simmtm.analysis.load import M_KEY, R_KEY, SHORT_NAMES, Sweep, load_sweep
 from simmtm.analysis.recommend import MIN_FINISHED, Recommendation, recommend
+from simmtm.analysis.surface import sweep_surface_noise
 from simmtm.analysis.tables import failed_trials, top_configurations
 
 __all__ = ["Report", "write_report", "default_report_dir"]
@@ -271,7 +272,9 @@ def _page(
         if importance.note:
             imp_extra += f'<p class="note">{_esc(importance.note)}</p>'
     parts.append(_figure_section("importance", "Parameter importance", pngs, skipped, imp_extra))
-    parts.append(_figure_section("heatmap", "r x M", pngs, skipped))
+    surface = sweep_surface_noise(sweep) if n >= MIN_FINISHED else None
+    surface_extra = f"<p>{_esc(surface.line(sweep.metric))}</p>" if surface is not None else ""
+    parts.append(_figure_section("heatmap", "r x M", pngs, skipped, surface_extra))
     parts.append(_figure_section("slices", "Slices", pngs, skipped))
     parts.append(_figure_section("history", "Optimisation history", pngs, skipped, plotly_divs.get("history", "")))
     parts.append(_figure_section("parallel", "Parallel coordinates", pngs, skipped))

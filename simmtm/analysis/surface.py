@@ -1,0 +1,135 @@
+"""Does the r x M surface stand out from seed noise? The question a sensitivity study must answer first.
+
+``surface_noise`` takes the scores of each cell (several training seeds a cell) and returns the seed noise (pooled
+within-cell SD), the surface's spread (best cell mean minus worst), their ratio, a one-way ANOVA over the cells
+(F and p: is any cell different from the others beyond seed noise?), the share of the between-cell variation that
+r and M explain as main effects, and the cells statistically tied with the best. ``sweep_surface_noise`` does it
+for a sweep's finished trials (a grid with ``tune.repeats`` >= 2 is what makes it possible).
+
+With few seeds the spread of cell means is inflated by noise alone (for 25 cells of 3 seeds of pure noise it is
+about 2.3x the seed SD; ``noise_only_ratio`` gives the figure for the cells at hand): the ANOVA's p is the test,
+the ratio the yardstick a reader can picture.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from simmtm.analysis.load import M_KEY, R_KEY, Sweep
+from simmtm.stats import Mode, seed_spread, tied_with_best
+
+__all__ = ["SurfaceNoise", "surface_noise", "sweep_surface_noise"]
+
+
+@dataclass(frozen=True)
+class SurfaceNoise:
+    n_cells: int
+    n_runs: int
+    noise_sd: float | None  # pooled within-cell SD (None: no cell has 2 seeds)
+    spread: float  # best cell mean minus worst, in the score's units (always >= 0)
+    anova_f: float | None
+    anova_p: float | None
+    share_r: float | None  # share of the between-cell sum of squares explained by r's main effect
+    share_m: float | None
+    best: tuple[Any, Any]
+    best_mean: float
+    tied: frozenset[tuple[Any, Any]]  # cells tied with the best (one-sided 95 %), the best included
+    noise_only_ratio: float | None = None  # the ratio that seed noise alone gives with these cells and seeds (mean)
+
+    @property
+    def ratio(self) -> float | None:
+        return self.spread / self.noise_sd if self.noise_sd else None
+
+    def line(self, metric: str = "score") -> str:
+        """One sentence for a report or a terminal."""
+        if self.noise_sd is None:
+            return f"r x M surface: spread {self.spread:.3g} of {metric}; seed noise unknown (needs 2+ seeds a cell)"
+        verdict = (
+            "r and M matter here beyond seed noise"
+            if self.anova_p is not None and self.anova_p < 0.05
+            else "the cells cannot be told apart from seed noise"
+        )
+        anova = f", ANOVA p = {self.anova_p:.2g}" if self.anova_p is not None else ""
+        alone = f"; noise alone gives {self.noise_only_ratio:.1f}x" if self.noise_only_ratio is not None else ""
+        return (
+            f"r x M surface: spread {self.spread:.3g} of {metric} = {self.ratio:.1f}x the seed noise "
+            f"(SD {self.noise_sd:.3g}, {self.n_runs} runs in {self.n_cells} cells{anova}{alone}); {verdict}; "
+            f"{len(self.tied)} of {self.n_cells} cells tied with the best"
+        )
+
+
+def surface_noise(cells: Mapping[tuple[Any, Any], Sequence[float]], *, mode: Mode) -> SurfaceNoise:
+    """The surface-versus-noise summary of ``cells``: (r, M) -> the scores of its seeds."""
+    from scipy.stats import f_oneway
+
+    clean = {k: [float(v) for v in vs if v is not None and math.isfinite(v)] for k, vs in cells.items()}
+    clean = {k: v for k, v in clean.items() if v}
+    if not clean:
+        raise ValueError("no cell holds a finite score")
+    means = {k: float(np.mean(v)) for k, v in clean.items()}
+    best = (min if mode == "min" else max)(means, key=lambda k: means[k])
+    noise = seed_spread(clean).sd
+    groups = [v for v in clean.values() if len(v) >= 2]
+    f = p = None
+    if len(groups) >= 2 and noise:
+        res = f_oneway(*groups)
+        f, p = float(res.statistic), float(res.pvalue)
+    grand = float(np.mean(list(means.values())))
+    ss_cells = sum((m - grand) ** 2 for m in means.values())
+
+    def share(axis: int) -> float | None:
+        if ss_cells <= 0:
+            return None
+        levels = {k[axis] for k in means}
+        ss = sum(
+            len(ks) * (float(np.mean([means[k] for k in ks])) - grand) ** 2
+            for ks in ([k for k in means if k[axis] == level] for level in levels)
+        )
+        return ss / ss_cells
+
+    return SurfaceNoise(
+        n_cells=len(means),
+        n_runs=sum(len(v) for v in clean.values()),
+        noise_sd=noise,
+        spread=max(means.values()) - min(means.values()),
+        anova_f=f,
+        anova_p=p,
+        share_r=share(0),
+        share_m=share(1),
+        best=best,
+        best_mean=means[best],
+        tied=frozenset(tied_with_best(clean, mode=mode) if noise is not None else {best}),
+        noise_only_ratio=_noise_only_ratio([len(v) for v in clean.values()]) if noise else None,
+    )
+
+
+def _noise_only_ratio(sizes: list[int], *, draws: int = 2000, seed: int = 0) -> float:
+    """The mean of (range of cell means) / (pooled within-cell SD) when every cell is pure noise (same sizes)."""
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(draws):
+        samples = [rng.standard_normal(n) for n in sizes]
+        means = [x.mean() for x in samples]
+        df = sum(n - 1 for n in sizes)
+        if df <= 0:
+            return math.nan
+        sd = math.sqrt(sum(float(((x - x.mean()) ** 2).sum()) for x in samples) / df)
+        ratios.append((max(means) - min(means)) / sd)
+    return float(np.mean(ratios))
+
+
+def sweep_surface_noise(sweep: Sweep) -> SurfaceNoise | None:
+    """``surface_noise`` over a sweep's finished trials by (r, M); None when r and M were not both searched."""
+    done = sweep.finished
+    if R_KEY not in done or M_KEY not in done or done.empty:
+        return None
+    cells: dict[tuple[Any, Any], list[float]] = {}
+    for r, m, score in zip(done[R_KEY], done[M_KEY], done["score"].astype(float)):
+        cells.setdefault((round(float(r), 6), int(m)), []).append(score)
+    mode: Mode = "min" if sweep.mode == "min" else "max"
+    return surface_noise(cells, mode=mode)
