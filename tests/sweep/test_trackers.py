@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from wandb_offline import read_run
 
 from simmtm.errors import UserError
 from simmtm.sweep.spec import TrialSpec
@@ -93,6 +92,8 @@ def test_trial_steps_write_every_nth_step_into_the_trials_mlflow_run_and_a_wandb
 ) -> None:
     mlflow = pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
+    from wandb_offline import read_run  # here: Ray's workers import this module (for _steps) without tests/ on the path
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("WANDB_MODE", "")  # TrialSteps sets it from the driver's mode (restored after the test)
     trackers = Trackers(

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from wandb_offline import read_run
 
 from simmtm.sweep.spec import TrialSpec
 
@@ -23,6 +22,8 @@ SEARCH = {"method": "grid", "grid": {"pretrain.mask_ratio": [0.3, 0.6]}}
 def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_path: Path) -> None:
     mlflow = pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
+    from wandb_offline import read_run  # here: Ray's workers import this module (for _ends) without tests/ on the path
+
     path = tiny_sweep(
         SEARCH,
         tune={"scheduler": {"type": "fifo"}, "test_top_k": 0, "loggers": ["tensorboard", "wandb", "mlflow"]},
