@@ -27,6 +27,9 @@ every ``tune.log_every_n_steps`` steps, with the optimiser step as the step. How
   there too would clash (Ray's ``setup_wandb`` defaults to exactly that: the trial id with ``resume=True``). The
   companion run is opened with ``setup_wandb`` under its own id, and takes the driver's ``WANDB_MODE``.
 
+A trial resumed from its last checkpoint sends the steps after that checkpoint again: MLflow keeps both values of
+such a step, W&B keeps the first (it drops a step not above the run's last).
+
 Ray's ``setup_mlflow`` is not used: it always starts a new run (by default in an experiment named after the
 trial), which would be a second run per trial. The trackers are written from a background thread that the
 training loop only hands batches to (the loop reads its losses from the device every ``log_every`` steps), so a
