@@ -26,7 +26,7 @@ from simmtm.inputs import Inputs, load_inputs, split_batch
 from simmtm.masking import make_mask, real_steps_only
 from simmtm.model import Gather, SimMTM, to_series
 from simmtm.runtime import LocalRuntime, Report, Runtime, no_report, pick_device
-from simmtm.tracking import RunLog, write_json
+from simmtm.tracking import RunLog, StepLog, write_json
 from simmtm.training import (
     Loop,
     LossParts,
@@ -123,6 +123,7 @@ def run(
     resume: dict[str, Any] | None = None,
     progress: bool = False,
     checkpoints: bool = True,
+    step_log: StepLog | None = None,
 ) -> dict[str, float]:
     """Pre-train SimMTM; return the last epoch's metrics.
 
@@ -130,7 +131,8 @@ def run(
     ``checkpoints/best.pt`` when the epoch has the lowest validation loss so far), TensorBoard logs and
     ``history.jsonl``, and ``metrics.json`` at the end. ``resume`` is a state written by an earlier call: the run
     continues exactly as if it had not stopped. ``checkpoints=False`` writes no checkpoint files into ``run_dir``
-    (a sweep trial: Tune keeps the one copy, from the state passed to ``report``).
+    (a sweep trial: Tune keeps the one copy, from the state passed to ``report``). ``step_log`` (main worker) also
+    takes every optimiser step's scalars as TensorBoard gets them (a sweep trial's W&B and MLflow runs).
     """
     runtime = runtime or LocalRuntime(pick_device(config.device))
     set_up(config, runtime)
@@ -140,7 +142,7 @@ def run(
 
     run_path = open_run_dir(run_dir, config, runtime)
     run_log = RunLog(run_path, resume_step=at.step)
-    loop = training.loop(run_log, step=at.step, progress=progress)
+    loop = training.loop(run_log, step=at.step, progress=progress, step_log=step_log if runtime.is_main else None)
     if resume is not None:
         restore_rng_states(resume.get("rng"), runtime)  # last: after everything that draws random numbers
     try:
@@ -225,7 +227,7 @@ class _Training:
         scheduler = _lr_schedule(optimizer, cfg, total_steps)
         return cls(config, inputs, runtime, core, model, optimizer, scheduler, train, val, shuffle, total_steps, gather)
 
-    def loop(self, run_log: RunLog, *, step: int, progress: bool) -> Loop:
+    def loop(self, run_log: RunLog, *, step: int, progress: bool, step_log: StepLog | None = None) -> Loop:
         cfg = self.config.pretrain
         clip = "set pretrain.grad_clip" if cfg.grad_clip is None else "lower pretrain.grad_clip"
         return Loop(
@@ -244,6 +246,7 @@ class _Training:
             step_scheduler=self.scheduler,
             step=step,
             progress=progress,
+            step_log=step_log,
         )
 
     def resume(self, state: dict[str, Any]) -> _Position:

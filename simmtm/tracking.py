@@ -5,11 +5,22 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["RunLog", "progress_bar", "write_json"]
+__all__ = ["RunLog", "StepLog", "progress_bar", "write_json"]
+
+
+class StepLog(Protocol):
+    """Takes the per-step scalars of a training loop, a batch at a time: ``(optimiser step, {tag: value})`` for
+    every step the loop read from the device since the last call (the TensorBoard tags, e.g. ``pretrain/loss``).
+
+    Called on the main worker only, from the loop's thread: it should hand the batch on and return (a sweep trial's
+    W&B and MLflow runs, ``simmtm.trackers.TrialSteps``).
+    """
+
+    def __call__(self, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None: ...
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from simmtm.config import RunConfig, dump_config
 from simmtm.errors import UserError
 from simmtm.runtime import Runtime
-from simmtm.tracking import RunLog, progress_bar
+from simmtm.tracking import RunLog, StepLog, progress_bar
 
 __all__ = [
     "TrainingDiverged",
@@ -185,6 +185,7 @@ class Loop:
     frozen: nn.Module | None = None  # kept in eval mode while the rest trains (a probe's encoder)
     step: int = 0
     progress: bool = False
+    step_log: StepLog | None = None  # also takes every step's scalars (main worker only; a sweep trial's trackers)
 
     def __post_init__(self) -> None:
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -258,16 +259,23 @@ class Loop:
         if not pending:
             return 0
         rows = torch.stack([values for _, _, values in pending]).tolist()  # the one host synchronisation
-        for (step, lr, _), row in zip(pending, rows):
-            values = dict(zip(names, row))
-            if not math.isfinite(values["loss"]):
-                raise TrainingDiverged(
-                    f"{self.stage} diverged at step {step} (epoch {epoch + 1}): the loss is "
-                    f"{values['loss']}; {self.advice}; the checkpoints of finished epochs are kept"
-                )
-            self.run_log.scalars(step, {**values, "lr": lr}, prefix=self.prefix)
-            for name in names[:-1]:  # the loss parts; the gradient norm is logged, not averaged
-                sums[name] = sums.get(name, 0.0) + values[name]
+        logged: list[tuple[int, dict[str, float]]] = []
+        try:
+            for (step, lr, _), row in zip(pending, rows):
+                values = dict(zip(names, row))
+                scalars = {self.prefix + k: v for k, v in {**values, "lr": lr}.items()}
+                logged.append((step, scalars))
+                if not math.isfinite(values["loss"]):
+                    raise TrainingDiverged(
+                        f"{self.stage} diverged at step {step} (epoch {epoch + 1}): the loss is "
+                        f"{values['loss']}; {self.advice}; the checkpoints of finished epochs are kept"
+                    )
+                self.run_log.scalars(step, scalars)
+                for name in names[:-1]:  # the loss parts; the gradient norm is logged, not averaged
+                    sums[name] = sums.get(name, 0.0) + values[name]
+        finally:
+            if self.step_log is not None:  # the steps up to a divergence too: the tracker shows where it broke
+                self.step_log(logged)
         if self.bar is not None:
             self.bar.set_postfix(epoch=epoch + 1, loss=f"{rows[-1][0]:.4f}")
         pending.clear()

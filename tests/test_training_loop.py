@@ -205,6 +205,23 @@ def test_kill_9_at_a_random_moment_then_the_same_command_ends_bit_identically(
     assert [s for s, _ in scalars(out / "tb")["pretrain/loss"]] == list(range(1, 121))
 
 
+def test_a_step_log_takes_every_step_as_tensorboard_does(tiny_config, tmp_path: Path) -> None:
+    """What a sweep trial's trackers get (simmtm.trackers.TrialSteps): each optimiser step once, in batches of
+    log_every steps, under TensorBoard's tags and values."""
+    batches: list[list] = []
+    raw = {**tiny_config(EPOCHS_OF_3), "log_every": 2}
+    pretrain.run(parse_config(raw), run_dir=tmp_path, step_log=lambda steps: batches.append(list(steps)))
+    # read at every even step and at the end of each epoch of 3 steps
+    assert [[s for s, _ in batch] for batch in batches] == [[1, 2], [3], [4], [5, 6], [7, 8], [9]]
+    logged = {step: values for batch in batches for step, values in batch}
+    tags = {"pretrain/loss", "pretrain/reconstruction", "pretrain/constraint", "pretrain/grad_norm", "pretrain/lr"}
+    assert all(set(values) == tags for values in logged.values())
+    board = scalars(tmp_path / "tb")
+    for tag in tags:
+        assert [s for s, _ in board[tag]] == list(range(1, 10))
+        assert [v for _, v in board[tag]] == pytest.approx([logged[s][tag] for s in range(1, 10)])
+
+
 # --- divergence ----------------------------------------------------------------------------------------------
 
 
@@ -222,6 +239,12 @@ def test_divergence_names_the_step_the_loss_and_the_key(tiny_config, tmp_path: P
     assert "pretrain.lr (now 1e+06)" in message and "pretrain.grad_clip" in message
     loss = message.split("the loss is ")[1].split(";")[0]
     assert not math.isfinite(float(loss))
+    steps: list = []  # a step log gets the steps up to the diverged one, which it shows
+    with pytest.raises(TrainingDiverged):
+        pretrain.run(parse_config({**raw, "log_every": 50}), step_log=steps.extend)
+    named = int(message.split("at step ")[1].split(" ")[0])
+    assert [s for s, _ in steps] == list(range(1, named + 1))
+    assert not math.isfinite(steps[-1][1]["pretrain/loss"]) and all(math.isfinite(v["pretrain/loss"]) for _, v in steps[:-1])
 
 
 def test_divergence_keeps_the_finished_epochs(tiny_config, tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ from simmtm.sweep.spec import (
 )
 from simmtm.sweep.timing import TrialClock, write_timing
 from simmtm.sweep.trainable import run_trial
-from simmtm.trackers import tracker_callbacks
+from simmtm.trackers import Trackers
 
 __all__ = ["run_sweep", "SweepOutcome", "concurrency", "plan_trials", "TrialPlan", "EXPERIMENT_NAME"]
 
@@ -146,7 +146,9 @@ def run_sweep(
 
         storage_url = spec.tune.storage or f"sqlite:///{out / 'optuna.db'}"
         study_name = spec.tune.study_name or out.name
-        trackers = tracker_callbacks(spec.tune.loggers, study_name=study_name, out=out)  # a missing package fails here
+        trackers = Trackers.resolve(  # a missing package fails here
+            spec.tune.loggers, study_name=study_name, out=out, log_every_n_steps=spec.tune.log_every_n_steps
+        )
         if not restoring and not spec.tune.shared_study:
             _check_study_is_new(storage_url, study_name, sweep_file)
         if warm_start is not None:
@@ -460,7 +462,7 @@ def _tuner(
     clock: Any,
     verbose: int,
     warm_start: Path | None = None,
-    trackers: list[Any] | None = None,
+    trackers: Trackers | None = None,
     owner: str = "",
 ):
     from ray import tune
@@ -514,7 +516,9 @@ def _tuner(
         )
     else:
         scheduler = tune.schedulers.FIFOScheduler()
-    trial_spec = TrialSpec.of_sweep(config, spec, metric=metric, tb_dir=str(out / "tb"), storage_path=path)
+    trial_spec = TrialSpec.of_sweep(
+        config, spec, metric=metric, tb_dir=str(out / "tb"), storage_path=path, trackers=trackers
+    )
     return tune.Tuner(
         trainable,
         param_space={"sweep": trial_spec.model_dump(mode="json")},
@@ -534,7 +538,11 @@ def _tuner(
             storage_path=spec.tune.storage_path or str(out),
             failure_config=tune.FailureConfig(max_failures=spec.tune.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[clock, TrialEndHParams(out / "tb", spec.search.keys, metric=metric), *(trackers or [])],
+            callbacks=[
+                clock,
+                TrialEndHParams(out / "tb", spec.search.keys, metric=metric),
+                *(trackers.callbacks() if trackers is not None else []),
+            ],
             verbose=verbose,
             progress_reporter=_trial_table(spec, metric, mode) if verbose else None,
         ),

@@ -21,6 +21,7 @@ from simmtm.config import SWEEP_SECTIONS, RunConfig, parse_config
 from simmtm.config_keys import apply_params, error_line, flatten, get_key, known_keys, set_key
 from simmtm.errors import ConfigError
 from simmtm.resources import Resources
+from simmtm.trackers import Trackers
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -240,6 +241,8 @@ class TuneSpec(_Spec):
     storage_path: str | None = None  # Ray's experiment storage; None: DIR (use shared storage or s3:// on a cluster)
     # experiment trackers (simmtm.trackers): TensorBoard is always written; wandb and mlflow add Ray's callbacks
     loggers: list[Tracker] = Field(default_factory=_default_loggers)
+    # wandb/mlflow: optimiser steps between the per-step pre-training losses a trial sends them (1: every step)
+    log_every_n_steps: int = Field(1, ge=1)
 
     def resolved_samples(self, search: SearchSpec) -> int:
         """Configurations to try: num_samples, or the grid's cell count."""
@@ -287,10 +290,18 @@ class TrialSpec(_Spec):
     resources: Resources = Field(default_factory=Resources)
     tb_dir: str | None = None  # per-trial TensorBoard scores under tb_dir/<trial id>; None: none
     storage_path: str | None = None  # where a multi-worker trial's Train run keeps its checkpoints
+    trackers: Trackers | None = None  # W&B/MLflow runs that take the per-step pre-training losses; None: none
 
     @classmethod
     def of_sweep(
-        cls, config: RunConfig, spec: SweepSpec, *, metric: str, tb_dir: str | None, storage_path: str | None
+        cls,
+        config: RunConfig,
+        spec: SweepSpec,
+        *,
+        metric: str,
+        tb_dir: str | None,
+        storage_path: str | None,
+        trackers: Trackers | None = None,
     ) -> TrialSpec:
         tune = spec.tune
         return cls(
@@ -305,6 +316,7 @@ class TrialSpec(_Spec):
             resources=spec.resources,
             tb_dir=tb_dir,
             storage_path=storage_path,
+            trackers=trackers if trackers is not None and trackers.active else None,
         )
 
     @property

@@ -29,6 +29,7 @@ from simmtm.config_keys import apply_params
 from simmtm.reporting import tune_trial_id
 from simmtm.runtime import Runtime
 from simmtm.sweep.spec import TrialSpec, probe_key
+from simmtm.trackers import TrialSteps
 from simmtm.training import TrainingDiverged
 
 __all__ = ["Trial", "trial_loop", "probe_config", "probe_score", "TRIAL_RESERVED_KEYS"]
@@ -105,6 +106,7 @@ def trial_loop(
     local = None if runtime is None else LocalRuntime(runtime.device)  # probes and fine-tunes run on one process
     run_dir = Path(spec.tb_dir) / trial_id if spec.tb_dir and is_main else None
     recorder = _ProbeRecorder(run_cfg, spec, report, run_dir=run_dir, resume=resume, is_main=is_main, runtime=local)
+    steps = _trial_steps(trial, trial_id) if is_main else None
     try:
         pretrain.run(
             run_cfg,
@@ -113,6 +115,7 @@ def trial_loop(
             resume=resume,
             runtime=runtime,
             checkpoints=False,  # Tune keeps the trial's checkpoint (from the reported state): one copy, not two
+            step_log=steps,
         )
         if recorder.last_epoch is None:
             raise RuntimeError("pre-training ended without a single epoch")
@@ -142,10 +145,21 @@ def trial_loop(
         recorder.write_scalars(epoch, {metric: score}, prefix="final/")
     finally:
         recorder.close_writer()
+        if steps is not None:  # after the fine-tune: the trackers take the last steps meanwhile
+            steps.close()
     # The final report carries a checkpoint too: a trial restored after this point does not run again.
     assert recorder.last_state is not None  # pre-training reported at least one epoch
     report(result, {**recorder.last_state, "sweep_final": result})
     return result
+
+
+def _trial_steps(trial: Trial, trial_id: str) -> TrialSteps | None:
+    """The W&B/MLflow runs that take the trial's per-step pre-training losses (``tune.loggers``), or None."""
+    trackers = trial.spec.trackers
+    if trackers is None:
+        return None
+    params = {**trial.params, "repeat": trial.repeat}
+    return TrialSteps(trackers, trial_id=trial_id, trial_name=trial_id, params=params)  # the sweep names trials by id
 
 
 class _ProbeRecorder:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from optuna.trial import TrialState
 from studies import study_of
 
@@ -126,3 +127,49 @@ def test_resume_finds_tunes_state_under_a_storage_uri_outside_out(local_ray, tin
     assert [e["trial_id"] for e in _events(out) if e["event"] == "start"] == started  # nothing ran again
     study = study_of(out)
     assert sorted(t.user_attrs["tune_trial_id"] for t in study.get_trials()) == sorted(r.trial_id for r in first.rows)
+
+
+def test_a_sweep_resumed_with_a_new_time_budget_stops_by_that_budget(tiny_sweep, tmp_path: Path) -> None:
+    """`--resume --set tune.time_budget_s=...` (one of the keys a resume may change): the continued run keeps the
+    new budget (sweep.yaml records it) and Tune stops by it, counted from the resume, where the first run's hour would
+    have let it run all its 200 trials."""
+    many, budget = 200, 25.0  # a tiny trial takes 1-5 s, two at a time: 200 need minutes
+    path = tiny_sweep(SEARCH, tune={"num_samples": many, "scheduler": {"type": "fifo"}, "time_budget_s": 3600,
+                                    "test_top_k": 0}, run={"pretrain": {"epochs": 2}})
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_memory_monitor_refresh_ms": "0"}
+    driver = subprocess.Popen(_sweep_cmd(path, out), env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 150
+        while not any(e["event"] == "end" for e in _events(out)):  # one trial done: the sweep is under way
+            assert driver.poll() is None, f"the sweep ended before it could be interrupted: {driver.stderr.read()[-2000:]}"
+            assert time.time() < deadline, "no trial finished in time"
+            time.sleep(0.2)
+        os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C
+        assert driver.wait(timeout=120) == 130
+    finally:
+        time.sleep(2)
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    before = len(_events(out))
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["tune"]["time_budget_s"] == 3600
+
+    resumed_at = time.time()
+    done = subprocess.run([sys.executable, "-m", "simmtm", "sweep", "--resume", "--out", str(out), "--quiet-table",
+                           "--set", f"tune.time_budget_s={budget:g}"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming with tune.time_budget_s=25" in done.stderr
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["tune"]["time_budget_s"] == budget  # the saved spec
+    after = _events(out)[before:]
+    assert all(e["time"] >= resumed_at for e in after)
+    ended = [e for e in after if e["event"] == "end"]
+    assert ended, "the resumed sweep ran no trial to its end"  # it continued, on the new budget
+    starts = [e["time"] for e in after if e["event"] == "start"]
+    # Tune's clock starts with its first step after the restore: no trial starts once the budget is spent
+    assert max(starts) - min(e["time"] for e in after) < budget + 10
+    rows = read_trials_csv(out / "trials.csv")
+    assert len(rows) < many and sum(r["state"] == "COMPLETE" for r in rows) < many  # the hour would have run them all

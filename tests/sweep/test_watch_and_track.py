@@ -1,8 +1,10 @@
 """Watching a sweep (15.4, 15.5): tune.loggers reaches W&B (offline) and MLflow (a local store) through `simmtm
-sweep`; each trial's HParams run is written as it ends; a trial's checkpoint is kept once (Tune's), not in tb/."""
+sweep`, with every optimiser step's pre-training losses from inside the trials; each trial's HParams run is written
+as it ends; a trial's checkpoint is kept once (Tune's), not in tb/."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +22,8 @@ SEARCH = {"method": "grid", "grid": {"pretrain.mask_ratio": [0.3, 0.6]}}
 def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_path: Path) -> None:
     mlflow = pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
+    from wandb_offline import read_run  # here: Ray's workers import this module (for _ends) without tests/ on the path
+
     path = tiny_sweep(
         SEARCH,
         tune={"scheduler": {"type": "fifo"}, "test_top_k": 0, "loggers": ["tensorboard", "wandb", "mlflow"]},
@@ -49,12 +53,34 @@ def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_pat
         ):
             assert len(client.get_metric_history(run.info.run_id, part)) == 2, part
         assert client.get_metric_history(run.info.run_id, "val_mse")
+    # W&B: the callback's run per trial (job type trial) and its companion with the per-step losses (pretrain-steps)
     offline = sorted((out / "wandb").glob("offline-run-*"))
-    assert len(offline) == 2 and all(list(d.glob("*.wandb")) for d in offline)
+    assert len(offline) == 4 and all(list(d.glob("*.wandb")) for d in offline)
+    wandb_runs = {run.run_id: run for run in map(read_run, offline)}
+    assert {run.group for run in wandb_runs.values()} == {"out"}
 
     trials = [p.name for p in (out / "tb").iterdir() if p.name != "hparams"]
     assert len(trials) == 2
+    assert sorted(wandb_runs) == sorted([*trials, *(f"{t}-steps" for t in trials)])
+    by_trial = {r.data.tags["simmtm.trial_id"]: r.info.run_id for r in runs}
+    assert sorted(by_trial) == sorted(trials)  # one MLflow run per trial: the per-step losses go into the callback's
     for trial in trials:
+        epochs = [json.loads(line) for line in (out / "tb" / trial / "pretrain" / "history.jsonl").read_text().splitlines()]
+        epochs = [e for e in epochs if e["kind"] == "pretrain_epoch"]
+        total = epochs[-1]["step"]  # every optimiser step of the trial, each once, with the optimiser step as step
+        assert total >= 4
+        history = sorted(client.get_metric_history(by_trial[trial], "pretrain/loss"), key=lambda m: m.step)
+        assert [m.step for m in history] == list(range(1, total + 1))
+        first = [m.value for m in history if m.step <= epochs[0]["step"]]  # the same numbers as the epoch mean
+        assert sum(first) / len(first) == pytest.approx(epochs[0]["train_loss"], rel=1e-6)
+        for key in ("pretrain/reconstruction", "pretrain/constraint", "pretrain/lr"):
+            assert len(client.get_metric_history(by_trial[trial], key)) == total, key
+        assert wandb_runs[trial].job_type == "trial" and wandb_runs[f"{trial}-steps"].job_type == "pretrain-steps"
+        steps = wandb_runs[f"{trial}-steps"].history
+        assert sorted(steps) == list(range(1, total + 1))
+        assert all({"pretrain/loss", "pretrain/reconstruction", "pretrain/constraint", "pretrain/lr"} <= set(row)
+                   for row in steps.values())
+        assert [steps[m.step]["pretrain/loss"] for m in history] == pytest.approx([m.value for m in history])
         assert (out / "tb" / trial / "pretrain" / "history.jsonl").is_file()
         assert not (out / "tb" / trial / "pretrain" / "checkpoints").exists()  # Tune's copy is the one
         assert (out / "tb" / "hparams" / trial).is_dir()
