@@ -71,6 +71,7 @@ def test_sensitivity_notebook_runs_and_draws(two_sweeps: tuple[Path, Path], tmp_
     assert "application/vnd.plotly.v1+json" in mimes  # the interactive views
     text = "".join(o.get("text", "") for c in book.cells for o in c.get("outputs", []) if o.output_type == "stream")
     assert "recommended: r=" in text
+    assert "r x M surface: spread" in text  # the surface against seed noise (unknown here: one run a cell)
 
 
 @pytest.mark.slow
