@@ -40,6 +40,10 @@ class SurfaceNoise:
     best_mean: float
     tied: frozenset[tuple[Any, Any]]  # cells tied with the best (one-sided 95 %), the best included
     noise_only_ratio: float | None = None  # the ratio that seed noise alone gives with these cells and seeds (mean)
+    # main effects against the within-cell (seed) error: more power than the cell-by-cell ANOVA when r or M moves
+    # every cell of its row a little (exact for a balanced grid, approximate otherwise)
+    r_p: float | None = None
+    m_p: float | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -49,17 +53,25 @@ class SurfaceNoise:
         """One sentence for a report or a terminal."""
         if self.noise_sd is None:
             return f"r x M surface: spread {self.spread:.3g} of {metric}; seed noise unknown (needs 2+ seeds a cell)"
-        verdict = (
-            "r and M matter here beyond seed noise"
-            if self.anova_p is not None and self.anova_p < 0.05
-            else "the cells cannot be told apart from seed noise"
-        )
+        shifts = [name for name, q in (("r", self.r_p), ("M", self.m_p)) if q is not None and q < 0.05]
+        if self.anova_p is not None and self.anova_p < 0.05:
+            verdict = "r and M matter here beyond seed noise"
+        elif shifts:
+            moves = "r and M shift" if len(shifts) > 1 else f"{shifts[0]} shifts"
+            verdict = f"no single cell stands out, but {moves} whole rows or columns"
+        else:
+            verdict = "the cells cannot be told apart from seed noise"
         anova = f", ANOVA p = {self.anova_p:.2g}" if self.anova_p is not None else ""
+        main = (
+            f"; main effects: r p = {self.r_p:.2g}, M p = {self.m_p:.2g}"
+            if self.r_p is not None and self.m_p is not None
+            else ""
+        )
         alone = f"; noise alone gives {self.noise_only_ratio:.1f}x" if self.noise_only_ratio is not None else ""
         return (
             f"r x M surface: spread {self.spread:.3g} of {metric} = {self.ratio:.1f}x the seed noise "
             f"(SD {self.noise_sd:.3g}, {self.n_runs} runs in {self.n_cells} cells{anova}{alone}); {verdict}; "
-            f"{len(self.tied)} of {self.n_cells} cells tied with the best"
+            f"{len(self.tied)} of {self.n_cells} cells tied with the best{main}"
         )
 
 
@@ -105,7 +117,30 @@ def surface_noise(cells: Mapping[tuple[Any, Any], Sequence[float]], *, mode: Mod
         best_mean=means[best],
         tied=frozenset(tied_with_best(clean, mode=mode) if noise is not None else {best}),
         noise_only_ratio=_noise_only_ratio([len(v) for v in clean.values()]) if noise else None,
+        r_p=_main_effect_p(clean, 0) if noise else None,
+        m_p=_main_effect_p(clean, 1) if noise else None,
     )
+
+
+def _main_effect_p(cells: Mapping[tuple[Any, Any], list[float]], axis: int) -> float | None:
+    """F test of one factor's main effect (its levels' run means) against the pooled within-cell error."""
+    from scipy.stats import f as f_dist
+
+    runs = [(key[axis], v) for key, vs in cells.items() for v in vs]
+    levels = {level for level, _ in runs}
+    df_within = len(runs) - len(cells)
+    if len(levels) < 2 or df_within < 1:
+        return None
+    grand = float(np.mean([v for _, v in runs]))
+    ss = 0.0
+    for level in levels:
+        values = [v for lv, v in runs if lv == level]
+        ss += len(values) * (float(np.mean(values)) - grand) ** 2
+    ss_within = sum(float(((np.asarray(v) - np.mean(v)) ** 2).sum()) for v in cells.values())
+    if ss_within <= 0:
+        return None
+    f = (ss / (len(levels) - 1)) / (ss_within / df_within)
+    return float(f_dist.sf(f, len(levels) - 1, df_within))
 
 
 def _noise_only_ratio(sizes: list[int], *, draws: int = 2000, seed: int = 0) -> float:

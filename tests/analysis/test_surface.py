@@ -53,3 +53,11 @@ def test_a_grid_sweep_with_repeats_reports_it(tmp_path: Path, synth: SimpleNames
     assert s is not None and s.n_cells == 25 and s.anova_p < 1e-6 and s.best == (0.9, 3)
     report = write_report(root, tmp_path / "report", interactive=False, n_boot=50)
     assert "r x M surface: spread" in report.html.read_text()
+
+
+def test_a_small_row_effect_shows_as_a_main_effect() -> None:
+    """r moves every cell of its row by a little (0.3 SD a step): r's main effect is clear, M (which does nothing)
+    is not."""
+    s = surface_noise(cells(effect=0.015, noise=0.01, seeds=3, seed=1), mode="min")
+    assert s.r_p < 0.01 < s.m_p
+    assert "main effects: r p = " in s.line()
