@@ -27,7 +27,7 @@ from simmtm.sweep.spec import (
 )
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
-SWEEP_FILES = ("quick.yaml", "etth1_rm.yaml", "grid_rm.yaml", "gunpoint_sweep.yaml")
+SWEEP_FILES = ("quick.yaml", "etth1_rm.yaml", "grid_rm.yaml", "grid_rm_etth1.yaml", "gunpoint_sweep.yaml")
 
 R, M, TAU, ENC, PATCH = "pretrain.mask_ratio", "pretrain.num_masked", "pretrain.temperature", "model.encoder", "model.patch_len"
 
@@ -71,10 +71,15 @@ def test_the_cluster_sweep_and_the_grid_are_the_ones_the_issue_asks_for() -> Non
     assert (p[TAU].low, p[TAU].high, p[TAU].log) == (0.02, 1.0, True)
     assert p[ENC].choices == ["transformer", "patch"] and p[PATCH].when == {ENC: "patch"}
     assert rm.resources.gpus_per_worker == 1
-    grid = sweep_spec(load_config(SWEEPS / "grid_rm.yaml"))
+    grid = sweep_spec(load_config(SWEEPS / "grid_rm_etth1.yaml"))
     assert grid.search.grid[R] == [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875]
     assert grid.search.grid[M] == [1, 2, 3, 5, 8]
     assert len(grid.search.grid_cells()) == 35 and grid.tune.repeats >= 2
+    # the measured protocol (docs/benchmarks.md): GunPoint, frozen-encoder probe, 3 seeds a cell, every test score
+    measured = load_config(SWEEPS / "grid_rm.yaml")
+    grid = sweep_spec(measured)
+    assert measured.finetune.mode == "probe" and measured.data.name == "GunPoint"
+    assert len(grid.search.grid_cells()) == 25 and grid.tune.repeats == 3 and grid.tune.test_top_k >= 25
     quick = sweep_spec(load_config(SWEEPS / "quick.yaml"))
     # The main job: at least 8 full runs, now 5 search trials plus the confirmation's (1 + 1) x 3 paired seeds
     # (issue 13 resized it to fit about 10 minutes on 2 cores), at least 5 of them searched (importance needs 5).
