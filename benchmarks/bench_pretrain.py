@@ -10,7 +10,7 @@ Each configuration runs in a fresh subprocess so that its peak RSS is its own. A
     python benchmarks/bench_pretrain.py --json out.json      # keep the figures
     python benchmarks/bench_pretrain.py --projector lean     # the lean projector instead of the official widths
     python benchmarks/bench_pretrain.py --attention sdpa     # only torch's attention kernel (default: both, A/B)
-    python benchmarks/bench_pretrain.py --return-freed-memory   # glibc returns large freed blocks at once (see below)
+    python benchmarks/bench_pretrain.py --return-freed-memory false   # glibc's default malloc (the product: auto)
 
 Rows run the official projector (Linear(L*D -> L*D/2), BatchNorm, ReLU, Linear(-> 128), Dropout 0.1) unless
 ``--projector lean``: through ``model.projector: official`` where the config has that key, else the benchmark
@@ -24,10 +24,12 @@ since the counter cannot see inside the small-head kernel; the exponentials are 
 and its share of the machine's peak, both the nominal peak (cores x GHz x FLOP/cycle from /proc/cpuinfo: 2 FMA units
 x vector lanes x 2 is assumed) and a measured one (a 2048^3 float32 matmul on the same threads, in the same process).
 
-``--return-freed-memory`` runs each row with ``simmtm.memory.return_freed_memory()`` (glibc's mmap threshold fixed at
-4 MiB): peak RSS is then what the step's tensors need, not that plus the heap fragmentation of earlier steps, at the
-price of page faults on every step (system CPU time; docs/benchmarks.md, "Peak memory"). The same from outside:
-``MALLOC_MMAP_THRESHOLD_=4194304 python ...`` for any simmtm command.
+The step is the product's (``simmtm.training.Loop``): gradients set to None before the forward pass, then forward,
+backward, Adam. ``--return-freed-memory`` is the run config's key of that name, applied as a run applies it
+(``simmtm.memory.apply_malloc_setting``): ``auto`` (default, as in the product) fixes glibc's mmap threshold at 4 MiB on
+the CPU, so that peak RSS is what the step's tensors need, not that plus the heap fragmentation of earlier steps, at
+the price of page faults on every step (system CPU time; docs/benchmarks.md, "Peak memory"); ``false`` leaves glibc's
+default, ``true`` forces it. The "malloc" column says which ran.
 
 The official implementation's figures on this kind of machine (2 CPU threads; ../shared/REFERENCE.md section 3)
 are printed beside ours as the reference.
@@ -118,17 +120,15 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
     from simmtm.config import ModelConfig, PretrainConfig
     from simmtm.encoders import build_encoder
     from simmtm.masking import geometric_mask
+    from simmtm.memory import apply_malloc_setting
     from simmtm.model import SimMTM, to_series
 
     torch.set_num_threads(threads)
-    if cfg.get("return_freed_memory"):
-        from simmtm.memory import return_freed_memory
-
-        return_freed_memory()
     torch.manual_seed(0)
     attention.PAD_HEADS = cfg.get("pad_heads", True)
     attention.KERNEL = cfg.get("attention", "auto")
     dev = torch.device(device)
+    returns_freed = apply_malloc_setting(cfg.get("return_freed_memory", "auto"), dev)
     projector = cfg.get("projector", "lean")
     native = "projector" in config.ModelConfig.model_fields  # the faithful config has model.projector
     extra = {"projector": projector, "head_dropout": 0.1 if projector == "official" else 0.0} if native else {}
@@ -153,12 +153,12 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
 
     encoders.attention = recording_attention
 
-    def step() -> None:
+    def step() -> None:  # as simmtm.training.Loop: gradients dropped before the forward pass
+        opt.zero_grad(set_to_none=True)
         series = to_series(x, True)  # (B*C, L, 1)
         n, length, c = series.shape
         mask = geometric_mask((cfg["num_masked"], n, c, length), 0.5, 3.0, generator=gen, device=dev).transpose(2, 3)
         out = model(series, mask)
-        opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
         calls.clear()  # keep no activations alive past the step
@@ -178,17 +178,18 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # before the counted step adds its own
     result = {**cfg, "projector": projector if native or projector != "official" else "official*",
               "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "steps": steps, "threads": threads,
-              "device": device, "s_per_step": elapsed / steps, "cpu_s_per_step": cpu / steps,
+              "device": device, "malloc": "freed" if returns_freed else "glibc",
+              "s_per_step": elapsed / steps, "cpu_s_per_step": cpu / steps,
               "samples_per_s": cfg["batch"] * steps / elapsed, "peak_rss_gb": peak_rss,
               "sys_cpu_s_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_start) / steps,
               "load_avg": os.getloadavg()[0]}
 
     def recorded_step() -> None:  # the attention inputs of the step are kept until counted
+        opt.zero_grad(set_to_none=True)
         series = to_series(x, True)
         n, length, c = series.shape
         mask = geometric_mask((cfg["num_masked"], n, c, length), 0.5, 3.0, generator=gen, device=dev).transpose(2, 3)
         out = model(series, mask)
-        opt.zero_grad(set_to_none=True)
         out.loss.backward()
 
     result.update(step_flops(recorded_step, calls))
@@ -249,8 +250,9 @@ def main() -> None:
                         help="override a row field, e.g. --set seq_len=96 --set batch=4 (small, quick runs)")
     parser.add_argument("--no-head-pad", action="store_true",
                         help="GPU: leave small attention heads unpadded (torch's math kernel), to measure what padding buys")
-    parser.add_argument("--return-freed-memory", action="store_true",
-                        help="fix glibc's mmap threshold (simmtm.memory.return_freed_memory): lower peak RSS, more page faults")
+    parser.add_argument("--return-freed-memory", choices=["auto", "true", "false"], nargs="?", const="true",
+                        default="auto", help="the run config's return_freed_memory (glibc's mmap threshold fixed at "
+                        "4 MiB: lower peak RSS, more page faults); auto, as in the product: on for the CPU")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -262,13 +264,13 @@ def main() -> None:
     configs = [{**c, "projector": args.projector, **overrides, "attention": a} for c in (grid() if args.grid else [dict(PAPER)]) for a in kernels]
     if args.no_head_pad:
         configs = [{**c, "pad_heads": False} for c in configs]
-    if args.return_freed_memory:
-        configs = [{**c, "return_freed_memory": True} for c in configs]
+    setting = {"auto": "auto", "true": True, "false": False}[args.return_freed_memory]
+    configs = [{**c, "return_freed_memory": setting} for c in configs]
     print(f"# SimMTM pre-training, {args.device}, {args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up; "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}; load average at start "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'encoder':<12}{'projector':<10}{'attn':<6}{'L':>5}{'batch':>6}{'s/step':>9}{'cpu s':>8}{'samples/s':>11}"
-          f"{'peak RSS GB':>13}{'peak GPU GB':>13}{'GFLOP':>9}{'GFLOP/s':>9}{'%peak':>9}{'%GEMM':>9}{'load':>6}")
+    print(f"{'encoder':<12}{'projector':<10}{'attn':<6}{'malloc':<7}{'L':>5}{'batch':>6}{'s/step':>9}{'cpu s':>8}"
+          f"{'samples/s':>11}{'peak RSS GB':>13}{'peak GPU GB':>13}{'GFLOP':>9}{'GFLOP/s':>9}{'%peak':>9}{'%GEMM':>9}{'load':>6}")
     results = []
     for cfg in configs:
         r = in_subprocess(cfg, args)
@@ -276,7 +278,8 @@ def main() -> None:
         if args.json:  # after every row: a run stopped at a time limit keeps what it measured
             with open(args.json, "w") as fh:
                 json.dump({"results": results, "official_cpu": OFFICIAL_CPU}, fh, indent=2)
-        head = f"{cfg['encoder']:<12}{r.get('projector', cfg['projector']):<10}{cfg['attention']:<6}{cfg['seq_len']:>5}{cfg['batch']:>6}"
+        head = (f"{cfg['encoder']:<12}{r.get('projector', cfg['projector']):<10}{cfg['attention']:<6}"
+                f"{r.get('malloc', '?'):<7}{cfg['seq_len']:>5}{cfg['batch']:>6}")
         if "error" in r:
             print(f"{head}  {r['error']}")
             continue
@@ -296,7 +299,7 @@ def main() -> None:
     for o in OFFICIAL_CPU:
         sps = f"{o['samples_per_s']:11.2f}" if o["samples_per_s"] else "        n/a"
         rate = f"{'':>18}{per_sample * o['samples_per_s'] / 1e9:9.1f}" if per_sample and o["samples_per_s"] else ""
-        print(f"{'official':<12}{'official':<10}{'full':<6}{336:>5}{o['batch']:>6}{'':>9}{'':>8}{sps}{' ' + str(o['peak_rss_gb']):>13}{'':>13}{rate}")
+        print(f"{'official':<12}{'official':<10}{'full':<13}{336:>5}{o['batch']:>6}{'':>9}{'':>8}{sps}{' ' + str(o['peak_rss_gb']):>13}{'':>13}{rate}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@
     python benchmarks/memory_step.py --return-freed-memory   # the same with simmtm.memory.return_freed_memory()
     python benchmarks/memory_step.py --saved                 # what autograd keeps for the backward pass, by source line
     python benchmarks/memory_step.py --torch-dropout         # nn.Dropout instead of simmtm's lean Dropout (A/B)
+    python benchmarks/memory_step.py --late-zero-grad        # gradients dropped after the forward pass (A/B)
 
 RSS figures are bytes / 1e9 (the peak also as ru_maxrss in GiB, the unit of bench_pretrain.py's "peak RSS GB").
-The step is bench_pretrain.py's: masks, forward, zero_grad, backward, Adam; batch 16 (112 series, 448 rows).
+The step is simmtm.training.Loop's (and bench_pretrain.py's): zero_grad, masks, forward, backward, Adam; batch 16
+(112 series, 448 rows). glibc's malloc is left at its default unless --return-freed-memory (a run's
+``return_freed_memory: auto`` sets it on the CPU).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def main() -> None:
     parser.add_argument("--return-freed-memory", action="store_true")
     parser.add_argument("--torch-dropout", action="store_true")
     parser.add_argument("--saved", action="store_true")
+    parser.add_argument("--late-zero-grad", action="store_true", help="zero_grad after the forward pass (as before)")
     args = parser.parse_args()
     if args.return_freed_memory:
         return_freed_memory()
@@ -100,10 +104,13 @@ def main() -> None:
     print(f"RSS after building the model: {rss() / 1e9:.2f} GB; load average {os.getloadavg()[0]:.1f}")
     for i in range(args.steps):
         before = resource.getrusage(resource.RUSAGE_SELF)
+        if not args.late_zero_grad:
+            opt.zero_grad(set_to_none=True)  # the last step's gradients are not held through the forward pass
         series, mask = inputs()
         phase[0] = "forward"
         out = model(series, mask)
-        opt.zero_grad(set_to_none=True)
+        if args.late_zero_grad:
+            opt.zero_grad(set_to_none=True)
         phase[0] = "backward"
         out.loss.backward()
         phase[0] = "adam"

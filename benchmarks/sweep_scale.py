@@ -3,6 +3,7 @@
     python benchmarks/sweep_scale.py --sizes 100 1000                 # Tune + analysis at each size
     python benchmarks/sweep_scale.py --sizes 100 1000 5000 --tune-max 1000   # 5,000: analysis only (study written directly)
     python benchmarks/sweep_scale.py --sizes 50 --json /tmp/s.json    # a quick check
+    python benchmarks/sweep_scale.py --sizes 100 1000 --work /tmp/ss --analysis-only   # re-analyse a run's folders
 
 Per size N, in a fresh folder under --work (default a temporary one):
 
@@ -165,7 +166,7 @@ def run_analysis(out: Path, *, bootstrap: int) -> dict:
     from simmtm.analysis.recommend import recommend
     from simmtm.analysis.report import write_report
 
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     sweep = load_sweep(out)
     load_s = time.perf_counter() - start
     recommend(sweep, n_boot=bootstrap, seed=0)
@@ -173,7 +174,8 @@ def run_analysis(out: Path, *, bootstrap: int) -> dict:
     start = time.perf_counter()
     write_report(out, out / "report", interactive=False, n_boot=bootstrap, seed=0)
     analyze_s = time.perf_counter() - start
-    return {"load_s": load_s, "recommend_s": recommend_s, "analyze_s": analyze_s}
+    # CPU seconds of all three (one process): steadier than wall times on a shared machine
+    return {"load_s": load_s, "recommend_s": recommend_s, "analyze_s": analyze_s, "cpu_s": time.process_time() - cpu}
 
 
 def slope(sizes: list[int], values: list[float]) -> float:
@@ -193,7 +195,11 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the analysis (its default)")
     parser.add_argument("--work", type=Path, help="keep the sweep folders here (default: a temporary folder)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--analysis-only", action="store_true",
+                        help="only analyse the folders an earlier run left under --work (no Ray; reports rewritten)")
     args = parser.parse_args()
+    if args.analysis_only and not args.work:
+        parser.error("--analysis-only needs the --work folder of an earlier run")
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     import ray
@@ -202,12 +208,15 @@ def main() -> None:
     print(f"# sweep scale, {os.cpu_count()} CPUs, load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"folders under {work}")
     results = {}
-    ray.init(num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False)
+    if not args.analysis_only:
+        ray.init(num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False)
     try:
         for n in args.sizes:
             out = work / f"n{n}"
             row: dict = {"load": os.getloadavg()[0]}
-            if n <= args.tune_max:
+            if args.analysis_only:
+                pass
+            elif n <= args.tune_max:
                 row["tune"] = run_tune(out, n, concurrent=args.concurrent)
             else:
                 write_study(out, n)
@@ -216,9 +225,9 @@ def main() -> None:
             t, a = row.get("tune", {}), row["analysis"]
             tune_text = (f"fit {t['fit_s']:8.1f} s  per trial {1e3 * t['per_trial_s']:7.1f} ms (first 10 % "
                          f"{1e3 * t['first_tenth_s']:6.1f}, last 10 % {1e3 * t['last_tenth_s']:6.1f})  tables {t['tables_s']:6.2f} s  "
-                         f"{t['states']}" if t else "tune: not run (study written directly)")
+                         f"{t['states']}" if t else "tune: not run")
             print(f"N={n:>5}  {tune_text}  | load {a['load_s']:6.2f} s  recommend {a['recommend_s']:6.2f} s  "
-                  f"analyze {a['analyze_s']:6.2f} s  (load avg {row['load']:.1f})", flush=True)
+                  f"analyze {a['analyze_s']:6.2f} s  (CPU {a['cpu_s']:6.2f} s; load avg {row['load']:.1f})", flush=True)
             if args.json:
                 args.json.write_text(json.dumps(results, indent=2, default=str))
     finally:
@@ -229,7 +238,8 @@ def main() -> None:
                       ("tables (collect_rows + trials.csv)", lambda r: r.get("tune", {}).get("tables_s")),
                       ("load_sweep", lambda r: r["analysis"]["load_s"]),
                       ("recommend (incl. load)", lambda r: r["analysis"]["recommend_s"]),
-                      ("analyze (report)", lambda r: r["analysis"]["analyze_s"])]:
+                      ("analyze (report)", lambda r: r["analysis"]["analyze_s"]),
+                      ("analysis CPU (all three)", lambda r: r["analysis"].get("cpu_s"))]:
         pairs = [(n, get(results[n])) for n in sizes if get(results[n])]
         print(f"  {name:<36} k = {slope([p[0] for p in pairs], [p[1] for p in pairs]):.2f}  over N = {[p[0] for p in pairs]}")
 

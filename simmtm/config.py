@@ -166,6 +166,10 @@ class RunConfig(_Section):
     # fp32; tf32 (CUDA matmuls and convolutions in TF32); bf16 (torch.autocast to bfloat16, on CPU too)
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     compile: bool = False  # torch.compile the model (on CUDA with mode="reduce-overhead")
+    # glibc's malloc gives large freed blocks back at once (simmtm.memory.return_freed_memory), for the whole process:
+    # peak RSS is what a step's tensors need, not that plus the heap fragmentation of earlier steps (-0.6 GB at the
+    # paper's ETTh1 config), for ~10 % more CPU time (page faults). auto: on for runs on the CPU. Not a model change.
+    return_freed_memory: Literal["auto", True, False] = "auto"
     log_every: int = Field(50, ge=1)  # steps between host reads of the losses (TensorBoard, finite check, progress)
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)

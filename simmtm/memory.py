@@ -3,6 +3,7 @@
 * ``Dropout``: ``nn.Dropout`` that saves a one-byte mask for the backward pass instead of a float32 one.
 * ``return_freed_memory``: make glibc's malloc give large freed blocks back to the system at once, so that a step's
   peak resident memory is what its tensors need rather than that plus what earlier steps left fragmented.
+  ``apply_malloc_setting`` is how a run applies the config's ``return_freed_memory`` (on by default on the CPU).
 
 Measured at the paper's ETTh1 configuration with the official projector (docs/benchmarks.md, "Peak memory").
 """
@@ -12,11 +13,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
+from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["MMAP_THRESHOLD", "Dropout", "return_freed_memory"]
+__all__ = ["MMAP_THRESHOLD", "Dropout", "apply_malloc_setting", "return_freed_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +58,22 @@ def return_freed_memory(threshold: int = MMAP_THRESHOLD) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+
+
+def apply_malloc_setting(setting: bool | Literal["auto"], device: torch.device) -> bool:
+    """Apply a run's ``return_freed_memory`` setting; True if the mmap threshold is now fixed by it.
+
+    ``auto`` turns it on for a run on the CPU, unless ``MALLOC_MMAP_THRESHOLD_`` in the environment already chose a
+    threshold (glibc read it at start-up). On a GPU host memory holds no activations, so ``auto`` leaves malloc
+    alone. The setting is the process's from then on (glibc has no way back to its rising threshold), so a fine-tune
+    that follows in the same process keeps it; ``return_freed_memory: false`` leaves malloc as it is.
+    """
+    if setting == "auto":
+        setting = device.type == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ
+    if not setting:
+        return False
+    applied = return_freed_memory()
+    log.debug(
+        "malloc's mmap threshold %s at %d bytes", "fixed" if applied else "not fixed (no mallopt)", MMAP_THRESHOLD
+    )
+    return applied

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from simmtm.config import RunConfig, dump_config
 from simmtm.errors import UserError
+from simmtm.memory import apply_malloc_setting
 from simmtm.runtime import Runtime
 from simmtm.tracking import RunLog, StepLog, progress_bar
 
@@ -58,9 +59,11 @@ class TrainingDiverged(UserError):
 
 
 def set_up(config: RunConfig, runtime: Runtime) -> None:
-    """The process-wide settings of a run: torch threads and, on CUDA, whether float32 matmuls may use TF32."""
+    """The process-wide settings of a run: torch threads, malloc's handling of freed memory (``return_freed_memory``)
+    and, on CUDA, whether float32 matmuls may use TF32."""
     if config.threads:
         torch.set_num_threads(config.threads)
+    apply_malloc_setting(config.return_freed_memory, runtime.device)
     if runtime.device.type == "cuda":
         _allow_tf32(config.precision == "tf32")
 
@@ -211,9 +214,12 @@ class Loop:
         steps = 0
         for batch in self.loader:
             lr = self.optimizer.param_groups[0]["lr"]
+            # Before the forward pass, not after it: the last step's gradients (as large as the weights) would
+            # otherwise be held through the forward pass, on top of its saved activations (-0.4 GB of peak at the
+            # paper's ETTh1 config with the official projector; docs/benchmarks.md, "Peak memory").
+            self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.config.precision, self.runtime.device):
                 parts = losses(batch)
-            self.optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or math.inf)
             self.optimizer.step()

@@ -1,15 +1,23 @@
 """simmtm.memory: the lean dropout gives torch's values, gradients and random stream with a one-byte saved mask; the
-malloc setting takes effect where glibc has it."""
+malloc setting takes effect where glibc has it, and a CPU run applies it unless its config says not to."""
 
 from __future__ import annotations
 
+import ctypes
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
-from simmtm.memory import Dropout, return_freed_memory
+from simmtm.config import parse_config
+from simmtm.errors import ConfigError
+from simmtm.memory import Dropout, apply_malloc_setting, return_freed_memory
 
 
 def saved_bytes(fn, x: torch.Tensor) -> int:
@@ -63,3 +71,65 @@ def test_transformer_layers_use_the_lean_dropout() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_return_freed_memory_sets_glibcs_mmap_threshold() -> None:
     assert return_freed_memory(32 * 1024 * 1024)  # glibc's own maximum: what a long run reaches anyway
+
+
+def test_return_freed_memory_is_auto_true_or_false_in_a_run_config() -> None:
+    data = {"name": "ETTh1"}
+    assert parse_config({"data": data}).return_freed_memory == "auto"
+    assert parse_config({"data": data, "return_freed_memory": False}).return_freed_memory is False
+    with pytest.raises(ConfigError, match="return_freed_memory: Input should be 'auto', True or False"):
+        parse_config({"data": data, "return_freed_memory": "sometimes"})
+
+
+def test_auto_leaves_malloc_alone_on_a_gpu_and_where_the_environment_chose_a_threshold(monkeypatch) -> None:
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert apply_malloc_setting("auto", torch.device("cuda")) is False
+    assert apply_malloc_setting(False, torch.device("cpu")) is False
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert apply_malloc_setting("auto", torch.device("cpu")) is False
+
+
+# In a fresh process: free a 16 MiB block (glibc's default then raises its mmap threshold to 16 MiB), pre-train the
+# tiny config through simmtm.pretrain.run, then ask whether a new 8 MiB block is mmap-ed (mallinfo2's hblks).
+PROBE = """
+import ctypes, json, sys
+from simmtm import pretrain
+from simmtm.config import parse_config
+
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+libc.mallinfo2.restype = Mallinfo2
+libc.free(libc.malloc(16 << 20))
+pretrain.run(parse_config(json.loads(sys.argv[1])))
+before = libc.mallinfo2().hblks
+block = libc.malloc(8 << 20)
+print(libc.mallinfo2().hblks - before)
+libc.free(block)
+"""
+
+
+def _has_mallinfo2() -> bool:
+    try:
+        return hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2")  # glibc >= 2.33
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_mallinfo2(), reason="glibc's mallopt and mallinfo2")
+def test_pretraining_on_the_cpu_makes_malloc_return_large_freed_blocks(tiny_config, monkeypatch) -> None:
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    root = str(Path(__file__).resolve().parent.parent)
+    mmapped = {}
+    for setting in ("auto", False):
+        raw = yaml.safe_load(yaml.safe_dump(tiny_config({})))  # plain data for JSON
+        raw["return_freed_memory"] = setting
+        done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(raw)], capture_output=True, text=True,
+                              cwd=root, check=True, env={**os.environ, "PYTHONPATH": root})
+        mmapped[setting] = int(done.stdout.strip().splitlines()[-1])
+    assert mmapped == {"auto": 1, False: 0}  # default glibc would serve the block from the heap

@@ -4,6 +4,11 @@ They answer different questions. PED-ANOVA asks which parameters set the *top* t
 the distribution of a parameter among the best trials is from its distribution among all); fANOVA asks how much
 of the *whole* score variance a random forest attributes to each parameter. When they disagree, a parameter
 matters for getting to the very best scores but not across the space (or the other way round).
+
+fANOVA's trees are capped at depth ``FANOVA_MAX_DEPTH`` (Optuna's default, 64, grows them until every leaf holds one
+trial): the marginal variances cost about (leaves x split points) per tree, which grew as N^1.5 with the number of
+finished trials (20 CPU-s at 1,000, a few minutes at 5,000); capped, the cost grows about linearly and the
+importances move by less than 0.01 (docs/benchmarks.md, "Sweeps at scale").
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvalu
 
 from simmtm.analysis.load import SHORT_NAMES, Sweep, analysis_study
 
-__all__ = ["MIN_TRIALS", "Importance", "param_importances"]
+__all__ = ["FANOVA_MAX_DEPTH", "MIN_TRIALS", "Importance", "param_importances"]
 
 logger = logging.getLogger(__name__)
 
 MIN_TRIALS = 5  # fewer finished trials than this: no importances (both methods are noise below it)
 METHODS = ("ped_anova", "fanova")
+FANOVA_MAX_DEPTH = 10  # at most 1,024 leaves a tree
 
 
 @dataclass
@@ -69,7 +75,7 @@ def param_importances(sweep: Sweep, *, seed: int = 0) -> Importance:
     quantile = float(min(0.5, max(0.1, 5 / n)))
     evaluators = {
         "ped_anova": PedAnovaImportanceEvaluator(target_quantile=quantile),
-        "fanova": FanovaImportanceEvaluator(seed=seed),
+        "fanova": FanovaImportanceEvaluator(seed=seed, max_depth=FANOVA_MAX_DEPTH),
     }
     # fANOVA needs every parameter in every trial: it leaves out conditional ones (searched only `when` ...).
     always = [p for p in varied if all(p in t.params for t in trials)]

@@ -294,11 +294,26 @@ def _stability(
     n = len(good)
     if n < 3:
         return None
+    draws = rng.integers(0, n, size=(n_boot, n))  # the same numbers as n_boot draws of n, one after the other
+    # A resample as counts: trial j drawn counts[j] times. A drawn centre's support and mean in the resample are then
+    # near @ counts and near @ (counts * good), for all resamples in one matrix product (row blocks bound the memory),
+    # not an n x n sub-matrix per resample: O(n^2) work a resample in BLAS instead of in fancy indexing.
+    counts = np.zeros((n, n_boot))
+    for b, idx in enumerate(draws):
+        counts[:, b] = np.bincount(idx, minlength=n)
+    support, total = np.empty((n, n_boot)), np.empty((n, n_boot))
+    weighted = counts * good[:, None]
+    for start in range(0, n, 1024):
+        rows = near[start : start + 1024].astype(float)
+        support[start : start + 1024], total[start : start + 1024] = rows @ counts, rows @ weighted
     hits = 0
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        sub = near[np.ix_(idx, idx)]
-        k = idx[_pick(sub, good[idx], min(need, int(sub.sum(axis=1).max())))]
+    for b, idx in enumerate(draws):
+        # candidates in order of first draw: ties go to the earlier one, as _pick over the resample's rows did
+        _, first = np.unique(idx, return_index=True)
+        cand = idx[np.sort(first)]
+        sup = support[cand, b]
+        means = np.where(sup >= min(need, int(sup.max())), total[cand, b] / np.maximum(sup, 1), -np.inf)
+        k = cand[np.lexsort((-sup, -means))[0]]
         hits += bool(near[centre, k])
     return hits / n_boot
 

@@ -212,7 +212,8 @@ def _study_in_memory(storage: optuna.storages.RDBStorage, name: Any, notes: list
 
     """The sweep's study (by name, or the only one) copied into memory, so its snapshot file can go."""
     try:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        # the names alone: a study summary reads every trial of every study (as long again as the copy below)
+        names = optuna.get_all_study_names(storage)
     except Exception as exc:  # a file that is not an Optuna database
         notes.append(f"optuna.db is not an Optuna study database ({type(exc).__name__}); trials.csv only")
         return None

@@ -92,10 +92,10 @@ def tell_pruned(study: optuna.Study, number: int) -> None:
     """Finish a trial as PRUNED with no value. ``study.tell`` would copy its last intermediate value (a probe score)
     into ``value``, where COMPLETE trials hold final scores: sorting the study by value would then rank a probe
     against a fine-tune. TPE reads a pruned trial's intermediate values, not its value, so the sampler sees the same."""
-    trial = study.get_trials(deepcopy=False)[number]
-    if trial.number != number:  # the list is in number order; guard against a storage that is not
-        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    if not study._storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED):
+    # One lookup by number: listing the study's trials for it cost O(trials) per pruned trial (a sweep's ASHA prunes
+    # about half of them), O(trials^2) over a sweep.
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    if not study._storage.set_trial_state_values(trial_id, TrialState.PRUNED):
         raise RuntimeError(f"trial {number} was already finished")
 
 

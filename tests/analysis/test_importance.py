@@ -80,3 +80,24 @@ def test_heatmap_of_a_tpe_sweep_bins_r_and_keeps_every_m(interior_tpe_sweep: Pat
     assert means.shape == (5, 8)  # r in 5 bins of [0.1, 0.9]; M = 1..8 each its own column
     assert int(counts.to_numpy().sum()) == 120
     assert np.array_equal(np.isnan(means.to_numpy()), counts.to_numpy() == 0)
+
+
+def test_fanovas_depth_cap_leaves_the_importances_of_a_large_study_as_they_were() -> None:
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    from simmtm.analysis.importance import FANOVA_MAX_DEPTH
+
+    space = {"r": FloatDistribution(0.1, 0.9), "m": IntDistribution(1, 5),
+             "tau": FloatDistribution(0.05, 1.0, log=True)}
+    rng = np.random.default_rng(0)
+    study = optuna.create_study()
+    for _ in range(200):  # fully grown trees here reach depths above 10: the cap binds on their deepest branches
+        p = {"r": float(rng.uniform(0.1, 0.9)), "m": int(rng.integers(1, 6)),
+             "tau": float(np.exp(rng.uniform(np.log(0.05), 0)))}
+        score = 0.05 * (p["r"] - 0.5) ** 2 + 0.002 * (p["m"] - 3) ** 2 + 0.01 * np.log(p["tau"] / 0.2) ** 2
+        study.add_trial(optuna.trial.create_trial(params=p, distributions=space, value=score + rng.normal(0, 0.002)))
+    capped, full = (get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0, max_depth=depth))
+                    for depth in (FANOVA_MAX_DEPTH, 64))  # 64: Optuna's default, trees grown to single trials
+    assert list(capped) == list(full)  # the same ranking
+    assert max(abs(capped[k] - full[k]) for k in full) < 0.02

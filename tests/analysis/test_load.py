@@ -100,3 +100,21 @@ def test_not_a_sweep_directory_is_one_line_and_exit_2(tmp_path: Path, kind: str,
         assert out == ""
         assert err.count("\n") == 1 and str(target) in err, err
     assert not (tmp_path / "x-report").exists()
+
+
+def test_the_study_is_found_by_name_or_as_the_only_one_and_a_wrong_name_among_many_is_a_note(tmp_path: Path) -> None:
+    import optuna
+
+    from simmtm.sweep.outputs import SweepMeta, read_study
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for name, value in (("a", 1.0), ("b", 2.0)):
+        optuna.create_study(study_name=name, storage=url).add_trial(
+            optuna.trial.create_trial(params={}, distributions={}, value=value))
+    meta = lambda name: SweepMeta(metric="val_mse", mode="min", params=[], study_name=name, storage=url)  # noqa: E731
+    assert read_study(tmp_path, meta("b")).trials[0].value == 2.0
+    notes: list[str] = []
+    assert read_study(tmp_path, meta("c"), notes) is None
+    assert notes == ["optuna.db has no study 'c' (has a, b); trials.csv only"]
+    optuna.delete_study(study_name="a", storage=url)
+    assert read_study(tmp_path, meta("c")).trials[0].value == 2.0  # the only study, whatever its name
