@@ -161,6 +161,43 @@ def write_study(out: Path, trials: int, *, seed: int = 0) -> None:
     write_trials_csv(out / "trials.csv", rows, spec.search.keys)
 
 
+def run_confirm(out: Path, trials: int, *, concurrent: int) -> dict:
+    """The confirmation stage (``simmtm.sweep.confirm.confirm_sweep``, as the driver calls it) after the search in
+    ``out``, with the synthetic trainable: quick.yaml's top 1 and the paper's default, 3 paired seeds each (6 runs).
+    What grows with N is ranking the search's configurations and reading its rung scores (the probe check); the
+    confirmation runs themselves are a fixed number. Printed: the whole stage and those two parts."""
+    import shutil
+
+    from ray import tune
+
+    from simmtm.sweep.confirm import CONFIRM_EXPERIMENT, StageInputs, confirm_sweep, rung_scores
+    from simmtm.sweep.driver import EXPERIMENT_NAME, collect_rows
+    from simmtm.sweep.outputs import rank_configurations
+    from simmtm.sweep.spec import PAPER_DEFAULTS, TrialSpec
+
+    config, spec = sweep_config(trials)
+    search_dir = str(out / EXPERIMENT_NAME)
+    shutil.rmtree(out / CONFIRM_EXPERIMENT, ignore_errors=True)  # a fresh stage, not a resumed one
+    rows = collect_rows(search_dir, spec.search.keys)
+    start = time.perf_counter()
+    rank_configurations(rows, spec.search.keys, "min")
+    rank_s = time.perf_counter() - start
+    start = time.perf_counter()
+    rung_scores(search_dir, f"probe_{METRIC}", 2)
+    rungs_s = time.perf_counter() - start
+    stage = StageInputs(out=out, metric=METRIC, mode="min", param_keys=spec.search.keys, base_seed=config.seed,
+                        top_k=spec.tune.confirm.top_k, seeds=spec.tune.confirm.seeds, search_dir=search_dir,
+                        storage_path=str(out), rung_epoch=2, prunes=True, rung="probe", max_concurrent=concurrent)
+    entry = TrialSpec.of_sweep(config, spec, metric=METRIC, tb_dir=None, storage_path=None).model_dump(mode="json")
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    start = time.perf_counter()
+    outcome = confirm_sweep(stage, rows, trainable=tune.with_resources(synthetic_trial, {"cpu": 1}), sweep_entry=entry,
+                            default={k: PAPER_DEFAULTS[k] for k in spec.search.keys}, collect=collect_rows)
+    stage_s = time.perf_counter() - start
+    return {"stage_s": stage_s, "rank_s": rank_s, "rungs_s": rungs_s, "runs": len(outcome.configs) * stage.seeds,
+            "pairs": len(outcome.probe_pairs)}
+
+
 def run_analysis(out: Path, *, bootstrap: int) -> dict:
     from simmtm.analysis.load import load_sweep
     from simmtm.analysis.recommend import recommend
@@ -195,6 +232,8 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the analysis (its default)")
     parser.add_argument("--work", type=Path, help="keep the sweep folders here (default: a temporary folder)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--confirm", action="store_true",
+                        help="also time the confirmation stage after each Tune search (on --analysis-only folders too)")
     parser.add_argument("--analysis-only", action="store_true",
                         help="only analyse the folders an earlier run left under --work (no Ray; reports rewritten)")
     args = parser.parse_args()
@@ -208,7 +247,7 @@ def main() -> None:
     print(f"# sweep scale, {os.cpu_count()} CPUs, load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"folders under {work}")
     results = {}
-    if not args.analysis_only:
+    if not args.analysis_only or args.confirm:
         ray.init(num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False)
     try:
         for n in args.sizes:
@@ -220,6 +259,10 @@ def main() -> None:
                 row["tune"] = run_tune(out, n, concurrent=args.concurrent)
             else:
                 write_study(out, n)
+            if args.confirm and (out / "ray").is_dir():
+                row["confirm"] = c = run_confirm(out, n, concurrent=args.concurrent)
+                print(f"N={n:>5}  confirmation stage {c['stage_s']:6.1f} s ({c['runs']} runs; ranking "
+                      f"{c['rank_s']:.3f} s, rung scores read {c['rungs_s']:.2f} s; {c['pairs']} probe pairs)", flush=True)
             row["analysis"] = run_analysis(out, bootstrap=args.bootstrap)
             results[n] = row
             t, a = row.get("tune", {}), row["analysis"]
@@ -239,7 +282,9 @@ def main() -> None:
                       ("load_sweep", lambda r: r["analysis"]["load_s"]),
                       ("recommend (incl. load)", lambda r: r["analysis"]["recommend_s"]),
                       ("analyze (report)", lambda r: r["analysis"]["analyze_s"]),
-                      ("analysis CPU (all three)", lambda r: r["analysis"].get("cpu_s"))]:
+                      ("analysis CPU (all three)", lambda r: r["analysis"].get("cpu_s")),
+                      ("confirmation stage", lambda r: r.get("confirm", {}).get("stage_s")),
+                      ("confirmation: rung scores read", lambda r: r.get("confirm", {}).get("rungs_s"))]:
         pairs = [(n, get(results[n])) for n in sizes if get(results[n])]
         print(f"  {name:<36} k = {slope([p[0] for p in pairs], [p[1] for p in pairs]):.2f}  over N = {[p[0] for p in pairs]}")
 
