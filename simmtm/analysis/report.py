@@ -272,8 +272,11 @@ def _page(
         if importance.note:
             imp_extra += f'<p class="note">{_esc(importance.note)}</p>'
     parts.append(_figure_section("importance", "Parameter importance", pngs, skipped, imp_extra))
-    surface = sweep_surface_noise(sweep) if n >= MIN_FINISHED else None
-    surface_extra = f"<p>{_esc(surface.line(sweep.metric))}</p>" if surface is not None else ""
+    surface_extra = ""
+    if n >= MIN_FINISHED:  # the searched (validation) score, and the test split where every trial was scored on it
+        for column, label in (("score", sweep.metric), ("test_score", f"test {sweep.metric.removeprefix('val_')}")):
+            surface = sweep_surface_noise(sweep, column)
+            surface_extra += f"<p>{_esc(surface.line(label))}</p>" if surface is not None else ""
     parts.append(_figure_section("heatmap", "r x M", pngs, skipped, surface_extra))
     parts.append(_figure_section("slices", "Slices", pngs, skipped))
     parts.append(_figure_section("history", "Optimisation history", pngs, skipped, plotly_divs.get("history", "")))

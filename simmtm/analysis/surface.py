@@ -159,13 +159,17 @@ def _noise_only_ratio(sizes: list[int], *, draws: int = 2000, seed: int = 0) -> 
     return float(np.mean((all_means.max(axis=1) - all_means.min(axis=1)) / np.sqrt(ss / df)))
 
 
-def sweep_surface_noise(sweep: Sweep) -> SurfaceNoise | None:
-    """``surface_noise`` over a sweep's finished trials by (r, M); None when r and M were not both searched."""
+def sweep_surface_noise(sweep: Sweep, column: str = "score") -> SurfaceNoise | None:
+    """``surface_noise`` over a sweep's finished trials by (r, M); None when r and M were not both searched, or, for
+    ``column`` test_score, unless every finished trial has a test score (``tune.test_top_k`` covering the grid)."""
     done = sweep.finished
     if R_KEY not in done or M_KEY not in done or done.empty:
         return None
+    values = done[column].astype(float)
+    if not np.isfinite(values).all():
+        return None
     cells: dict[tuple[Any, Any], list[float]] = {}
-    for r, m, score in zip(done[R_KEY], done[M_KEY], done["score"].astype(float)):
+    for r, m, score in zip(done[R_KEY], done[M_KEY], values):
         cells.setdefault((round(float(r), 6), int(m)), []).append(score)
     mode: Mode = "min" if sweep.mode == "min" else "max"
     return surface_noise(cells, mode=mode)

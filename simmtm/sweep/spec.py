@@ -266,6 +266,14 @@ def probe_key(metric: str) -> str:
     return f"probe_{metric}"
 
 
+def first_rung(grace_period: int, probe_every: int, epochs: int) -> int:
+    """The pre-training epoch of the first rung score ASHA compares (and the probe check reads): the first probed
+    epoch at or after the grace period. Trials probe every ``probe_every`` epochs and at their last; ASHA counts a
+    report at any epoch >= its milestone, so with grace 1 and probes every 5 epochs the first rung is epoch 5."""
+    grace = max(1, min(grace_period, epochs))
+    return min(epochs, -(-grace // probe_every) * probe_every)
+
+
 _TUNE_DEFAULTS = TuneSpec()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -47,12 +48,15 @@ def test_one_seed_a_cell_has_no_noise_estimate() -> None:
 def test_a_grid_sweep_with_repeats_reports_it(tmp_path: Path, synth: SimpleNamespace) -> None:
     space = {synth.R: FloatDistribution(0.1, 0.9), synth.M: IntDistribution(1, 5)}
     rows = synth.grid_rows(synth.edge_surface, r_values=R_VALUES, m_values=M_VALUES, repeats=2, noise=0.003)
+    rows = [dataclasses.replace(r, test_score=r.score + 0.01) for r in rows]  # every cell scored on test too
     root = synth.write_sweep(tmp_path / "sweep", rows, space, method="grid",
                              search=synth.grid_search({synth.R: list(R_VALUES), synth.M: list(M_VALUES)}))
     s = sweep_surface_noise(load_sweep(root))
     assert s is not None and s.n_cells == 25 and s.anova_p < 1e-6 and s.best == (0.9, 3)
+    assert sweep_surface_noise(load_sweep(root), "test_score").best == (0.9, 3)
     report = write_report(root, tmp_path / "report", interactive=False, n_boot=50)
-    assert "r x M surface: spread" in report.html.read_text()
+    page = report.html.read_text()
+    assert "r x M surface: spread" in page and "of test mse = " in page  # the validation and the test surface
 
 
 def test_a_small_row_effect_shows_as_a_main_effect() -> None:

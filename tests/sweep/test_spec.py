@@ -289,3 +289,15 @@ def test_search_startup_trials_hands_over_to_tpe_earlier() -> None:
     assert early[3:] != default[3:]  # TPE's model from trial 4 on, the default still random until trial 11
     with pytest.raises(Exception, match="startup_trials"):
         SearchSpec.model_validate({"params": {"x": {"type": "float", "low": 0, "high": 1}}, "startup_trials": 0})
+
+
+@pytest.mark.parametrize(
+    ("grace", "probe_every", "epochs", "rung"),
+    [(1, 5, 20, 5), (2, 1, 3, 2), (5, 5, 20, 5), (7, 5, 20, 10), (30, 5, 20, 20), (1, 1, 4, 1), (2, 3, 4, 3)],
+)
+def test_the_first_rung_is_the_first_probed_epoch_at_or_after_the_grace_period(
+    grace: int, probe_every: int, epochs: int, rung: int
+) -> None:
+    from simmtm.sweep.spec import first_rung
+
+    assert first_rung(grace, probe_every, epochs) == rung
