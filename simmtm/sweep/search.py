@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from typing import Any
 
@@ -83,9 +84,21 @@ def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage object for a database URL (OptunaSearch takes an object, not a URL)."""
-    return optuna.storages.RDBStorage(url)
+def open_storage(url: str, *, attempts: int = 6) -> optuna.storages.BaseStorage:
+    """An Optuna storage object for a database URL (OptunaSearch takes an object, not a URL).
+
+    Two drivers of one shared study that start at the same moment both create the schema of a new database; the
+    loser's CREATE TABLE fails with "already exists", or its schema-version row with a UNIQUE failure on
+    alembic_version (SQLite). The schema is then there: open it again."""
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as exc:  # sqlalchemy's OperationalError, possibly wrapped by Optuna
+            racing = "already exists" in str(exc) or "alembic_version" in str(exc)
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def tell_pruned(study: optuna.Study, number: int) -> None:

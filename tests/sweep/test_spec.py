@@ -301,3 +301,28 @@ def test_the_first_rung_is_the_first_probed_epoch_at_or_after_the_grace_period(
     from simmtm.sweep.spec import first_rung
 
     assert first_rung(grace, probe_every, epochs) == rung
+
+
+def test_drivers_opening_one_new_study_database_at_once_all_get_it(tmp_path: Path) -> None:
+    """Shared-study mode: drivers that start together race to create the database's schema; none may fail."""
+    import threading
+
+    from simmtm.sweep.search import open_storage
+
+    for round_ in range(5):
+        url = f"sqlite:///{tmp_path / f'optuna{round_}.db'}"
+        barrier, errors = threading.Barrier(6), []
+
+        def open_it(url: str = url, barrier: threading.Barrier = barrier, errors: list = errors) -> None:
+            barrier.wait()
+            try:
+                open_storage(url)
+            except Exception as exc:  # what a losing driver would have died of
+                errors.append(repr(exc)[:200])
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
