@@ -368,10 +368,16 @@ def search_noise(done: pd.DataFrame, sweep: Sweep) -> float | None:
     if sd is not None:
         return float(sd)
     keys = [p for p in sweep.params if p in done]
+    return seed_spread(_by_configuration(done, keys, done["score"].to_numpy(float), range(len(done)))).sd
+
+
+def _by_configuration(done: pd.DataFrame, keys: list[str], values: np.ndarray, rows: Any) -> dict[tuple, list[float]]:
+    """``values`` of the given ``rows`` grouped by their searched parameters (repeats of a configuration together)."""
+    labels = done[keys].astype(str).to_numpy()
     groups: dict[tuple, list[float]] = {}
-    for _, row in done.iterrows():
-        groups.setdefault(tuple(str(row[p]) for p in keys), []).append(float(row["score"]))
-    return seed_spread(groups).sd
+    for i in rows:
+        groups.setdefault(tuple(labels[i]), []).append(float(values[i]))
+    return groups
 
 
 def _gate_edges(
@@ -405,10 +411,7 @@ def _gate_edges(
             out.append({**edge, "message": edge["message"] + " (seed noise not measured: confirm before widening)"})
             continue
         inside = _inside(done[edge["param"]], sweep.distributions[edge["param"]], edge, fraction)
-        groups: dict[tuple, list[float]] = {}
-        keys = [p for p in sweep.params if p in done]
-        for i in np.flatnonzero(inside):
-            groups.setdefault(tuple(str(done[p].iloc[i]) for p in keys), []).append(float(good[i]))
+        groups = _by_configuration(done, [p for p in sweep.params if p in done], good, np.flatnonzero(inside))
         if not groups:
             out.append(edge)
             continue
