@@ -75,6 +75,7 @@ SWEEP_FILES = {
     "optuna.db-wal",
     "optuna.db-shm",
     "confirm",  # the confirmation stage's Ray experiment (simmtm.sweep.confirm)
+    ".tune-state",  # the driver's copies of Tune's saved state (simmtm.sweep.tune_state)
     "confirmation.json",
     "wandb",  # tune.loggers: wandb (offline runs)
     "mlflow.db",  # tune.loggers: mlflow (the local store)

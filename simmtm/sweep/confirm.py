@@ -13,6 +13,7 @@ search's ``ray/``; a resumed sweep restores it (``Tuner.restore``), so finished 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -86,15 +87,24 @@ def run_confirmation(
     trial_name: Any = None,
     callbacks: Sequence[Any] = (),
     verbose: int = 0,
+    snapshots: Path | None = None,
 ) -> str:
-    """Run (or resume) the confirmation trials; return their experiment folder (``storage_path/confirm``)."""
+    """Run (or resume) the confirmation trials; return their experiment folder (``storage_path/confirm``).
+
+    ``snapshots``: where the driver keeps copies of Tune's state (``simmtm.sweep.tune_state``); None: none kept.
+    """
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from simmtm.sweep.tune_state import StateSnapshot, refuse_fresh_start, repair_state
+
     path = f"{storage_path.rstrip('/')}/{CONFIRM_EXPERIMENT}"
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # probe and final results carry different keys
-    if tune.Tuner.can_restore(path):
+    restoring = tune.Tuner.can_restore(path)
+    if restoring:
         log.info("confirmation: resuming %s (finished runs are kept)", path)
+        if snapshots is not None:
+            repair_state(path, snapshots)
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
     else:
         points = confirm_points(plan)
@@ -112,11 +122,12 @@ def run_confirmation(
                 name=CONFIRM_EXPERIMENT,
                 storage_path=storage_path,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=list(callbacks),
+                callbacks=[*callbacks, *([StateSnapshot(snapshots)] if snapshots is not None else [])],
                 verbose=verbose,
             ),
         )
-    tuner.fit()
+    with refuse_fresh_start(path) if restoring else contextlib.nullcontext():
+        tuner.fit()
     return path
 
 
@@ -239,6 +250,7 @@ def confirm_sweep(
     from simmtm.confirmation import confirmation_candidates, judge
     from simmtm.probe_check import check_probe
     from simmtm.sweep.outputs import rank_configurations
+    from simmtm.sweep.tune_state import snapshot_dir
 
     ranked = [g[0].params for g in rank_configurations(list(search_rows), stage.param_keys, stage.mode)]
     configs: list[ConfirmedConfig] = []
@@ -254,6 +266,7 @@ def confirm_sweep(
             storage_path=stage.storage_path,
             max_concurrent=stage.max_concurrent,
             trial_name=trial_name,
+            snapshots=snapshot_dir(stage.out, CONFIRM_EXPERIMENT),
         )
         confirm_rows = collect(path, stage.param_keys)
         configs = confirmed_configs(confirm_rows, plan, base_seed=stage.base_seed)

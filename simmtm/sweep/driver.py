@@ -21,6 +21,7 @@ The sweep directory (read by the analysis notebooks; keep it stable):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -188,8 +189,12 @@ def run_sweep(
                         warm_start=str(warm_start) if warm_start is not None else None,
                     ),
                 )
-            elif resumed is not None and resumed.changes:
-                _extend(out, spec, resumed.changes, resolved, experiment_dir)
+            else:
+                from simmtm.sweep.tune_state import repair_state, snapshot_dir
+
+                repair_state(experiment_dir, snapshot_dir(out, EXPERIMENT_NAME))  # a kill -9 mid-save: see tune_state
+                if resumed is not None and resumed.changes:
+                    _extend(out, spec, resumed.changes, resolved, experiment_dir)
             clock = TrialClock(out)
             tuner = _tuner(
                 config,
@@ -207,7 +212,10 @@ def run_sweep(
                 owner=owner,
                 trackers=trackers,
             )
-            tuner.fit()
+            from simmtm.sweep.tune_state import refuse_fresh_start
+
+            with refuse_fresh_start(experiment_dir) if restoring else contextlib.nullcontext():
+                tuner.fit()
             rows = collect_rows(experiment_dir, param_keys)
             confirmation = None
             if all(r.state in ("COMPLETE", "PRUNED", "FAILED") for r in rows):
@@ -469,6 +477,7 @@ def _tuner(
     from ray import tune
 
     from simmtm.sweep.live import TrialEndHParams
+    from simmtm.sweep.tune_state import StateSnapshot, snapshot_dir
 
     # Save Tune's experiment state every 2 s (instead of >= 10 s), so that a driver killed with -9 loses little;
     # a forced snapshot follows every trial checkpoint anyway (CheckpointConfig(num_to_keep=1)).
@@ -541,6 +550,7 @@ def _tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[
                 clock,
+                StateSnapshot(snapshot_dir(out, EXPERIMENT_NAME)),
                 TrialEndHParams(out / "tb", spec.search.keys, metric=metric),
                 *(trackers.callbacks() if trackers is not None else []),
             ],

@@ -179,7 +179,10 @@ class SweepSearch(OptunaSearch):
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         reported = self._reported.setdefault(trial_id, set())
         if step not in reported:
-            ot_trial.report(float(value), step)
+            try:
+                ot_trial.report(float(value), step)
+            except optuna.exceptions.UpdateFinishedTrialError:  # told before the driver stopped; Tune's state is older
+                log.debug("optuna: trial %s already finished; its resumed result is not reported again", trial_id)
             reported.add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -190,6 +193,9 @@ class SweepSearch(OptunaSearch):
             return
         value = (result or {}).get(self.metric)
         self.on_trial_result(trial_id, result or {})  # Tune skips the searcher for the result that stopped a trial
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)  # told before the driver stopped; Tune's saved state is older
+            return
         if error:
             state, values = TrialState.FAIL, None
         elif (result or {}).get("stage") == "final" and value is not None and math.isfinite(value):

@@ -46,7 +46,43 @@ def _pretrain_epochs(out: Path, trial_id: str) -> list[int]:
     return [json.loads(line)["epoch"] for line in lines if json.loads(line)["kind"] == "pretrain_epoch"]
 
 
-@pytest.mark.parametrize("how", ["kill -9 of the driver", "Ctrl-C"])
+def _resumable_checkpoints(snapshot: Path) -> dict[str, Path]:
+    """Trial -> the checkpoint Tune's state in ``snapshot`` records, for the trials a resume would continue."""
+    from ray.tune.experiment.trial import Trial, _TrainingRunMetadata
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    states = sorted(snapshot.glob("experiment_state-*.json"))
+    found = {}
+    for trial_json, metadata in _loads_with_cloudpickle(states[-1].read_bytes())["trial_data"] if states else []:
+        trial = Trial.from_json_state(trial_json, stub=True)
+        latest = _TrainingRunMetadata.from_json_state(metadata).checkpoint_manager.latest_checkpoint_result
+        if trial.status not in (Trial.TERMINATED, Trial.ERROR) and latest is not None:
+            found[trial.trial_id] = Path(latest.checkpoint.path)
+    return found
+
+
+def _newest_snapshot(out: Path) -> Path | None:
+    snaps = sorted((out / ".tune-state" / "ray").glob("snap-*"), key=lambda p: int(p.name[5:]))
+    return snaps[-1] if snaps else None
+
+
+def _damage_as_a_kill_mid_save_would(out: Path) -> str | None:
+    """What a driver killed while Tune copies its state leaves: state files cut short, and a trial whose recorded
+    checkpoint was deleted for a newer one the state never saw. Returns that trial's id (None: the trial had
+    already moved on, so its recorded checkpoint is gone for real)."""
+    for pattern in ("experiment_state-*.json", "searcher-state-*.pkl"):
+        newest = sorted((out / "ray").glob(pattern))[-1]
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    trial_id, recorded = next(iter(_resumable_checkpoints(_newest_snapshot(out)).items()))
+    recorded = out / "ray" / trial_id / recorded.name
+    newer = recorded.with_name(f"checkpoint_{int(recorded.name.split('_')[1]) + 1:06d}")
+    if recorded.exists() and not newer.exists():
+        recorded.rename(newer)
+        return trial_id
+    return None
+
+
+@pytest.mark.parametrize("how", ["kill -9 of the driver", "kill -9 mid-save", "Ctrl-C"])
 def test_an_interrupted_sweep_resumes_without_losing_or_rerunning_trials(tiny_sweep, tmp_path: Path, how: str) -> None:
     # fifo: every trial runs to the end, so the final count is known; 4 epochs make each trial last a few seconds.
     path = tiny_sweep(SEARCH, tune={"num_samples": TRIALS, "scheduler": {"type": "fifo"}}, run={"pretrain": {"epochs": 4}})
@@ -56,7 +92,10 @@ def test_an_interrupted_sweep_resumes_without_losing_or_rerunning_trials(tiny_sw
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 150
-        while sum(e["event"] == "end" for e in _events(out)) < 2:  # two trials finished, others under way
+        while sum(e["event"] == "end" for e in _events(out)) < 2 or (  # two trials finished, others under way
+            how == "kill -9 mid-save"  # and one of those with a checkpoint in the driver's last snapshot
+            and not ((snap := _newest_snapshot(out)) and _resumable_checkpoints(snap))
+        ):
             assert driver.poll() is None, f"the sweep ended before it could be interrupted: {driver.stderr.read()[-2000:]}"
             assert time.time() < deadline, "no trial finished in time"
             time.sleep(0.2)
@@ -77,9 +116,14 @@ def test_an_interrupted_sweep_resumes_without_losing_or_rerunning_trials(tiny_sw
             pass
     finished_before = {e["trial_id"] for e in _events(out) if e["event"] == "end"}
     assert len(finished_before) >= 2
+    if how == "kill -9 mid-save":
+        damaged = _damage_as_a_kill_mid_save_would(out)
 
     done = subprocess.run(_sweep_cmd(path, out, "--resume"), env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
+    if how == "kill -9 mid-save":  # Tune alone would start the sweep over, every trial failing for want of its config
+        assert "put back the driver's last snapshot" in done.stderr, done.stderr[-3000:]
+        assert damaged is None or f"trial {damaged}: its recorded checkpoint" in done.stderr, done.stderr[-3000:]
     assert "best r = " in done.stdout and "best M = " in done.stdout
 
     table = read_trials_csv(out / "trials.csv")

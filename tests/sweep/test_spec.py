@@ -252,6 +252,22 @@ def test_searcher_records_complete_pruned_and_failed_trials_honestly(tiny_config
     assert all(PATCH not in t.params for t in trials.values() if t.params[ENC] == "transformer")
 
 
+def test_a_trial_told_before_the_driver_stopped_is_resumed_without_error(tiny_config) -> None:
+    # Tune's saved state can be older than the study: a resumed trial that the study already holds as finished
+    # reports its results and its end again; the searcher neither raises nor changes the study.
+    searcher, study = _searcher(tiny_config)
+    searcher.suggest("a")
+    searcher.on_trial_result("a", {"probe_val_mse": 0.9, "epoch": 1, "stage": "probe"})
+    searcher.on_trial_complete("a", {"val_mse": 0.42, "stage": "final", "epoch": 2})
+    resumed, _ = _searcher(tiny_config, storage=study._storage)  # the driver's next run, Tune's older state
+    resumed._ot_trials["a"] = searcher._ot_trials["a"]
+    resumed.on_trial_result("a", {"probe_val_mse": 0.8, "epoch": 2, "stage": "probe"})
+    resumed.on_trial_complete("a", {"val_mse": 0.40, "stage": "final", "epoch": 2})
+    (trial,) = [t for t in study.get_trials() if t.user_attrs.get("tune_trial_id") == "a"]
+    assert trial.state == TrialState.COMPLETE and trial.value == pytest.approx(0.42)
+    assert trial.intermediate_values == {1: 0.9}
+
+
 def test_searcher_runs_each_configuration_once_per_repeat(tiny_config) -> None:
     searcher, study = _searcher(tiny_config, repeats=2)
     configs = [searcher.suggest(f"t{i}") for i in range(6)]
