@@ -538,8 +538,10 @@ def _tuner(
             num_samples=spec.tune.resolved_samples(spec.search) * spec.tune.repeats,
             max_concurrent_trials=max_concurrent,
             time_budget_s=spec.tune.time_budget_s,
-            # One-worker trials run in a reused actor: no process start and no torch import per trial.
-            reuse_actors=spec.resources.workers == 1,
+            # One-worker trials run in a reused actor: no process start and no torch import per trial. Not with
+            # retries: Tune counts a reused actor that dies while it is being reset for its next trial twice (the
+            # actor's failure and its reset task's), so with tune.max_failures 1 the trial ends ERROR, never retried.
+            reuse_actors=spec.resources.workers == 1 and spec.tune.max_failures == 0,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
