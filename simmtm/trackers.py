@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 LOGGERS = ("tensorboard", "wandb", "mlflow")
 TRIAL_TAG = "simmtm.trial_id"  # the MLflow tag that names a trial's run
 _STUDY_TAG = "simmtm.study"
+STAGE_TAG = "simmtm.stage"  # search or confirm
 _FIND_RUN_S = 60.0  # how long a trial looks for its MLflow run (the callback creates it as the trial starts)
 _CLOSE_S = 120.0  # how long a trial waits for its trackers to take the last steps
 
@@ -109,28 +110,34 @@ class Trackers(BaseModel):
         """Whether any tracker besides TensorBoard is configured."""
         return self.wandb_project is not None or self.mlflow_uri is not None
 
-    def callbacks(self) -> list[Any]:
-        """Ray Tune's logger callbacks (TensorBoard needs none: the sweep writes it itself)."""
+    def callbacks(self, stage: str = "search") -> list[Any]:
+        """Ray Tune's logger callbacks (TensorBoard needs none: the sweep writes it itself).
+
+        ``stage``: ``search`` or ``confirm`` (the confirmation runs): W&B's job type, and MLflow's ``simmtm.stage`` tag.
+        """
         callbacks: list[Any] = []
         if self.wandb_project is not None:
-            callbacks.append(self._wandb())
+            callbacks.append(self._wandb(stage))
         if self.mlflow_uri is not None:
-            callbacks.append(self._mlflow())
+            callbacks.append(self._mlflow(stage))
         return callbacks
 
-    def _wandb(self) -> Any:
+    def _wandb(self, stage: str) -> Any:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
         Path(self.out).mkdir(parents=True, exist_ok=True)
         # the logging actors run in Ray's worker processes, whose environment is the one Ray started with: pass the
         # driver's WANDB_MODE (offline, disabled) on explicitly
         mode = {"mode": self.wandb_mode} if self.wandb_mode else {}
-        return WandbLoggerCallback(project=self.wandb_project, group=self.study, dir=self.out, job_type="trial", **mode)
+        job_type = "trial" if stage == "search" else stage
+        return WandbLoggerCallback(
+            project=self.wandb_project, group=self.study, dir=self.out, job_type=job_type, **mode
+        )
 
-    def _mlflow(self) -> Any:
+    def _mlflow(self, stage: str) -> Any:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-        study_tags = {_STUDY_TAG: self.study}
+        study_tags = {_STUDY_TAG: self.study, STAGE_TAG: stage}
 
         class TrialTaggedMLflow(MLflowLoggerCallback):
             """Ray's callback; each trial's run also carries the trial id, by which the trial finds it."""

@@ -241,6 +241,7 @@ def confirm_sweep(
     default: Mapping[str, Any],
     trial_name: Any = None,
     collect: Any,
+    callbacks: Sequence[Any] = (),
 ) -> ConfirmOutcome:
     """Run the confirmation after the search, judge it, check the probe, write ``confirmation.json``.
 
@@ -266,6 +267,7 @@ def confirm_sweep(
             storage_path=stage.storage_path,
             max_concurrent=stage.max_concurrent,
             trial_name=trial_name,
+            callbacks=callbacks,
             snapshots=snapshot_dir(stage.out, CONFIRM_EXPERIMENT),
         )
         confirm_rows = collect(path, stage.param_keys)

@@ -220,7 +220,14 @@ def run_sweep(
             confirmation = None
             if all(r.state in ("COMPLETE", "PRUNED", "FAILED") for r in rows):
                 confirmation = _confirm(
-                    config, spec, out, rows, metric=metric, mode=mode, max_concurrent=plan.max_concurrent
+                    config,
+                    spec,
+                    out,
+                    rows,
+                    metric=metric,
+                    mode=mode,
+                    max_concurrent=plan.max_concurrent,
+                    trackers=trackers,
                 )
         finally:
             if started_ray:
@@ -259,7 +266,15 @@ def run_sweep(
 
 
 def _confirm(
-    config: RunConfig, spec: SweepSpec, out: Path, rows: list[TrialRow], *, metric: str, mode: str, max_concurrent: int
+    config: RunConfig,
+    spec: SweepSpec,
+    out: Path,
+    rows: list[TrialRow],
+    *,
+    metric: str,
+    mode: str,
+    max_concurrent: int,
+    trackers: Trackers | None,
 ) -> ConfirmOutcome:
     """The confirmation stage after a finished search (``tune.confirm``), on the search's trainable and resources."""
     sched = spec.tune.scheduler
@@ -280,7 +295,12 @@ def _confirm(
         max_concurrent=max_concurrent,
     )
     trial_spec = TrialSpec.of_sweep(
-        config, spec, metric=metric, tb_dir=str(out / "tb"), storage_path=f"{storage.rstrip('/')}/confirm"
+        config,
+        spec,
+        metric=metric,
+        tb_dir=str(out / "tb"),
+        storage_path=f"{storage.rstrip('/')}/confirm",
+        trackers=trackers,
     )
     default = {k: PAPER_DEFAULTS.get(k, get_key(config.run_dict(), k)) for k in spec.search.keys}
     return confirm_sweep(
@@ -291,6 +311,7 @@ def _confirm(
         default=default,
         trial_name=_trial_name,
         collect=collect_rows,
+        callbacks=trackers.callbacks(stage="confirm") if trackers is not None else (),
     )
 
 

@@ -1,5 +1,6 @@
 """Watching a sweep (15.4, 15.5): tune.loggers reaches W&B (offline) and MLflow (a local store) through `simmtm
-sweep`, with every optimiser step's pre-training losses from inside the trials; each trial's HParams run is written
+sweep`, search trials and confirmation runs alike (told apart by stage), with every optimiser step's pre-training
+losses from inside the trials; each trial's HParams run is written
 as it ends; a trial's checkpoint is kept once (Tune's), not in tb/."""
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_pat
 
     path = tiny_sweep(
         SEARCH,
-        tune={"scheduler": {"type": "fifo"}, "test_top_k": 0, "loggers": ["tensorboard", "wandb", "mlflow"]},
+        # confirmation: the better cell and the paper's r = 0.5, one fresh seed each: two more runs, tracked as such
+        tune={"scheduler": {"type": "fifo"}, "test_top_k": 0, "loggers": ["tensorboard", "wandb", "mlflow"],
+              "confirm": {"top_k": 1, "seeds": 1}},
         run={"pretrain": {"epochs": 2}},
     )
     out = tmp_path / "out"
@@ -43,7 +46,8 @@ def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_pat
 
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("out").experiment_id])
-    assert len(runs) == 2
+    stage = {r.data.tags["simmtm.trial_id"]: r.data.tags["simmtm.stage"] for r in runs}
+    assert sorted(stage.values()) == ["confirm", "confirm", "search", "search"]
     for run in runs:  # the pre-training loss parts of every probed epoch, then the final score
         for part in (
             "pretrain_train_loss",
@@ -53,14 +57,14 @@ def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_pat
         ):
             assert len(client.get_metric_history(run.info.run_id, part)) == 2, part
         assert client.get_metric_history(run.info.run_id, "val_mse")
-    # W&B: the callback's run per trial (job type trial) and its companion with the per-step losses (pretrain-steps)
+    # W&B: the callback's run per trial (job type trial, or confirm) and its companion with the per-step losses
     offline = sorted((out / "wandb").glob("offline-run-*"))
-    assert len(offline) == 4 and all(list(d.glob("*.wandb")) for d in offline)
+    assert len(offline) == 8 and all(list(d.glob("*.wandb")) for d in offline)
     wandb_runs = {run.run_id: run for run in map(read_run, offline)}
     assert {run.group for run in wandb_runs.values()} == {"out"}
 
     trials = [p.name for p in (out / "tb").iterdir() if p.name != "hparams"]
-    assert len(trials) == 2
+    assert len(trials) == 4  # 2 search trials, 2 confirmation runs
     assert sorted(wandb_runs) == sorted([*trials, *(f"{t}-steps" for t in trials)])
     by_trial = {r.data.tags["simmtm.trial_id"]: r.info.run_id for r in runs}
     assert sorted(by_trial) == sorted(trials)  # one MLflow run per trial: the per-step losses go into the callback's
@@ -75,7 +79,8 @@ def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_pat
         assert sum(first) / len(first) == pytest.approx(epochs[0]["train_loss"], rel=1e-6)
         for key in ("pretrain/reconstruction", "pretrain/constraint", "pretrain/lr"):
             assert len(client.get_metric_history(by_trial[trial], key)) == total, key
-        assert wandb_runs[trial].job_type == "trial" and wandb_runs[f"{trial}-steps"].job_type == "pretrain-steps"
+        assert wandb_runs[trial].job_type == {"search": "trial", "confirm": "confirm"}[stage[trial]]
+        assert wandb_runs[f"{trial}-steps"].job_type == "pretrain-steps"
         steps = wandb_runs[f"{trial}-steps"].history
         assert sorted(steps) == list(range(1, total + 1))
         assert all({"pretrain/loss", "pretrain/reconstruction", "pretrain/constraint", "pretrain/lr"} <= set(row)
@@ -83,8 +88,8 @@ def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_pat
         assert [steps[m.step]["pretrain/loss"] for m in history] == pytest.approx([m.value for m in history])
         assert (out / "tb" / trial / "pretrain" / "history.jsonl").is_file()
         assert not (out / "tb" / trial / "pretrain" / "checkpoints").exists()  # Tune's copy is the one
-        assert (out / "tb" / "hparams" / trial).is_dir()
-    assert len(list((out / "ray").rglob("checkpoint.pt"))) == 2  # one per trial (num_to_keep=1)
+        assert (out / "tb" / "hparams" / trial).is_dir() or stage[trial] == "confirm"
+    assert len(list((out / "ray").rglob("checkpoint.pt"))) == 2  # one per search trial (num_to_keep=1)
 
 
 def _ends(config: dict) -> None:
