@@ -76,6 +76,8 @@ class Recommendation:
     confirmation: dict[str, Any] | None = None  # the verdict: paired differences, seeds, seed spread
     probe_check: dict[str, Any] | None = None  # the rung score's rank correlation with the final score
     search: list[str] = field(default_factory=list)  # the search-only lines (one seed a trial: exploratory)
+    # A grid with 2+ seeds a cell: how many r x M cells tie with the best within seed noise (simmtm.analysis.surface)
+    surface: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -117,6 +119,8 @@ class Recommendation:
         if self.stability is not None:
             lines.append(f"stability: {self.stability:.0%} of bootstrap resamples pick the same neighbourhood")
         lines.extend(f"at the edge: {e['message']}" for e in self.edges)
+        if self.surface is not None:
+            lines.append(self.surface["message"])
         if self.m_vs_r.get("message"):
             lines.append(f"M vs r: {self.m_vs_r['message']}")
         return lines
@@ -206,8 +210,44 @@ def recommend(
         **base,
     )
     rec.edges = _gate_edges(rec.edges, done, sweep, members, edge_fraction, confidence=confidence)
+    rec.surface = _surface_ties(sweep, values)
     rec.message = "; ".join(rec.summary()[:2])
     return _with_confirmation(rec, sweep)
+
+
+def _surface_ties(sweep: Sweep, values: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How many r x M cells tie with the best within seed noise, and whether the recommended cell is one of them
+    (None unless r and M were both searched with 2+ seeds in some cell)."""
+    from simmtm.analysis.surface import sweep_surface_noise
+
+    surface = sweep_surface_noise(sweep)
+    if surface is None or surface.noise_sd is None:
+        return None
+    cell = (round(float(values[R_KEY]), 6), int(values[M_KEY])) if R_KEY in values and M_KEY in values else None
+    tied, n = len(surface.tied), surface.n_cells
+    noise = f"seed noise SD {surface.noise_sd:.3g} of {sweep.metric}, {surface.n_runs} runs"
+    if surface.indistinct or tied == n:
+        anova = f", ANOVA p = {surface.anova_p:.2g}" if surface.anova_p is not None else ""
+        message = (
+            f"r x M: the {n} cells cannot be told apart from seed noise ({noise}{anova}; {tied} tie with the "
+            "best): the recommended cell is a pick among equals, not a finding"
+        )
+    elif cell in surface.tied:
+        message = f"r x M: {tied} of {n} cells tie with the best within seed noise ({noise}); the recommended is one"
+    else:
+        message = (
+            f"r x M: {tied} of {n} cells tie with the best within seed noise ({noise}); the recommended neighbourhood "
+            "is not among them (it pools nearby cells)"
+        )
+    return {
+        "message": message,
+        "n_tied": tied,
+        "n_cells": n,
+        "recommended_tied": None if cell is None else cell in surface.tied,
+        "indistinct": surface.indistinct,
+        "noise_sd": surface.noise_sd,
+        "spread_over_noise": surface.ratio,
+    }
 
 
 def _with_confirmation(rec: Recommendation, sweep: Sweep) -> Recommendation:

@@ -49,18 +49,28 @@ class SurfaceNoise:
     def ratio(self) -> float | None:
         return self.spread / self.noise_sd if self.noise_sd else None
 
+    @property
+    def indistinct(self) -> bool:
+        """Seed noise explains the whole surface: no cell stands out and neither r nor M shifts rows or columns."""
+        return self.noise_sd is not None and not self._shifts and not (self.anova_p is not None and self.anova_p < 0.05)
+
+    @property
+    def _shifts(self) -> list[str]:
+        return [name for name, q in (("r", self.r_p), ("M", self.m_p)) if q is not None and q < 0.05]
+
+    def verdict(self) -> str:
+        if self.anova_p is not None and self.anova_p < 0.05:
+            return "r and M matter here beyond seed noise"
+        if self._shifts:
+            moves = "r and M shift" if len(self._shifts) > 1 else f"{self._shifts[0]} shifts"
+            return f"no single cell stands out, but {moves} whole rows or columns"
+        return "the cells cannot be told apart from seed noise"
+
     def line(self, metric: str = "score") -> str:
         """One sentence for a report or a terminal."""
         if self.noise_sd is None:
             return f"r x M surface: spread {self.spread:.3g} of {metric}; seed noise unknown (needs 2+ seeds a cell)"
-        shifts = [name for name, q in (("r", self.r_p), ("M", self.m_p)) if q is not None and q < 0.05]
-        if self.anova_p is not None and self.anova_p < 0.05:
-            verdict = "r and M matter here beyond seed noise"
-        elif shifts:
-            moves = "r and M shift" if len(shifts) > 1 else f"{shifts[0]} shifts"
-            verdict = f"no single cell stands out, but {moves} whole rows or columns"
-        else:
-            verdict = "the cells cannot be told apart from seed noise"
+        verdict = self.verdict()
         anova = f", ANOVA p = {self.anova_p:.2g}" if self.anova_p is not None else ""
         main = (
             f"; main effects: r p = {self.r_p:.2g}, M p = {self.m_p:.2g}"

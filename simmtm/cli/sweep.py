@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from simmtm.analysis.surface import SurfaceNoise
 
 __all__ = ["register"]
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -103,7 +110,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     params = "  ".join(f"{k}={best.params.get(k)}" for k in outcome.param_keys if best.params.get(k) is not None)
     test = [r.test_score for r in outcome.best if r.test_score is not None]
     test_text = f", test {outcome.metric.removeprefix('val_')} {sum(test) / len(test):.4f}" if test else ""
-    print(f"best: {params}  ({outcome.metric} {mean:.4f}{test_text}; the search's best trial, one seed)")
+    seeds = "one seed" if len(outcome.best) == 1 else f"mean of {len(outcome.best)} seeds"
+    print(f"best: {params}  ({outcome.metric} {mean:.4f}{test_text}; the search's best configuration, {seeds})")
     r_value, m_value = best.params.get("pretrain.mask_ratio"), best.params.get("pretrain.num_masked")
     if r_value is not None or m_value is not None:
         shown = ["as configured" if v is None else v for v in (r_value, m_value)]
@@ -112,4 +120,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if outcome.confirmation is not None:  # the last lines: seed noise, probe check, and the recommendation
         for line in outcome.confirmation.lines():
             print(line)
+    confirmed = outcome.confirmation is not None and outcome.confirmation.verdict is not None
+    if not confirmed and (surface := _surface(outcome.out)) is not None:  # the seeds a cell tell the noise instead
+        print(surface.line(outcome.metric))
     return 0
+
+
+def _surface(out: Path) -> SurfaceNoise | None:
+    """The r x M surface against seed noise, for a sweep with 2+ seeds in some cell (None otherwise)."""
+    from simmtm.analysis import load_sweep, sweep_surface_noise
+
+    try:
+        surface = sweep_surface_noise(load_sweep(out))
+    except Exception as exc:  # the sweep's own lines are printed already; this one is extra
+        log.debug("no surface line: %s", exc)
+        return None
+    return surface if surface is not None and surface.noise_sd is not None else None

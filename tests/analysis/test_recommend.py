@@ -152,3 +152,27 @@ def test_stability_by_counts_equals_picking_in_every_resample() -> None:
             sub = near[np.ix_(idx, idx)]
             hits += bool(near[centre, idx[_pick(sub, good[idx], min(need, int(sub.sum(axis=1).max())))]])
         assert _stability(near, good, need, centre, n_boot=40, rng=np.random.default_rng(case)) == hits / 40
+
+
+def test_recommend_says_how_many_cells_tie_with_the_best_within_seed_noise(tmp_path: Path, synth: SimpleNamespace) -> None:
+    # A flat surface, 3 seeds a cell: the pick is a coin toss among equals, and recommend says so in its own lines.
+    flat = recommend(load_sweep(grid_sweep(tmp_path, synth, lambda p: 0.40, m_values=range(1, 6), repeats=3,
+                                           noise=0.01, name="flat")), n_boot=100)
+    assert flat.surface is not None and flat.surface["n_cells"] == 25 and flat.surface["indistinct"] is True
+    assert flat.surface["recommended_tied"] is True
+    assert flat.surface["noise_sd"] == pytest.approx(0.01, rel=0.3)
+    assert any("25 cells cannot be told apart from seed noise" in line and "pick among equals" in line
+               for line in flat.summary())
+    # A real optimum well beyond the noise: one cell (or its neighbours) ties, and it is the one recommended.
+    sharp = recommend(load_sweep(grid_sweep(tmp_path, synth, synth.interior_surface, m_values=range(1, 6),
+                                            noise=0.0005, name="sharp")), n_boot=100)
+    assert sharp.params == {synth.R: 0.5, synth.M: 3}
+    assert sharp.surface["n_tied"] <= 3 and sharp.surface["recommended_tied"] is True and not sharp.surface["indistinct"]
+    assert "of 25 cells tie with the best" in sharp.surface["message"] and "pick among equals" not in sharp.surface["message"]
+    assert sharp.to_dict()["surface"]["n_cells"] == 25  # recommendation.json carries it
+
+
+def test_one_seed_a_trial_gives_no_surface_line(interior_tpe_sweep: Path) -> None:
+    rec = recommend(load_sweep(interior_tpe_sweep), n_boot=100)
+    assert rec.status == "ok" and rec.surface is None
+    assert not any("tie with the best" in line for line in rec.summary())

@@ -109,3 +109,17 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(local_ray
     states = {t.user_attrs["tune_trial_id"]: t.state for t in study_of(out).get_trials()}
     assert states == {rows[0.001]["trial_id"]: TrialState.COMPLETE, failed["trial_id"]: TrialState.FAIL}
     assert load_config(out / "best.yaml").pretrain.lr == 0.001
+
+
+def test_a_grid_with_seeds_a_cell_ends_on_the_surface_against_seed_noise(local_ray, tiny_sweep, tmp_path: Path,
+                                                                         capsys) -> None:
+    # No confirmation stage (the fixture's default here): the repeats of each cell tell the seed noise instead.
+    search = {"method": "grid", "grid": {"pretrain.mask_ratio": [0.3, 0.6], "pretrain.num_masked": [2]}}
+    path = tiny_sweep(search, tune={"scheduler": {"type": "fifo"}, "repeats": 2}, run={"pretrain": {"epochs": 2}})
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--quiet-table"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("best: ") and "the search's best configuration, mean of 2 seeds" in line for line in lines)
+    assert lines[-1].startswith("r x M surface: spread") and "4 runs in 2 cells" in lines[-1], lines[-3:]
+    assert ("r and M matter here beyond seed noise" in lines[-1]) != ("cannot be told apart" in lines[-1]
+                                                                       or "shifts whole" in lines[-1])
