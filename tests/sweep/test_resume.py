@@ -68,12 +68,15 @@ def _newest_snapshot(out: Path) -> Path | None:
 
 def _damage_as_a_kill_mid_save_would(out: Path) -> str | None:
     """What a driver killed while Tune copies its state leaves: state files cut short, and a trial whose recorded
-    checkpoint was deleted for a newer one the state never saw. Returns that trial's id (None: the trial had
-    already moved on, so its recorded checkpoint is gone for real)."""
+    checkpoint was deleted for a newer one the state never saw. Returns that trial's id (None: no trial of the last
+    snapshot has a checkpoint to resume from, or it had moved on already, its recorded checkpoint gone for real)."""
     for pattern in ("experiment_state-*.json", "searcher-state-*.pkl"):
         newest = sorted((out / "ray").glob(pattern))[-1]
         newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-    trial_id, recorded = next(iter(_resumable_checkpoints(_newest_snapshot(out)).items()))
+    resumable = _resumable_checkpoints(_newest_snapshot(out))  # the driver may have snapshotted once more
+    if not resumable:
+        return None
+    trial_id, recorded = next(iter(resumable.items()))
     recorded = out / "ray" / trial_id / recorded.name
     newer = recorded.with_name(f"checkpoint_{int(recorded.name.split('_')[1]) + 1:06d}")
     if recorded.exists() and not newer.exists():

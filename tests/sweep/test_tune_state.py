@@ -141,3 +141,49 @@ def test_tunes_silent_start_over_becomes_an_error_only_while_restoring() -> None
         logger.exception("Failed to restore the run state.")  # outside the guard: only logged
     with refuse_fresh_start("DIR/ray"):
         logger.error("Trial task failed for trial 1234")  # any other error passes through
+
+
+def _trial_state(root: Path, trial_id: str, checkpoint: int | None, status: str = "PENDING") -> list[str]:
+    """A trial as Tune saves it in experiment_state: its state and run metadata, with its latest checkpoint."""
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+    from ray.train._internal.storage import StorageContext
+    from ray.tune import PlacementGroupFactory
+    from ray.tune.experiment.trial import Trial
+
+    storage = StorageContext(storage_path=str(root), experiment_dir_name="ray", trial_dir_name=trial_id)
+    trial = Trial("__fake", stub=True, trial_id=trial_id, storage=storage, config={"sweep": {}})
+    trial.placement_group_factory = PlacementGroupFactory([{"CPU": 1}])  # a stub gets none from its trainable
+    if checkpoint is not None:
+        path = root / "ray" / trial_id / f"checkpoint_{checkpoint:06d}"
+        result = _TrainingResult(checkpoint=Checkpoint(str(path)), metrics={"training_iteration": checkpoint})
+        trial.run_metadata.checkpoint_manager.register_checkpoint(result)
+    trial.status = status
+    return list(trial.get_json_state())
+
+
+def test_a_resumed_trial_whose_recorded_checkpoint_was_replaced_resumes_from_the_newer_one(tmp_path: Path) -> None:
+    experiment = tmp_path / "ray"
+    trials = {  # trial -> (recorded checkpoint, checkpoints on disk, status)
+        "raced": (2, [3], "PENDING"),  # Tune deleted 2 for 3, then died before saving a state that names 3
+        "intact": (2, [2], "RUNNING"),
+        "gone": (2, [], "PENDING"),  # nothing newer: left for Tune to report
+        "done": (2, [3], "TERMINATED"),  # not resumed: not touched
+    }
+    for trial_id, (_, on_disk, _) in trials.items():
+        for index in on_disk:
+            (experiment / trial_id / f"checkpoint_{index:06d}").mkdir(parents=True)
+            (experiment / trial_id / f"checkpoint_{index:06d}" / "checkpoint.pt").write_text(f"{trial_id} {index}")
+    data = [_trial_state(tmp_path, t, recorded, status) for t, (recorded, _, status) in trials.items()]
+    (experiment / f"experiment_state-{A}.json").write_text(
+        json.dumps({"trial_data": data, "runner_data": {"_iteration": 3}, "stats": {}})
+    )
+    notes = repair_state(str(experiment), tmp_path / "no-snapshots")
+    assert notes == [
+        "trial raced: its recorded checkpoint checkpoint_000002 had been replaced by checkpoint_000003 before Tune's "
+        "state was saved; resuming from checkpoint_000003"
+    ]
+    assert (experiment / "raced" / "checkpoint_000002" / "checkpoint.pt").read_text() == "raced 3"  # the newer state
+    assert not (experiment / "raced" / "checkpoint_000003").exists()  # Tune writes its next checkpoint there
+    assert (experiment / "intact" / "checkpoint_000002").is_dir()
+    assert (experiment / "done" / "checkpoint_000003").is_dir() and not (experiment / "done" / "checkpoint_000002").exists()
