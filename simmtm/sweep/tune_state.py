@@ -25,6 +25,7 @@ A remote experiment folder (``tune.storage_path`` a URI) is left to Tune; the gu
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import re
@@ -67,12 +68,16 @@ def _local(experiment_dir: str) -> Path | None:
 
 
 def _newest(directory: Path) -> dict[str, Path]:
-    """The newest file of each kind in ``directory`` (Tune reads the newest by name)."""
+    """The newest file of each kind in ``directory`` (Tune reads the newest by name); one listing, every step."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return {}
     found = {}
     for pattern in STATE_PATTERNS:
-        files = sorted(directory.glob(pattern))
-        if files:
-            found[pattern] = files[-1]
+        matching = fnmatch.filter(names, pattern)
+        if matching:
+            found[pattern] = directory / max(matching)
     return found
 
 
