@@ -132,7 +132,7 @@ def _surface(out: Path) -> SurfaceNoise | None:
 
     try:
         surface = sweep_surface_noise(load_sweep(out))
-    except Exception as exc:  # the sweep's own lines are printed already; this one is extra
-        log.debug("no surface line: %s", exc)
+    except Exception as exc:  # the sweep's own lines are printed already; this one is extra, and says why it is not
+        log.warning("no r x M surface line: %s", exc)
         return None
     return surface if surface is not None and surface.noise_sd is not None else None

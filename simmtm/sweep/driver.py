@@ -68,6 +68,7 @@ from simmtm.sweep.spec import (
 )
 from simmtm.sweep.timing import TrialClock, write_timing
 from simmtm.sweep.trainable import run_trial
+from simmtm.sweep.tune_state import StateSnapshot, refuse_fresh_start, repair_state, snapshot_dir
 from simmtm.trackers import Trackers
 
 __all__ = ["run_sweep", "SweepOutcome", "concurrency", "plan_trials", "TrialPlan", "EXPERIMENT_NAME"]
@@ -190,8 +191,6 @@ def run_sweep(
                     ),
                 )
             else:
-                from simmtm.sweep.tune_state import repair_state, snapshot_dir
-
                 repair_state(experiment_dir, snapshot_dir(out, EXPERIMENT_NAME))  # a kill -9 mid-save: see tune_state
                 if resumed is not None and resumed.changes:
                     _extend(out, spec, resumed.changes, resolved, experiment_dir)
@@ -212,8 +211,6 @@ def run_sweep(
                 owner=owner,
                 trackers=trackers,
             )
-            from simmtm.sweep.tune_state import refuse_fresh_start
-
             with refuse_fresh_start(experiment_dir) if restoring else contextlib.nullcontext():
                 tuner.fit()
             rows = collect_rows(experiment_dir, param_keys)
@@ -498,7 +495,6 @@ def _tuner(
     from ray import tune
 
     from simmtm.sweep.live import TrialEndHParams
-    from simmtm.sweep.tune_state import StateSnapshot, snapshot_dir
 
     # Save Tune's experiment state every 2 s (instead of >= 10 s), so that a driver killed with -9 loses little;
     # a forced snapshot follows every trial checkpoint anyway (CheckpointConfig(num_to_keep=1)).
