@@ -52,14 +52,18 @@ class SurfaceNoise:
     @property
     def indistinct(self) -> bool:
         """Seed noise explains the whole surface: no cell stands out and neither r nor M shifts rows or columns."""
-        return self.noise_sd is not None and not self._shifts and not (self.anova_p is not None and self.anova_p < 0.05)
+        return self.noise_sd is not None and not self._cells_differ and not self._shifts
+
+    @property
+    def _cells_differ(self) -> bool:
+        return self.anova_p is not None and self.anova_p < 0.05
 
     @property
     def _shifts(self) -> list[str]:
         return [name for name, q in (("r", self.r_p), ("M", self.m_p)) if q is not None and q < 0.05]
 
     def verdict(self) -> str:
-        if self.anova_p is not None and self.anova_p < 0.05:
+        if self._cells_differ:
             return "r and M matter here beyond seed noise"
         if self._shifts:
             moves = "r and M shift" if len(self._shifts) > 1 else f"{self._shifts[0]} shifts"

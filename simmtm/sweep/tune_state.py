@@ -92,23 +92,23 @@ def _load(pattern: str, data: bytes) -> Any:
     return cloudpickle.loads(data)
 
 
-def _loadable(files: dict[str, Path]) -> tuple[bool, str]:
+def _decode(files: dict[str, Path]) -> tuple[dict[str, bytes], dict[str, Any], dict[str, str]]:
+    """Each file's bytes, what it decodes to, and why the ones that do not decode fail (each file read once)."""
+    raw, decoded, broken = {}, {}, {}
     for pattern, path in files.items():
+        raw[pattern] = path.read_bytes()
         try:
-            _load(pattern, path.read_bytes())
+            decoded[pattern] = _load(pattern, raw[pattern])
         except Exception as exc:  # a file cut short: EOF, bad JSON, a truncated pickle
-            return False, f"{path.name}: {type(exc).__name__}: {exc}"
-    return True, ""
+            broken[pattern] = f"{path.name}: {type(exc).__name__}: {exc}"
+    return raw, decoded, broken
 
 
-def _iteration(files: dict[str, Path]) -> int:
+def _iteration(decoded: dict[str, Any]) -> int:
     """The controller's step count at the save these files come from (-1: unknown)."""
-    path = files.get(_EXPERIMENT_STATE)
-    if path is None:
-        return -1
     try:
-        return int(_load(_EXPERIMENT_STATE, path.read_bytes())["runner_data"].get("_iteration", -1))
-    except Exception:
+        return int(decoded[_EXPERIMENT_STATE]["runner_data"].get("_iteration", -1))
+    except (KeyError, TypeError, ValueError):
         return -1
 
 
@@ -172,33 +172,29 @@ def repair_state(experiment_dir: str, snapshots: Path) -> list[str]:
 
 def _repair_files(local: Path, snapshots: Path) -> list[str]:
     stored = _newest(local)
-    stored_ok, why = _loadable(stored)
+    stored_raw, stored_state, broken = _decode(stored)
     snap = _latest_snapshot(snapshots)
     snap_files = _newest(snap) if snap is not None else {}
-    snap_ok = bool(snap_files) and _loadable(snap_files)[0]
-    same = snap_ok and {p.name: p.read_bytes() for p in snap_files.values()} == {
-        p.name: p.read_bytes() for p in stored.values() if p.name in {q.name for q in snap_files.values()}
-    }
-    if snap_ok and not same and (not stored_ok or _iteration(snap_files) >= _iteration(stored)):
+    snap_raw, snap_state, snap_broken = _decode(snap_files)
+    snap_ok = bool(snap_files) and not snap_broken
+    same = snap_ok and all(
+        pattern in stored and stored[pattern].name == path.name and stored_raw[pattern] == snap_raw[pattern]
+        for pattern, path in snap_files.items()
+    )
+    if snap_ok and not same and (broken or _iteration(snap_state) >= _iteration(stored_state)):
         for pattern, path in snap_files.items():
             for later in sorted(local.glob(pattern)):  # Tune reads the newest name: none may outrank the snapshot's
                 if later.name > path.name:
                     os.replace(later, later.with_name(later.name + ".superseded"))
             tmp = local / f".{path.name}.tmp"
-            shutil.copyfile(path, tmp)
+            tmp.write_bytes(snap_raw[pattern])
             os.replace(tmp, local / path.name)
-        reason = f"cut short ({why})" if not stored_ok else "from two different saves, or older"
+        reason = f"cut short ({'; '.join(broken.values())})" if broken else "from two different saves, or older"
         return [f"Tune's saved state in {local} was {reason}; put back the driver's last snapshot ({snap})"]
-    if stored_ok:
-        return []
     notes = []
-    for pattern, path in stored.items():  # no snapshot to stand in: fall back to the previous run's file, if any
-        try:
-            _load(pattern, path.read_bytes())
-            continue
-        except Exception:
-            pass
-        if len(sorted(local.glob(pattern))) < 2:
+    for pattern in broken:  # no snapshot to stand in: fall back to the previous run's file, if any
+        path = stored[pattern]
+        if len(list(local.glob(pattern))) < 2:
             raise UserError(
                 f"--resume: Tune's saved state {path} is cut short (its driver was killed while saving it) and no "
                 f"snapshot in {snapshots} can replace it; the sweep cannot continue from {local}. Start a new sweep "
