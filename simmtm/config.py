@@ -207,22 +207,51 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, *, source:
         key, text = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(text)
+            value = safe_load_unique(text, name=f"{source} {key}")
         except yaml.YAMLError:
             value = text
         set_key(raw, key, value, source=source)
     return raw
 
 
+def _refuse_repeated_keys(node: yaml.Node, where: str, name: str) -> None:
+    """Walk a composed YAML tree; a key given twice in one mapping is an error naming it and both lines."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key, line = str(key_node.value), key_node.start_mark.line + 1
+            dotted = f"{where}.{key}" if where else key
+            if isinstance(key_node, yaml.ScalarNode) and key in seen:
+                raise ConfigError(f"{name}: key '{dotted}' appears twice, at lines {seen[key]} and {line}; keep one")
+            seen[key] = line
+            _refuse_repeated_keys(value_node, dotted, name)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_repeated_keys(item, f"{where}[{i}]", name)
+
+
+def safe_load_unique(text: str, *, name: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys at any depth (plain YAML keeps the last one silently)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_repeated_keys(node, "", name)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
+    """Read a YAML mapping, with errors that name the file (a key given twice in one mapping is one)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory; expected a YAML config file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load_unique(path.read_text(), name=str(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -30,10 +31,15 @@ def test_paper_defaults() -> None:
 @pytest.mark.parametrize(
     "raw, expected",
     [
-        ({"data": {"name": "x"}, "pretrain": {"mask_ratoi": 0.3}},
-         r"unknown key 'pretrain.mask_ratoi' \(did you mean 'pretrain.mask_ratio'\?\); valid keys here: .*num_masked"),
+        (
+            {"data": {"name": "x"}, "pretrain": {"mask_ratoi": 0.3}},
+            r"unknown key 'pretrain.mask_ratoi' \(did you mean 'pretrain.mask_ratio'\?\); valid keys here: .*num_masked",
+        ),
         ({"data": {"name": "x"}, "sed": 1}, r"unknown key 'sed' \(did you mean 'seed'\?\); valid keys here: .*data"),
-        ({"data": {"name": "x"}, "pretrain": {"num_masked": "three"}}, r"pretrain.num_masked: .*valid integer.*'three'"),
+        (
+            {"data": {"name": "x"}, "pretrain": {"num_masked": "three"}},
+            r"pretrain.num_masked: .*valid integer.*'three'",
+        ),
         ({"data": {"name": "x"}, "pretrain": {"mask_ratio": 0}}, r"pretrain.mask_ratio: .*greater than 0 \(got 0\)"),
         ({"data": {"name": "x"}, "pretrain": {"mask_ratio": 1}}, r"pretrain.mask_ratio: .*less than 1 \(got 1\)"),
         ({"data": {"name": "x"}, "pretrain": {"mask_ratio": 1.5}}, r"pretrain.mask_ratio: .*less than 1 \(got 1.5\)"),
@@ -61,8 +67,16 @@ def test_several_problems_are_reported_as_one_line() -> None:
 
 
 def test_overrides_parse_values_as_yaml() -> None:
-    raw = apply_overrides({"data": {"name": "x"}}, ["pretrain.mask_ratio=0.3", "pretrain.num_masked=5",
-                                                   "finetune.horizons=[24, 48]", "model.encoder=patch", "seed=7"])
+    raw = apply_overrides(
+        {"data": {"name": "x"}},
+        [
+            "pretrain.mask_ratio=0.3",
+            "pretrain.num_masked=5",
+            "finetune.horizons=[24, 48]",
+            "model.encoder=patch",
+            "seed=7",
+        ],
+    )
     config = parse_config(raw)
     assert config.pretrain.mask_ratio == 0.3 and config.pretrain.num_masked == 5
     assert config.finetune.horizons == [24, 48] and config.model.encoder == "patch" and config.seed == 7
@@ -105,6 +119,36 @@ def test_unusable_yaml_files(tmp_path: Path, content, expected: str) -> None:
         load_config(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "key", "lines"),
+    [
+        ("data:\n  name: ETTh1\npretrain:\n  mask_ratio: 0.3\n  mask_ratio: 0.5\n", "pretrain.mask_ratio", (4, 5)),
+        ("data:\n  name: ETTh1\npretrain:\n  epochs: 2\nseed: 1\npretrain:\n  lr: 0.1\n", "pretrain", (3, 6)),
+        (
+            "data: {name: ETTh1}\nsearch:\n  params:\n    a.b: {low: 1}\n    a.b: {low: 2}\n",
+            "search.params.a.b",
+            (4, 5),
+        ),
+        ("data: {name: ETTh1, name: ETTh2}\n", "data.name", (1, 1)),
+        ("data:\n  name: ETTh1\nx:\n  - {k: 1, k: 2}\n", "x[0].k", (4, 4)),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path: Path, content, key, lines) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(content)
+    with pytest.raises(
+        ConfigError, match=rf"{path}: key '{re.escape(key)}' appears twice, at lines {lines[0]} and {lines[1]}"
+    ):
+        load_config(path)
+
+
+def test_the_same_key_in_different_sections_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text("data:\n  name: ETTh1\npretrain:\n  lr: 0.01\nfinetune:\n  lr: 0.001\n")
+    config = load_config(path)
+    assert (config.pretrain.lr, config.finetune.lr) == (0.01, 0.001)
+
+
 def test_missing_or_directory_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "nope.yaml")
@@ -113,16 +157,26 @@ def test_missing_or_directory_config(tmp_path: Path) -> None:
 
 
 def test_sweep_sections_are_accepted_and_left_out_of_the_run(tmp_path: Path) -> None:
-    raw = {"data": {"name": "ETTh1"}, "search": {"pretrain.mask_ratio": [0.3, 0.5]}, "tune": {"num_samples": 2},
-           "resources": {"cpu": 1}}
+    raw = {
+        "data": {"name": "ETTh1"},
+        "search": {"pretrain.mask_ratio": [0.3, 0.5]},
+        "tune": {"num_samples": 2},
+        "resources": {"cpu": 1},
+    }
     config = parse_config(raw)
     assert set(SWEEP_SECTIONS) == {"search", "tune", "resources"}
     assert not set(SWEEP_SECTIONS) & set(config.run_dict())
 
 
 def test_dumped_config_loads_back_identically(tmp_path: Path) -> None:
-    config = parse_config({"data": {"path": "x.csv", "seq_len": 48}, "pretrain": {"mask_ratio": 0.25},
-                           "finetune": {"horizons": [12]}, "search": {"a": 1}})
+    config = parse_config(
+        {
+            "data": {"path": "x.csv", "seq_len": 48},
+            "pretrain": {"mask_ratio": 0.25},
+            "finetune": {"horizons": [12]},
+            "search": {"a": 1},
+        }
+    )
     dump_config(config, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert again == RunConfig.model_validate(config.run_dict())
