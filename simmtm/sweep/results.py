@@ -68,6 +68,7 @@ def _row(trial, param_keys: list[str]) -> TrialRow:
         repeat=trial_cfg.repeat,
         score=float(last[metric]) if final and metric in last else None,
         val_score=float(probe) if probe is not None else None,
+        test_score=float(last[test]) if final and (test := f"test_{metric.removeprefix('val_')}") in last else None,
         epochs=int(last["epoch"]) if "epoch" in last else None,
         wall_s=float(last["time_total_s"]) if "time_total_s" in last else None,
         error=_error_line(trial) if state == "FAILED" else "",

@@ -299,6 +299,7 @@ class TrialSpec(_Spec):
     tb_dir: str | None = None  # per-trial TensorBoard scores under tb_dir/<trial id>; None: none
     storage_path: str | None = None  # where a multi-worker trial's Train run keeps its checkpoints
     trackers: Trackers | None = None  # W&B/MLflow runs that take the per-step pre-training losses; None: none
+    score_test: bool = False  # the final fine-tune also scores the test split once (confirmation runs)
 
     @classmethod
     def of_sweep(

@@ -126,8 +126,8 @@ def trial_loop(
             result = {"stage": "final", "epoch": epoch}
             report(result, None)
             return result
-        final = finetune.run(run_cfg, pretrained=recorder.last_state, runtime=local, score_test=False)
-        score = float(final[metric])
+        final = finetune.run(run_cfg, pretrained=recorder.last_state, runtime=local, score_test=spec.score_test)
+        score, test = float(final[metric]), metric.removeprefix("val_")
         if not math.isfinite(score):
             raise TrainingDiverged(f"the fine-tuned {metric} is {score}; lower finetune.lr or the searched ranges")
         result = {
@@ -139,6 +139,7 @@ def trial_loop(
                 for k, v in final.items()
                 if k.startswith("val_") and k != metric and isinstance(v, float)
             },
+            **({f"test_{test}": float(final[test])} if spec.score_test else {}),  # test_mse: scored once
             f"last_{probe_key(metric)}": recorder.last_probe,
             "trial_wall_s": time.time() - started,
         }
