@@ -29,7 +29,7 @@ from simmtm.encoders import build_encoder
 from simmtm.errors import UserError
 from simmtm.heads import Classifier, Forecaster
 from simmtm.inputs import Inputs, load_inputs
-from simmtm.runtime import LocalRuntime, Report, Runtime, no_report, pick_device
+from simmtm.runtime import LocalRuntime, Report, Runtime, check_device, no_report, pick_device
 from simmtm.tracking import RunLog, write_json
 from simmtm.training import Loop, autocast, open_run_dir, prepare_model, set_up
 
@@ -143,6 +143,7 @@ def run(
 def check_inputs(config: RunConfig, *, pretrained: str | Path | dict[str, Any] | None = None) -> None:
     """Load the pre-trained state and the data of every stage and build the model once, writing nothing:
     a UserError here names what is wrong before a caller touches any directory."""
+    check_device(config.device)
     _prepare(config, pretrained)
 
 

@@ -25,7 +25,7 @@ from simmtm.errors import UserError
 from simmtm.inputs import Inputs, load_inputs, split_batch
 from simmtm.masking import make_mask, real_steps_only
 from simmtm.model import Gather, SimMTM, to_series
-from simmtm.runtime import LocalRuntime, Report, Runtime, no_report, pick_device
+from simmtm.runtime import LocalRuntime, Report, Runtime, check_device, no_report, pick_device
 from simmtm.tracking import RunLog, StepLog, write_json
 from simmtm.training import (
     Loop,
@@ -58,6 +58,8 @@ def build_model(config: RunConfig, inputs: Inputs) -> SimMTM:
 
 def check_inputs(config: RunConfig, *, world_size: int = 1) -> Inputs:
     """Load the data and build the model once: every input error surfaces here, before anything is written."""
+    if world_size == 1:  # Ray Train workers resolve their own device (their node's GPUs, checked by the scaling)
+        check_device(config.device)
     inputs = _checked_inputs(config, world_size=world_size)
     build_model(config, inputs)
     return inputs

@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-__all__ = ["Report", "Runtime", "LocalRuntime", "pick_device", "no_report"]
+from simmtm.errors import UserError
+
+__all__ = ["Report", "Runtime", "LocalRuntime", "check_device", "pick_device", "no_report"]
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,17 @@ def no_report(metrics: Mapping[str, float], state: dict[str, Any] | None = None)
     """A report that keeps nothing (the loops still write their own run directory)."""
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def check_device(name: str) -> None:
+    """Refuse a device this machine does not have (UserError naming the key and what the machine has)."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for but torch sees no CUDA device")
+        built = f"torch {torch.__version__} " + (
+            "is built without CUDA" if torch.version.cuda is None else f"(CUDA {torch.version.cuda}) sees no GPU"
+        )
+        raise UserError(f"device: cuda, but this machine has no CUDA device ({built}); set device: cpu or auto")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
