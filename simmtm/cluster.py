@@ -4,8 +4,8 @@ Two layers, both without cloud credentials or network:
 
 1. Ray's own preparation and validation (``prepare_config`` fills the provider's defaults from the wheel's
    ``defaults.yaml``, ``validate_config`` applies ``ray-schema.json``): unknown keys, non-integer node resources,
-   a head type missing from ``available_node_types``, min/max worker conflicts. These are private Ray APIs, which
-   is why ``pyproject.toml`` pins the Ray version.
+   a head type missing from ``available_node_types``, min/max worker conflicts. These are private Ray APIs (no
+   public one exists): ``_launcher_prepare`` is the one place that uses them, and says so when a release moves them.
 2. This project's rules: the head node type carries the driver resource (``simmtm_driver``) that sweep jobs ask
    for, and no worker type does; a cluster that can grow past one node writes to shared storage
    (``metadata.simmtm.storage``); every worker type declares its CPUs and GPUs; each GPU node type can hold one
@@ -34,7 +34,6 @@ from simmtm.resources import Resources
 __all__ = [
     "DRIVER_RESOURCE",
     "DRIVER_REQUEST",
-    "RAY_SERIES",
     "SHARED_STORAGE_SCHEMES",
     "ClusterCheck",
     "NodeType",
@@ -69,9 +68,6 @@ _PLACEHOLDERS = ("ACCOUNT_ID", "your-bucket", "your-gcp-project")
 _AWS_GPU_INSTANCE = re.compile(r"^(p\d|g\d)")
 _GCP_GPU_MACHINE = re.compile(r"^(a2|a3|a4|g2|g4)-")
 _RAY_IMAGE = re.compile(r"^(?:docker\.io/)?rayproject/ray(?:-ml)?:(\d+\.\d+\.\d+)")
-
-# The Ray minor version whose private launcher API (prepare_config, validate_config) this module was written for.
-RAY_SERIES = "2.60"
 
 
 @dataclass(frozen=True)
@@ -120,32 +116,12 @@ class ClusterCheck:
 
 
 def prepare_cluster_config(raw: dict[str, Any], *, source: str = "cluster.yaml") -> dict[str, Any]:
-    """Ray's ``prepare_config`` + ``validate_config`` on a copy of ``raw``; errors become one-line ConfigErrors.
+    """Ray's launcher preparation and schema check on a copy of ``raw``; errors become one-line ConfigErrors.
 
-    Offline: ``prepare_config`` only merges the provider's ``defaults.yaml`` shipped in the Ray wheel.
+    Offline: the preparation only merges the provider's ``defaults.yaml`` shipped in the Ray wheel.
     """
-    import jsonschema
-    from ray.autoscaler._private.providers import _DEFAULT_CONFIGS
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    if not _ray_version().startswith(RAY_SERIES + "."):
-        raise ConfigError(
-            f"{source}: cannot check with Ray {_ray_version()}: the check uses Ray's private launcher "
-            f"API as of Ray {RAY_SERIES} (pinned in pyproject.toml); "
-            f"pip install 'ray[default]=={RAY_SERIES}.*'"
-        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping (cluster_name, provider, available_node_types, ...)")
-    provider = raw.get("provider")
-    if not isinstance(provider, dict) or not isinstance(provider.get("type"), str):
-        raise ConfigError(f"{source}: missing key 'provider.type' (one of: {', '.join(sorted(_DEFAULT_CONFIGS))})")
-    if provider["type"] not in _DEFAULT_CONFIGS:
-        close = difflib.get_close_matches(provider["type"], list(_DEFAULT_CONFIGS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(
-            f"{source}: provider.type: unknown provider '{provider['type']}'{hint}; "
-            f"valid: {', '.join(sorted(_DEFAULT_CONFIGS))}"
-        )
     node_types = raw.get("available_node_types")
     if node_types is not None and not (
         isinstance(node_types, dict) and all(isinstance(v, dict) for v in node_types.values())
@@ -154,7 +130,31 @@ def prepare_cluster_config(raw: dict[str, Any], *, source: str = "cluster.yaml")
             f"{source}: available_node_types: expected a mapping of node type name -> "
             "{resources, node_config, min_workers, max_workers}"
         )
-    ray_logger = logging.getLogger("ray.autoscaler._private.util")
+    return _launcher_prepare(raw, source)
+
+
+def _launcher_prepare(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """The one use of Ray's private launcher API (no public one checks a cluster file offline); a Ray release that
+    moves it gives a ConfigError saying so. Tests run it on the oldest and newest declared Ray."""
+    import jsonschema
+
+    try:
+        from ray.autoscaler._private.providers import _DEFAULT_CONFIGS
+        from ray.autoscaler._private.util import prepare_config, validate_config
+    except ImportError as exc:
+        raise ConfigError(
+            f"{source}: cannot check cluster files with Ray {_ray_version()}: its launcher's offline check (a private "
+            f"API) has moved ({exc}); `ray up` still validates the file, or use a Ray in pyproject.toml's range"
+        ) from None
+    provider = raw.get("provider")
+    valid = ", ".join(sorted(_DEFAULT_CONFIGS))
+    if not isinstance(provider, dict) or not isinstance(provider.get("type"), str):
+        raise ConfigError(f"{source}: missing key 'provider.type' (one of: {valid})")
+    if provider["type"] not in _DEFAULT_CONFIGS:
+        close = difflib.get_close_matches(provider["type"], list(_DEFAULT_CONFIGS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{source}: provider.type: unknown provider '{provider['type']}'{hint}; valid: {valid}")
+    ray_logger = logging.getLogger(prepare_config.__module__)
     level = ray_logger.level
     ray_logger.setLevel(logging.WARNING)  # its INFO lines ("setting max workers ...") are noise here
     try:
@@ -316,7 +316,7 @@ def _ray_version() -> str:
 
 
 def _check_images(config: dict[str, Any], errors: list[str], notes: list[str]) -> None:
-    """Ray images must run the Ray this machine runs (the pinned one): launcher, job client and cluster agree."""
+    """Ray images must run the Ray this machine runs: launcher, job client and cluster agree."""
     local = _ray_version()
     docker = config.get("docker") or {}
     images = {f"docker.{k}": docker[k] for k in ("image", "head_image", "worker_image") if docker.get(k)}
@@ -332,7 +332,7 @@ def _check_images(config: dict[str, Any], errors: list[str], notes: list[str]) -
         if tag.split(".")[:2] != local.split(".")[:2]:
             errors.append(
                 f"{key}: '{image}' runs Ray {tag}, but this machine runs Ray {local} (the version "
-                f"pyproject.toml pins); use rayproject/ray:{local}-... so launcher, jobs and cluster agree"
+                f"`ray up` uses); use rayproject/ray:{local}-... so launcher, jobs and cluster agree"
             )
         elif tag != local:
             notes.append(f"{key}: '{image}' runs Ray {tag}, this machine Ray {local}")

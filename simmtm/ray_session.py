@@ -60,15 +60,14 @@ def connect(address: str | None, *, record: Path | None = None) -> bool:
         return False
     env = worker_env()
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    ray.init(
+    context = ray.init(
         address=address or "local",
         include_dashboard=False if address is None else None,
         runtime_env={"env_vars": env} if env else None,
         log_to_driver=True,
     )
     if address is None and record is not None:  # a joined cluster's processes are not ours
-        node = ray._private.worker._global_node
-        record_children(record, exclude=before, note={"session_dir": node.get_session_dir_path() if node else None})
+        record_children(record, exclude=before, note={"session_dir": context.address_info.get("session_dir")})
     return True
 
 

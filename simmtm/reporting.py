@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -51,19 +52,18 @@ def checkpoint_dir(state: dict[str, Any]) -> Iterator[str]:
 
 
 def in_tune() -> bool:
-    """Whether this process runs a Tune trial."""
-    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
-
-    return bool(_in_tune_session())
+    """Whether this process runs a Tune trial (a Ray Train worker inside a trial does not)."""
+    return tune_trial_id() != "local"
 
 
 def tune_trial_id() -> str:
     """The Tune trial id of this process, or ``local`` outside Tune."""
-    if not in_tune():
-        return "local"
     import ray.tune
 
-    return ray.tune.get_context().get_trial_id()
+    with warnings.catch_warnings():  # outside Tune, Ray warns that it returns None: that None is the answer sought
+        warnings.simplefilter("ignore")
+        trial_id = ray.tune.get_context().get_trial_id()
+    return trial_id or "local"
 
 
 def tune_report(metrics: Mapping[str, Any], state: dict[str, Any] | None = None) -> None:

@@ -184,19 +184,27 @@ def test_security_group_opens_only_ssh(aws: dict[str, Any], tmp_path: Path) -> N
 
 
 def test_images_run_this_machines_ray(aws: dict[str, Any], tmp_path: Path) -> None:
+    import ray
+
     aws["docker"]["image"] = "rayproject/ray:2.49.0-py311-gpu"
     [error] = errors_of(tmp_path, aws)
     assert error.startswith(
-        "docker.image: 'rayproject/ray:2.49.0-py311-gpu' runs Ray 2.49.0, but this machine runs Ray 2.60")
+        f"docker.image: 'rayproject/ray:2.49.0-py311-gpu' runs Ray 2.49.0, but this machine runs Ray {ray.__version__}")
 
 
-def test_check_refuses_another_ray_series(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_says_when_ray_moved_its_launcher_api(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The check's one private Ray use degrades to a line naming the Ray version when a release moves it."""
+    import sys
+
     import ray
 
-    monkeypatch.setattr(ray, "__version__", "2.61.0")
+    monkeypatch.setitem(sys.modules, "ray.autoscaler._private.util", None)  # import fails as if the module moved
     assert main(["cluster", "check", str(REPO / "cluster.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "cannot check with Ray 2.61.0: the check uses Ray's private launcher API as of Ray 2.60" in err
+    assert f"cannot check cluster files with Ray {ray.__version__}: its launcher's offline check" in err
+    assert "Traceback" not in err
 
 
 def sweep(tmp_path: Path, name: str, resources: dict[str, Any] | None) -> Path:
