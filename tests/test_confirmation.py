@@ -8,7 +8,10 @@ from simmtm.confirmation import (
     confirmation_candidates,
     confirmation_seeds,
     format_params,
+    detectable_difference,
     judge,
+    seeds_for_half_width,
+    sweep_noise,
 )
 
 CAND = {"pretrain.mask_ratio": 0.3, "pretrain.num_masked": 4, "pretrain.temperature": 0.2}
@@ -18,8 +21,9 @@ def _default(scores):
     return ConfirmedConfig(dict(PAPER_DEFAULTS), dict(zip(confirmation_seeds(0, len(scores)), scores)), is_default=True)
 
 
-def _cand(params, scores):
-    return ConfirmedConfig(dict(params), dict(zip(confirmation_seeds(0, len(scores)), scores)))
+def _cand(params, scores, test=()):
+    seeds = confirmation_seeds(0, len(scores))
+    return ConfirmedConfig(dict(params), dict(zip(seeds, scores)), test_scores=dict(zip(seeds, test)))
 
 
 def test_candidates_put_the_default_first_and_skip_it_among_the_top():
@@ -34,17 +38,20 @@ def test_a_clear_winner_beats_the_default():
     v = judge([_default([1.00, 1.05, 1.10]), _cand(CAND, [0.90, 0.96, 0.99])], metric="val_mse", mode="min")
     assert v.status == "beats" and v.recommended == CAND
     s = v.sentence()
-    assert s.startswith("r = 0.3, M = 4, tau = 0.2 beats the paper's r = 0.5, M = 3 by 0.1 val_mse (95 % interval")
-    assert "3 paired seeds" in s and "seed-to-seed spread" in s
+    assert s.startswith(
+        "r = 0.3, M = 4, tau = 0.2 beats the paper's r = 0.5, M = 3 on validation by 0.1 val_mse (95 % interval"
+    )
+    assert "3 paired seeds" in s and "seed-to-seed spread" in s and s.endswith("the test split was not scored")
     assert v.to_dict()["sentence"] == s
 
 
 def test_noise_keeps_the_default_and_bonferroni_widens_the_intervals():
     v = judge([_default([1.00, 1.05, 1.10]), _cand(CAND, [0.99, 1.07, 1.08]),
                _cand({**CAND, "pretrain.num_masked": 2}, [1.2, 1.0, 1.3])], metric="val_mse", mode="min")
-    assert v.status == "keep_default" and v.recommended == PAPER_DEFAULTS
-    assert v.sentence().startswith("nothing beats the paper's defaults beyond seed noise (seed-to-seed spread")
-    assert v.sentence().endswith("keep r = 0.5, M = 3")
+    assert v.status == "keep_default" and v.recommended == PAPER_DEFAULTS and v.too_few_seeds
+    assert v.sentence().startswith("too few seeds to tell whether r = 0.3, M = 4, tau = 0.2 beats the paper's")
+    assert "0.00333 val_mse better than the default on validation" in v.sentence()
+    assert v.sentence().endswith("keep r = 0.5, M = 3, or add seeds (tune.confirm.seeds)")
     assert "97.5 % interval" in v.sentence()  # two candidates share 5 %
     assert v.best_candidate == CAND
 
@@ -65,3 +72,53 @@ def test_the_search_summary_marks_r_beyond_the_official_range():
     assert "beyond the official code's reachable 0.75" in rec.summary()[0]
     rec.params["pretrain.mask_ratio"] = 0.7
     assert "beyond" not in rec.summary()[0]
+
+
+def _pair(val, test):
+    """The default at 1.0 on both splits, a candidate whose per-seed differences are ``val`` and ``test``."""
+    n = len(val)
+    default = ConfirmedConfig(
+        dict(PAPER_DEFAULTS),
+        dict(zip(confirmation_seeds(0, n), [1.0] * n)),
+        is_default=True,
+        test_scores=dict(zip(confirmation_seeds(0, n), [1.0] * n)),
+    )
+    return [default, _cand(CAND, [1.0 - d for d in val], [1.0 - d for d in test])]
+
+
+def test_the_verdict_says_whether_the_test_split_agrees():
+    carried = judge(_pair([0.10, 0.11, 0.12], [0.05, 0.06, 0.07]), metric="val_mse", mode="min")
+    assert carried.status == "beats" and carried.test_agrees is True
+    assert "; on the test split by 0.06 test mse (95 % interval 0.0352 to 0.0848)" in carried.sentence()
+    lost = judge(_pair([0.10, 0.11, 0.12], [0.02, -0.03, 0.02]), metric="val_mse", mode="min")
+    assert lost.status == "beats" and lost.test_agrees is False
+    assert "on the test split the difference is within seed noise (0.00333 test mse better than the default" in (
+        lost.sentence()
+    )
+    d = lost.to_dict()
+    assert d["test_difference"]["n"] == 3 and d["test_agrees"] is False and d["difference"]["mean"] > 0
+
+
+def test_a_candidate_worse_beyond_noise_is_said_to_be_worse():
+    v = judge(_pair([-0.10, -0.11, -0.12], [-0.05, -0.06, -0.07]), metric="val_mse", mode="min")
+    assert v.status == "keep_default" and not v.too_few_seeds and v.test_agrees is True
+    s = v.sentence()
+    assert "best candidate r = 0.3, M = 4, tau = 0.2: 0.11 val_mse worse than the default on validation" in s
+    assert "on the test split 0.06 test mse worse than the default" in s and "+0." not in s
+
+
+def test_one_noise_figure_pools_confirmation_and_search_repeats():
+    configs = [_default([1.0, 3.0]), _cand(CAND, [8.0, 10.0, None])]
+    spread = sweep_noise(configs, {"a": [12.0, 14.0, 16.0], "b": [5.0]})
+    assert spread.n_configs == 3 and spread.n_runs == 7 and spread.sd == pytest.approx((12 / 4) ** 0.5)  # (2 + 2 + 8) / (7 - 3)
+    assert judge(configs, metric="val_mse", mode="min", search={"a": [12.0, 14.0, 16.0]}).spread == spread
+
+
+def test_power_the_detectable_difference_and_the_seeds_a_half_width_needs():
+    # t(0.975, 2) = 4.303: three seeds of runs with SD 0.01 tell apart 4.303 * sqrt(2) * 0.01 / sqrt(3)
+    assert detectable_difference(0.01, 3) == pytest.approx(0.035133, rel=1e-4)
+    assert detectable_difference(0.01, 1) is None
+    assert detectable_difference(0.01, 10) < detectable_difference(0.01, 5) < detectable_difference(0.01, 3)
+    n = seeds_for_half_width(0.01, 0.01, cap=20)  # t(n-1) / sqrt(n) <= 1 first at n = 7 (2.447 / 2.646)
+    assert n == 7
+    assert seeds_for_half_width(0.01, 1e-6, cap=9) == 9
