@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from simmtm.data.checks import apply_scaler, check_labels, fit_scaler
 from simmtm.data.formats import FileFormat, get_format, register_format, suffixes
+from simmtm.data.ts_file import Cases, parse_ts, read_ts, stack_equal
 from simmtm.errors import DataError
 from simmtm.torch_files import UnreadableTorchFile, load_weights_only
 
@@ -102,141 +104,10 @@ class LabelledDataset(Dataset):
         return self.samples[index], self.labels[index], self.observed[index]
 
 
-# --- the .ts format ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Cases:
-    """A file's cases before they are brought to one length: series (C, L_i) and where each came from."""
-
-    series: list[np.ndarray]  # (C, L_i) float64 each
-    labels: np.ndarray  # (N,)
-    origins: list[str]  # "<path>: line 12" (or "<path>: sample 3"), for errors
-
-    @classmethod
-    def of_array(cls, samples: np.ndarray, labels: np.ndarray, path: Path) -> _Cases:
-        return cls(list(samples.astype(np.float64)), labels, [f"{path}: sample {i}" for i in range(len(samples))])
-
-    def lengths(self) -> list[int]:
-        return [s.shape[1] for s in self.series]
-
-
-def _parse_case(line: str, lineno: int, path: Path) -> tuple[list[str], str]:
-    *channels, label = line.split(":")
-    if not channels:
-        raise DataError(f"{path}: line {lineno}: expected channels separated by ':' and a class label last")
-    return channels, label.strip()
-
-
-def _parse_channels(channels: list[str], lineno: int, path: Path) -> np.ndarray:
-    """One case's channels as (C, L); a run of '?' closing every channel shortens the series."""
-    values = [ch.split(",") for ch in channels]
-    for ch in values:
-        while ch and ch[-1].strip() == "?":
-            ch.pop()
-    if any("?" in v for ch in values for v in ch):
-        raise DataError(
-            f"{path}: line {lineno}: missing values ('?') inside a series are not supported; impute them first"
-        )
-    try:
-        series = [np.array(ch, dtype=np.float64) for ch in values]
-    except ValueError:
-        raise DataError(f"{path}: line {lineno}: a value is not a number (values are separated by ',')") from None
-    lengths = {len(s) for s in series}
-    if len(lengths) > 1:
-        raise DataError(f"{path}: line {lineno}: channels of unequal lengths {sorted(lengths)}; need equal lengths")
-    if not all(np.isfinite(s).all() for s in series):
-        raise DataError(f"{path}: line {lineno}: non-finite values (NaN or inf) in the series")
-    if not series[0].size:
-        raise DataError(f"{path}: line {lineno}: an empty series")
-    return np.stack(series)  # (C, L)
-
-
-def _parse_ts(path: Path) -> _Cases:
-    """Read a labelled UEA/UCR ``.ts`` file, equal-length or not."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such .ts file")
-    declared: list[str] | None = None
-    dimensions: int | None = None
-    in_data = False
-    cases: list[np.ndarray] = []
-    labels: list[str] = []
-    origins: list[str] = []
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
-    with handle:
-        try:
-            lines = list(handle)
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: not a UTF-8 text file; expected a UEA/UCR .ts file") from None
-    for lineno, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if not in_data:
-            if not line.startswith("@"):
-                raise DataError(f"{path}: line {lineno}: expected a '@' header or '#' comment before @data")
-            key, _, value = line[1:].partition(" ")
-            key, value = key.lower(), value.strip()
-            if key == "data":
-                if declared is None:
-                    raise DataError(f"{path}: no '@classLabel true <labels...>' header; classification needs labels")
-                in_data = True
-            elif key == "classlabel":
-                tokens = value.split()
-                if not tokens or tokens[0].lower() != "true":
-                    raise DataError(f"{path}: line {lineno}: '@classLabel {value}': the cases carry no class labels")
-                declared = tokens[1:]
-            elif key == "timestamps" and value.lower() == "true":
-                raise DataError(f"{path}: line {lineno}: time-stamped .ts files are not supported (@timeStamps false)")
-            elif key == "dimensions":
-                try:
-                    dimensions = int(value)
-                except ValueError:
-                    raise DataError(f"{path}: line {lineno}: @dimensions must be an integer, got {value!r}") from None
-            continue
-        channels, label = _parse_case(line, lineno, path)
-        if declared and label not in declared:
-            raise DataError(f"{path}: line {lineno}: label {label!r} is not among the @classLabel labels {declared}")
-        series = _parse_channels(channels, lineno, path)
-        expected_channels = dimensions if dimensions is not None else (cases[0].shape[0] if cases else len(series))
-        if len(series) != expected_channels:
-            raise DataError(f"{path}: line {lineno}: {len(series)} channel(s), expected {expected_channels}")
-        cases.append(series)
-        labels.append(label)
-        origins.append(f"{path}: line {lineno}")
-    if not in_data:
-        raise DataError(f"{path}: no @data line; expected a UEA/UCR .ts file")
-    if not cases:
-        raise DataError(f"{path}: no cases after @data")
-    return _Cases(cases, np.asarray(labels, dtype=str), origins)
-
-
-def _stack_equal(cases: _Cases) -> np.ndarray:
-    """(N, C, L) float64 of equal-length cases, or DataError naming the first case of another length."""
-    first = cases.series[0].shape[1]
-    for series, origin in zip(cases.series, cases.origins):
-        if series.shape[1] != first:
-            raise DataError(
-                f"{origin}: series length {series.shape[1]} differs from {first} (unequal-length series: "
-                "set data.unequal_length to pad or truncate)"
-            )
-    return np.stack(cases.series)
-
-
-def read_ts(path: Path) -> tuple[np.ndarray, list[str]]:
-    """Read an equal-length, labelled UEA/UCR ``.ts`` file: samples (N, C, L) float32 and their string labels."""
-    cases = _parse_ts(path)
-    return _stack_equal(cases).astype(np.float32), cases.labels.tolist()
-
-
-def _fit_length(files: list[_Cases], policy: UnequalLength, seq_len: int | None) -> list[np.ndarray]:
+def _fit_length(files: list[Cases], policy: UnequalLength, seq_len: int | None) -> list[np.ndarray]:
     """Every file's cases as one (N, C, L) float64 array under ``policy``; padded steps hold NaN."""
     if policy == "error":  # each file must be equal-length; train and test shapes are compared later
-        return [_stack_equal(f) for f in files]
+        return [stack_equal(f) for f in files]
     if policy == "truncate":
         if seq_len is None:
             raise ValueError("unequal_length='truncate' needs seq_len")
@@ -293,9 +164,9 @@ class _LabelledFormat(FileFormat):
 
     task = "classification"
 
-    def cases(self, path: Path) -> _Cases:
+    def cases(self, path: Path) -> Cases:
         samples, labels = self.read(path)
-        return _Cases.of_array(samples, labels, path)
+        return Cases.of_array(samples, labels, path)
 
 
 class _TensorFormat(_LabelledFormat):
@@ -353,11 +224,11 @@ class TsFormat(_LabelledFormat):
         samples, labels = read_ts(path)
         return samples, np.asarray(labels, dtype=str)
 
-    def cases(self, path: Path) -> _Cases:
-        return _parse_ts(path)  # the cases may differ in length; load_classification decides what to do
+    def cases(self, path: Path) -> Cases:
+        return parse_ts(path)  # the cases may differ in length; load_classification decides what to do
 
 
-def _read_any(path: Path) -> _Cases:
+def _read_any(path: Path) -> Cases:
     """A classification file's cases, through the reader registered for its suffix."""
     fmt = get_format(path)
     if not isinstance(fmt, _LabelledFormat):
@@ -465,22 +336,42 @@ def _layout(path: Path) -> tuple[str, dict[str, Path]]:
     )
 
 
-def _standardise(parts: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[np.ndarray]]:
+def _standardise(
+    parts: list[np.ndarray], origins: list[list[str]]
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[np.ndarray]]:
     """Per-channel scaling fitted on the real steps of parts[0]; (N, C, L) in, time-major (N, L, C) float32 out.
 
-    NaN marks padding: it is left out of the fit, comes back as 0 (the train mean), and the returned (N, L) masks
-    are True at real steps.
+    NaN marks padding (``data.unequal_length: pad``, the only source of NaN: every reader refuses NaN in a file):
+    it is left out of the fit, comes back as 0 (the train mean), and the returned (N, L) masks are True at real
+    steps. A value that overflows is refused naming its case (``origins``), channel and step.
     """
-    train = parts[0]
-    mean = np.nanmean(train, axis=(0, 2))  # (C,)
-    std = np.nanstd(train, axis=(0, 2))
-    std = np.where(std < STD_FLOOR, 1.0, std)
+
+    def where(part: int) -> Callable[[tuple[int, ...]], str]:
+        return lambda at: f"{origins[part][at[0]]}, channel {at[1] + 1}, step {at[2] + 1}"
+
+    mean, std = fit_scaler(parts[0], 1, STD_FLOOR, where(0), skip_nan=True)  # (C,) each
     observed = [~np.isnan(p[:, 0, :]) for p in parts]  # a step is padded in all channels or in none
     scaled = [
-        np.nan_to_num((p - mean[None, :, None]) / std[None, :, None], nan=0.0).transpose(0, 2, 1).astype(np.float32)
-        for p in parts
+        np.ascontiguousarray(np.nan_to_num(apply_scaler(p, mean, std, 1, where(k)), nan=0.0).transpose(0, 2, 1))
+        for k, p in enumerate(parts)
     ]
     return scaled, mean, std, observed
+
+
+def _split(
+    kind: str, read: dict[str, Cases], arrays: dict[str, np.ndarray], val_fraction: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[list[str]]]:
+    """Samples, raw labels and case origins of train, val and test."""
+    if kind == "official":
+        names = ("train", "val", "test")
+        return [arrays[s] for s in names], [read[s].labels for s in names], [read[s].origins for s in names]
+    whole = "train" if kind == "pair" else "all"
+    labels, origins = read[whole].labels, np.asarray(read[whole].origins)
+    parts = stratified_split(labels, (val_fraction,) if kind == "pair" else SINGLE_FILE_FRACTIONS, seed=seed)
+    samples, raw, where = [arrays[whole][i] for i in parts], [labels[i] for i in parts], [origins[i] for i in parts]
+    if kind == "pair":
+        samples, raw, where = samples + [arrays["test"]], raw + [read["test"].labels], where + [read["test"].origins]
+    return samples, raw, [list(w) for w in where]
 
 
 def load_classification(
@@ -501,19 +392,9 @@ def load_classification(
     kind, files = _layout(path)
     read = {split: _read_any(p) for split, p in files.items()}
     arrays = dict(zip(read, _fit_length(list(read.values()), unequal_length, seq_len)))
-    if kind == "official":
-        samples = [arrays[s] for s in ("train", "val", "test")]
-        raw_labels = [read[s].labels for s in ("train", "val", "test")]
-    elif kind == "pair":
-        train_x, train_y = arrays["train"], read["train"].labels
-        train_idx, val_idx = stratified_split(train_y, (val_fraction,), seed=seed)
-        samples = [train_x[train_idx], train_x[val_idx], arrays["test"]]
-        raw_labels = [train_y[train_idx], train_y[val_idx], read["test"].labels]
-    else:
-        all_x, all_y = arrays["all"], read["all"].labels
-        train_idx, val_idx, test_idx = stratified_split(all_y, SINGLE_FILE_FRACTIONS, seed=seed)
-        samples = [all_x[i] for i in (train_idx, val_idx, test_idx)]
-        raw_labels = [all_y[i] for i in (train_idx, val_idx, test_idx)]
+    samples, raw_labels, origins = _split(kind, read, arrays, val_fraction, seed)
+    whole = files.get("train") or files.get("all") or path
+    sources = [files.get(s, whole) for s in ("train", "val", "test")]
 
     shape = samples[0].shape[1:]
     for name, part, source in zip(("val", "test"), samples[1:], (files.get("val"), files.get("test"))):
@@ -523,7 +404,8 @@ def load_classification(
                 f"{where}: {name} series have (channels, length) {part.shape[1:]}, train has {shape}; they must match"
             )
     classes, labels = _encode_labels(raw_labels)
-    scaled, mean, std, observed = _standardise(samples)
+    check_labels(classes, labels, [str(p) for p in sources])
+    scaled, mean, std, observed = _standardise(samples, origins)
     padded = not all(m.all() for m in observed)
     logger.debug("%s: %s layout, %d classes, (C, L) = %s, padded: %s", path, kind, len(classes), shape, padded)
     return ClassificationSplits(

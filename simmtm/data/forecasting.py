@@ -9,6 +9,7 @@ the split. A standard scaler is fitted on the train rows only.
 
 from __future__ import annotations
 
+import csv
 import logging
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from simmtm.data.checks import apply_scaler, fit_scaler
 from simmtm.data.formats import FORMATS, FileFormat, get_format, register_format
 from simmtm.errors import DataError
 
@@ -111,7 +113,20 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read as CSV: {str(exc).splitlines()[0]}") from None
     if frame.empty:
         raise DataError(f"{path}: the CSV has no data rows")
+    frame.attrs["repeated"] = _repeated_names(path, [str(c) for c in frame.columns])
     return frame
+
+
+def _repeated_names(path: Path, read_as: list[str]) -> dict[str, list[str]]:
+    """Header names given more than once -> the names pandas read them under ('OT', 'OT.1', ...)."""
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    if len(header) != len(read_as):
+        return {}
+    columns: dict[str, list[str]] = {}
+    for raw, name in zip(header, read_as):
+        columns.setdefault(raw, []).append(name)
+    return {raw: names for raw, names in columns.items() if len(names) > 1}
 
 
 def _parse_dates(column: pd.Series) -> pd.Series | None:
@@ -145,9 +160,15 @@ def _date_column(frame: pd.DataFrame, path: Path) -> tuple[str, pd.Series]:
 
 def _select_columns(frame: pd.DataFrame, path: Path, date: str, features: str, target: str) -> list[str]:
     available = [str(c) for c in frame.columns if c != date]
+    repeated: dict[str, list[str]] = frame.attrs.get("repeated", {})
     if features == "M":
         columns = available
     elif features == "S":
+        if target in repeated:
+            raise DataError(
+                f"{path}: the target column '{target}' occurs {len(repeated[target])} times in the header; rename "
+                "all but the one to forecast (data.target names one column)"
+            )
         if target not in available:
             raise DataError(f"{path}: target column '{target}' not found (features S); available columns: {available}")
         columns = [target]
@@ -155,6 +176,9 @@ def _select_columns(frame: pd.DataFrame, path: Path, date: str, features: str, t
         raise DataError(f"{path}: features must be 'M' (all columns) or 'S' (the target column), got {features!r}")
     if not columns:
         raise DataError(f"{path}: no value columns besides the date column '{date}'")
+    for raw, names in repeated.items():
+        if set(names[1:]) & set(columns):
+            logger.warning("%s: column '%s' occurs %d times in the header; read as %s", path, raw, len(names), names)
     text = [c for c in columns if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])]
     if text:
         raise DataError(f"{path}: non-numeric column(s) {text}; every column besides the date must hold numbers")
@@ -236,10 +260,11 @@ def load_forecasting(
     _check_lengths(path, borders, seq_len, horizon)
     train_end, val_end, test_end = borders
 
-    mean = values[:train_end].mean(axis=0)
-    std = values[:train_end].std(axis=0)
-    std = np.where(std < STD_FLOOR, 1.0, std)
-    scaled = ((values - mean) / std).astype(np.float32)
+    def where(at: tuple[int, ...]) -> str:
+        return f"{path}: column '{columns[at[1]]}', row {at[0] + 1} (line {at[0] + 2})"
+
+    mean, std = fit_scaler(values[:train_end], 1, STD_FLOOR, where)
+    scaled = apply_scaler(values, mean, std, 1, where)
     logger.debug("%s: %d rows, %d channels, borders %s", path, len(values), len(columns), borders)
     return ForecastingSplits(
         train=scaled[:train_end],
