@@ -139,13 +139,26 @@ def _display_name(path: Path) -> str:
     return stem
 
 
+def _require_openable(path: Path) -> None:
+    """Refuse a data path that is missing, a broken or looping symbolic link, or cannot be looked at."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise DataError(
+                f"data.path: {path} is a symbolic link to {os.readlink(path)}, which does not exist"
+            ) from None
+        raise DataError(f"data.path: {path} does not exist (give a .csv, .ts, .pt, .npz file or a directory)") from None
+    except OSError as exc:  # a symbolic-link loop (ELOOP), a component that is a file, no permission
+        raise DataError(f"data.path: {path}: cannot open ({exc.strerror or type(exc).__name__})") from None
+
+
 def resolve(cfg: DataConfig) -> ResolvedData:
     """Find the file a config names and the task it serves (``cfg.task``, else the registry, else the suffix)."""
     spec: DatasetSpec | None = None
     if cfg.path is not None:
         path = Path(cfg.path).expanduser()
-        if not path.exists():
-            raise DataError(f"data.path: {path} does not exist (give a .csv, .ts, .pt, .npz file or a directory)")
+        _require_openable(path)
         if cfg.name is not None:
             key = cfg.name.lower()
             spec = DATASETS.get(_ALIASES.get(key, key))  # a known name informs the task; any name labels the run
@@ -155,6 +168,8 @@ def resolve(cfg: DataConfig) -> ResolvedData:
         spec, path = _resolve_name(cfg.name)
         name = spec.name
 
+    if path.is_dir() and get_format(path) is not None:
+        raise DataError(f"data.path: {path} is a folder; a {path.suffix} data path names a file")
     if cfg.task is not None:
         task: Task = cfg.task
     elif spec is not None:
