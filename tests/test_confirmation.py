@@ -1,5 +1,7 @@
 """The confirmation verdict and its one sentence."""
 
+import random
+
 import pytest
 
 from simmtm.confirmation import (
@@ -122,3 +124,71 @@ def test_power_the_detectable_difference_and_the_seeds_a_half_width_needs():
     n = seeds_for_half_width(0.01, 0.01, cap=20)  # t(n-1) / sqrt(n) <= 1 first at n = 7 (2.447 / 2.646)
     assert n == 7
     assert seeds_for_half_width(0.01, 1e-6, cap=9) == 9
+
+
+def _stage(tmp_path, confirm):
+    from simmtm.sweep.confirm import StageInputs
+    from simmtm.sweep.spec import ConfirmSpec
+
+    return StageInputs(
+        out=tmp_path, metric="val_mse", mode="min", param_keys=list(CAND), base_seed=0,
+        confirm=ConfirmSpec(**confirm), search_dir="", storage_path=str(tmp_path), rung_epoch=1,
+        prunes=False, rung="probe", max_concurrent=2,
+    )
+
+
+def _rounds(tmp_path, confirm, gain):
+    """``seeds: auto`` on a fake runner: the candidate's score is the default's minus gain(seed); each round's plan."""
+    import numpy as np
+
+    from simmtm.sweep.confirm import ConfirmPlan, _confirm_rounds
+    from simmtm.sweep.outputs import TrialRow
+
+    rounds, rows = [], []
+    noise = np.random.default_rng(0).normal(0, 0.01, 100)
+
+    def run(plan):
+        rounds.append(plan.repeats)
+        for r in plan.repeats:
+            for params in plan.candidates:
+                base = 1.0 + noise[r - 1000]
+                score = base - (gain(r) if params == CAND else 0.0)
+                rows.append(TrialRow(f"{r}-{len(rows)}", "COMPLETE", dict(params), repeat=r, score=score, test_score=score))
+        return "confirm"
+
+    plan = ConfirmPlan((dict(PAPER_DEFAULTS), CAND), 3)
+    _, got, configs, verdict = _confirm_rounds(_stage(tmp_path, confirm), plan, run, lambda path, keys: list(rows), {})
+    return rounds, verdict
+
+
+_JITTER = {r: random.Random(r).gauss(0, 0.01) for r in range(1000, 1100)}  # per-seed noise of a difference
+
+
+def test_auto_seeds_run_rounds_of_new_seeds_until_the_interval_is_narrow_enough(tmp_path):
+    rounds, verdict = _rounds(tmp_path, {"seeds": "auto", "max_seeds": 12, "target_half_width": 0.01},
+                              lambda r: 0.02 + _JITTER[r])
+    assert rounds[0] == [1000, 1001, 1002] and len(rounds) >= 2
+    flat = [r for rnd in rounds for r in rnd]
+    assert flat == list(range(1000, 1000 + len(flat)))  # each round runs new seeds only, none twice
+    d = verdict.difference
+    assert d.n == len(flat) and ((d.ci[1] - d.ci[0]) / 2 <= 0.01 or d.n == 12)
+    assert verdict.test_difference.n == d.n
+
+
+def test_fixed_seeds_run_one_round_and_auto_stops_at_the_cap(tmp_path):
+    rounds, verdict = _rounds(tmp_path, {"seeds": 3}, lambda r: 0.0)
+    assert rounds == [[1000, 1001, 1002]] and verdict.difference.n == 3
+    rounds, verdict = _rounds(tmp_path, {"seeds": "auto", "max_seeds": 5}, _JITTER.get)  # no difference to find
+    assert [r for rnd in rounds for r in rnd] == [1000, 1001, 1002, 1003, 1004] and verdict.too_few_seeds
+
+
+def test_the_power_line_states_the_smallest_difference_the_seeds_detect():
+    from simmtm.stats import SeedSpread
+    from simmtm.sweep.confirm import ConfirmPlan, power_line
+    from simmtm.sweep.spec import ConfirmSpec
+
+    plan = ConfirmPlan((dict(PAPER_DEFAULTS), CAND), 3)
+    line = power_line(plan, SeedSpread(0.01, 2, 6, 4), ConfirmSpec(seeds=3), "val_mse")
+    assert "2 configuration(s) x 3 fresh paired seed(s)" in line and "about 0.0351 val_mse or more" in line
+    line = power_line(plan, SeedSpread(None, 0, 0, 0), ConfirmSpec(seeds="auto", max_seeds=8), "val_mse")
+    assert "seed noise not measured yet" in line and "8 at most" in line

@@ -9,11 +9,17 @@ The trials run through a second ``Tuner`` with ``BasicVariantGenerator(points_to
 trainable, the same resources and concurrency as the search. Its experiment folder is ``confirm/`` beside the
 search's ``ray/``; a resumed sweep restores it (``Tuner.restore``), so finished confirmation runs are not run again
 (and a trial killed after its fine-tune reports its saved result instead of training again).
+
+Each confirmation run also scores the test split once (``TrialSpec.score_test``): the verdict reports the confirmed
+pair's test difference beside the validation one. Before the runs a log line states the smallest difference the
+seeds can tell apart, from the search's seed noise when its repeats measure it. ``tune.confirm.seeds: auto`` runs
+seeds in rounds (3 first) until the pair's interval is narrow enough or ``tune.confirm.max_seeds`` ran.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -22,8 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simmtm.confirmation import CONFIRM_SEED_OFFSET, ConfirmedConfig, Verdict, same_params
+from simmtm.confirmation import (
+    CONFIRM_SEED_OFFSET,
+    ConfirmedConfig,
+    Verdict,
+    detectable_difference,
+    judge,
+    same_params,
+    seeds_for_half_width,
+    sweep_noise,
+)
 from simmtm.probe_check import ProbeCheck
+from simmtm.stats import SeedSpread
+from simmtm.sweep.spec import ConfirmSpec
 
 __all__ = [
     "CONFIRM_EXPERIMENT",
@@ -31,6 +48,8 @@ __all__ = [
     "ConfirmPlan",
     "ConfirmOutcome",
     "confirm_points",
+    "next_seeds",
+    "power_line",
     "run_confirmation",
     "confirmed_configs",
     "write_confirmation_json",
@@ -46,14 +65,16 @@ CONFIRM_EXPERIMENT = "confirm"  # DIR/confirm is the confirmation's Ray experime
 
 @dataclass(frozen=True)
 class ConfirmPlan:
-    """The configurations to confirm (the default first) and the seed offsets they all run with."""
+    """The configurations to confirm (the default first) and the seed offsets they all run with (a round of
+    ``seeds: auto`` holds the seeds from the ``first``-th on)."""
 
     candidates: tuple[dict[str, Any], ...]
     seeds: int
+    first: int = 0
 
     @property
     def repeats(self) -> list[int]:
-        return [CONFIRM_SEED_OFFSET + i for i in range(self.seeds)]
+        return [CONFIRM_SEED_OFFSET + self.first + i for i in range(self.seeds)]
 
 
 def confirm_points(plan: ConfirmPlan) -> list[dict[str, Any]]:
@@ -138,11 +159,45 @@ def confirmed_configs(rows: Sequence[Any], plan: ConfirmPlan, *, base_seed: int)
     out = []
     for i, params in enumerate(plan.candidates):
         scores: dict[int, float | None] = {base_seed + r: None for r in plan.repeats}
+        tests = dict(scores)
         for row in rows:
             if same_params({k: row.params.get(k) for k in params}, params) and row.repeat in plan.repeats:
-                scores[base_seed + row.repeat] = row.score if row.state == "COMPLETE" else None
-        out.append(ConfirmedConfig(dict(params), scores, is_default=i == 0))
+                complete = row.state == "COMPLETE"
+                scores[base_seed + row.repeat] = row.score if complete else None
+                tests[base_seed + row.repeat] = row.test_score if complete else None
+        out.append(ConfirmedConfig(dict(params), scores, is_default=i == 0, test_scores=tests))
     return out
+
+
+def power_line(plan: ConfirmPlan, noise: SeedSpread, confirm: ConfirmSpec, metric: str) -> str:
+    """What the confirmation can tell before it runs: the smallest difference its seeds detect, given the noise."""
+    what = f"confirmation: {len(plan.candidates)} configuration(s) x {plan.seeds} fresh paired seed(s)"
+    if confirm.seeds == "auto":
+        target = f"{confirm.target_half_width:.3g}" if confirm.target_half_width else "the difference it claims"
+        what += (
+            f" first, more in rounds until the interval's half-width is at most {target} ({confirm.max_seeds} at most)"
+        )
+    if noise.sd is None:
+        return (
+            f"{what}; seed noise not measured yet (no searched configuration ran with two seeds): these runs measure it"
+        )
+    small = detectable_difference(noise.sd, plan.seeds)
+    return (
+        f"{what}; with the search's seed noise ({noise.sd:.3g} SD over {noise.n_runs} runs) {plan.seeds} seeds tell "
+        f"apart a difference of about {small:.3g} {metric} or more (the 95 % interval's half-width)"
+    )
+
+
+def next_seeds(confirm: ConfirmSpec, verdict: Verdict, n: int) -> int:
+    """The seed count after the next round of ``seeds: auto`` (``n``: no further round): enough for the confirmed
+    pair's interval to reach the target half-width (else to be narrower than its difference), at most ``max_seeds``."""
+    d = verdict.difference
+    if confirm.seeds != "auto" or d is None or d.ci is None or d.sd is None or n >= confirm.max_seeds:
+        return n
+    target = confirm.target_half_width or abs(d.mean)
+    if (d.ci[1] - d.ci[0]) / 2 <= target:
+        return n
+    return max(n + 1, seeds_for_half_width(d.sd, target, cap=confirm.max_seeds, confidence=d.confidence))
 
 
 # --- the stage, as the driver calls it ---------------------------------------------------------------------------
@@ -174,7 +229,12 @@ class ConfirmOutcome:
             "probe_check": self.probe.to_dict(),
             "probe_pairs": [list(p) for p in self.probe_pairs],
             "configs": [
-                {"params": c.params, "scores": {str(s): v for s, v in c.scores.items()}, "is_default": c.is_default}
+                {
+                    "params": c.params,
+                    "scores": {str(s): v for s, v in c.scores.items()},
+                    "test_scores": {str(s): v for s, v in c.test_scores.items()},
+                    "is_default": c.is_default,
+                }
                 for c in self.configs
             ],
         }
@@ -222,8 +282,7 @@ class StageInputs:
     mode: str
     param_keys: list[str]
     base_seed: int
-    top_k: int
-    seeds: int  # 0: no confirmation
+    confirm: ConfirmSpec  # tune.confirm (seeds 0: no confirmation)
     search_dir: str  # the search's Ray experiment folder
     storage_path: str  # where the confirmation's experiment folder goes
     rung_epoch: int  # the pre-training epoch ASHA first prunes at
@@ -248,39 +307,57 @@ def confirm_sweep(
     ``collect(experiment_dir, param_keys)`` reads an experiment folder into rows; ``default``: the paper's values
     of the searched keys.
     """
-    from simmtm.confirmation import confirmation_candidates, judge
+    from simmtm.confirmation import confirmation_candidates
     from simmtm.probe_check import check_probe
     from simmtm.sweep.outputs import rank_configurations
     from simmtm.sweep.tune_state import snapshot_dir
 
-    ranked = [g[0].params for g in rank_configurations(list(search_rows), stage.param_keys, stage.mode)]
+    groups = rank_configurations(list(search_rows), stage.param_keys, stage.mode)
+    search = {i: [r.score for r in g if r.score is not None] for i, g in enumerate(groups)}
     configs: list[ConfirmedConfig] = []
     confirm_rows: list[Any] = []
-    verdict = None
-    if stage.seeds > 0:
-        plan = ConfirmPlan(tuple(confirmation_candidates(ranked, default, stage.top_k)), stage.seeds)
-        log.info("confirmation: %d configuration(s) x %d fresh seed(s)", len(plan.candidates), plan.seeds)
-        path = run_confirmation(
+    verdict, experiments = None, [stage.search_dir]
+    if stage.confirm.seeds != 0:
+        candidates = confirmation_candidates([g[0].params for g in groups], default, stage.confirm.top_k)
+        plan = ConfirmPlan(tuple(candidates), 3 if stage.confirm.seeds == "auto" else stage.confirm.seeds)
+        log.info("%s", power_line(plan, sweep_noise([], search), stage.confirm, stage.metric))
+        run = functools.partial(
+            run_confirmation,
             trainable,
-            sweep_entry,
-            plan,
+            {**sweep_entry, "score_test": True},  # nothing is selected on the test split: scored once a run
             storage_path=stage.storage_path,
             max_concurrent=stage.max_concurrent,
             trial_name=trial_name,
             callbacks=callbacks,
             snapshots=snapshot_dir(stage.out, CONFIRM_EXPERIMENT),
         )
-        confirm_rows = collect(path, stage.param_keys)
-        configs = confirmed_configs(confirm_rows, plan, base_seed=stage.base_seed)
-        verdict = judge(configs, metric=stage.metric, mode=stage.mode)
-        rungs = {
-            **rung_scores(stage.search_dir, f"probe_{stage.metric}", stage.rung_epoch),
-            **rung_scores(path, f"probe_{stage.metric}", stage.rung_epoch),
-        }
-    else:
-        rungs = rung_scores(stage.search_dir, f"probe_{stage.metric}", stage.rung_epoch)
+        experiment, confirm_rows, configs, verdict = _confirm_rounds(stage, plan, run, collect, search)
+        experiments.append(experiment)
+    rungs = {k: v for p in experiments for k, v in rung_scores(p, f"probe_{stage.metric}", stage.rung_epoch).items()}
     pairs = probe_pairs([*search_rows, *confirm_rows], rungs)
     check = check_probe([p[0] for p in pairs], [p[1] for p in pairs], prunes=stage.prunes, rung=stage.rung)
     outcome = ConfirmOutcome(verdict, check, configs, pairs)
     write_confirmation_json(stage.out, outcome)
     return outcome
+
+
+def _confirm_rounds(
+    stage: StageInputs, plan: ConfirmPlan, run: Any, collect: Any, search: Mapping[Any, Sequence[float]]
+) -> tuple[str, list[Any], list[ConfirmedConfig], Verdict]:
+    """Run the plan's seeds, then (``seeds: auto``) rounds of more seeds while the verdict asks for them."""
+    done = 0
+    while True:
+        experiment = run(ConfirmPlan(plan.candidates, plan.seeds - done, first=done))  # this round's new seeds
+        rows = collect(experiment, stage.param_keys)
+        configs = confirmed_configs(rows, plan, base_seed=stage.base_seed)
+        verdict = judge(configs, metric=stage.metric, mode=stage.mode, search=search)
+        more = next_seeds(stage.confirm, verdict, plan.seeds)
+        if more == plan.seeds:
+            return experiment, rows, configs, verdict
+        if verdict.difference is None or verdict.difference.n < plan.seeds:
+            log.warning("confirmation: the round of %d seeds finished fewer pairs; no further round", plan.seeds)
+            return experiment, rows, configs, verdict
+        log.info(
+            "confirmation: the interval is wider than asked after %d seeds: %d more", plan.seeds, more - plan.seeds
+        )
+        done, plan = plan.seeds, ConfirmPlan(plan.candidates, more)
