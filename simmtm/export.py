@@ -29,6 +29,7 @@ from simmtm.config import RunConfig, parse_config
 from simmtm.encoders import Encoder
 from simmtm.errors import UserError
 from simmtm.model import masked_instance_norm, to_series
+from simmtm.rundir import check_export_dir, own
 
 __all__ = ["FORMAT", "ExportedEncoder", "SeriesEncoder", "export_encoder", "load_encoder"]
 
@@ -232,6 +233,9 @@ def export_encoder(run: str | Path, out: str | Path) -> ExportedEncoder:
     """Write RUN's encoder to ``out`` as safetensors weights, config.json and a model card (README.md)."""
     from safetensors.torch import save_file
 
+    out = Path(out)
+    export_files = {WEIGHTS_FILE, CONFIG_FILE, CARD_FILE}
+    check_export_dir(out, export_files, _is_export)  # before any work; again once the folder is ours
     source = read_run(run)
     shapes = _data_shapes(source.config, recorded=source.shapes)
     description = {
@@ -252,13 +256,21 @@ def export_encoder(run: str | Path, out: str | Path) -> ExportedEncoder:
     except RuntimeError as exc:
         raise UserError(f"{source.checkpoint}: the encoder weights do not fit its config ({exc})") from None
     description["out_dim"] = module.out_dim
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous() for k, v in source.weights.items()}
-    save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
-    (out / CONFIG_FILE).write_text(json.dumps(description, indent=2, default=str) + "\n")
-    (out / CARD_FILE).write_text(model_card(source, description))
+    with own(out):
+        check_export_dir(out, export_files, _is_export)
+        save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+        (out / CONFIG_FILE).write_text(json.dumps(description, indent=2, default=str) + "\n")
+        (out / CARD_FILE).write_text(model_card(source, description))
     return ExportedEncoder(out, out / WEIGHTS_FILE, out / CONFIG_FILE, out / CARD_FILE, source.checkpoint)
+
+
+def _is_export(out: Path) -> bool:
+    """Whether ``out`` holds a description simmtm export wrote (its format key says so)."""
+    try:
+        return json.loads((out / CONFIG_FILE).read_text()).get("format") == FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
 
 
 def load_encoder(directory: str | Path, *, map_location: str = "cpu") -> SeriesEncoder:

@@ -1,6 +1,6 @@
 """Run-directory policy: what ``--out`` may already hold, and when a run resumes, restarts or refuses.
 
-One place for the kinds of output directory the CLI writes: a pre-training run (resumed unless ``--restart``), a
+One place for the kinds of output directory the CLI writes: a pre-training run (resumed unless ``--overwrite``), a
 fine-tuning run (replaced only with ``--overwrite``), the folder of ``simmtm run``, a sweep (continued only with
 ``--resume`` and the same resolved sweep file) and an analysis report. Every refusal is a ``UserError`` naming
 ``--out``.
@@ -39,6 +39,7 @@ __all__ = [
     "own",
     "check_run_all_dir",
     "check_report_dir",
+    "check_export_dir",
     "REPORT_FILES",
 ]
 
@@ -54,10 +55,13 @@ RESUMABLE_CHANGES = {
     "precision",
     "compile",
     "log_every",
+    "loggers",
 }
+# The local stores of a run's `loggers: [wandb, mlflow]` (simmtm.trackers): W&B's offline runs, MLflow's database.
+TRACKER_FILES = {"wandb", "mlflow.db"}
 # What a run directory may hold (`ray`: a distributed run's Ray Train storage); anything else means --out points at
 # somebody else's folder.
-RUN_FILES = {"config.yaml", "checkpoints", "tb", "history.jsonl", "metrics.json", "ray"}
+RUN_FILES = {"config.yaml", "checkpoints", "tb", "history.jsonl", "metrics.json", "ray", *TRACKER_FILES}
 # What a sweep directory may hold (`ray`: Tune's experiment folder).
 SWEEP_FILES = {
     "sweep.yaml",
@@ -85,7 +89,7 @@ SWEEP_FILES = {
 # The owner's lock and its record of the processes it started: never contents of a folder.
 OWNER_FILES = {LOCK_FILE, RECORD_FILE}
 # What `simmtm run DIR` writes; what `simmtm analyze --out` writes.
-RUN_ALL_FILES = {"pretrain", "finetune", "baseline", "summary.yaml"}
+RUN_ALL_FILES = {"pretrain", "finetune", "baseline", "summary.yaml", *TRACKER_FILES}
 REPORT_FILES = {"report.html", "figures", "recommendation.json"}
 
 
@@ -113,6 +117,18 @@ def check_report_dir(out: Path) -> None:
     if foreign:
         raise UserError(
             f"--out {out}: not an analysis report folder (holds {', '.join(sorted(foreign))}); "
+            "choose an empty or new folder"
+        )
+
+
+def check_export_dir(out: Path, files: set[str], is_export: Callable[[Path], bool]) -> None:
+    """``simmtm export --out`` replaces an earlier export only (``files``, and ``is_export(out)`` says its
+    description is simmtm's): a user's folder, even one holding a README.md, is refused."""
+    check_output_folder(out)
+    entries = _entries(out)
+    if entries and (entries - files or not is_export(out)):
+        raise UserError(
+            f"--out {out}: not a simmtm export folder (holds {', '.join(sorted(entries))}); "
             "choose an empty or new folder"
         )
 
@@ -172,7 +188,7 @@ def _refuse_changed(out: Path, saved: dict[str, Any], config: RunConfig) -> None
     changed = sorted(k for k in diff_keys(saved, config.run_dict()) if k not in RESUMABLE_CHANGES)
     if changed:
         raise UserError(
-            f"--out {out}: holds a run with a different config ({', '.join(changed)}); pass --restart to "
+            f"--out {out}: holds a run with a different config ({', '.join(changed)}); pass --overwrite to "
             "discard it or choose another --out"
         )
 
