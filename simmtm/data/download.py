@@ -224,6 +224,10 @@ def _fetch(spec: DatasetSpec, url: str, staging: Path, targets: list[Path], prog
     store = pooch.create(
         path=staging, base_url="", registry={file_name: known}, urls={file_name: url}, retry_if_failed=retries
     )
+    chatter = pooch.get_logger()  # pooch prints a line per try on its own handler; the outcome is ours to say
+    level = chatter.level
+    chatter.setLevel(logging.WARNING)
+    logger.debug("%s: fetching %s (%d retries)", spec.name, url, retries)
     try:
         return Path(store.fetch(file_name, downloader=downloader))
     except requests.RequestException as exc:
@@ -237,6 +241,8 @@ def _fetch(spec: DatasetSpec, url: str, staging: Path, targets: list[Path], prog
         if known is None:
             raise
         raise _mismatch(url, file_name, downloader.digest, known, source) from None
+    finally:
+        chatter.setLevel(level)
 
 
 def _extract(archive: Path, names: list[str], folder: Path, url: str) -> dict[str, Path]:
