@@ -16,26 +16,38 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from simmtm.config import RunConfig, apply_overrides, parse_config, read_yaml
+from simmtm import runs
+from simmtm.config import RunConfig, apply_overrides, config_yaml, parse_config, read_yaml
+from simmtm.resources import Scaling
+from simmtm.rundir import check_run_all_dir, guard_finetune_dir, own
+from simmtm.write_targets import check_output_folder
+
+if TYPE_CHECKING:
+    from simmtm.export import ExportedEncoder
 
 __all__ = [
     "AnalysisResult",
     "FinetuneResult",
     "PretrainResult",
     "RecommendResult",
+    "RunResult",
     "SweepResult",
     "analyze",
+    "config_text",
+    "export",
     "finetune",
     "pretrain",
     "recommend",
     "resolve_config",
+    "run",
     "sweep",
 ]
 
@@ -63,6 +75,15 @@ class FinetuneResult:
     config: RunConfig
     metrics: Mapping[str, Any]  # test mse/mae (per horizon under "horizons") or accuracy/f1, and their val_ twins
     pretrained: Path | None  # None: the random-init baseline
+
+
+@dataclass(frozen=True)
+class RunResult:
+    out: Path
+    pretrain: PretrainResult
+    finetune: FinetuneResult
+    baseline: FinetuneResult | None  # None: run with baseline=False
+    summary: Path  # summary.yaml: the headline scores of finetune and baseline
 
 
 @dataclass(frozen=True)
@@ -104,6 +125,11 @@ class AnalysisResult:
 # --- configs -------------------------------------------------------------------------------------------------
 
 
+def config_text(config: ConfigSource, overrides: Overrides = None) -> str:
+    """``simmtm config``: the resolved run config as YAML, the ``config.yaml`` a run with it would save."""
+    return config_yaml(resolve_config(config, overrides)[0])
+
+
 def resolve_config(config: ConfigSource, overrides: Overrides = None) -> tuple[RunConfig, dict[str, Any]]:
     """The validated config and its raw mapping (sweep sections included) from a path or a dict plus overrides."""
     if isinstance(config, RunConfig):
@@ -124,20 +150,60 @@ def resolve_config(config: ConfigSource, overrides: Overrides = None) -> tuple[R
 
 
 def pretrain(
-    config: ConfigSource, *, out: str | Path, overrides: Overrides = None, restart: bool = False, progress: bool = False
+    config: ConfigSource,
+    *,
+    out: str | Path,
+    overrides: Overrides = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    workers: int | None = None,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
+    placement: str = "PACK",
+    address: str | None = None,
+    storage: str | None = None,
+    max_failures: int = 2,
+    restart: bool | None = None,
 ) -> PretrainResult:
-    """``simmtm pretrain``: pre-train in this process; an existing run in ``out`` resumes unless ``restart``."""
-    from simmtm import pretrain as pretraining
-    from simmtm.rundir import own, prepare_pretrain_dir
-    from simmtm.write_targets import check_output_folder
+    """``simmtm pretrain``: pre-train; an existing run in ``out`` resumes unless ``overwrite``.
 
+    Without ``workers`` the run stays in this process, without Ray. ``workers=N``: N data-parallel Ray Train workers
+    (``pretrain.batch_size`` is the global batch), each reserving ``cpus_per_worker`` and ``gpus_per_worker``,
+    placed by ``placement`` (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD), on the Ray cluster at ``address`` (default:
+    a local Ray), with checkpoints in ``storage`` (default OUT/ray) and up to ``max_failures`` restarts.
+    ``restart``: the old name of ``overwrite`` (deprecated).
+    """
+    if restart is not None:
+        warnings.warn("pretrain(restart=...) is deprecated; use overwrite=...", DeprecationWarning, stacklevel=2)
+        overwrite = overwrite or restart
     cfg, _ = resolve_config(config, overrides)
     out = Path(out)
     check_output_folder(out)
-    pretraining.check_inputs(cfg)  # bad input fails before anything is written
-    with own(out):  # one process per run folder
-        resume = prepare_pretrain_dir(out, cfg, restart=restart)
-        metrics = pretraining.run(cfg, run_dir=out, resume=resume, progress=progress)
+    targets = runs.tracker_targets(cfg, store=out)
+    if workers is None:
+        runs.no_distributed_options(
+            address=address,
+            storage=storage,
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+            max_failures=max_failures,
+            placement=placement,
+        )
+        metrics = runs.pretrain_here(cfg, out, targets=targets, overwrite=overwrite, progress=progress)
+        return PretrainResult(out, cfg, metrics)
+    scaling = Scaling.from_flags(
+        workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, placement_strategy=placement
+    )
+    metrics = runs.pretrain_workers(
+        cfg,
+        out,
+        scaling,
+        targets=targets,
+        overwrite=overwrite,
+        address=address,
+        storage=storage,
+        max_failures=max_failures,
+    )
     return PretrainResult(out, cfg, metrics)
 
 
@@ -152,17 +218,68 @@ def finetune(
 ) -> FinetuneResult:
     """``simmtm finetune``: fine-tune (or probe) the encoder of ``pretrained``; without it the random-init baseline."""
     from simmtm import finetune as finetuning
-    from simmtm.rundir import guard_finetune_dir, own
-    from simmtm.write_targets import check_output_folder
 
     cfg, _ = resolve_config(config, overrides)
     out = Path(out)
     check_output_folder(out)
     finetuning.check_inputs(cfg, pretrained=pretrained)  # bad input or --from fails before anything is written
+    targets = runs.tracker_targets(cfg, store=out)
     with own(out):  # one process per run folder
         guard_finetune_dir(out, overwrite=overwrite)
-        metrics = finetuning.run(cfg, run_dir=out, pretrained=pretrained, progress=progress)
+        metrics = runs.finetune_here(cfg, out, pretrained=pretrained, targets=targets, progress=progress)
     return FinetuneResult(out, cfg, metrics, Path(pretrained) if pretrained is not None else None)
+
+
+def run(
+    config: ConfigSource,
+    *,
+    out: str | Path,
+    overrides: Overrides = None,
+    baseline: bool = True,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> RunResult:
+    """``simmtm run``: pre-train (OUT/pretrain), fine-tune it (OUT/finetune) and, unless ``baseline=False``, the
+    random-init baseline (OUT/baseline); OUT/summary.yaml holds their headline scores. ``overwrite`` discards an
+    earlier pre-training in OUT/pretrain (the fine-tunings are always replaced)."""
+    from simmtm import finetune as finetuning
+    from simmtm import pretrain as pretraining
+
+    cfg, _ = resolve_config(config, overrides)
+    out = Path(out)
+    check_output_folder(out)
+    pretraining.check_inputs(cfg)  # pre-training's inputs and the fine-tuning's: nothing is written before
+    finetuning.check_inputs(cfg)
+    targets = runs.tracker_targets(cfg, store=out)  # one W&B group and MLflow experiment for the three runs
+    pre_dir, ft_dir, base_dir = out / "pretrain", out / "finetune", out / "baseline"
+    with own(out):  # one owner for the folder and the three runs in it
+        check_run_all_dir(out)
+        for d in (ft_dir, base_dir):
+            guard_finetune_dir(d, overwrite=True)
+        pre = runs.pretrain_here(cfg, pre_dir, targets=targets, overwrite=overwrite, progress=progress)
+        scores = {"SimMTM": runs.finetune_here(cfg, ft_dir, pretrained=pre_dir, targets=targets, progress=progress)}
+        if baseline:
+            scores["random init"] = runs.finetune_here(
+                cfg, base_dir, pretrained=None, targets=targets, progress=progress
+            )
+        summary = out / "summary.yaml"
+        summary.write_text(yaml.safe_dump({k: runs.headline(v) for k, v in scores.items()}, sort_keys=False))
+    return RunResult(
+        out=out,
+        pretrain=PretrainResult(pre_dir, cfg, pre),
+        finetune=FinetuneResult(ft_dir, cfg, scores["SimMTM"], pre_dir),
+        baseline=FinetuneResult(base_dir, cfg, scores["random init"], None) if baseline else None,
+        summary=summary,
+    )
+
+
+def export(run: str | Path, *, out: str | Path) -> ExportedEncoder:
+    """``simmtm export``: ``run``'s encoder as safetensors weights, config.json and a model card in ``out``
+    (load it with ``simmtm.load_encoder(out)``). ``run``: a pretrain, run or finetune folder, or a sweep's
+    best/<trial>."""
+    from simmtm.export import export_encoder
+
+    return export_encoder(run, out)
 
 
 def sweep(

@@ -25,6 +25,7 @@ __all__ = [
     "PretrainConfig",
     "RunConfig",
     "apply_overrides",
+    "config_yaml",
     "dump_config",
     "load_config",
     "parse_config",
@@ -175,6 +176,8 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    # a run's experiment trackers (simmtm.trackers.RunTrackers): TensorBoard is always written; a sweep: tune.loggers
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
     search: dict[str, Any] | None = None
     tune: dict[str, Any] | None = None
     resources: dict[str, Any] | None = None
@@ -271,6 +274,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     return parse_config(raw, source=str(path))
 
 
+def config_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML (the run-only part: sweep sections are left out), as a run folder saves it."""
+    return yaml.safe_dump(config.run_dict(), sort_keys=False)
+
+
 def dump_config(config: RunConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (the run-only part: sweep sections are left out)."""
-    Path(path).write_text(yaml.safe_dump(config.run_dict(), sort_keys=False))
+    """Write the resolved config as YAML (``config_yaml``)."""
+    Path(path).write_text(config_yaml(config))

@@ -78,8 +78,9 @@ SWEEP_FILES = {
     "optuna.db-journal",
     "optuna.db-wal",
     "optuna.db-shm",
-    "confirm",  # the confirmation stage's Ray experiment (simmtm.sweep.confirm)
-    ".tune-state",  # the driver's copies of Tune's saved state (simmtm.sweep.tune_state)
+    "trials",  # each trial's checkpoint, result and error (simmtm.sweep.record)
+    "confirm",  # the confirmation stage's Ray experiment (disposable)
+    ".tune-state",  # copies of Tune's state that sweeps before the trial folders kept (no longer written)
     "confirmation.json",
     "wandb",  # tune.loggers: wandb (offline runs)
     "mlflow.db",  # tune.loggers: mlflow (the local store)
@@ -220,11 +221,11 @@ def prepare_sweep_dir(
     earlier: Callable[[], dict[str, Any]],
     can_restore: Callable[[], bool],
 ) -> bool:
-    """Check --out against --resume; return True when there is a Tune experiment to restore.
+    """Check --out against --resume; return True when there is a sweep to continue.
 
     ``resolved``: the resolved sweep file, compared with ``earlier()`` (the sweep being resumed, as its
-    ``sweep.yaml`` holds it). ``can_restore``: whether Tune holds state to restore (Ray's experiment folder may
-    live outside ``out``).
+    ``sweep.yaml`` holds it). ``can_restore``: whether the sweep's study holds trials (its database may live outside
+    ``out``).
     """
     entries = _entries(out)
     if out.exists() and not out.is_dir():
@@ -246,6 +247,6 @@ def prepare_sweep_dir(
         )
     if can_restore():
         return True
-    log.info("%s: the earlier sweep stopped before Tune started (no Tune state); starting it afresh", out)
+    log.info("%s: the earlier sweep stopped before its first trial (its study is empty); starting it afresh", out)
     _empty(out, entries - {"sweep.yaml", "sweep.json"})
     return False

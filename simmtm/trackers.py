@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from simmtm.errors import UserError
 
-__all__ = ["LOGGERS", "TRIAL_TAG", "Trackers", "TrialSteps", "tracker_callbacks"]
+__all__ = ["LOGGERS", "TRIAL_TAG", "RunTrackers", "Trackers", "TrialSteps", "tracker_callbacks"]
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +83,22 @@ class Trackers(BaseModel):
 
     @classmethod
     def resolve(
-        cls, loggers: Sequence[str], *, study_name: str, out: str | Path, log_every_n_steps: int = 1
+        cls,
+        loggers: Sequence[str],
+        *,
+        study_name: str,
+        out: str | Path,
+        log_every_n_steps: int = 1,
+        key: str = "tune.loggers",
     ) -> Trackers:
-        """Check ``loggers`` (a name or a missing package fails here, with one line) and read the environment."""
+        """Check ``loggers`` (a name or a missing package fails here, with one line naming ``key``) and read the
+        environment."""
         unknown = [name for name in loggers if name not in LOGGERS]
         if unknown:
-            raise UserError(f"tune.loggers: unknown logger {unknown[0]!r}; valid: {', '.join(LOGGERS)}")
+            raise UserError(f"{key}: unknown logger {unknown[0]!r}; valid: {', '.join(LOGGERS)}")
         for name in ("wandb", "mlflow"):
             if name in loggers and importlib.util.find_spec(name) is None:
-                raise UserError(
-                    f"tune.loggers: {name} needs the {name} package; install it with pip install 'simmtm[{name}]'"
-                )
+                raise UserError(f"{key}: {name} needs the {name} package; install it with pip install 'simmtm[{name}]'")
         out = Path(out).resolve()
         wandb, mlflow = "wandb" in loggers, "mlflow" in loggers
         return cls(
@@ -160,36 +165,32 @@ Steps = Sequence[tuple[int, Mapping[str, float]]]  # (optimiser step, scalars), 
 _Sink = Callable[[Steps], None]
 
 
-class TrialSteps:
-    """A trial's per-step pre-training scalars, sent to W&B and MLflow (a ``simmtm.tracking.StepLog``).
+class _Writer:
+    """Batches of steps, written to W&B and MLflow from a background thread (the caller only hands them on).
 
-    Created on the trial's main worker only. Calls hand batches of steps to a background thread, which opens the
-    tracker runs on its first batch and writes each batch as one call per tracker; ``close`` waits for the rest.
-    A tracker that fails is logged once and dropped: tracking never fails a trial.
+    The thread opens the tracker runs on its first batch (``_wandb``/``_mlflow``: a sink, or None when that tracker
+    is not configured) and writes each batch as one call per tracker; ``close`` waits for the rest. A tracker that
+    fails is logged once and dropped: tracking never fails a run.
     """
 
-    def __init__(self, trackers: Trackers, *, trial_id: str, trial_name: str, params: Mapping[str, Any]) -> None:
+    def __init__(self, trackers: Trackers, *, name: str) -> None:
         self.trackers = trackers
-        self.trial_id = trial_id
-        self.trial_name = trial_name
-        self.params = dict(params)
+        self.name = name  # for log lines: "trial <id>", "run <dir>"
         self._queue: queue.SimpleQueue[Steps | None] = queue.SimpleQueue()
         self._closers: list[Callable[[], None]] = []
-        self._thread = threading.Thread(target=self._drain, name=f"trackers-{trial_id}", daemon=True)
+        self._thread = threading.Thread(target=self._drain, name=f"trackers-{name}", daemon=True)
         self._thread.start()
 
-    def __call__(self, steps: Steps) -> None:
-        every = self.trackers.log_every_n_steps
-        kept = [(step, values) for step, values in steps if step % every == 0]
-        if kept:
-            self._queue.put(kept)
+    def put(self, steps: Steps) -> None:
+        if steps:
+            self._queue.put(steps)
 
     def close(self) -> None:
         """Send what is queued and end the tracker runs (waits up to a couple of minutes for a slow store)."""
         self._queue.put(None)
         self._thread.join(_CLOSE_S)
         if self._thread.is_alive():
-            log.warning("trial %s: the trackers did not take the last steps within %.0f s", self.trial_id, _CLOSE_S)
+            log.warning("%s: the trackers did not take the last steps within %.0f s", self.name, _CLOSE_S)
 
     def _drain(self) -> None:
         sinks: dict[str, _Sink] | None = None
@@ -200,13 +201,13 @@ class TrialSteps:
                 try:
                     sink(steps)
                 except Exception as exc:  # a tracker's own failure (network, store): keep training
-                    log.warning("trial %s: %s stopped taking per-step losses: %s", self.trial_id, name, exc)
+                    log.warning("%s: %s stopped taking metrics: %s", self.name, name, exc)
                     del sinks[name]
         for closer in self._closers:
             try:
                 closer()
             except Exception as exc:
-                log.warning("trial %s: closing a tracker run failed: %s", self.trial_id, exc)
+                log.warning("%s: closing a tracker run failed: %s", self.name, exc)
 
     def _open(self) -> dict[str, _Sink]:
         sinks: dict[str, _Sink] = {}
@@ -214,11 +215,54 @@ class TrialSteps:
             try:
                 sink = opener()
             except Exception as exc:
-                log.warning("trial %s: cannot open the %s run for per-step losses: %s", self.trial_id, name, exc)
+                log.warning("%s: cannot open the %s run: %s", self.name, name, exc)
                 continue
             if sink is not None:
                 sinks[name] = sink
         return sinks
+
+    def _wandb(self) -> _Sink | None:
+        raise NotImplementedError
+
+    def _mlflow(self) -> _Sink | None:
+        raise NotImplementedError
+
+
+def _mlflow_sink(client: Any, run_id: str) -> _Sink:
+    from mlflow.entities import Metric
+
+    def log_steps(steps: Steps) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(v), now, step) for step, values in steps for key, v in values.items()]
+        for start in range(0, len(metrics), 1000):  # MLflow's log_batch takes at most 1000 metrics per call
+            client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+    return log_steps
+
+
+def _wandb_sink(run: Any) -> _Sink:
+    def log_steps(steps: Steps) -> None:
+        for step, values in steps:
+            run.log(dict(values), step=step)
+
+    return log_steps
+
+
+class TrialSteps(_Writer):
+    """A trial's per-step pre-training scalars, sent to W&B and MLflow (a ``simmtm.tracking.StepLog``).
+
+    Created on the trial's main worker only; every ``log_every_n_steps``-th step goes on.
+    """
+
+    def __init__(self, trackers: Trackers, *, trial_id: str, trial_name: str, params: Mapping[str, Any]) -> None:
+        self.trial_id = trial_id
+        self.trial_name = trial_name
+        self.params = dict(params)
+        super().__init__(trackers, name=f"trial {trial_id}")
+
+    def __call__(self, steps: Steps) -> None:
+        every = self.trackers.log_every_n_steps
+        self.put([(step, values) for step, values in steps if step % every == 0])
 
     def _wandb(self) -> _Sink | None:
         trackers = self.trackers
@@ -245,29 +289,15 @@ class TrialSteps:
             **mode,
         )
         self._closers.append(run.finish)
-
-        def log_steps(steps: Steps) -> None:
-            for step, values in steps:
-                run.log(dict(values), step=step)
-
-        return log_steps
+        return _wandb_sink(run)
 
     def _mlflow(self) -> _Sink | None:
         if self.trackers.mlflow_uri is None:
             return None
-        from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=self.trackers.mlflow_uri)
-        run_id = self._mlflow_run(client)
-
-        def log_steps(steps: Steps) -> None:
-            now = int(time.time() * 1000)
-            metrics = [Metric(key, float(v), now, step) for step, values in steps for key, v in values.items()]
-            for start in range(0, len(metrics), 1000):  # MLflow's log_batch takes at most 1000 metrics per call
-                client.log_batch(run_id, metrics=metrics[start : start + 1000])
-
-        return log_steps
+        return _mlflow_sink(client, self._mlflow_run(client))
 
     def _mlflow_run(self, client: Any) -> str:
         """The callback's run of this trial: the newest running run tagged with its trial id."""
@@ -288,3 +318,72 @@ class TrialSteps:
                     f"no running MLflow run tagged {TRIAL_TAG}={self.trial_id} in experiment {self.trackers.study!r}"
                 )
             time.sleep(0.5)
+
+
+# --- one run, outside a sweep ----------------------------------------------------------------------------------
+
+
+class RunTrackers(_Writer):
+    """A ``simmtm pretrain``/``finetune``/``run`` run in W&B and MLflow (``tune.loggers`` of its config).
+
+    One tracker run per run folder (``stage``: pretrain, finetune or baseline; W&B's job type and MLflow's
+    ``simmtm.stage`` tag), in the W&B group and MLflow experiment ``trackers.study``, with the flat run config as
+    its parameters. It is a ``StepLog`` (per-step pre-training scalars, with the optimiser step as the step) and a
+    ``Report`` (each epoch's metrics). The step axis never goes back: fine-tuning's later horizons, whose steps
+    count from 0 again, continue after the last step logged.
+    """
+
+    def __init__(self, trackers: Trackers, *, run_name: str, stage: str, params: Mapping[str, Any]) -> None:
+        self.run_name = run_name
+        self.stage = stage
+        self.params = dict(params)
+        self._last_step = -1
+        super().__init__(trackers, name=f"run {run_name}")
+
+    def __call__(self, steps: Steps) -> None:
+        self.put(steps)
+        if steps:
+            self._last_step = max(self._last_step, steps[-1][0])
+
+    def report(self, metrics: Mapping[str, float], state: dict[str, Any] | None = None) -> None:
+        step = int(metrics.get("step", 0))
+        step = step if step >= self._last_step else self._last_step + 1
+        self._last_step = step
+        values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.put([(step, values)])
+
+    def _wandb(self) -> _Sink | None:
+        if self.trackers.wandb_project is None:
+            return None
+        import wandb
+
+        Path(self.trackers.out).mkdir(parents=True, exist_ok=True)
+        run = wandb.init(
+            project=self.trackers.wandb_project,
+            group=self.trackers.study,
+            job_type=self.stage,
+            name=self.run_name,
+            dir=self.trackers.out,
+            config=self.params,
+            mode=self.trackers.wandb_mode or None,  # type: ignore[arg-type]
+            reinit="create_new",  # `simmtm run` holds its pre-training's run while it fine-tunes
+        )
+        self._closers.append(run.finish)
+        return _wandb_sink(run)
+
+    def _mlflow(self) -> _Sink | None:
+        if self.trackers.mlflow_uri is None:
+            return None
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.trackers.mlflow_uri)
+        experiment = client.get_experiment_by_name(self.trackers.study)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.trackers.study)
+        run = client.create_run(experiment_id, run_name=self.run_name, tags={STAGE_TAG: self.stage})
+        run_id = run.info.run_id
+        params = [Param(k, str(v)) for k, v in self.params.items()]
+        for start in range(0, len(params), 100):  # log_batch takes at most 100 parameters per call
+            client.log_batch(run_id, params=params[start : start + 100])
+        self._closers.append(lambda: client.set_terminated(run_id))
+        return _mlflow_sink(client, run_id)

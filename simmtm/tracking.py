@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["RunLog", "StepLog", "progress_bar", "write_json"]
+__all__ = ["RunLog", "StepLog", "progress_bar", "read_history", "write_json"]
 
 
 class StepLog(Protocol):
@@ -103,3 +103,17 @@ def _step_of(line: str) -> float:
         return json.loads(line).get("step", 0)
     except json.JSONDecodeError:
         return math.inf
+
+
+def read_history(path: Path, *, kind: str) -> list[dict[str, Any]]:
+    """The records of one ``kind`` in a ``history.jsonl`` (without ``kind`` and ``time``); a torn line is skipped."""
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.pop("kind", None) == kind:
+            record.pop("time", None)
+            records.append(record)
+    return records

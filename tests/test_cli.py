@@ -153,15 +153,14 @@ def test_bad_input_is_refused(command: str, case: str, tmp_path: Path, tiny_conf
 )
 def test_an_existing_output_directory_is_left_untouched(case: str, command: str, tmp_path: Path, tiny_config,
                                                         write_config, capsys) -> None:
-    """Even with --restart / --overwrite, which would discard an earlier run, bad input leaves it as it was."""
+    """Even with --overwrite, which would discard an earlier run, bad input leaves it as it was."""
     path, args, expected = config_file(case, tmp_path, tiny_config, write_config)
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)
     (out / "config.yaml").write_text("seed: 1\n")
     (out / "metrics.json").write_text("{}\n")
     (out / "checkpoints" / "last.pt").write_bytes(b"not really a checkpoint")
-    discard = "--overwrite" if command == "finetune" else "--restart"
-    check_refused([command, str(path), "--out", str(out), *args, discard], out, expected, capsys)
+    check_refused([command, str(path), "--out", str(out), *args, "--overwrite"], out, expected, capsys)
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads files without read permission")

@@ -118,11 +118,11 @@ def test_pretrain_resumes_restarts_and_refuses_another_config(tiny_config, write
     code, _, err = cli(["pretrain", str(path), "--out", str(out), "--set", "pretrain.mask_ratio=0.3"], capsys)
     assert code == 2
     assert len(err.strip().splitlines()) == 1
-    assert "different config (pretrain.mask_ratio)" in err and "--restart" in err
+    assert "different config (pretrain.mask_ratio)" in err and "--overwrite" in err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
-    # --restart starts afresh
-    assert cli(["pretrain", str(path), "--out", str(out), "--set", "pretrain.mask_ratio=0.3", "--restart"], capsys)[0] == 0
+    # --overwrite starts afresh
+    assert cli(["pretrain", str(path), "--out", str(out), "--set", "pretrain.mask_ratio=0.3", "--overwrite"], capsys)[0] == 0
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step"]) == (1, 3)
     assert [r["epoch"] for r in history(out, "pretrain_epoch")] == [1]

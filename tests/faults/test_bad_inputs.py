@@ -900,8 +900,8 @@ for name, argv, pattern, hole in [
         None,
     ),
     (
-        "pretrain --restart somebody's folder",
-        lambda w: ["pretrain", w.config(), "--out", str(_foreign(w)), "--restart"],
+        "pretrain --overwrite somebody's folder",
+        lambda w: ["pretrain", w.config(), "--out", str(_foreign(w)), "--overwrite"],
         r"not a simmtm run directory",
         None,
     ),
