@@ -32,6 +32,19 @@ def gpu_type(raw: dict[str, Any]) -> str:
     return next(n for n, t in raw["available_node_types"].items() if t["resources"].get("GPU", 0) == 1)
 
 
+# The Ray of the shipped files' images (the newest declared Ray); the image rule compares it with the local Ray.
+SHIPPED_RAY = load(REPO / "cluster.yaml")["docker"]["image"].split(":")[1].split("-")[0]
+
+
+@pytest.fixture(autouse=True)
+def laptop_runs_the_shipped_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checks run as on a laptop with the shipped files' Ray; the launcher's own check runs on the installed Ray (the
+    oldest declared one in scripts/test_oldest.sh), whose version the image rule alone reads."""
+    import ray
+
+    monkeypatch.setattr(ray, "__version__", SHIPPED_RAY)
+
+
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No network and no cloud credentials: any connection attempt fails the test."""
