@@ -41,6 +41,7 @@ from simmtm.encoders import sinusoidal_positions
 from simmtm.errors import UserError
 from simmtm.model import SimMTM
 from simmtm.pretrained import build_simmtm
+from simmtm.torch_files import UnreadableTorchFile, load_weights_only
 
 __all__ = ["import_official", "official_state_to_simmtm", "read_official_checkpoint"]
 
@@ -92,10 +93,10 @@ def read_official_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 (a truncated or foreign file, whatever torch raises)
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {exc})") from None
+    try:  # torch's own message is paragraphs with colour codes, ending in advice to load unsafely: never shown
+        raw = load_weights_only(path)
+    except UnreadableTorchFile as exc:
+        raise UserError(f"{path}: not a readable PyTorch checkpoint: {exc}") from None
     extra: dict[str, Any] = {}
     if isinstance(raw, Mapping):
         for key in _WRAPPERS:
