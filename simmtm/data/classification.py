@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from simmtm.data.checks import apply_scaler, check_labels, fit_scaler
+from simmtm.data.checks import apply_scaler, check_labels, fit_scaler, require_finite
 from simmtm.data.formats import FileFormat, get_format, register_format, suffixes
 from simmtm.data.ts_file import Cases, parse_ts, read_ts, stack_equal
 from simmtm.errors import DataError
@@ -153,10 +153,12 @@ def _labelled_arrays(content: object, path: Path) -> tuple[np.ndarray, np.ndarra
     labels = labels.reshape(-1) if labels.ndim == 2 and 1 in labels.shape else labels
     if labels.shape != (len(samples),):
         raise DataError(f"{path}: 'labels' must have shape [{len(samples)}] to match 'samples', got {labels.shape}")
-    samples = samples.astype(np.float32)
     if not np.isfinite(samples).all():
         raise DataError(f"{path}: 'samples' holds NaN or inf values")
-    return samples, labels
+    with np.errstate(over="ignore"):  # checked below, instead of numpy's warning
+        cast = samples.astype(np.float32)
+    require_finite(cast, "cast to float32", lambda at: f"{path}: sample {at[0]}, channel {at[1] + 1}, step {at[2] + 1}")
+    return cast, labels
 
 
 class _LabelledFormat(FileFormat):
