@@ -7,10 +7,12 @@
 The notebooks in ``analysis/`` and the ``simmtm analyze`` / ``simmtm recommend`` commands call these functions.
 """
 
+from simmtm.analysis.best_m import m_vs_r
 from simmtm.analysis.compare import compare_sweeps
 from simmtm.analysis.importance import Importance, param_importances
 from simmtm.analysis.load import Sweep, analysis_study, finished_trials, load_sweep, search_distributions
-from simmtm.analysis.recommend import Recommendation, best_config, m_vs_r, recommend, write_best_config
+from simmtm.analysis.noise import seed_noise
+from simmtm.analysis.recommend import Recommendation, best_config, recommend, write_best_config
 from simmtm.analysis.report import Report, write_report
 from simmtm.analysis.surface import SurfaceNoise, surface_noise, sweep_surface_noise
 from simmtm.analysis.tables import failed_trials, top_configurations
@@ -27,6 +29,7 @@ __all__ = [
     "Recommendation",
     "recommend",
     "m_vs_r",
+    "seed_noise",
     "best_config",
     "write_best_config",
     "top_configurations",

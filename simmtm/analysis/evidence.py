@@ -79,6 +79,11 @@ def _wrap(text: str, width: int) -> str:
 def confirmed_from_json(configs: Sequence[dict]) -> list[ConfirmedConfig]:
     """``confirmation.json``'s ``configs`` back as ``ConfirmedConfig`` (seeds are written as strings)."""
     return [
-        ConfirmedConfig(dict(c["params"]), {int(s): v for s, v in c["scores"].items()}, bool(c["is_default"]))
+        ConfirmedConfig(
+            dict(c["params"]),
+            {int(s): v for s, v in c["scores"].items()},
+            bool(c["is_default"]),
+            {int(s): v for s, v in c.get("test_scores", {}).items()},  # absent in sweeps before the test split
+        )
         for c in configs
     ]

@@ -25,8 +25,9 @@ from simmtm.analysis.evidence import NOISE_SPAN, heatmap_scale
 from simmtm.analysis.importance import Importance
 from simmtm.analysis.levels import levels_of
 from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, SHORT_NAMES, TAU_KEY, Sweep, analysis_study
+from simmtm.analysis.noise import seed_noise
 from simmtm.confirmation import OFFICIAL_MAX_R
-from simmtm.stats import seed_spread, tied_with_best
+from simmtm.stats import tied_with_best
 
 __all__ = [
     "heatmap_matrix",
@@ -132,19 +133,6 @@ def draw_heatmap(
     return image
 
 
-def sweep_noise_sd(sweep: Sweep) -> float | None:
-    """The seed-to-seed SD of the score: the confirmation's, else pooled over the search's repeated configurations."""
-    verdict = (sweep.confirmation or {}).get("verdict") or {}
-    sd = (verdict.get("seed_spread") or {}).get("sd")
-    if sd is not None:
-        return float(sd)
-    done = sweep.finished
-    groups: dict[tuple, list[float]] = {}
-    for _, row in done.iterrows():
-        groups.setdefault(tuple(repr(row[p]) for p in sweep.params), []).append(float(row["score"]))
-    return seed_spread(groups).sd
-
-
 def heatmap_ties(sweep: Sweep, *, n_bins: int = 5, noise_sd: float | None = None) -> set[tuple[int, int]]:
     """The (r level, M level) cells statistically tied with the best cell, given the seed noise."""
     done = sweep.finished.dropna(subset=[R_KEY, M_KEY])
@@ -160,7 +148,7 @@ def heatmap_figure(sweep: Sweep, *, n_bins: int = 5) -> Figure:
     """Mean score per r x M cell on the searched levels; cells tied with the best (seed noise) outlined, the colour
     scale at least ``NOISE_SPAN`` noise SDs wide, and r above the official code's reachable 0.75 marked."""
     means, counts = heatmap_matrix(sweep, n_bins=n_bins)
-    noise = sweep_noise_sd(sweep)
+    noise = seed_noise(sweep).sd  # the sweep's one noise figure
     vmin, vmax = heatmap_scale(means.to_numpy(), noise_sd=noise, mode=sweep.mode)
     fig = Figure(figsize=(1.1 * len(means.columns) + 2.5, 0.6 * len(means.index) + 2.4), layout="constrained")
     ax = fig.add_subplot()

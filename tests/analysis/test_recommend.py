@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from simmtm.analysis import load_sweep, recommend
-from simmtm.analysis.recommend import m_vs_r
+from simmtm.analysis.best_m import m_vs_r
 
 R_GRID = [0.1, 0.3, 0.5, 0.7, 0.9]
 
