@@ -11,35 +11,25 @@ ROOT=$(pwd)
 PYTHON=${PYTHON:-python3}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/simmtm-install.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-LOG="$ROOT/runs/install_check.log"
-mkdir -p "$(dirname "$LOG")"
-: >"$LOG"
+mkdir -p runs
+STEP_LOG="$ROOT/runs/install_check.log" STEP_PREFIX="install check"
+: >"$STEP_LOG"
+. scripts/steps.sh
 START=$SECONDS
-
-step() {  # step NAME COMMAND...: run COMMAND in $WORK, its output to the log; on failure name the step and stop
-  local name=$1 t0=$SECONDS
-  shift
-  echo "== $name: $*" >>"$LOG"
-  if ! (cd "$WORK" && "$@") >>"$LOG" 2>&1; then
-    echo "install check FAILED at step '$name' (output: $LOG)" >&2
-    tail -n 20 "$LOG" >&2
-    exit 1
-  fi
-  echo "install check: $name ($((SECONDS - t0)) s)"
-}
 
 # A copy of the tracked and not-ignored files: what a clone holds, without this checkout's build/ or egg-info.
 mkdir "$WORK/src"
 git ls-files -z --cached --others --exclude-standard \
   | tar -cf - --null --ignore-failed-read -T - 2>/dev/null | tar -xf - -C "$WORK/src"
 export SIMMTM_DATA_DIR=${SIMMTM_DATA_DIR:-$(cd .. && pwd)/shared/data}
+cd "$WORK"  # not the checkout: `python -c "import simmtm"` there would import its simmtm/, not the installed one
 
 step "fresh venv" "$PYTHON" -m venv "$WORK/venv"
 VENV="$WORK/venv/bin"
 step "CPU torch" "$VENV/python" -m pip install --quiet torch==2.13.0
 step "pip install ." "$VENV/python" -m pip install --quiet "$WORK/src"
 step "simmtm --help" "$VENV/simmtm" --help
-step "validate" bash -c "cd '$WORK/src' && '$VENV/simmtm' validate sweeps/*.yaml --data"
+step "validate" bash -c "cd src && '$VENV/simmtm' validate sweeps/*.yaml --data"
 step "pretrain (ETTh1, 3 steps)" "$VENV/simmtm" pretrain "$WORK/src/sweeps/quick.yaml" --out "$WORK/pre" --no-progress \
   --set pretrain.epochs=1 --set pretrain.max_steps=3
 step "sweep --dry-run" "$VENV/simmtm" sweep "$WORK/src/sweeps/quick.yaml" --out "$WORK/sweep" --dry-run
