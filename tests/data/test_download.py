@@ -248,6 +248,24 @@ def test_offline_says_which_file_to_put_where(tmp_path: Path, monkeypatch: pytes
         download(get_dataset("GunPoint"), tmp_path, progress=False, retries=0)
 
 
+def test_offline_a_run_prints_one_line_without_the_retry_chatter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], write_config
+) -> None:
+    """pooch prints a line per try on its own handler; the command's error line is the only output (issue 25.8)."""
+    monkeypatch.setenv("SIMMTM_DATA_URL_BASE", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("SIMMTM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(importlib.import_module("simmtm.data.download"), "RETRIES", 1)  # one retry: pooch waits 1 s
+    config = write_config({"data": {"name": "ETTh1"}, "device": "cpu"})
+    for argv in (["pretrain", str(config), "--out", str(tmp_path / "out")], ["validate", str(config), "--data"]):
+        assert main(argv) == 2
+        out, err = capfd.readouterr()
+        lines = err.strip().splitlines()
+        assert len(lines) == (2 if argv[0] == "validate" else 1), err
+        assert re.search(r"cannot download ETTh1 from \S+ \(.*2 tries\); offline\?", lines[0]), err
+        assert "Failed to download" not in err + out and "Downloading file" not in err + out
+    assert not (tmp_path / "out").exists()
+
+
 def test_other_failures(tmp_path: Path, mirror: Mirror) -> None:
     with pytest.raises(DataError, match=r"Traffic must be fetched by hand: .*Time-Series-Library.*traffic\.csv"):
         download(get_dataset("traffic"), tmp_path, progress=False)
