@@ -1,7 +1,7 @@
 """simmtm: SimMTM masked time-series pre-training that tunes its own masking ratio and masked-series count.
 
-The Python API (``simmtm.pretrain``, ``finetune``, ``sweep``, ``analyze``, ``recommend``; typed results in
-``simmtm.api``) and ``simmtm.load_encoder`` / ``load_pretrained`` load lazily: ``import simmtm`` imports neither
+The Python API (``simmtm.pretrain``, ``finetune``, ``run``, ``export``, ``sweep``, ``analyze``, ``recommend``; typed
+results in ``simmtm.api``; docs/api.md) and ``simmtm.load_encoder`` / ``load_pretrained`` load lazily: ``import simmtm`` imports neither
 torch nor Ray.
 """
 
@@ -24,12 +24,14 @@ __all__ = [
     "UserError",
     "__version__",
     "analyze",
+    "export",
     "finetune",
     "load_config",
     "load_encoder",
     "load_pretrained",
     "pretrain",
     "recommend",
+    "run",
     "sweep",
 ]
 
@@ -37,11 +39,12 @@ __all__ = [
 _LAZY = {
     "analyze": "simmtm.api",
     "recommend": "simmtm.api",
+    "run": "simmtm.api",
     "load_encoder": "simmtm.export",
     "load_pretrained": "simmtm.pretrained",
 }
-# API functions that share their name with a submodule (simmtm/pretrain.py, finetune.py, sweep/)
-_CALLABLE_SUBMODULES = ("pretrain", "finetune", "sweep")
+# API functions that share their name with a submodule (simmtm/pretrain.py, finetune.py, export.py, sweep/)
+_CALLABLE_SUBMODULES = ("pretrain", "finetune", "export", "sweep")
 
 
 class _CallableModule(types.ModuleType):

@@ -329,15 +329,17 @@ class RunTrackers(_Writer):
     One tracker run per run folder (``stage``: pretrain, finetune or baseline; W&B's job type and MLflow's
     ``simmtm.stage`` tag), in the W&B group and MLflow experiment ``trackers.study``, with the flat run config as
     its parameters. It is a ``StepLog`` (per-step pre-training scalars, with the optimiser step as the step) and a
-    ``Report`` (each epoch's metrics). The step axis never goes back: fine-tuning's later horizons, whose steps
-    count from 0 again, continue after the last step logged.
+    ``Report`` (each epoch's metrics, at the epoch's last optimiser step). The step axis never goes back, and each
+    epoch has a step of its own: fine-tuning's later horizons, whose steps count from 0 again, continue after the
+    last step logged (W&B drops a step below the run's last, and merges two reports at one step into one row).
     """
 
     def __init__(self, trackers: Trackers, *, run_name: str, stage: str, params: Mapping[str, Any]) -> None:
         self.run_name = run_name
         self.stage = stage
         self.params = dict(params)
-        self._last_step = -1
+        self._last_step = -1  # the last step logged
+        self._last_epoch = -1  # the step of the last epoch reported
         super().__init__(trackers, name=f"run {run_name}")
 
     def __call__(self, steps: Steps) -> None:
@@ -346,9 +348,9 @@ class RunTrackers(_Writer):
             self._last_step = max(self._last_step, steps[-1][0])
 
     def report(self, metrics: Mapping[str, float], state: dict[str, Any] | None = None) -> None:
-        step = int(metrics.get("step", 0))
-        step = step if step >= self._last_step else self._last_step + 1
-        self._last_step = step
+        step = max(int(metrics.get("step", 0)), self._last_step)
+        step = step if step > self._last_epoch else self._last_epoch + 1
+        self._last_step = self._last_epoch = step
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.put([(step, values)])
 
@@ -366,7 +368,8 @@ class RunTrackers(_Writer):
             dir=self.trackers.out,
             config=self.params,
             mode=self.trackers.wandb_mode or None,  # type: ignore[arg-type]
-            reinit="create_new",  # `simmtm run` holds its pre-training's run while it fine-tunes
+            reinit="create_new",  # one run per run folder, also when a process makes several (`simmtm run`)
+            settings=wandb.Settings(quiet=True),  # the CLI owns the terminal: no run summary after the run
         )
         self._closers.append(run.finish)
         return _wandb_sink(run)
