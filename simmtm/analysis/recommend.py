@@ -99,6 +99,10 @@ class Recommendation:
                     f"seed noise: {self.seed_noise['sd']:.3g} SD of {self.metric} between seeds "
                     f"({self.seed_noise['n_runs']} runs)"
                 )
+            agrees = (self.confirmation or {}).get("test_agrees")
+            if agrees is not None:
+                said = "agrees with" if agrees else "does not confirm"
+                lines.append(f"test split (scored once, nothing selected on it): {said} the validation verdict")
             if self.probe_check:
                 lines.append(self.probe_check["line"])
             return [*lines, self.sentence]
