@@ -169,7 +169,7 @@ def resolve(cfg: DataConfig) -> ResolvedData:
         name = spec.name
 
     if path.is_dir() and get_format(path) is not None:
-        raise DataError(f"data.path: {path} is a folder; a {path.suffix} data path names a file")
+        raise DataError(f"data.path: {path}: is a folder; a {path.suffix} data path names a file")
     if cfg.task is not None:
         task: Task = cfg.task
     elif spec is not None:
