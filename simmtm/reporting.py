@@ -30,7 +30,6 @@ __all__ = [
     "in_tune",
     "tune_trial_id",
     "tune_report",
-    "tune_checkpoint_state",
     "train_checkpoint_state",
     "EpochHook",
     "RayReport",
@@ -75,14 +74,6 @@ def tune_report(metrics: Mapping[str, Any], state: dict[str, Any] | None = None)
         return
     with checkpoint_dir(state) as tmp:
         ray.tune.report(dict(metrics), checkpoint=ray.tune.Checkpoint.from_directory(tmp))
-
-
-def tune_checkpoint_state() -> dict[str, Any] | None:
-    """The state of the trial's latest checkpoint (a restored or retried trial), or None."""
-    import ray.tune
-
-    checkpoint = ray.tune.get_checkpoint()
-    return None if checkpoint is None else ray_checkpoint_state(checkpoint)
 
 
 # --- Ray Train (every worker of a data-parallel run) -----------------------------------------------------------

@@ -21,9 +21,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "simmtm"
 # it says so in one ConfigError when a Ray release moves it (tests/test_cluster_check.py covers both).
 ALLOWED = {("cluster.py", "_launcher_prepare")}
 
-# TEMPORARY: the sweep's state handling until its rewrite (issue 21.1-21.3) lands. The lead empties this list;
-# a file listed here that no longer needs it fails test_temporary_list_is_current.
-TEMPORARY = {"sweep/search.py", "sweep/results.py", "sweep/resume.py", "sweep/tune_state.py", "sweep/warm_start.py"}
+# TEMPORARY: files allowed a private use until a rewrite lands (empty: none is); a file listed here that no longer
+# needs it fails test_temporary_list_is_current.
+TEMPORARY: set[str] = set()
 
 TUNE_STATE_FILES = ("experiment_state-", "search_gen_state-", "searcher-state-")
 

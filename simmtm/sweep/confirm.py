@@ -1,14 +1,14 @@
 """The confirmation stage, run with Ray Tune: fixed configurations x fresh seeds, paired, resumable.
 
-After the search the driver hands ``run_confirmation`` the configurations to confirm (the paper's default first,
+After the search the driver hands ``confirm_sweep`` the configurations to confirm (the paper's default first,
 then the search's top k: ``simmtm.confirmation.confirmation_candidates``) and the number of seeds. Every
 configuration runs with the same fresh seeds (repeat indices ``CONFIRM_SEED_OFFSET + i``, so the trial's seed is
 the sweep's seed + that index), at full budget: all pre-training epochs, then the full fine-tune, no pruning.
 
-The trials run through a second ``Tuner`` with ``BasicVariantGenerator(points_to_evaluate=...)``: the same
-trainable, the same resources and concurrency as the search. Its experiment folder is ``confirm/`` beside the
-search's ``ray/``; a resumed sweep restores it (``Tuner.restore``), so finished confirmation runs are not run again
-(and a trial killed after its fine-tune reports its saved result instead of training again).
+Each run is named by its configuration and seed (``confirm_points``) and keeps its checkpoint and result in its own
+folder (``simmtm.sweep.record``); the driver's ``run_points`` runs the points that have no result yet (on the
+search's trainable, resources and concurrency) and returns every point's row, so a resumed sweep re-runs no finished
+confirmation run and continues an unfinished one from its checkpoint.
 
 Each confirmation run also scores the test split once (``TrialSpec.score_test``): the verdict reports the confirmed
 pair's test difference beside the validation one. Before the runs a log line states the smallest difference the
@@ -18,12 +18,9 @@ seeds in rounds (3 first) until the pair's interval is narrow enough or ``tune.c
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,14 +40,12 @@ from simmtm.stats import SeedSpread
 from simmtm.sweep.spec import ConfirmSpec
 
 __all__ = [
-    "CONFIRM_EXPERIMENT",
     "CONFIRMATION_FILE",
     "ConfirmPlan",
     "ConfirmOutcome",
     "confirm_points",
     "next_seeds",
     "power_line",
-    "run_confirmation",
     "confirmed_configs",
     "write_confirmation_json",
     "read_confirmation_json",
@@ -59,8 +54,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-CONFIRM_EXPERIMENT = "confirm"  # DIR/confirm is the confirmation's Ray experiment folder
 
 
 @dataclass(frozen=True)
@@ -77,79 +70,15 @@ class ConfirmPlan:
         return [CONFIRM_SEED_OFFSET + self.first + i for i in range(self.seeds)]
 
 
-def confirm_points(plan: ConfirmPlan) -> list[dict[str, Any]]:
-    """One Tune config per (seed, configuration), seed-major: every configuration gets seed 1 before any gets seed 2,
-    so an interrupted confirmation still holds complete pairs."""
-    return [{"repeat": repeat, **params} for repeat in plan.repeats for params in plan.candidates]
-
-
-def _param_space(sweep_entry: Mapping[str, Any], points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Every key the points set, as a choice over its values (Tune only presets keys that its space holds)."""
-    from ray import tune
-
-    keys = sorted({k for p in points for k in p})
-    space: dict[str, Any] = {"sweep": dict(sweep_entry)}
-    for key in keys:
-        values = []
-        for p in points:
-            if key in p and p[key] not in values:
-                values.append(p[key])
-        space[key] = tune.choice(values)
-    return space
-
-
-def run_confirmation(
-    trainable: Any,
-    sweep_entry: Mapping[str, Any],
-    plan: ConfirmPlan,
-    *,
-    storage_path: str,
-    max_concurrent: int,
-    trial_name: Any = None,
-    callbacks: Sequence[Any] = (),
-    verbose: int = 0,
-    snapshots: Path | None = None,
-) -> str:
-    """Run (or resume) the confirmation trials; return their experiment folder (``storage_path/confirm``).
-
-    ``snapshots``: where the driver keeps copies of Tune's state (``simmtm.sweep.tune_state``); None: none kept.
-    """
-    from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from simmtm.sweep.tune_state import StateSnapshot, refuse_fresh_start, repair_state
-
-    path = f"{storage_path.rstrip('/')}/{CONFIRM_EXPERIMENT}"
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # probe and final results carry different keys
-    restoring = tune.Tuner.can_restore(path)
-    if restoring:
-        log.info("confirmation: resuming %s (finished runs are kept)", path)
-        if snapshots is not None:
-            repair_state(path, snapshots)
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
-    else:
-        points = confirm_points(plan)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_param_space(sweep_entry, points),
-            tune_config=tune.TuneConfig(
-                search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_concurrent),
-                num_samples=len(points),
-                max_concurrent_trials=max_concurrent,
-                trial_name_creator=trial_name,
-                trial_dirname_creator=trial_name,
-            ),
-            run_config=tune.RunConfig(
-                name=CONFIRM_EXPERIMENT,
-                storage_path=storage_path,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[*callbacks, *([StateSnapshot(snapshots)] if snapshots is not None else [])],
-                verbose=verbose,
-            ),
-        )
-    with refuse_fresh_start(path) if restoring else contextlib.nullcontext():
-        tuner.fit()
-    return path
+def confirm_points(plan: ConfirmPlan) -> dict[str, dict[str, Any]]:
+    """One named run per (seed, configuration), seed-major: every configuration gets seed 1 before any gets seed 2,
+    so an interrupted confirmation still holds complete pairs. ``confirm-<c>-<repeat>``: configuration ``c`` of the
+    plan (0, the paper's default), repeat index ``repeat``."""
+    return {
+        f"confirm-{c}-{repeat}": {"repeat": repeat, **params}
+        for repeat in plan.repeats
+        for c, params in enumerate(plan.candidates)
+    }
 
 
 def confirmed_configs(rows: Sequence[Any], plan: ConfirmPlan, *, base_seed: int) -> list[ConfirmedConfig]:
@@ -250,18 +179,9 @@ def read_confirmation_json(out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def rung_scores(experiment_dir: str, probe_metric: str, epoch: int) -> dict[str, float]:
-    """Each trial's rung score (its probe result at pre-training ``epoch``), from Tune's per-trial results."""
-    from ray.tune import ExperimentAnalysis
-
-    out = {}
-    for trial_id, frame in ExperimentAnalysis(experiment_dir).trial_dataframes.items():
-        if probe_metric not in frame or "epoch" not in frame:
-            continue
-        hit = frame[(frame["epoch"] == epoch) & frame[probe_metric].notna()]
-        if len(hit):
-            out[str(trial_id)] = float(hit[probe_metric].iloc[-1])
-    return out
+def rung_scores(rows: Sequence[Any], epoch: int) -> dict[str, float]:
+    """Each run's rung score (its probe score at pre-training ``epoch``), from its row (``extra["probes"]``)."""
+    return {r.trial_id: r.extra["probes"][epoch] for r in rows if epoch in r.extra.get("probes", {})}
 
 
 def probe_pairs(rows: Sequence[Any], rungs: Mapping[str, float]) -> list[tuple[float, float]]:
@@ -283,8 +203,6 @@ class StageInputs:
     param_keys: list[str]
     base_seed: int
     confirm: ConfirmSpec  # tune.confirm (seeds 0: no confirmation)
-    search_dir: str  # the search's Ray experiment folder
-    storage_path: str  # where the confirmation's experiment folder goes
     rung_epoch: int  # the pre-training epoch ASHA first prunes at
     prunes: bool  # ASHA was on
     rung: str  # what the rung score is: probe or finetune
@@ -295,46 +213,30 @@ def confirm_sweep(
     stage: StageInputs,
     search_rows: Sequence[Any],
     *,
-    trainable: Any,
-    sweep_entry: Mapping[str, Any],
+    run_points: Callable[[dict[str, dict[str, Any]]], list[Any]],
     default: Mapping[str, Any],
-    trial_name: Any = None,
-    collect: Any,
-    callbacks: Sequence[Any] = (),
 ) -> ConfirmOutcome:
     """Run the confirmation after the search, judge it, check the probe, write ``confirmation.json``.
 
-    ``collect(experiment_dir, param_keys)`` reads an experiment folder into rows; ``default``: the paper's values
-    of the searched keys.
+    ``run_points(points)`` runs the named points (``confirm_points``) that have not finished and returns the rows of
+    all of them; ``default``: the paper's values of the searched keys.
     """
     from simmtm.confirmation import confirmation_candidates
     from simmtm.probe_check import check_probe
     from simmtm.sweep.outputs import rank_configurations
-    from simmtm.sweep.tune_state import snapshot_dir
 
     groups = rank_configurations(list(search_rows), stage.param_keys, stage.mode)
     search = {i: [r.score for r in g if r.score is not None] for i, g in enumerate(groups)}
     configs: list[ConfirmedConfig] = []
     confirm_rows: list[Any] = []
-    verdict, experiments = None, [stage.search_dir]
+    verdict = None
     if stage.confirm.seeds != 0:
         candidates = confirmation_candidates([g[0].params for g in groups], default, stage.confirm.top_k)
         plan = ConfirmPlan(tuple(candidates), 3 if stage.confirm.seeds == "auto" else stage.confirm.seeds)
         log.info("%s", power_line(plan, sweep_noise([], search), stage.confirm, stage.metric))
-        run = functools.partial(
-            run_confirmation,
-            trainable,
-            {**sweep_entry, "score_test": True},  # nothing is selected on the test split: scored once a run
-            storage_path=stage.storage_path,
-            max_concurrent=stage.max_concurrent,
-            trial_name=trial_name,
-            callbacks=callbacks,
-            snapshots=snapshot_dir(stage.out, CONFIRM_EXPERIMENT),
-        )
-        experiment, confirm_rows, configs, verdict = _confirm_rounds(stage, plan, run, collect, search)
-        experiments.append(experiment)
-    rungs = {k: v for p in experiments for k, v in rung_scores(p, f"probe_{stage.metric}", stage.rung_epoch).items()}
-    pairs = probe_pairs([*search_rows, *confirm_rows], rungs)
+        confirm_rows, configs, verdict = _confirm_rounds(stage, plan, run_points, search)
+    rows = [*search_rows, *confirm_rows]
+    pairs = probe_pairs(rows, rung_scores(rows, stage.rung_epoch))
     check = check_probe([p[0] for p in pairs], [p[1] for p in pairs], prunes=stage.prunes, rung=stage.rung)
     outcome = ConfirmOutcome(verdict, check, configs, pairs)
     write_confirmation_json(stage.out, outcome)
@@ -342,22 +244,20 @@ def confirm_sweep(
 
 
 def _confirm_rounds(
-    stage: StageInputs, plan: ConfirmPlan, run: Any, collect: Any, search: Mapping[Any, Sequence[float]]
-) -> tuple[str, list[Any], list[ConfirmedConfig], Verdict]:
+    stage: StageInputs, plan: ConfirmPlan, run_points: Any, search: Mapping[Any, Sequence[float]]
+) -> tuple[list[Any], list[ConfirmedConfig], Verdict]:
     """Run the plan's seeds, then (``seeds: auto``) rounds of more seeds while the verdict asks for them."""
-    done = 0
     while True:
-        experiment = run(ConfirmPlan(plan.candidates, plan.seeds - done, first=done))  # this round's new seeds
-        rows = collect(experiment, stage.param_keys)
+        rows = run_points(confirm_points(plan))  # the seeds of earlier rounds have results: not run again
         configs = confirmed_configs(rows, plan, base_seed=stage.base_seed)
         verdict = judge(configs, metric=stage.metric, mode=stage.mode, search=search)
         more = next_seeds(stage.confirm, verdict, plan.seeds)
         if more == plan.seeds:
-            return experiment, rows, configs, verdict
+            return rows, configs, verdict
         if verdict.difference is None or verdict.difference.n < plan.seeds:
             log.warning("confirmation: the round of %d seeds finished fewer pairs; no further round", plan.seeds)
-            return experiment, rows, configs, verdict
+            return rows, configs, verdict
         log.info(
             "confirmation: the interval is wider than asked after %d seeds: %d more", plan.seeds, more - plan.seeds
         )
-        done, plan = plan.seeds, ConfirmPlan(plan.candidates, more)
+        plan = ConfirmPlan(plan.candidates, more)

@@ -1,31 +1,34 @@
-"""The sweep driver: a Ray Tune experiment with Optuna (TPE, random or grid), ASHA on probe scores, and resume.
+"""The sweep driver: an Optuna study (TPE, random or grid) whose trials Ray Tune runs, ASHA on probe scores, resume.
 
 ``run_sweep(path, out)`` validates the sweep file, checks ``--out`` (``simmtm.rundir``), connects to Ray and checks
 that it can hold a trial (``simmtm.ray_session``), optionally seeds the Optuna study from an earlier sweep
-(``warm_start``), and runs the trials (``simmtm.sweep.trainable``); ``resume=True`` continues an interrupted sweep
-with ``Tuner.restore``. Afterwards it collects the rows, makes the Optuna study agree with them and scores the test
-split once for the best configurations (``simmtm.sweep.results``), and writes the tables (``simmtm.sweep.outputs``).
+(``warm_start``), and runs the trials (``simmtm.sweep.engine``). The sweep's record is its own: the study and one
+folder per trial (``simmtm.sweep.record``); ``resume=True`` runs a fresh Tune run over that record, so Ray's folder
+may be deleted between the two. Afterwards it reads the rows from the record, runs the confirmation stage, scores the
+test split once for the best configurations (``simmtm.sweep.results``) and writes the tables
+(``simmtm.sweep.outputs``).
 
 The sweep directory (read by the analysis notebooks; keep it stable):
 
 - ``sweep.yaml``: the resolved sweep file; ``sweep.json``: metric, mode, study name, storage URL, searched keys,
   the search section, method and seed (and ``warm_start``: the earlier sweep whose finished trials seeded the study);
 - ``optuna.db``: the Optuna study (SQLite unless ``tune.storage`` names another database, e.g. PostgreSQL);
+- ``trials/<trial>/``: each trial's checkpoint, final result and error (under ``tune.storage_path`` when set);
 - ``trials.csv``, ``best.yaml``, ``best/<trial>/`` (the test-scored fine-tunes), ``timing.json``;
 - ``tb/<trial>/`` (per-trial TensorBoard: pre-training losses, probe and final scores), ``tb/hparams/``;
-- ``confirm/`` and ``confirmation.json``: the confirmation stage (``simmtm.sweep.confirm``): the top configurations
-  and the paper's default re-run with fresh paired seeds, its verdict, the seed noise and the probe check;
-- ``ray/``: Ray's experiment folder (trial checkpoints and state; ``tune.storage_path`` may move it to shared or
-  ``s3://`` storage on a multi-node cluster, where ``--out`` then only holds the tables and the database).
+- ``confirmation.json``: the confirmation stage (``simmtm.sweep.confirm``): the top configurations and the paper's
+  default re-run with fresh paired seeds (``trials/confirm-*``), its verdict, the seed noise and the probe check;
+- ``ray/``, ``confirm/``: Ray Tune's experiment folders of the last run (disposable: nothing reads them back).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
-import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +38,11 @@ from simmtm.config import RunConfig, load_config
 from simmtm.config_keys import get_key
 from simmtm.errors import ConfigError, UserError
 from simmtm.process_record import RECORD_FILE, stop_recorded
-from simmtm.resources import Resources, describe_nodes
 from simmtm.rundir import own, prepare_sweep_dir
+from simmtm.sweep import engine
 from simmtm.sweep.confirm import ConfirmOutcome, StageInputs, confirm_sweep
 from simmtm.sweep.outputs import (
+    FINISHED_STATES,
     SweepMeta,
     TrialRow,
     rank_configurations,
@@ -50,11 +54,21 @@ from simmtm.sweep.outputs import (
     write_sweep_yaml,
     write_trials_csv,
 )
-from simmtm.sweep.results import collect_rows, reconcile_study, score_test
-from simmtm.sweep.resume import Continuation, continue_config, extend_experiment
+from simmtm.sweep.preflight import (
+    TrialPlan,
+    check_data,
+    check_study_is_new,
+    check_warm_start,
+    concurrency,
+    plan_trials,
+    study_exists,
+)
+from simmtm.sweep.record import TrialStore, trials_root
+from simmtm.sweep.results import named_rows, score_test, study_rows
+from simmtm.sweep.resume import continue_config
+from simmtm.sweep.search import SweepSearch
 from simmtm.sweep.spec import (
     PAPER_DEFAULTS,
-    SHORT_NAMES,
     SweepSpec,
     TrialSpec,
     first_point,
@@ -66,17 +80,13 @@ from simmtm.sweep.spec import (
     search_distributions,
     sweep_spec,
 )
+from simmtm.sweep.study import SweepStudy, open_storage
 from simmtm.sweep.timing import TrialClock, write_timing
-from simmtm.sweep.trainable import run_trial
-from simmtm.sweep.tune_state import StateSnapshot, refuse_fresh_start, repair_state, snapshot_dir
 from simmtm.trackers import Trackers
 
-__all__ = ["run_sweep", "SweepOutcome", "concurrency", "plan_trials", "TrialPlan", "EXPERIMENT_NAME"]
+__all__ = ["run_sweep", "SweepOutcome", "concurrency", "plan_trials", "TrialPlan", "sweep_owner"]
 
 log = logging.getLogger(__name__)
-
-EXPERIMENT_NAME = "ray"  # DIR/ray is Ray's experiment folder
-_TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes a multi-worker trial's driver reserves (logical: Ray's "memory" resource)
 
 
 @dataclass
@@ -93,6 +103,33 @@ class SweepOutcome:
     wall_s: float = 0.0
     overhead_s: float | None = None  # mean orchestration overhead per one-worker trial (driver view - trial's own)
     confirmation: ConfirmOutcome | None = None  # the confirmation stage and probe check (a finished search only)
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """One sweep as this driver runs it: the resolved file and where its record lives."""
+
+    config: RunConfig
+    spec: SweepSpec
+    file: Path
+    out: Path
+    metric: str
+    mode: str
+    storage_url: str  # the Optuna database
+    study_name: str
+    root: str  # where trial folders and Tune's folders go: --out, or tune.storage_path
+    changes: dict[str, Any] = field(default_factory=dict)  # --resume --set: what a resume changed
+
+    @property
+    def store(self) -> TrialStore:
+        return TrialStore(trials_root(self.root))
+
+    def trial_spec(self, trackers: Trackers | None, *, confirm: bool = False) -> TrialSpec:
+        spec = TrialSpec.of_sweep(
+            self.config, self.spec, metric=self.metric, tb_dir=str(self.out / "tb"), storage_path=self.root,
+            trackers=trackers,
+        )  # fmt: skip
+        return spec.model_copy(update={"score_test": True}) if confirm else spec
 
 
 # --- entry point -----------------------------------------------------------------------------------------------
@@ -118,483 +155,243 @@ def run_sweep(
     finished trials seed the new Optuna study (same parameters, metric and mode; not with a grid).
     """
     started = time.time()
-    out = Path(out).resolve()
-    resumed = _resumed_config(out, sweep_file, overrides) if resume else None
-    if resumed is not None:
-        sweep_file, config = resumed.sweep_file, resumed.config
+    sweep = _resolve(Path(out).resolve(), sweep_file, overrides, resume)
+    out = sweep.out
+    with own(out):  # one driver per sweep folder; several feed one study only through tune.shared_study
+        stop_recorded(out / RECORD_FILE)  # a killed predecessor's Ray, if its watchdog did not get to it
+        resolved = sweep.config.model_dump(mode="json")
+        restoring = prepare_sweep_dir(
+            out,
+            resolved,
+            resume=resume,
+            sweep_file=sweep.file,
+            earlier=lambda: resolved if resume else read_sweep_yaml(out),  # resumed: from DIR/sweep.yaml
+            can_restore=lambda: study_exists(sweep.storage_url, sweep.study_name),
+        )
+        tune = sweep.spec.tune
+        trackers = Trackers.resolve(  # a missing package fails here
+            tune.loggers, study_name=sweep.study_name, out=out, log_every_n_steps=tune.log_every_n_steps
+        )
+        if not restoring and not sweep.spec.tune.shared_study:
+            check_study_is_new(sweep.storage_url, sweep.study_name, sweep.file)
+        if warm_start is not None:
+            warm_start = check_warm_start(
+                warm_start, sweep.spec, out, metric=sweep.metric, mode=sweep.mode, restoring=restoring
+            )
+        with _ray(sweep, address) as plan:
+            _write_meta(sweep, resolved, restoring=restoring, warm_start=warm_start)
+            study = _open_study(sweep, restoring=restoring, warm_start=warm_start)
+            _search(sweep, study, plan, trackers, verbose=verbose)
+            rows = study_rows(study, sweep.store, sweep.trial_spec(None), sweep.spec.search.keys)
+            finished = all(r.state in FINISHED_STATES for r in rows)
+            confirmation = _confirm(sweep, rows, plan, trackers) if finished else None
+        return _finish(sweep, rows, confirmation, started)
+
+
+def _resolve(out: Path, sweep_file: str | Path | None, overrides: list[str] | None, resume: bool) -> _Sweep:
+    """The sweep file as this run reads it (a resume: as ``out/sweep.yaml`` saved it, with its allowed --set)."""
+    changes: dict[str, Any] = {}
+    if resume:
+        resumed = continue_config(out, overrides)
+        if sweep_file is not None and Path(sweep_file).resolve() != resumed.sweep_file:
+            log.info(
+                "--resume continues the sweep as %s saved it; %s is not read again", resumed.sweep_file, sweep_file
+            )
+        sweep_file, config, changes = resumed.sweep_file, resumed.config, resumed.changes
     elif sweep_file is None:
         raise UserError("simmtm sweep: give SWEEP.yaml (--resume --out DIR alone continues from DIR/sweep.yaml)")
     else:
         config = load_config(sweep_file, overrides)
     sweep_file = Path(sweep_file)
     spec = sweep_spec(config, sweep_file)
-    task = _check_data(config, spec)
+    task = check_data(config, spec)
     try:
         metric, mode = resolve_metric(spec.tune, task)
     except ConfigError as exc:
         raise ConfigError(f"{sweep_file}: {exc}") from None
-    resolved = config.model_dump(mode="json")
-    experiment_dir = _experiment_dir(spec, out)
-    owner = sweep_owner(out)
-    with own(out):  # one driver per sweep folder; several feed one study only through tune.shared_study
-        stop_recorded(out / RECORD_FILE)  # a killed predecessor's Ray, if its watchdog did not get to it
-        restoring = prepare_sweep_dir(
-            out,
-            resolved,
-            resume=resume,
-            sweep_file=sweep_file,
-            earlier=lambda: resolved if resumed is not None else read_sweep_yaml(out),  # resumed: from DIR/sweep.yaml
-            can_restore=lambda: _can_restore(experiment_dir),
-        )
-
-        storage_url = spec.tune.storage or f"sqlite:///{out / 'optuna.db'}"
-        study_name = spec.tune.study_name or out.name
-        trackers = Trackers.resolve(  # a missing package fails here
-            spec.tune.loggers, study_name=study_name, out=out, log_every_n_steps=spec.tune.log_every_n_steps
-        )
-        if not restoring and not spec.tune.shared_study:
-            _check_study_is_new(storage_url, study_name, sweep_file)
-        if warm_start is not None:
-            warm_start = _check_warm_start(warm_start, spec, out, metric=metric, mode=mode, restoring=restoring)
-        param_keys = spec.search.keys
-        already = ray_session.is_connected()
-        address, where = ray_session.resolve_address(address, os.environ)
-        if not already:
-            log.info("ray: %s", where)
-        if address is None and not already:
-            ray_session.check_resources(spec.resources, nodes=[ray_session.local_node()])  # fail before Ray starts
-        started_ray = ray_session.connect(address, record=out / RECORD_FILE)
-        try:
-            plan = plan_trials(spec, ray_session.alive_nodes(), joined=address is not None, address=address)
-            if plan.waiting:
-                log.warning(plan.waiting)
-            if not restoring:
-                out.mkdir(parents=True, exist_ok=True)
-                write_sweep_yaml(out, resolved)
-                write_sweep_json(
-                    out,
-                    SweepMeta(
-                        metric=metric,
-                        mode=mode,
-                        study_name=study_name,
-                        storage=storage_url,
-                        params=param_keys,
-                        search_space=spec.search.model_dump(mode="json", exclude_none=True),
-                        method=spec.search.method,
-                        seed=config.seed,
-                        search_seed=sampler_seed(spec, config.seed),
-                        probe_metric=probe_key(metric),
-                        repeats=spec.tune.repeats,
-                        num_samples=spec.tune.resolved_samples(spec.search),
-                        resources=spec.resources.model_dump(),
-                        warm_start=str(warm_start) if warm_start is not None else None,
-                    ),
-                )
-            else:
-                repair_state(experiment_dir, snapshot_dir(out, EXPERIMENT_NAME))  # a kill -9 mid-save: see tune_state
-                if resumed is not None and resumed.changes:
-                    _extend(out, spec, resumed.changes, resolved, experiment_dir)
-            clock = TrialClock(out)
-            tuner = _tuner(
-                config,
-                spec,
-                out,
-                metric=metric,
-                mode=mode,
-                storage_url=storage_url,
-                study_name=study_name,
-                max_concurrent=plan.max_concurrent,
-                restoring=restoring,
-                clock=clock,
-                verbose=verbose,
-                warm_start=warm_start,
-                owner=owner,
-                trackers=trackers,
-            )
-            with refuse_fresh_start(experiment_dir) if restoring else contextlib.nullcontext():
-                tuner.fit()
-            rows = collect_rows(experiment_dir, param_keys)
-            confirmation = None
-            if all(r.state in ("COMPLETE", "PRUNED", "FAILED") for r in rows):
-                confirmation = _confirm(
-                    config,
-                    spec,
-                    out,
-                    rows,
-                    metric=metric,
-                    mode=mode,
-                    max_concurrent=plan.max_concurrent,
-                    trackers=trackers,
-                )
-        finally:
-            if started_ray:
-                ray_session.disconnect(record=out / RECORD_FILE)
-
-        rows += reconcile_study(storage_url, study_name, rows, param_keys, owner=owner, shared=spec.tune.shared_study)
-        finished = all(r.state in ("COMPLETE", "PRUNED", "FAILED") for r in rows)
-        outcome = SweepOutcome(
-            out=out,
-            rows=rows,
-            metric=metric,
-            mode=mode,
-            param_keys=param_keys,
-            finished=finished,
-            confirmation=confirmation,
-        )
-        if finished:
-            ranked = rank_configurations(rows, param_keys, mode)
-            if ranked:
-                outcome.best = ranked[0]
-                score_test(ranked[: spec.tune.test_top_k], out, metric=metric)
-                verdict = confirmation.verdict if confirmation is not None else None
-                write_best_yaml(
-                    out / "best.yaml",
-                    config.run_dict(),
-                    outcome.best,
-                    metric=metric,
-                    sweep_dir=out,
-                    confirmed=verdict if verdict is not None and verdict.status != "insufficient" else None,
-                )
-        write_trials_csv(out / "trials.csv", rows, param_keys)
-        write_hparams(out / "tb", rows, param_keys, metric=metric)
-        outcome.wall_s = time.time() - started
-        outcome.overhead_s = write_timing(out, rows, wall_s=outcome.wall_s)
-        return outcome
-
-
-def _confirm(
-    config: RunConfig,
-    spec: SweepSpec,
-    out: Path,
-    rows: list[TrialRow],
-    *,
-    metric: str,
-    mode: str,
-    max_concurrent: int,
-    trackers: Trackers | None,
-) -> ConfirmOutcome:
-    """The confirmation stage after a finished search (``tune.confirm``), on the search's trainable and resources."""
-    sched = spec.tune.scheduler
-    storage = spec.tune.storage_path or str(out)
-    stage = StageInputs(
+    return _Sweep(
+        config=config,
+        spec=spec,
+        file=sweep_file,
         out=out,
         metric=metric,
         mode=mode,
-        param_keys=spec.search.keys,
-        base_seed=config.seed,
-        confirm=spec.tune.confirm,
-        search_dir=_experiment_dir(spec, out),
-        storage_path=storage,
-        rung_epoch=first_rung(sched.grace_period, spec.tune.probe_every, config.pretrain.epochs),
-        prunes=sched.type == "asha",
-        rung=spec.tune.prune_on,
-        max_concurrent=max_concurrent,
+        storage_url=spec.tune.storage or f"sqlite:///{out / 'optuna.db'}",
+        study_name=spec.tune.study_name or out.name,
+        root=spec.tune.storage_path or str(out),
+        changes=changes,
     )
-    trial_spec = TrialSpec.of_sweep(
-        config,
-        spec,
-        metric=metric,
-        tb_dir=str(out / "tb"),
-        storage_path=f"{storage.rstrip('/')}/confirm",
-        trackers=trackers,
-    )
-    default = {k: PAPER_DEFAULTS.get(k, get_key(config.run_dict(), k)) for k in spec.search.keys}
-    return confirm_sweep(
-        stage,
-        rows,
-        trainable=_trainable(spec.resources),
-        sweep_entry=trial_spec.model_dump(mode="json"),
-        default=default,
-        trial_name=_trial_name,
-        collect=collect_rows,
-        callbacks=trackers.callbacks(stage="confirm") if trackers is not None else (),
-    )
-
-
-# --- resuming --------------------------------------------------------------------------------------------------
-
-
-def _resumed_config(out: Path, sweep_file: str | Path | None, overrides: list[str] | None) -> Continuation:
-    """The sweep as DIR/sweep.yaml saved it, with the ``--set`` values a resume may change (``sweep.resume``)."""
-    resumed = continue_config(out, overrides)
-    if sweep_file is not None and Path(sweep_file).resolve() != resumed.sweep_file:
-        log.info("--resume continues the sweep as %s saved it; %s is not read again", resumed.sweep_file, sweep_file)
-    return resumed
-
-
-def _extend(out: Path, spec: SweepSpec, changes: dict[str, Any], resolved: dict[str, Any], experiment_dir: str) -> None:
-    """A resume with a larger tune.num_samples or a new time budget: into Tune's state, sweep.yaml and sweep.json."""
-    import dataclasses
-
-    total = spec.tune.resolved_samples(spec.search) * spec.tune.repeats if "tune.num_samples" in changes else None
-    extend_experiment(experiment_dir, total_trials=total, time_budget_s=changes.get("tune.time_budget_s"))
-    write_sweep_yaml(out, resolved)
-    meta = read_sweep_json(out)
-    write_sweep_json(out, dataclasses.replace(meta, num_samples=spec.tune.resolved_samples(spec.search)))
-    log.info("resuming with %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
-
-
-# --- checks before any trial -------------------------------------------------------------------------------------
-
-
-def _check_data(config: RunConfig, spec: SweepSpec) -> str:
-    """Load the data (also as the probes see it) and build the model once, so bad input fails before any trial."""
-    from simmtm.inputs import load_inputs
-    from simmtm.pretrain import build_model
-    from simmtm.sweep.trial import probe_config
-
-    inputs = load_inputs(config)
-    build_model(config, inputs)
-    if spec.tune.probe_overrides:
-        probe = probe_config(config, steps=1, val_batches=1, overrides=spec.tune.probe_overrides)
-        load_inputs(probe, horizon=probe.finetune.horizons[0], labelled=True)
-    return inputs.task
 
 
 def sweep_owner(out: Path) -> str:
     """Names this driver in the Optuna trials it runs (user attribute ``owner``): host and sweep folder."""
+    import socket
+
     return f"{socket.gethostname()}:{out}"
 
 
-def _check_study_is_new(storage_url: str, study_name: str, sweep_file: Path) -> None:
-    """A fresh sweep must not mix its trials into an existing study of a shared database."""
-    if storage_url.startswith("sqlite:///") and not Path(storage_url.removeprefix("sqlite:///")).exists():
+@contextlib.contextmanager
+def _ray(sweep: _Sweep, address: str | None) -> Iterator[TrialPlan]:
+    """Connected to Ray (started locally when no cluster is named), with the plan of how many trials run at once."""
+    already = ray_session.is_connected()
+    address, where = ray_session.resolve_address(address, os.environ)
+    if not already:
+        log.info("ray: %s", where)
+    if address is None and not already:
+        ray_session.check_resources(sweep.spec.resources, nodes=[ray_session.local_node()])  # fail before Ray starts
+    started_ray = ray_session.connect(address, record=sweep.out / RECORD_FILE)
+    try:
+        plan = plan_trials(sweep.spec, ray_session.alive_nodes(), joined=address is not None, address=address)
+        if plan.waiting:
+            log.warning(plan.waiting)
+        yield plan
+    finally:
+        if started_ray:
+            ray_session.disconnect(record=sweep.out / RECORD_FILE)
+
+
+def _write_meta(sweep: _Sweep, resolved: dict[str, Any], *, restoring: bool, warm_start: Path | None) -> None:
+    """sweep.yaml and sweep.json: written at the start, rewritten when a resume raised tune.num_samples."""
+    spec, config = sweep.spec, sweep.config
+    if restoring:
+        if sweep.changes:
+            write_sweep_yaml(sweep.out, resolved)
+            meta = read_sweep_json(sweep.out)
+            write_sweep_json(sweep.out, dataclasses.replace(meta, num_samples=spec.tune.resolved_samples(spec.search)))
+            log.info("resuming with %s", ", ".join(f"{k}={v}" for k, v in sweep.changes.items()))
         return
-    import optuna
-
-    try:
-        names = optuna.get_all_study_names(storage_url)
-    except Exception as exc:  # unreachable database, bad URL, missing driver
-        raise ConfigError(
-            f"{sweep_file}: tune.storage: cannot open {storage_url} ({exc.__class__.__name__}: {exc})"
-        ) from None
-    if study_name in names:
-        raise ConfigError(
-            f"{sweep_file}: tune.study_name: the database {storage_url} already holds a study '{study_name}'; "
-            "set another tune.study_name (or --out), or pass --resume to continue that sweep"
-        )
-
-
-def _check_warm_start(
-    previous: str | Path, spec: SweepSpec, out: Path, *, metric: str, mode: str, restoring: bool
-) -> Path:
-    """Fail (UserError, one line) before Ray starts when ``--warm-start`` cannot seed this sweep; return its folder.
-
-    The check copies the earlier trials into a throwaway in-memory study, so every mismatch that would stop the real
-    copy in ``_tuner`` (other parameters, metric or direction; not a sweep folder) stops the run here instead.
-    A resumed sweep's study already holds the copies: it must name the same folder, and nothing is copied again.
-    """
-    previous = Path(previous).resolve()
-    if restoring:
-        meta = read_sweep_json(out)
-        if meta.warm_start != str(previous):
-            was = meta.warm_start or "no warm start"
-            raise UserError(
-                f"--warm-start {previous}: the sweep in {out} was started with {was}; resume it without "
-                "--warm-start (its study already holds the copied trials)"
-            )
-        return previous
-    if spec.search.method == "grid":
-        raise UserError(
-            f"--warm-start {previous}: search.method is grid, which runs every cell anyway; "
-            "a warm start needs method tpe or random"
-        )
-    import optuna
-
-    from simmtm.sweep.warm_start import warm_start_study
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" on the console
-    study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
-    if warm_start_study(study, previous, search_distributions(spec.search), metric=metric) == 0:
-        log.warning("--warm-start %s: no finished trial to copy; the sweep starts from scratch", previous)
-    return previous
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    """How many trials run at once, and the warning when no node can hold a trial yet."""
-
-    max_concurrent: int
-    waiting: str | None = None
-
-
-def plan_trials(
-    spec: SweepSpec, nodes: list[dict[str, float]], *, joined: bool, address: str | None = None
-) -> TrialPlan:
-    """Decide, from the nodes that are up now, whether the sweep can start and how many trials run at once.
-
-    A local Ray (``joined`` False) never grows: ConfigError when no trial could ever start. A joined cluster may
-    grow (an autoscaler starts nodes for the pending trials' resource requests, or nodes are still joining), so
-    the sweep starts anyway and its first trial waits. Trials at once: ``tune.max_concurrent_trials`` when set,
-    else as many as the nodes up now hold, at least 1 (set it on an autoscaling cluster: at start it may have no
-    worker node at all).
-    """
-    try:
-        slots = ray_session.check_resources(spec.resources, address=address, nodes=nodes)
-    except ConfigError:
-        if not joined:
-            raise
-        waiting = (
-            f"resources: a trial needs {spec.resources.per_worker()} but the cluster at {address} has "
-            f"{describe_nodes(nodes)} up now; the trials wait for it to grow (an autoscaler starts nodes for "
-            "their resource requests)"
-        )
-        return TrialPlan(concurrency(spec, 0), waiting)
-    return TrialPlan(concurrency(spec, slots))
-
-
-def concurrency(spec: SweepSpec, worker_slots: int) -> int:
-    """Trials at once: the configured value, or as many as the cluster's worker slots hold (no idle drivers)."""
-    total = spec.tune.resolved_samples(spec.search) * spec.tune.repeats
-    derived = max(1, worker_slots // spec.resources.workers)
-    return max(1, min(spec.tune.max_concurrent_trials or derived, total))
-
-
-# --- the Tune experiment -----------------------------------------------------------------------------------------
-
-
-def _can_restore(experiment_dir: str) -> bool:
-    from ray.tune import Tuner
-
-    return Tuner.can_restore(experiment_dir)
-
-
-def _experiment_dir(spec: SweepSpec, out: Path) -> str:
-    base = spec.tune.storage_path or str(out)
-    return f"{base.rstrip('/')}/{EXPERIMENT_NAME}"
-
-
-def _trainable(resources: Resources):
-    from ray import tune
-
-    if resources.workers == 1:
-        return tune.with_resources(run_trial, {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker})
-    # A multi-worker trial is a driver that launches a TorchTrainer: it holds no CPU (its workers do), only a
-    # token of memory, because Tune needs a non-empty resource request.
-    return tune.with_resources(run_trial, {"cpu": 0, "memory": _TRIAL_DRIVER_MEMORY})
-
-
-def _tuner(
-    config: RunConfig,
-    spec: SweepSpec,
-    out: Path,
-    *,
-    metric: str,
-    mode: str,
-    storage_url: str,
-    study_name: str,
-    max_concurrent: int,
-    restoring: bool,
-    clock: Any,
-    verbose: int,
-    warm_start: Path | None = None,
-    trackers: Trackers | None = None,
-    owner: str = "",
-):
-    from ray import tune
-
-    from simmtm.sweep.live import TrialEndHParams
-
-    # Save Tune's experiment state every 2 s (instead of >= 10 s), so that a driver killed with -9 loses little;
-    # a forced snapshot follows every trial checkpoint anyway (CheckpointConfig(num_to_keep=1)).
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Probe results carry the probe score, the final result the sweep's score: no result carries both.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    # The classic trial table (CLIReporter) shows the searched parameters; the newer output cannot when the
-    # searcher, not param_space, defines the space.
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    trainable = _trainable(spec.resources)
-    path = _experiment_dir(spec, out)
-    if restoring:
-        log.info("resuming the sweep in %s", path)
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
-
-    from simmtm.sweep.search import SweepSearch, open_storage
-
-    searcher = SweepSearch(
-        spec.search,
-        base_values=flat_config(config.run_dict()),
-        metric=metric,
-        probe_metric=probe_key(metric),
-        mode=mode,
-        seed=sampler_seed(spec, config.seed),
-        storage=open_storage(storage_url),
-        study_name=study_name,
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    write_sweep_yaml(sweep.out, resolved)
+    meta = SweepMeta(
+        metric=sweep.metric,
+        mode=sweep.mode,
+        study_name=sweep.study_name,
+        storage=sweep.storage_url,
+        params=spec.search.keys,
+        search_space=spec.search.model_dump(mode="json", exclude_none=True),
+        method=spec.search.method,
+        seed=config.seed,
+        search_seed=sampler_seed(spec, config.seed),
+        probe_metric=probe_key(sweep.metric),
         repeats=spec.tune.repeats,
-        first=first_point(spec, config.run_dict()),
-        owner=owner,
-        shared=spec.tune.shared_study,
+        num_samples=spec.tune.resolved_samples(spec.search),
+        resources=spec.resources.model_dump(),
+        warm_start=str(warm_start) if warm_start is not None else None,
     )
-    if warm_start is not None:  # checked in run_sweep; a resumed sweep does not get here (no second copy)
+    write_sweep_json(sweep.out, meta)
+
+
+def _open_study(sweep: _Sweep, *, restoring: bool, warm_start: Path | None) -> SweepStudy:
+    """The sweep's study; a new one gets its grid or first point queued and, with ``--warm-start``, the copies."""
+    spec, config = sweep.spec, sweep.config
+    study = SweepStudy(
+        open_storage(sweep.storage_url),
+        sweep.study_name,
+        search=spec.search,
+        base_values=flat_config(config.run_dict()),
+        seed=sampler_seed(spec, config.seed),
+        mode=sweep.mode,
+        owner=sweep_owner(sweep.out),
+        shared=spec.tune.shared_study,
+        repeats=spec.tune.repeats,
+    )
+    if restoring:
+        log.info("resuming the sweep in %s: %d trial(s) continue", sweep.out, len(study.resumable()))
+        return study
+    first = first_point(spec, config.run_dict())
+    study.enqueue_start(spec.search.grid_cells() if spec.search.method == "grid" else [first] if first else [])
+    if warm_start is not None:  # checked before Ray started; a resumed sweep has its copies already
         from simmtm.sweep.warm_start import warm_start_study
 
-        warm_start_study(searcher.study, warm_start, search_distributions(spec.search), metric=metric)
+        warm_start_study(study.study, warm_start, search_distributions(spec.search), metric=sweep.metric)
+    return study
+
+
+def _search(sweep: _Sweep, study: SweepStudy, plan: TrialPlan, trackers: Trackers, *, verbose: int) -> None:
+    from simmtm.sweep.live import TrialEndHParams
+    from simmtm.sweep.progress import trial_table
+
+    spec = sweep.spec
+    pruner = engine.make_pruner(study, spec, metric=sweep.metric, mode=sweep.mode, epochs=sweep.config.pretrain.epochs)
+    searcher = SweepSearch(study, pruner, sweep.store, metric=sweep.metric, mode=sweep.mode)
+    engine.run_search(
+        study,
+        pruner,
+        searcher,
+        spec=spec,
+        sweep_entry=sweep.trial_spec(trackers).model_dump(mode="json"),
+        storage_root=sweep.root,
+        planned=spec.tune.resolved_samples(spec.search) * spec.tune.repeats,
+        max_concurrent=plan.max_concurrent,
+        callbacks=[
+            TrialClock(sweep.out),
+            TrialEndHParams(sweep.out / "tb", spec.search.keys, metric=sweep.metric),
+            *trackers.callbacks(),
+        ],
+        reporter=trial_table(spec, sweep.metric, sweep.mode) if verbose else None,
+        verbose=verbose,
+    )
+
+
+def _confirm(sweep: _Sweep, rows: list[TrialRow], plan: TrialPlan, trackers: Trackers) -> ConfirmOutcome:
+    """The confirmation stage after a finished search (``tune.confirm``), on the search's trainable and resources."""
+    spec, config = sweep.spec, sweep.config
     sched = spec.tune.scheduler
-    if sched.type == "asha":
-        scheduler = tune.schedulers.ASHAScheduler(
-            time_attr="epoch",
-            metric=probe_key(metric),
-            mode=mode,
-            max_t=config.pretrain.epochs + 1,
-            grace_period=min(sched.grace_period, config.pretrain.epochs),
-            reduction_factor=sched.reduction_factor,
+    stage = StageInputs(
+        out=sweep.out,
+        metric=sweep.metric,
+        mode=sweep.mode,
+        param_keys=spec.search.keys,
+        base_seed=config.seed,
+        confirm=spec.tune.confirm,
+        rung_epoch=first_rung(sched.grace_period, spec.tune.probe_every, config.pretrain.epochs),
+        prunes=sched.type == "asha",
+        rung=spec.tune.prune_on,
+        max_concurrent=plan.max_concurrent,
+    )
+    trial_spec = sweep.trial_spec(trackers, confirm=True)
+    store = sweep.store
+
+    def run_points(points: dict[str, dict[str, Any]]) -> list[TrialRow]:
+        todo = {name: p for name, p in points.items() if store.read_result(name) is None}
+        engine.run_points(
+            todo,
+            resources=spec.resources,
+            sweep_entry=trial_spec.model_dump(mode="json"),
+            storage_root=sweep.root,
+            max_concurrent=plan.max_concurrent,
+            max_failures=spec.tune.max_failures,
+            callbacks=trackers.callbacks(stage="confirm"),
         )
-    else:
-        scheduler = tune.schedulers.FIFOScheduler()
-    trial_spec = TrialSpec.of_sweep(
-        config, spec, metric=metric, tb_dir=str(out / "tb"), storage_path=path, trackers=trackers
-    )
-    return tune.Tuner(
-        trainable,
-        param_space={"sweep": trial_spec.model_dump(mode="json")},
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=spec.tune.resolved_samples(spec.search) * spec.tune.repeats,
-            max_concurrent_trials=max_concurrent,
-            time_budget_s=spec.tune.time_budget_s,
-            # One-worker trials run in a reused actor: no process start and no torch import per trial. Not with
-            # retries: Tune counts a reused actor that dies while it is being reset for its next trial twice (the
-            # actor's failure and its reset task's), so with tune.max_failures 1 the trial ends ERROR, never retried.
-            reuse_actors=spec.resources.workers == 1 and spec.tune.max_failures == 0,
-            trial_name_creator=_trial_name,
-            trial_dirname_creator=_trial_name,
-        ),
-        run_config=tune.RunConfig(
-            name=EXPERIMENT_NAME,
-            storage_path=spec.tune.storage_path or str(out),
-            failure_config=tune.FailureConfig(max_failures=spec.tune.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[
-                clock,
-                StateSnapshot(snapshot_dir(out, EXPERIMENT_NAME)),
-                TrialEndHParams(out / "tb", spec.search.keys, metric=metric),
-                *(trackers.callbacks() if trackers is not None else []),
-            ],
-            verbose=verbose,
-            progress_reporter=_trial_table(spec, metric, mode) if verbose else None,
-        ),
-    )
+        return named_rows(store, points, trial_spec, spec.search.keys)
+
+    default = {k: PAPER_DEFAULTS.get(k, get_key(config.run_dict(), k)) for k in spec.search.keys}
+    return confirm_sweep(stage, rows, run_points=run_points, default=default)
 
 
-def _trial_table(spec: SweepSpec, metric: str, mode: str):
-    """Tune's live trial table: the searched parameters (short names), epoch, probe score and final score."""
-    from ray.tune import CLIReporter
-
-    params = {k: SHORT_NAMES.get(k, k.split(".")[-1]) for k in spec.search.keys}
-    if spec.tune.repeats > 1:
-        params["repeat"] = "repeat"
-    metrics = {"epoch": "epoch", probe_key(metric): "probe", metric: metric}
-    return CLIReporter(
-        parameter_columns=params,
-        metric_columns=metrics,
-        max_report_frequency=10,
-        sort_by_metric=False,
-        max_progress_rows=40,
-        max_error_rows=10,
-    )
-
-
-def _trial_name(trial) -> str:
-    return trial.trial_id
+def _finish(sweep: _Sweep, rows: list[TrialRow], confirmation: ConfirmOutcome | None, started: float) -> SweepOutcome:
+    """Score the test split for the best configurations; write best.yaml, trials.csv, TensorBoard's tab, timing."""
+    out, keys = sweep.out, sweep.spec.search.keys
+    finished = all(r.state in FINISHED_STATES for r in rows)
+    outcome = SweepOutcome(
+        out=out, rows=rows, metric=sweep.metric, mode=sweep.mode, param_keys=keys, finished=finished,
+        confirmation=confirmation,
+    )  # fmt: skip
+    ranked = rank_configurations(rows, keys, sweep.mode) if finished else []
+    if ranked:
+        outcome.best = ranked[0]
+        score_test(ranked[: sweep.spec.tune.test_top_k], out, sweep.store, metric=sweep.metric)
+        verdict = confirmation.verdict if confirmation is not None else None
+        write_best_yaml(
+            out / "best.yaml",
+            sweep.config.run_dict(),
+            outcome.best,
+            metric=sweep.metric,
+            sweep_dir=out,
+            confirmed=verdict if verdict is not None and verdict.status != "insufficient" else None,
+        )
+    write_trials_csv(out / "trials.csv", rows, keys)
+    write_hparams(out / "tb", rows, keys, metric=sweep.metric)
+    outcome.wall_s = time.time() - started
+    outcome.overhead_s = write_timing(out, rows, wall_s=outcome.wall_s)
+    return outcome

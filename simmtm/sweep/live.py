@@ -7,7 +7,6 @@ that trial's HParams run under ``DIR/tb/hparams/<trial>`` (``write_trial_hparams
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,8 @@ from typing import Any
 from ray.tune import Callback
 
 from simmtm.sweep.outputs import write_trial_hparams
-from simmtm.sweep.results import trial_row
+from simmtm.sweep.results import row_of
+from simmtm.sweep.trial import Trial
 
 __all__ = ["TrialEndHParams"]
 
@@ -39,7 +39,8 @@ class TrialEndHParams(Callback):
 
     def _write(self, trial: Any, state: str) -> None:
         try:  # bookkeeping for the watcher: never let it stop the sweep
-            row = dataclasses.replace(trial_row(trial, self.param_keys), state=state)
+            t = Trial.from_config(trial.config)
+            row = row_of(t.name, trial.last_result, t.params, t.repeat, self.metric, self.param_keys, state=state)
             write_trial_hparams(self.tb_dir, row, self.param_keys, metric=self.metric)
         except Exception:
             log.exception("could not write the HParams run of trial %s", trial.trial_id)

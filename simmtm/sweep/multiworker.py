@@ -3,19 +3,18 @@
 Every Train worker runs the same trial loop as a one-worker trial (``simmtm.sweep.trial.trial_loop``) with the
 data-parallel runtime of ``simmtm.distributed``; rank 0 probes and fine-tunes on its own device. Worker reports
 reach Tune's scheduler and searcher through ``TuneReportCallback`` (Ray Train V2 cannot be nested in Tune any
-other way). The Train run is stored under the sweep's experiment folder as ``train-<trial id>``, so a retried or
-restored trial resumes from its own Train checkpoint.
+other way). The Train run is stored under the sweep's storage as ``ray/train-<trial name>``; its checkpoints are not
+used: every worker of a retried or resumed trial starts from the trial's own folder (``simmtm.sweep.record``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 from simmtm.data.registry import worker_env
-from simmtm.reporting import in_tune, train_checkpoint_state, tune_trial_id
+from simmtm.reporting import in_tune
 from simmtm.sweep.trial import Trial, trial_loop
 
 __all__ = ["run_multi_worker_trial", "train_run_name"]
@@ -23,9 +22,9 @@ __all__ = ["run_multi_worker_trial", "train_run_name"]
 log = logging.getLogger(__name__)
 
 
-def train_run_name(trial_id: str) -> str:
-    """The Ray Train run of a trial: no timestamp, so the same trial always finds its own checkpoints."""
-    return f"train-{trial_id}"
+def train_run_name(trial_name: str) -> str:
+    """The Ray Train run of a trial (no timestamp: one folder per trial, replaced when it runs again)."""
+    return f"train-{trial_name}"
 
 
 def run_multi_worker_trial(trial: Trial) -> dict[str, Any] | None:
@@ -33,7 +32,6 @@ def run_multi_worker_trial(trial: Trial) -> dict[str, Any] | None:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    trial = dataclasses.replace(trial, trial_id=tune_trial_id())
     callbacks = []
     if in_tune():
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -41,16 +39,15 @@ def run_multi_worker_trial(trial: Trial) -> dict[str, Any] | None:
         callbacks.append(TuneReportCallback())
     spec = trial.spec
     env = worker_env()
-    storage = spec.storage_path or str(Path.cwd() / "ray")
+    storage = f"{spec.storage_path.rstrip('/')}/ray" if spec.storage_path else str(Path.cwd() / "ray")
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"trial": trial.to_config()},
         scaling_config=spec.resources.scaling_config(),
         run_config=ray.train.RunConfig(
-            name=train_run_name(str(trial.trial_id)),
+            name=train_run_name(trial.name),
             storage_path=storage,
             callbacks=callbacks,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
             worker_runtime_env={"env_vars": env} if env else None,
         ),
@@ -68,4 +65,4 @@ def _worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         logging.getLogger(name).setLevel(logging.WARNING)
     runtime = DistributedRuntime.from_context()
     trial = Trial.from_config(loop_config["trial"])
-    return trial_loop(trial, report=RayReport(runtime), resume=train_checkpoint_state(), runtime=runtime)
+    return trial_loop(trial, report=RayReport(runtime), runtime=runtime)

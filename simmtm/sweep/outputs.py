@@ -37,6 +37,7 @@ __all__ = [
     "TrialRow",
     "TRIAL_COLUMNS",
     "STATES",
+    "FINISHED_STATES",
     "WARM_START_ATTR",
     "OWNER_ATTR",
     "SweepMeta",
@@ -56,6 +57,7 @@ __all__ = [
 
 TRIAL_COLUMNS = ("trial_id", "state", "score", "val_score", "test_score", "repeat", "epochs", "wall_s", "error")
 STATES = ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")
+FINISHED_STATES = STATES[:3]  # a trial in one of these never runs again
 # The Optuna user attribute of the trials a warm start copied from an earlier sweep (not this sweep's own).
 WARM_START_ATTR = "warm_start_from"
 # The Optuna user attribute naming the driver (host:folder) that ran a trial: in a shared study (tune.shared_study)

@@ -18,7 +18,6 @@ from simmtm.sweep.spec import (
     SweepSpec,
     first_point,
     flat_config,
-    probe_key,
     sampler_seed,
     sweep_spec,
 )
@@ -69,7 +68,7 @@ def plan_sweep(sweep_file: str | Path, overrides: list[str] | None = None, *, ad
     concurrency = None
     if address is None:
         from simmtm import ray_session
-        from simmtm.sweep.driver import concurrency as trials_at_once
+        from simmtm.sweep.preflight import concurrency as trials_at_once
 
         concurrency = trials_at_once(
             spec, ray_session.check_resources(spec.resources, nodes=[ray_session.local_node()])
@@ -104,32 +103,23 @@ def asha_rungs(spec: SweepSpec, epochs: int) -> list[int]:
 
 
 def _first_configurations(config: RunConfig, spec: SweepSpec, count: int) -> list[dict[str, Any]]:
-    """What the sweep's searcher proposes first, on an in-memory study (repeats share a configuration)."""
-    import logging
-
+    """What the sweep's study proposes first (the same ``SweepStudy`` as the real sweep, in memory; repeats share a
+    configuration, so one is asked per configuration)."""
     import optuna
 
-    from simmtm.sweep.search import SweepSearch
+    from simmtm.sweep.study import SweepStudy
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.WARNING)
-    searcher = SweepSearch(
-        spec.search,
+    study = SweepStudy(
+        optuna.storages.InMemoryStorage(),
+        "dry-run",
+        search=spec.search,
         base_values=flat_config(config.run_dict()),
-        metric=spec.tune.metric or "score",
-        probe_metric=probe_key(spec.tune.metric or "score"),
-        mode=spec.tune.mode or "min",
         seed=sampler_seed(spec, config.seed),
-        storage=optuna.storages.InMemoryStorage(),
-        study_name="dry-run",
-        repeats=1,
-        first=first_point(spec, config.run_dict()),
+        mode=spec.tune.mode or "min",
     )
-    points = []
-    for i in range(count):
-        suggested = searcher.suggest(f"plan_{i}") or {}
-        points.append({k: v for k, v in suggested.items() if k in spec.search.keys})
-    return points
+    first = first_point(spec, config.run_dict())
+    study.enqueue_start(spec.search.grid_cells() if spec.search.method == "grid" else [first] if first else [])
+    return [{k: v for k, v in study.ask().params.items() if k in spec.search.keys} for _ in range(count)]
 
 
 def _short(value: Any) -> str:

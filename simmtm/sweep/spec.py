@@ -13,7 +13,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -189,11 +189,13 @@ class SchedulerSpec(_Spec):
 
 
 class ConfirmSpec(_Spec):
-    """The confirmation stage: the search's top ``top_k`` configurations and the paper's default, re-run at full
-    budget with ``seeds`` fresh training seeds shared by all (paired); ``seeds: 0`` turns it off."""
+    """The search's top ``top_k`` and the paper's default re-run with ``seeds`` fresh paired seeds (0: off; auto: rounds
+    until the interval's half-width is ``target_half_width``, else narrower than the difference, or ``max_seeds``)."""
 
     top_k: int = Field(2, ge=1)
-    seeds: int = Field(3, ge=0)
+    seeds: Annotated[int, Field(ge=0)] | Literal["auto"] = 3
+    max_seeds: int = Field(10, ge=3)
+    target_half_width: float | None = Field(None, gt=0)
 
 
 Tracker = Literal["tensorboard", "wandb", "mlflow"]
@@ -297,7 +299,7 @@ class TrialSpec(_Spec):
     max_failures: int = Field(_TUNE_DEFAULTS.max_failures, ge=0)
     resources: Resources = Field(default_factory=Resources)
     tb_dir: str | None = None  # per-trial TensorBoard scores under tb_dir/<trial id>; None: none
-    storage_path: str | None = None  # where a multi-worker trial's Train run keeps its checkpoints
+    storage_path: str | None = None  # the sweep's storage root: trial folders in <root>/trials; None: none (by hand)
     trackers: Trackers | None = None  # W&B/MLflow runs that take the per-step pre-training losses; None: none
     score_test: bool = False  # the final fine-tune also scores the test split once (confirmation runs)
 

@@ -15,6 +15,7 @@ from typing import Any
 from ray.tune import Callback
 
 from simmtm.sweep.outputs import TrialRow
+from simmtm.sweep.record import name_of
 
 __all__ = ["TrialClock", "read_timing_events", "write_timing"]
 
@@ -33,12 +34,12 @@ class TrialClock(Callback):
 
     def _log(self, trial, event: str) -> None:
         with self.path.open("a") as fh:
-            fh.write(json.dumps({"trial_id": trial.trial_id, "event": event, "time": time.time()}) + "\n")
+            fh.write(json.dumps({"trial_id": name_of(trial), "event": event, "time": time.time()}) + "\n")
 
     def _note_new(self, trials) -> None:
         for trial in trials:  # Tune has no "trial added" hook: note each trial at the step that created it
-            if trial.trial_id not in self._seen:
-                self._seen.add(trial.trial_id)
+            if name_of(trial) not in self._seen:
+                self._seen.add(name_of(trial))
                 if trial.status in ("PENDING", "RUNNING") and not trial.has_reported_at_least_once:
                     self._log(trial, "add")
 

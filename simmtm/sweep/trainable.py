@@ -1,7 +1,8 @@
 """The Tune trainable of a sweep: ``run_trial(config)`` runs one trial in this process or on Ray Train workers.
 
-Inside Tune it reports through ``simmtm.reporting.tune_report`` and resumes from the trial's own checkpoint; called
-outside Tune (tests, debugging) it runs the same steps and returns the final result. With ``resources.workers > 1``
+Inside Tune it reports through ``simmtm.reporting.tune_report``; the trial resumes from its own folder
+(``simmtm.sweep.record``), never from Tune's checkpoints. Called outside Tune (tests, debugging) it runs the same steps
+and returns the final result. With ``resources.workers > 1``
 the trial launches a TorchTrainer (``simmtm.sweep.multiworker``).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from simmtm.reporting import in_tune, tune_checkpoint_state, tune_report
+from simmtm.reporting import in_tune, tune_report
 from simmtm.sweep.multiworker import run_multi_worker_trial
 from simmtm.sweep.trial import Trial, trial_loop
 
@@ -27,7 +28,7 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any] | None:
     if trial.spec.resources.workers > 1:
         result = run_multi_worker_trial(trial)
     elif inside:
-        result = trial_loop(trial, report=tune_report, resume=tune_checkpoint_state())
+        result = trial_loop(trial, report=tune_report)
     else:
         result = trial_loop(trial)
     return None if inside else result

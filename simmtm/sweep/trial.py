@@ -2,7 +2,8 @@
 
 A trial pre-trains with the searched parameters and, every ``probe_every`` epochs, scores the in-memory encoder
 with a cheap linear probe (``simmtm.finetune.run`` in probe mode) on the validation split. That probe score is what
-ASHA prunes on; it is reported with a checkpoint, so a restored or retried trial resumes from its own last probe.
+ASHA prunes on; it is checkpointed into the trial's own folder (``simmtm.sweep.record``) before it is reported, so a
+trial started again (a retry, a resumed sweep) continues from its own last probe.
 A trial that survives ends with a full fine-tune whose validation score is its result. The test split is never
 touched here (the driver scores it once, for the best configurations only).
 
@@ -10,7 +11,8 @@ touched here (the driver scores it once, for the best configurations only).
 inside every Ray Train worker of a multi-worker trial (``simmtm.sweep.multiworker``) and outside Ray (tests).
 
 A trial's Tune config holds ``sweep`` (the ``TrialSpec`` every trial shares, as plain data), ``repeat`` (the seed
-index) and one entry per searched dotted key; ``Trial.from_config`` validates it once, where the trial starts.
+index), ``number`` (its Optuna trial number) or ``name`` (a confirmation run), and one entry per searched dotted
+key; ``Trial.from_config`` validates it once, where the trial starts.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from typing import Any, TypeAlias
 
 from simmtm.config import RunConfig, parse_config
 from simmtm.config_keys import apply_params
-from simmtm.reporting import tune_trial_id
-from simmtm.runtime import Runtime
+from simmtm.runtime import Runtime, no_report
+from simmtm.sweep.record import TrialStore, trial_name, trials_root
 from simmtm.sweep.spec import TrialSpec, probe_key
 from simmtm.trackers import TrialSteps
 from simmtm.training import TrainingDiverged
@@ -36,37 +38,56 @@ __all__ = ["Trial", "trial_loop", "probe_config", "probe_score", "TRIAL_RESERVED
 
 log = logging.getLogger(__name__)
 
-TRIAL_RESERVED_KEYS = ("sweep", "repeat")
+TRIAL_RESERVED_KEYS = ("sweep", "repeat", "number", "name")
 
-# What a trial reports to: probe, placeholder and final results (metrics, or a stage name), each with the state to
-# checkpoint or None (``simmtm.reporting.tune_report`` and ``RayReport`` are two).
+# What a trial reports to: probe, placeholder and final results (metrics, or a stage name); the second argument is
+# always None here (the trial keeps its own checkpoint; ``simmtm.reporting.tune_report`` and ``RayReport`` are two).
 TrialReport: TypeAlias = Callable[[Mapping[str, Any], dict[str, Any] | None], None]
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One trial: the shared spec, its searched values (by dotted key) and its repeat index (the seed offset)."""
+    """One trial: the shared spec, its searched values (by dotted key), its repeat index (the seed offset) and its
+    name: ``trial_name(number)`` for a search trial (its Optuna number), ``name`` for a confirmation run."""
 
     spec: TrialSpec
     params: dict[str, Any]
     repeat: int = 0
-    trial_id: str | None = None  # set by a multi-worker trial for its workers; None: ask Tune
+    number: int | None = None
+    label: str | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Trial:
-        """Validate a trial's Tune config (``sweep``, ``repeat`` and the searched values)."""
+        """Validate a trial's Tune config (``sweep``, ``repeat``, ``number`` or ``name``, and the searched values)."""
         spec = config["sweep"]
+        number = config.get("number")
         return cls(
             spec=spec if isinstance(spec, TrialSpec) else TrialSpec.model_validate(spec),
-            params={k: v for k, v in config.items() if k not in TRIAL_RESERVED_KEYS and k != "trial_id"},
+            params={k: v for k, v in config.items() if k not in TRIAL_RESERVED_KEYS},
             repeat=int(config.get("repeat", 0)),
-            trial_id=config.get("trial_id"),
+            number=None if number is None else int(number),
+            label=config.get("name"),
         )
 
     def to_config(self) -> dict[str, Any]:
         """The plain-data form Ray passes to a trial (or a Train worker)."""
-        extra = {"trial_id": self.trial_id} if self.trial_id is not None else {}
+        extra: dict[str, Any] = {"number": self.number} if self.number is not None else {}
+        if self.label is not None:
+            extra["name"] = self.label
         return {"sweep": self.spec.model_dump(mode="json"), "repeat": self.repeat, **self.params, **extra}
+
+    @property
+    def name(self) -> str:
+        """The trial's folder, trials.csv row and tb/ run; ``local`` for a trial run by hand without one."""
+        if self.number is not None:
+            return trial_name(self.number)
+        return self.label or "local"
+
+    def store(self) -> TrialStore | None:
+        """Where the trial keeps its checkpoint and result (``simmtm.sweep.record``); None: nowhere (by hand)."""
+        if self.spec.storage_path is None or (self.number is None and self.label is None):
+            return None
+        return TrialStore(trials_root(self.spec.storage_path))
 
     def run_config(self, *, pin_threads: bool = True) -> RunConfig:
         return self.spec.run_config(self.params, self.repeat, pin_threads=pin_threads)
@@ -76,37 +97,60 @@ def trial_loop(
     trial: Trial | Mapping[str, Any],
     *,
     report: TrialReport | None = None,
-    resume: dict[str, Any] | None = None,
     runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    """Pre-train with probes, then fine-tune; ``report(metrics, state_or_None)`` receives every score.
+    """Pre-train with probes, then fine-tune; ``report(metrics, None)`` receives every score.
 
-    ``resume`` (the trial's latest checkpoint) continues an interrupted trial. With a data-parallel
-    ``runtime`` (a Ray Train worker) every rank calls this: rank 0 probes and fine-tunes on its own device while
-    the other ranks report placeholders, so every rank reports the same number of times.
+    A trial with a folder (``Trial.store``) checkpoints there after every probe and continues from there when it is
+    started again; once finished it writes its result there, and a later start reports that result instead of
+    training again. With a data-parallel ``runtime`` (a Ray Train worker) every rank calls this: rank 0 writes the
+    folder, probes and fine-tunes on its own device while the other ranks report placeholders, so every rank
+    reports the same number of times.
     """
-    from simmtm import finetune, pretrain
-    from simmtm.runtime import LocalRuntime, no_report
-
-    started = time.time()
     if not isinstance(trial, Trial):
         trial = Trial.from_config(trial)
-    spec = trial.spec
-    metric = spec.metric
     report = report or no_report
+    store = trial.store()
+    is_main = runtime is None or runtime.is_main
+    done = store.read_result(trial.name) if store is not None else None
+    if done is not None:  # it had finished when the driver stopped: say so again
+        placeholder: dict[str, Any] = {"stage": "final", "epoch": done.get("epoch")}
+        report(done if is_main else placeholder, None)
+        return done
+    try:
+        return _run(trial, report, store, runtime)
+    except Exception as exc:
+        if store is not None and is_main:  # the record keeps why it failed
+            store.write_error(trial.name, f"{type(exc).__name__}: {exc}".splitlines()[0])
+        raise
+
+
+def _run(trial: Trial, report: TrialReport, store: TrialStore | None, runtime: Runtime | None) -> dict[str, Any]:
+    from simmtm import pretrain
+    from simmtm.runtime import LocalRuntime
+
+    started = time.time()
+    spec = trial.spec
     run_cfg = trial.run_config()
-    trial_id = trial.trial_id or tune_trial_id()
+    resume = store.load_checkpoint(trial.name) if store is not None else None
     if resume is not None:
-        log.info("trial %s resumes after pre-training epoch %s", trial_id, resume.get("epoch"))
-    if resume is not None and "sweep_final" in resume:  # it had finished when the driver stopped: say so again
-        result = dict(resume["sweep_final"])
-        report(result, None)
-        return result
+        log.info("trial %s resumes after pre-training epoch %s", trial.name, resume.get("epoch"))
     is_main = runtime is None or runtime.is_main
     local = None if runtime is None else LocalRuntime(runtime.device)  # probes and fine-tunes run on one process
-    run_dir = Path(spec.tb_dir) / trial_id if spec.tb_dir and is_main else None
-    recorder = _ProbeRecorder(run_cfg, spec, report, run_dir=run_dir, resume=resume, is_main=is_main, runtime=local)
-    steps = _trial_steps(trial, trial_id) if is_main else None
+    run_dir = Path(spec.tb_dir) / trial.name if spec.tb_dir and is_main else None
+    recorder = _ProbeRecorder(
+        run_cfg,
+        spec,
+        report,
+        run_dir=run_dir,
+        resume=resume,
+        is_main=is_main,
+        runtime=local,
+        store=store,
+        name=trial.name,
+    )
+    recorder.report_resumed()
+    steps = _trial_steps(trial) if is_main else None
     try:
         pretrain.run(
             run_cfg,
@@ -114,7 +158,7 @@ def trial_loop(
             run_dir=run_dir / "pretrain" if run_dir else None,
             resume=resume,
             runtime=runtime,
-            checkpoints=False,  # Tune keeps the trial's checkpoint (from the reported state): one copy, not two
+            checkpoints=False,  # the trial's folder keeps its checkpoint (one copy, written with each probe)
             step_log=steps,
         )
         if recorder.last_epoch is None:
@@ -126,41 +170,52 @@ def trial_loop(
             result = {"stage": "final", "epoch": epoch}
             report(result, None)
             return result
-        final = finetune.run(run_cfg, pretrained=recorder.last_state, runtime=local, score_test=spec.score_test)
-        score, test = float(final[metric]), metric.removeprefix("val_")
-        if not math.isfinite(score):
-            raise TrainingDiverged(f"the fine-tuned {metric} is {score}; lower finetune.lr or the searched ranges")
-        result = {
-            metric: score,
-            "stage": "final",
-            "epoch": epoch,
-            **{
-                f"final_{k}": float(v)
-                for k, v in final.items()
-                if k.startswith("val_") and k != metric and isinstance(v, float)
-            },
-            **({f"test_{test}": float(final[test])} if spec.score_test else {}),  # test_mse: scored once
-            f"last_{probe_key(metric)}": recorder.last_probe,
-            "trial_wall_s": time.time() - started,
-        }
-        recorder.write_scalars(epoch, {metric: score}, prefix="final/")
+        result = _final(run_cfg, spec, recorder, epoch, runtime=local, started=started)
     finally:
         recorder.close_writer()
         if steps is not None:  # after the fine-tune: the trackers take the last steps meanwhile
             steps.close()
-    # The final report carries a checkpoint too: a trial restored after this point does not run again.
-    assert recorder.last_state is not None  # pre-training reported at least one epoch
-    report(result, {**recorder.last_state, "sweep_final": result})
+    if store is not None:  # a trial started again after this point does not run again
+        store.write_result(trial.name, result)
+    report(result, None)
     return result
 
 
-def _trial_steps(trial: Trial, trial_id: str) -> TrialSteps | None:
+def _final(
+    run_cfg: RunConfig, spec: TrialSpec, recorder: _ProbeRecorder, epoch: int, *, runtime: Any, started: float
+) -> dict[str, Any]:
+    """The full fine-tune on the last pre-trained state: the trial's final result."""
+    from simmtm import finetune
+
+    metric = spec.metric
+    final = finetune.run(run_cfg, pretrained=recorder.last_state, runtime=runtime, score_test=spec.score_test)
+    score, test = float(final[metric]), metric.removeprefix("val_")
+    if not math.isfinite(score):
+        raise TrainingDiverged(f"the fine-tuned {metric} is {score}; lower finetune.lr or the searched ranges")
+    recorder.write_scalars(epoch, {metric: score}, prefix="final/")
+    return {
+        metric: score,
+        "stage": "final",
+        "epoch": epoch,
+        **{
+            f"final_{k}": float(v)
+            for k, v in final.items()
+            if k.startswith("val_") and k != metric and isinstance(v, float)
+        },
+        **({f"test_{test}": float(final[test])} if spec.score_test else {}),  # test_mse: scored once
+        f"last_{probe_key(metric)}": recorder.last_probe,
+        "probes": {str(k): v for k, v in recorder.probes.items()},
+        "trial_wall_s": time.time() - started,
+    }
+
+
+def _trial_steps(trial: Trial) -> TrialSteps | None:
     """The W&B/MLflow runs that take the trial's per-step pre-training losses (``tune.loggers``), or None."""
     trackers = trial.spec.trackers
     if trackers is None:
         return None
     params = {**trial.params, "repeat": trial.repeat}
-    return TrialSteps(trackers, trial_id=trial_id, trial_name=trial_id, params=params)  # the sweep names trials by id
+    return TrialSteps(trackers, trial_id=trial.name, trial_name=trial.name, params=params)
 
 
 class _ProbeRecorder:
@@ -176,6 +231,8 @@ class _ProbeRecorder:
         resume: dict[str, Any] | None,
         is_main: bool = True,
         runtime: Runtime | None = None,
+        store: TrialStore | None = None,
+        name: str = "local",
     ) -> None:
         self.run_cfg = run_cfg
         self.spec = spec
@@ -186,6 +243,8 @@ class _ProbeRecorder:
         self.last_epoch = int(resume["epoch"]) if resume is not None else None
         self.probed_epoch = self.last_epoch  # a checkpoint is always written with a probe
         self.last_probe = (resume or {}).get("sweep_probe")
+        self.probes: dict[int, float] = dict((resume or {}).get("sweep_probes", {}))  # epoch -> probe score
+        self.store, self.name = store, name
         self._writer = None
         if run_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -228,7 +287,17 @@ class _ProbeRecorder:
         }
         self.write_scalars(epoch, {k: v for k, v in result.items() if k != "epoch" and k != "stage"}, prefix="probe/")
         self.last_probe = score
-        self.report(result, {**state, "sweep_probe": score})
+        self.probes[epoch] = score
+        if self.store is not None:  # the checkpoint first: a report the driver saw always has its checkpoint
+            self.store.save_checkpoint(self.name, {**state, "sweep_probe": score, "sweep_probes": self.probes})
+        self.report(result, None)
+
+    def report_resumed(self) -> None:
+        """A trial started again reports its checkpoint's probe once more: the study may not have recorded it."""
+        if self.probed_epoch is None or self.last_probe is None:
+            return
+        probe = {probe_key(self.spec.metric): self.last_probe} if self.is_main else {}
+        self.report({**probe, "stage": "probe", "epoch": self.probed_epoch}, None)
 
     def write_scalars(self, step: int, values: Mapping[str, Any], *, prefix: str) -> None:
         if self._writer is None:

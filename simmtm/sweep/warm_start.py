@@ -74,7 +74,7 @@ def warm_start_study(
     }
     added = skipped = 0
     for t in finished:
-        trial_id = str(t.user_attrs.get("tune_trial_id", t.number))
+        trial_id = str(t.user_attrs.get("trial_id", t.user_attrs.get("tune_trial_id", t.number)))
         if (source, trial_id) in done:
             continue
         params = {}
@@ -125,4 +125,10 @@ def _coerce(value: Any, dist: BaseDistribution) -> Any:
     except (TypeError, ValueError):
         return None
     assert isinstance(dist, (IntDistribution, FloatDistribution))
-    return value if dist._contains(dist.to_internal_repr(value)) else None
+    if not dist.low <= value <= dist.high:
+        return None
+    if dist.step is not None:
+        k = (value - dist.low) / dist.step
+        if abs(k - round(k)) > 1e-8:
+            return None  # off the distribution's grid
+    return value

@@ -280,9 +280,9 @@ def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(
             f"seed {SEED}: {trial_id}: {per_trial[trial_id]}"
         )
     study = study_of(out)
-    tagged = [t.user_attrs.get("tune_trial_id") for t in study.get_trials()]
+    tagged = [t.user_attrs.get("trial_id") for t in study.get_trials()]
     assert len(tagged) == len(set(tagged))  # one Optuna trial per Tune trial
-    assert {t.user_attrs["tune_trial_id"] for t in study.get_trials() if t.state == TrialState.COMPLETE} == complete
+    assert {t.user_attrs["trial_id"] for t in study.get_trials() if t.state == TrialState.COMPLETE} == complete
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
 
 
@@ -366,4 +366,4 @@ def test_two_drivers_feed_one_shared_study_and_each_reports_only_its_own_trials(
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
     owners = {t.user_attrs["owner"] for t in trials}
     assert {o.rsplit(":", 1)[-1].rsplit("/", 1)[-1] for o in owners} == {"a", "b"}
-    assert {t.user_attrs["tune_trial_id"] for t in trials} == {r["trial_id"] for table in rows.values() for r in table}
+    assert {t.user_attrs["trial_id"] for t in trials} == {r["trial_id"] for table in rows.values() for r in table}

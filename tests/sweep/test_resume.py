@@ -143,7 +143,7 @@ def test_an_interrupted_sweep_resumes_without_losing_or_rerunning_trials(tiny_sw
     study = study_of(out)
     by_tune = {}
     for t in study.get_trials():
-        tid = t.user_attrs.get("tune_trial_id")
+        tid = t.user_attrs.get("trial_id")
         assert tid not in by_tune
         by_tune[tid] = t
         if tid in orphans:
@@ -173,7 +173,7 @@ def test_resume_finds_tunes_state_under_a_storage_uri_outside_out(local_ray, tin
     assert {r.trial_id: r.score for r in again.rows} == {r.trial_id: r.score for r in first.rows}
     assert [e["trial_id"] for e in _events(out) if e["event"] == "start"] == started  # nothing ran again
     study = study_of(out)
-    assert sorted(t.user_attrs["tune_trial_id"] for t in study.get_trials()) == sorted(r.trial_id for r in first.rows)
+    assert sorted(t.user_attrs["trial_id"] for t in study.get_trials()) == sorted(r.trial_id for r in first.rows)
 
 
 def test_a_sweep_resumed_with_a_new_time_budget_stops_by_that_budget(tiny_sweep, tmp_path: Path) -> None:

@@ -239,14 +239,14 @@ def test_searcher_records_complete_pruned_and_failed_trials_honestly(tiny_config
     # ASHA stopped "b": Tune completes it with its last (probe) result, which Ray's OptunaSearch would call COMPLETE.
     searcher.on_trial_complete("b", {"probe_val_mse": 0.7, "epoch": 3, "stage": "probe"})
     searcher.on_trial_complete("c", None, error=True)
-    trials = {t.user_attrs["tune_trial_id"]: t for t in study.get_trials()}
+    trials = {t.user_attrs["trial_id"]: t for t in study.get_trials()}
     assert trials["a"].state == TrialState.COMPLETE and trials["a"].value == pytest.approx(0.42)
     assert trials["b"].state == TrialState.PRUNED and trials["b"].intermediate_values == {1: 0.9, 2: 0.8, 3: 0.7}
     # Its probe score stays an intermediate value only: sorting the study by value ranks final scores alone
     # (optuna's own tell would have copied 0.7 into the value).
     assert trials["b"].value is None
     ranked = sorted((t for t in study.get_trials() if t.value is not None), key=lambda t: t.value)
-    assert [t.user_attrs["tune_trial_id"] for t in ranked] == ["a"]
+    assert [t.user_attrs["trial_id"] for t in ranked] == ["a"]
     assert trials["c"].state == TrialState.FAIL
     assert all(PATCH in t.params for t in trials.values() if t.params[ENC] == "patch")
     assert all(PATCH not in t.params for t in trials.values() if t.params[ENC] == "transformer")
@@ -263,7 +263,7 @@ def test_a_trial_told_before_the_driver_stopped_is_resumed_without_error(tiny_co
     resumed._ot_trials["a"] = searcher._ot_trials["a"]
     resumed.on_trial_result("a", {"probe_val_mse": 0.8, "epoch": 2, "stage": "probe"})
     resumed.on_trial_complete("a", {"val_mse": 0.40, "stage": "final", "epoch": 2})
-    (trial,) = [t for t in study.get_trials() if t.user_attrs.get("tune_trial_id") == "a"]
+    (trial,) = [t for t in study.get_trials() if t.user_attrs.get("trial_id") == "a"]
     assert trial.state == TrialState.COMPLETE and trial.value == pytest.approx(0.42)
     assert trial.intermediate_values == {1: 0.9}
 

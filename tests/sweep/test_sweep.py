@@ -59,7 +59,7 @@ def test_a_four_trial_sweep_writes_the_sweep_directory(local_ray, tiny_sweep, tm
 
     # The study agrees with the table: same trials, COMPLETE with the final score, PRUNED as pruned.
     study = study_of(out)
-    trials = {t.user_attrs["tune_trial_id"]: t for t in study.get_trials()}
+    trials = {t.user_attrs["trial_id"]: t for t in study.get_trials()}
     assert set(trials) == set(rows)
     for tid, r in rows.items():
         t = trials[tid]
@@ -90,6 +90,8 @@ def test_a_four_trial_sweep_writes_the_sweep_directory(local_ray, tiny_sweep, tm
         assert list((out / "tb" / tid / "scores").glob("events.*"))
         assert (out / "tb" / "hparams" / tid).is_dir()
         assert (out / "ray" / tid).is_dir()
+        assert (out / "trials" / tid / "checkpoint.pt").is_file()  # the trial's own record
+        assert ((out / "trials" / tid / "result.json").is_file()) == (rows[tid]["state"] == "COMPLETE")
     timing = json.loads((out / "timing.json").read_text())
     assert timing["trials"] and all(v["trial_s"] > 0 for v in timing["trials"].values())
 
@@ -106,7 +108,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(local_ray
     assert failed["state"] == "FAILED" and failed["score"] == ""
     assert "TrainingDiverged" in failed["error"] and "nan" in failed["error"]
     assert f"failed {failed['trial_id']}: " in printed and "best:" in printed
-    states = {t.user_attrs["tune_trial_id"]: t.state for t in study_of(out).get_trials()}
+    states = {t.user_attrs["trial_id"]: t.state for t in study_of(out).get_trials()}
     assert states == {rows[0.001]["trial_id"]: TrialState.COMPLETE, failed["trial_id"]: TrialState.FAIL}
     assert load_config(out / "best.yaml").pretrain.lr == 0.001
 

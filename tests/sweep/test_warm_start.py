@@ -50,7 +50,7 @@ def test_a_warm_started_sweep_learns_from_the_earlier_one_and_reports_only_its_o
     # search space as B's own trials (so TPE uses them), then B's own trials.
     trials = study_of(second).get_trials()
     copies = [t for t in trials if "warm_start_from" in t.user_attrs]
-    own = [t for t in trials if "tune_trial_id" in t.user_attrs]
+    own = [t for t in trials if "trial_id" in t.user_attrs]
     assert len(copies) == 2 and len(own) == 2 and len(trials) == 4
     assert {t.user_attrs["warm_start_trial"]: t.value for t in copies} == pytest.approx(earlier)
     assert all(t.state == TrialState.COMPLETE and t.user_attrs["warm_start_from"] == str(first.resolve()) for t in copies)
@@ -58,7 +58,7 @@ def test_a_warm_started_sweep_learns_from_the_earlier_one_and_reports_only_its_o
 
     # B's tables and its analysis hold B's trials only.
     rows = read_trials_csv(second / "trials.csv")
-    assert {r["trial_id"] for r in rows} == {t.user_attrs["tune_trial_id"] for t in own}
+    assert {r["trial_id"] for r in rows} == {t.user_attrs["trial_id"] for t in own}
     assert not {r["trial_id"] for r in rows} & set(earlier)
     sweep = load_sweep(second)
     assert sweep.n_warm_start == 2 and len(sweep.finished) == 2
