@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from simmtm.cli import main
 
@@ -225,3 +226,76 @@ def test_one_line_on_the_real_stderr(tmp_path: Path, tiny_config, write_config) 
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert expected in done.stderr
         assert not (tmp_path / "out").exists()
+
+
+# --- one grammar: global flags anywhere, the config first, --overwrite, `simmtm config` -----------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, verbose, quiet",
+    [
+        (["-v", "validate", "c.yaml"], 1, False),
+        (["validate", "c.yaml", "-v"], 1, False),
+        (["validate", "-vv", "c.yaml"], 2, False),
+        (["pretrain", "c.yaml", "--out", "o", "-q"], 0, True),
+        (["-q", "data", "list"], 0, True),
+        (["data", "list", "-v"], 1, False),  # a subcommand's own subcommand takes them too
+        (["validate", "c.yaml"], 0, False),
+    ],
+)
+def test_global_flags_work_anywhere_on_the_line(argv: list[str], verbose: int, quiet: bool) -> None:
+    from simmtm.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.verbose, args.quiet) == (verbose, quiet)
+
+
+def test_validate_takes_v_after_the_file(tmp_path: Path, tiny_config, write_config, capsys) -> None:
+    path = write_config(tiny_config())
+    code, out, err = run_cli(["validate", str(path), "-v"], capsys)
+    assert (code, out.strip(), err) == (0, f"ok   {path}", "")
+
+
+def test_config_prints_what_a_run_saves_and_exits(tmp_path: Path, tiny_config, write_config, capsys) -> None:
+    path = write_config({**tiny_config(), "tune": {"num_samples": 2}, "search": {"method": "random"}})
+    code, printed, err = run_cli(["config", str(path), "--set", "pretrain.mask_ratio=0.3", "-q"], capsys)
+    assert code == 0 and err == ""
+    assert not (tmp_path / "out").exists()
+    assert main(["pretrain", str(path), "--out", str(tmp_path / "out"), "--set", "pretrain.mask_ratio=0.3",
+                 "--no-progress"]) == 0
+    assert printed == (tmp_path / "out" / "config.yaml").read_text()  # the run's own record, byte for byte
+    parsed = yaml.safe_load(printed)
+    assert parsed["pretrain"]["mask_ratio"] == 0.3 and "tune" not in parsed and parsed["loggers"] == ["tensorboard"]
+    code, _, err = run_cli(["config", str(path), "--set", "pretrain.ratio=0.3"], capsys)
+    assert code == 2 and "unknown key 'pretrain.ratio'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_restart_still_works_with_a_one_line_deprecation(tmp_path: Path, tiny_config, write_config, capsys) -> None:
+    from simmtm.checkpoint import load_state
+
+    path, out = write_config(tiny_config()), tmp_path / "out"
+    assert run_cli(["pretrain", str(path), "--out", str(out), "--no-progress"], capsys)[0] == 0
+    argv = ["pretrain", str(path), "--out", str(out), "--set", "pretrain.mask_ratio=0.3", "--no-progress"]
+    code, _, err = run_cli([*argv, "--restart"], capsys)
+    assert code == 0
+    assert err.strip() == ("simmtm pretrain: --restart is deprecated and will be removed in the next release; "
+                           "use --overwrite")
+    state = load_state(out / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step"], state["config"]["pretrain"]["mask_ratio"]) == (1, 3, 0.3)  # afresh
+
+
+def test_import_official_takes_the_config_first_and_still_reads_config_flag(tmp_path: Path, capsys) -> None:
+    from test_official import official_config, official_model, save_official
+
+    checkpoint, config = save_official(tmp_path, official_model().state_dict()), official_config(tmp_path)
+    code, out, err = run_cli(["import-official", str(config), str(checkpoint), "--out", str(tmp_path / "new")], capsys)
+    assert (code, err) == (0, "") and f"simmtm finetune {config} --from" in out
+    code, _, err = run_cli(["import-official", str(checkpoint), "--config", str(config), "--out", str(tmp_path / "old")],
+                           capsys)
+    assert code == 0 and err.strip() == (
+        "simmtm import-official: --config CONFIG is deprecated and will be removed in the next release; "
+        "use simmtm import-official CONFIG CKPT")
+    assert (tmp_path / "new" / "config.yaml").read_text() == (tmp_path / "old" / "config.yaml").read_text()
+    code, _, err = run_cli(["import-official", str(checkpoint), "--out", str(tmp_path / "none")], capsys)
+    assert code == 2 and "give the config first: simmtm import-official CONFIG CKPT" in err
+    assert not (tmp_path / "none").exists()
