@@ -31,13 +31,13 @@ from simmtm.rundir import check_run_all_dir, guard_finetune_dir, own
 from simmtm.write_targets import check_output_folder
 
 if TYPE_CHECKING:
+    from simmtm.analysis.recommend import Recommendation
     from simmtm.export import ExportedEncoder
 
 __all__ = [
     "AnalysisResult",
     "FinetuneResult",
     "PretrainResult",
-    "RecommendResult",
     "RunResult",
     "SweepResult",
     "analyze",
@@ -101,25 +101,12 @@ class SweepResult:
 
 
 @dataclass(frozen=True)
-class RecommendResult:
-    status: str  # "ok", or "insufficient" (``message`` says why)
-    message: str
-    metric: str
-    params: Mapping[str, Any]  # recommended value per searched parameter
-    expected_score: float | None
-    ci: tuple[float, float] | None  # bootstrap interval of the expected score
-    summary: tuple[str, ...]  # the lines `simmtm recommend` prints
-    best_yaml: Path | None  # written when asked for and status is "ok"
-    recommendation: Any  # the full simmtm.analysis.recommend.Recommendation (edges, M against r, ...)
-
-
-@dataclass(frozen=True)
 class AnalysisResult:
     report: Path  # report.html
     recommendation_json: Path
     figures: Mapping[str, Path]  # name -> PNG
     counts: Mapping[str, int]
-    recommendation: RecommendResult
+    recommendation: Recommendation  # simmtm.analysis.Recommendation, as ``recommend`` returns it
 
 
 # --- configs -------------------------------------------------------------------------------------------------
@@ -351,41 +338,33 @@ def analyze(
     from simmtm.analysis.report import write_report
 
     report = write_report(sweep_dir, out, interactive=interactive, n_boot=bootstrap, seed=seed)
+    assert report.recommendation is not None  # write_report always recommends (or says why not)
     return AnalysisResult(
         report.html,
         report.recommendation_json,
         dict(report.figures),
         report.sweep.counts(),
-        _recommend_result(report.recommendation, None),
+        report.recommendation,
     )
 
 
 def recommend(
     sweep_dir: str | Path, *, write: str | Path | None = None, bootstrap: int = 1000, seed: int = 0
-) -> RecommendResult:
-    """``simmtm recommend``: r, M (tau, encoder) to run next, with an expected score; ``write``: also the run config."""
+) -> Recommendation:
+    """``simmtm recommend``: r, M (tau, encoder) to run next, with an expected score; ``write``: also the run config.
+
+    The result is the one recommendation type (``simmtm.analysis.Recommendation``): the fields that
+    ``simmtm recommend --json`` prints, ``summary()`` the lines it prints, ``best_yaml`` the run config written.
+    """
+    from dataclasses import replace
+
     from simmtm.analysis.load import load_sweep
     from simmtm.analysis.recommend import recommend as recommend_params
     from simmtm.analysis.recommend import write_best_config
 
     loaded = load_sweep(sweep_dir)
     rec = recommend_params(loaded, n_boot=bootstrap, seed=seed)
-    written = None
-    if write is not None and rec.status == "ok":
-        write_best_config(loaded, rec, write)
-        written = Path(write)
-    return _recommend_result(rec, written)
-
-
-def _recommend_result(rec: Any, written: Path | None) -> RecommendResult:
-    return RecommendResult(
-        status=rec.status,
-        message=rec.message,
-        metric=rec.metric,
-        params=dict(rec.params),
-        expected_score=rec.expected_score,
-        ci=tuple(rec.ci) if rec.ci else None,
-        summary=tuple(rec.summary()),
-        best_yaml=written,
-        recommendation=rec,
-    )
+    if write is None or rec.status != "ok":
+        return rec
+    write_best_config(loaded, rec, write)
+    return replace(rec, best_yaml=str(write))
