@@ -293,22 +293,20 @@ def judge(
             **base,
         )
     family = 1 - (1 - confidence) / len(candidates)
-    comparisons, diffs = [], []
-    for c in candidates:
-        d = _pair(c, default, "validation", mode=mode, confidence=family)
-        if d is None:
-            comparisons.append({"params": c.params, "n": 0, "mean": None, "ci": None})
-            continue
-        diffs.append((c, d))
-        comparisons.append(
-            {
-                "params": c.params,
-                "n": d.n,
-                "mean": d.mean,
-                "ci": list(d.ci) if d.ci else None,
-                "significant": d.significant,
-            }
-        )
+    paired = [(c, _pair(c, default, "validation", mode=mode, confidence=family)) for c in candidates]
+    diffs = [(c, d) for c, d in paired if d is not None]
+    comparisons = [
+        {"params": c.params, "n": 0, "mean": None, "ci": None}
+        if d is None
+        else {
+            "params": c.params,
+            "n": d.n,
+            "mean": d.mean,
+            "ci": list(d.ci) if d.ci else None,
+            "significant": d.significant,
+        }
+        for c, d in paired
+    ]
     if not diffs:
         return Verdict(
             "insufficient",

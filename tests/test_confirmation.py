@@ -132,32 +132,33 @@ def _stage(tmp_path, confirm):
 
     return StageInputs(
         out=tmp_path, metric="val_mse", mode="min", param_keys=list(CAND), base_seed=0,
-        confirm=ConfirmSpec(**confirm), search_dir="", storage_path=str(tmp_path), rung_epoch=1,
-        prunes=False, rung="probe", max_concurrent=2,
+        confirm=ConfirmSpec(**confirm), rung_epoch=1, prunes=False, rung="probe", max_concurrent=2,
     )
 
 
 def _rounds(tmp_path, confirm, gain):
-    """``seeds: auto`` on a fake runner: the candidate's score is the default's minus gain(seed); each round's plan."""
+    """``seeds: auto`` on a fake runner: the candidate's score is the default's minus gain(seed). Like the driver's,
+    the runner runs the named points that have no result yet and returns the rows of all; each round's new seeds."""
     import numpy as np
 
     from simmtm.sweep.confirm import ConfirmPlan, _confirm_rounds
     from simmtm.sweep.outputs import TrialRow
 
-    rounds, rows = [], []
+    rounds, rows = [], {}
     noise = np.random.default_rng(0).normal(0, 0.01, 100)
 
-    def run(plan):
-        rounds.append(plan.repeats)
-        for r in plan.repeats:
-            for params in plan.candidates:
-                base = 1.0 + noise[r - 1000]
-                score = base - (gain(r) if params == CAND else 0.0)
-                rows.append(TrialRow(f"{r}-{len(rows)}", "COMPLETE", dict(params), repeat=r, score=score, test_score=score))
-        return "confirm"
+    def run_points(points):
+        new = [name for name in points if name not in rows]
+        rounds.append(sorted({points[name]["repeat"] for name in new}))
+        for name in new:
+            point = points[name]
+            params = {k: v for k, v in point.items() if k != "repeat"}
+            score = 1.0 + noise[point["repeat"] - 1000] - (gain(point["repeat"]) if params == CAND else 0.0)
+            rows[name] = TrialRow(name, "COMPLETE", params, repeat=point["repeat"], score=score, test_score=score)
+        return [rows[name] for name in points]
 
     plan = ConfirmPlan((dict(PAPER_DEFAULTS), CAND), 3)
-    _, got, configs, verdict = _confirm_rounds(_stage(tmp_path, confirm), plan, run, lambda path, keys: list(rows), {})
+    _, configs, verdict = _confirm_rounds(_stage(tmp_path, confirm), plan, run_points, {})
     return rounds, verdict
 
 
