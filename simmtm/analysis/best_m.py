@@ -78,16 +78,7 @@ def m_vs_r(
             "an end of it), so there is no best-M line to fit; see the r x M heatmap",
         }
     slope, intercept = line
-    rng = np.random.default_rng(seed)
-    slopes = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(done), size=len(done))
-        Xb = X[idx]
-        if np.linalg.matrix_rank(Xb) < X.shape[1]:
-            continue
-        b = _ridge_line(np.linalg.lstsq(Xb, good[idx], rcond=None)[0], scale)
-        if b is not None:
-            slopes.append(b[0])
+    slopes = _bootstrap_slopes(X, good, scale, n_boot=n_boot, rng=np.random.default_rng(seed))
     share = len(slopes) / n_boot
     out.update(slope=float(slope), intercept=float(intercept), peaked_share=share)
     if share < 0.5:
@@ -99,8 +90,31 @@ def m_vs_r(
         }
     a = (1 - confidence) / 2
     lo, hi = float(np.quantile(slopes, a)), float(np.quantile(slopes, 1 - a))
+    verdict, message = _slope_verdict(slope, lo, hi, slope * scale[1], confidence)
+    if share < 0.9:
+        message += f" ({share:.0%} of resamples had a best M inside the range)"
+    return {**out, "status": "ok", "ci": [lo, hi], "verdict": verdict, "message": message}
+
+
+def _bootstrap_slopes(
+    X: np.ndarray, good: np.ndarray, scale: tuple[float, float, float, float], *, n_boot: int, rng: np.random.Generator
+) -> list[float]:
+    """The ridge line's slope refitted on ``n_boot`` resamples of the trials (those without a peak in M left out)."""
+    slopes = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(X), size=len(X))
+        Xb = X[idx]
+        if np.linalg.matrix_rank(Xb) < X.shape[1]:
+            continue
+        b = _ridge_line(np.linalg.lstsq(Xb, good[idx], rcond=None)[0], scale)
+        if b is not None:
+            slopes.append(b[0])
+    return slopes
+
+
+def _slope_verdict(slope: float, lo: float, hi: float, across: float, confidence: float) -> tuple[str, str]:
+    """How the best M moves with r, in words (``across``: its change over the searched range of r)."""
     per = f"{slope / 10:+.2g} M per +0.1 in r ({confidence:.0%} CI {lo / 10:+.2g} to {hi / 10:+.2g})"
-    across = slope * scale[1]  # change of the best M over the searched range of r
     if (lo > 0 or hi < 0) and abs(across) < MIN_M_CHANGE:
         verdict, message = (
             "flat",
@@ -118,9 +132,7 @@ def m_vs_r(
             "unclear",
             (f"no clear relation: {per}; the interval includes 0, so this data does not show M changing with r"),
         )
-    if share < 0.9:
-        message += f" ({share:.0%} of resamples had a best M inside the range)"
-    return {**out, "status": "ok", "ci": [lo, hi], "verdict": verdict, "message": message}
+    return verdict, message
 
 
 def _range(values: pd.Series, dist: BaseDistribution) -> tuple[float, float]:
