@@ -113,7 +113,8 @@ def power_line(plan: ConfirmPlan, noise: SeedSpread, confirm: ConfirmSpec, metri
     small = detectable_difference(noise.sd, plan.seeds)
     return (
         f"{what}; with the search's seed noise ({noise.sd:.3g} SD over {noise.n_runs} runs) {plan.seeds} seeds tell "
-        f"apart a difference of about {small:.3g} {metric} or more (the 95 % interval's half-width)"
+        f"apart a difference of about {small:.3g} {metric} or more (the 95 % interval's half-width were the paired "
+        "runs independent; pairing by seed usually narrows it)"
     )
 
 
