@@ -9,6 +9,7 @@ start passing when the point is done, and the marker then goes).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -1028,6 +1029,227 @@ def _corrupt_both(w: Workspace) -> Path:
     return root
 
 
+# issue 25, the third round: each cause with variants of its own (other columns, sections, commands)
+NO_CUDA = "skip-cuda"  # a device case: meaningful only where torch sees no CUDA device
+
+
+def validate_data(config: Callable[[Workspace], str]) -> Callable[[Workspace], list[str]]:
+    return lambda w: ["validate", config(w), "--data"]
+
+
+def run_all(config: Callable[[Workspace], str], *extra: str) -> Callable[[Workspace], list[str]]:
+    return lambda w: ["run", config(w), "--out", str(w.out), "--no-progress", *extra]
+
+
+def _csv_with(column: str, row: int, value: float, header: str | None = None) -> Callable[[Path], Any]:
+    """The tiny two-column CSV (320 hourly rows: train 0-223, val 224-255, test 256-319) with one value changed."""
+
+    def write(path: Path) -> None:
+        frame = pd.DataFrame(
+            {
+                "date": pd.date_range("2021-01-01", periods=320, freq="h"),
+                "c0": np.sin(np.arange(320) / 5.0),
+                "c1": np.cos(np.arange(320) / 3.0),
+            }
+        )
+        frame.loc[row, column] = value
+        frame.to_csv(path, index=False)
+        if header is not None:  # the same values under another header line
+            lines = path.read_text().splitlines(keepends=True)
+            path.write_text(header + "\n" + "".join(lines[1:]))
+
+    return write
+
+
+def _ts_pair(w: Workspace, train: str, test: str, labels: str = "a b", **data: Any) -> str:
+    head = f"@problemName toy\n@univariate true\n@equalLength true\n@classLabel true {labels}\n@data\n"
+    (w.root / "toy_TRAIN.ts").write_text(head + train)
+    (w.root / "toy_TEST.ts").write_text(head + test)
+    return w.config({"data": {"path": str(w.root / "toy_TRAIN.ts"), "seq_len": 4, **data}})
+
+
+TS_OK = "1,2,3,4:a\n2,3,4,5:b\n1,3,2,4:a\n2,4,3,5:b\n3,1,2,4:a\n4,2,3,5:b\n"
+TS_BIG = TS_OK.replace("2,4,3,5:b", "2,4,1e308,5:b").replace("3,1,2,4:a", "3,1,1e308,4:a")
+
+
+def _labelled_dir(w: Workspace, val_labels: list[int], train_labels: tuple[int, ...] = (0, 1) * 4) -> str:
+    """The official layout (train/val/test.npz) with these labels for the train and validation files."""
+    folder = w.root / "official"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, labels in (("train", list(train_labels)), ("val", val_labels), ("test", [0, 1, 0, 1])):
+        np.savez(folder / f"{split}.npz", samples=rng.normal(size=(len(labels), 1, 16)), labels=np.array(labels))
+    return w.config({"data": {"path": str(folder)}})
+
+
+OVERFLOW = r"overflows (float64|when standardised)"
+for name, argv, pattern in [
+    ("CSV 1e308 in a train row", pretrain(lambda w: w.data("big.csv", _csv_with("c1", 5, 1e308))),
+     rf"big.csv: column 'c1', row 6 \(line 7\): .*{OVERFLOW}"),
+    ("CSV -1.7e308 in another column", finetune(lambda w: w.data("big.csv", _csv_with("c0", 10, -1.7e308))),
+     rf"big.csv: column 'c0', row 11 \(line 12\): .*{OVERFLOW}"),
+    ("CSV 1e308 in a test row", pretrain(lambda w: w.data("big.csv", _csv_with("c0", 300, 1e308))),
+     rf"big.csv: column 'c0', row 301 \(line 302\): .*{OVERFLOW}"),
+    ("CSV 1e308 in a validation row", run_all(lambda w: w.data("big.csv", _csv_with("c1", 230, 1e308))),
+     rf"big.csv: column 'c1', row 231 \(line 232\): .*{OVERFLOW}"),
+    ("CSV 1e308 under validate --data", validate_data(lambda w: w.data("big.csv", _csv_with("c1", 5, 1e308))),
+     rf"big.csv: column 'c1', row 6 .*{OVERFLOW}"),
+    ("CSV 3e38 in a test row (float32 after scaling)", pretrain(lambda w: w.data("big.csv", _csv_with("c0", 310, 3e38))),
+     rf"big.csv: column 'c0', row 311 .*{OVERFLOW}"),
+    (".ts 1e308 in the TRAIN file", pretrain(lambda w: _ts_pair(w, TS_BIG, TS_OK)),
+     rf"toy_TRAIN.ts: line \d+, channel 1, step 3: .*{OVERFLOW}"),
+    (".ts 1e308 in the TEST file", finetune(lambda w: _ts_pair(w, TS_OK, TS_BIG)),
+     rf"toy_TEST.ts: line \d+, channel 1, step 3: .*{OVERFLOW}"),
+    (".ts 1e308 under validate --data", validate_data(lambda w: _ts_pair(w, TS_OK, TS_BIG)),
+     rf"toy_TEST.ts: line \d+, channel 1, step 3: .*{OVERFLOW}"),
+    (".npz value beyond float32", pretrain(lambda w: w.data("x.npz", _npz(
+        samples=np.where(np.arange(8 * 24).reshape(8, 1, 24) == 29, 1e300, 1.0), labels=np.arange(8) % 2))),
+     r"x.npz: sample 1, channel 1, step 6: a value overflows when cast to float32"),
+    (".pt value beyond float32", finetune(lambda w: w.data("x.pt", lambda p: torch.save(
+        {"samples": torch.full((8, 2, 24), 1.0, dtype=torch.float64).index_fill_(2, torch.tensor([3]), 1e200),
+         "labels": torch.arange(8) % 2}, p))),
+     r"x.pt: sample 0, channel 1, step 4: a value overflows when cast to float32"),
+    # labels a classifier cannot learn from
+    (".ts training file of one class", pretrain(lambda w: _ts_pair(w, TS_OK.replace(":b", ":a"), TS_OK)),
+     r"toy_TRAIN.ts: the training split holds one class \('a'\)"),
+    (".ts test labels never seen in training", finetune(lambda w: _ts_pair(
+        w, TS_OK, TS_OK.replace("2,3,4,5:b", "2,3,4,5:c").replace("2,4,3,5:b", "2,4,3,5:d"), labels="a b c d")),
+     r"toy_TEST.ts: test label\(s\) 'c', 'd' never occur in the training split \(it holds 'a', 'b'\)"),
+    (".ts test labels unseen, validate --data", validate_data(lambda w: _ts_pair(
+        w, TS_OK, TS_OK.replace(":b", ":c"), labels="a b c")),
+     r"toy_TEST.ts: test label\(s\) 'c' never occur"),
+    (".npz file of one class", pretrain(lambda w: w.data("one.npz", _npz(
+        samples=np.random.default_rng(0).normal(size=(10, 1, 24)), labels=np.zeros(10)))),
+     r"one.npz: the training split holds one class \('0'\)"),
+    ("official layout, a validation label never trained on", finetune(lambda w: _labelled_dir(w, [0, 1, 2, 2])),
+     r"val.npz: validation label\(s\) '2' never occur in the training split"),
+    ("official layout, one class, under run", run_all(lambda w: _labelled_dir(w, [1, 1], (1,) * 8)),
+     r"train.npz: the training split holds one class \('1'\)"),
+    # a repeated column name
+    ("CSV target column OT twice", pretrain(lambda w: w.config({"data": {
+        "path": str((_csv_with("c0", 0, 0.0, "date,OT,OT")(w.root / "dup.csv"), w.root / "dup.csv")[1]),
+        "features": "S", "target": "OT"}})),
+     r"dup.csv: the target column 'OT' occurs 2 times in the header"),
+    ("CSV target column c1 twice, finetune", finetune(lambda w: w.config({"data": {
+        "path": str((_csv_with("c0", 0, 0.0, "date,c1,c1")(w.root / "dup.csv"), w.root / "dup.csv")[1]),
+        "features": "S", "target": "c1"}})),
+     r"dup.csv: the target column 'c1' occurs 2 times"),
+    ("CSV target repeated, validate --data", validate_data(lambda w: w.config({"data": {
+        "path": str((_csv_with("c0", 0, 0.0, "date,OT,OT")(w.root / "dup.csv"), w.root / "dup.csv")[1]),
+        "features": "S", "target": "OT"}})),
+     r"dup.csv: the target column 'OT' occurs 2 times"),
+    # paths that are not what they seem
+    ("data path a symbolic-link loop", pretrain(lambda w: (
+        (w.root / "a.csv").symlink_to(w.root / "b.csv"), (w.root / "b.csv").symlink_to(w.root / "a.csv"),
+        w.config({"data": {"path": str(w.root / "a.csv")}}))[-1]),
+     r"a.csv: cannot open \(Too many levels of symbolic links\)"),
+    ("data path a broken symbolic link", finetune(lambda w: (
+        (w.root / "gone.csv").symlink_to(w.root / "moved.csv"), w.config({"data": {"path": str(w.root / "gone.csv")}})
+    )[-1]), r"gone.csv is a symbolic link to .*moved.csv, which does not exist"),
+    ("folder named x.ts", pretrain(lambda w: w.data("x.ts", lambda p: p.mkdir())), r"x.ts: is a folder"),
+    ("folder named x.npz, validate --data", validate_data(lambda w: w.data("x.npz", lambda p: p.mkdir())),
+     r"x.npz: is a folder"),
+]:
+    case(f"data (25) {name}", "data files", argv, pattern)
+
+
+def _twice(w: Workspace, text: str, name: str = "twice.yaml", *, drop: str = "") -> str:
+    """The tiny config (less its ``drop`` section) as YAML with ``text`` appended."""
+    raw = {k: v for k, v in w.raw().items() if k != drop}
+    return str(w.write(name, yaml.safe_dump(raw, sort_keys=False) + text))
+
+
+def _quick_twice(w: Workspace) -> str:
+    return str(w.write("quick.yaml", (REPO / "sweeps" / "quick.yaml").read_text() + "\npretrain:\n  epochs: 1\n"))
+
+
+SEARCH_TWICE = (
+    "search:\n  method: tpe\n  params:\n    pretrain.num_masked: {type: int, low: 1, high: 3}\n"
+    "    pretrain.num_masked: {type: int, low: 2, high: 4}\ntune: {num_samples: 2}\n"
+)
+for name, argv, pattern in [
+    ("a key twice in a section", finetune(lambda w: _twice(w, "finetune:\n  lr: 0.1\n  patience: 2\n  lr: 0.2\n", drop="finetune")),
+     r"twice.yaml: key 'finetune.lr' appears twice, at lines (\d+) and (?!\1)\d+"),
+    ("a section twice", pretrain(lambda w: _twice(w, "pretrain:\n  epochs: 1\n")),
+     r"twice.yaml: key 'pretrain' appears twice, at lines \d+ and \d+"),
+    ("a second pretrain section after sweeps/quick.yaml", lambda w: ["validate", _quick_twice(w)],
+     r"quick.yaml: key 'pretrain' appears twice, at lines 2\d and 6\d"),
+    ("a top-level value twice", run_all(lambda w: _twice(w, "seed: 3\n")), r"key 'seed' appears twice"),
+    ("a flow mapping with a key twice", pretrain(lambda w: _twice(w, "model: {d_model: 8, d_model: 16}\n", drop="model")),
+     r"twice.yaml: key 'model.d_model' appears twice, at lines (\d+) and \1"),
+    ("a search parameter twice", lambda w: ["sweep", _twice(w, SEARCH_TWICE, "sweep.yaml"), "--out", str(w.out)],
+     r"sweep.yaml: key 'search.params.pretrain.num_masked' appears twice"),
+    ("a sweep file checked by validate", lambda w: ["validate", _twice(w, SEARCH_TWICE, "sweep.yaml")],
+     r"key 'search.params.pretrain.num_masked' appears twice"),
+    ("a key twice in a --set value", pretrain(lambda w: w.config(), "--set", "finetune.horizons=[4]",
+                                                "--set", "model={d_model: 8, d_model: 16}"),
+     r"key 'd_model' appears twice"),
+]:
+    case(f"config (25) {name}", "configs", argv, pattern)
+case(
+    "cluster (25) a key twice",
+    "cluster files",
+    lambda w: ["cluster", "check", str(w.write("cluster.yaml", (REPO / "cluster.yaml").read_text() + "\nmax_workers: 2\n"))],
+    r"cluster.yaml: key 'max_workers' appears twice",
+)
+
+CUDA_PATTERN = r"device: cuda, but this machine has no CUDA device \(torch .*\); set device: cpu or auto"
+for name, argv in [
+    ("pretrain", pretrain(with_changes({"device": "cuda"}))),
+    ("finetune", finetune(with_changes({"device": "cuda"}))),
+    ("run via --set", run_all(lambda w: w.config(), "--set", "device=cuda")),
+    ("validate --data", validate_data(with_changes({"device": "cuda"}))),
+    ("finetune --from a run", lambda w: ["finetune", w.config({"device": "cuda"}), "--from", str(w.pretrain_run()),
+                                         "--out", str(w.out), "--no-progress"]),
+]:
+    case(f"config (25) device: cuda, {name}", "configs", argv, CUDA_PATTERN, hole=NO_CUDA)
+
+
+def _export(out: Callable[[Workspace], Path | str]) -> Callable[[Workspace], list[str]]:
+    return lambda w: ["export", str(w.pretrain_run()), "--out", str(out(w))]
+
+
+def _users_card(w: Workspace) -> Path:
+    folder = w.root / "card"
+    folder.mkdir()
+    (folder / "README.md").write_text("# my notes\n")
+    (folder / "config.json").write_text('{"lr": 0.1}\n')
+    return folder
+
+
+for name, argv, pattern in [
+    ("an existing file", _export(_a_file), r"afile: is a file, not a folder"),
+    ("under a file", _export(lambda w: _a_file(w) / "enc"), r"afile is a file, so no folder can be made"),
+    ("read-only", _export(lambda w: _readonly(w) / "enc"), r"cannot write in"),
+    ("a user's README.md and config.json", _export(_users_card), r"card: not a simmtm export folder"),
+    ("somebody's folder", _export(_foreign), r"mine: not a simmtm export folder \(holds thesis.tex\)"),
+    ("a pre-training run", lambda w: ["export", str(w.pretrain_run()), "--out", str(w.pretrain_run("other"))],
+     r"other: not a simmtm export folder"),
+    ("owned by a running process", _export(lambda w: w.held(w.out)), r"out: in use by pid \d+"),
+]:
+    case(f"output (25) export --out {name}", "output paths", argv, pattern)
+
+
+def _official_checkpoint(w: Workspace, state: Any) -> list[str]:
+    return ["import-official", str(REPO / "sweeps" / "etth1.yaml"), w.checkpoint(state), "--out", str(w.out)]
+
+
+for name, argv, pattern in [
+    ("import-official of a pickle of Python objects", lambda w: _official_checkpoint(w, {"args": Foreign()}),
+     r"ckpt.pt: not a readable PyTorch checkpoint: it holds a Python object \(.*Foreign\)"),
+    ("import-official of a model with an argparse namespace", lambda w: _official_checkpoint(
+        w, {"model": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=0.1)}),
+     r"ckpt.pt: not a readable PyTorch checkpoint: it holds a Python object \(argparse.Namespace\)"),
+    ("import-official of a truncated checkpoint", lambda w: [
+        "import-official", str(REPO / "sweeps" / "etth1.yaml"), _truncated(w), "--out", str(w.out)],
+     r"truncated.pt: not a readable PyTorch checkpoint: truncated or not a torch file"),
+    ("import-official of a text file", lambda w: [
+        "import-official", str(REPO / "sweeps" / "etth1.yaml"), str(w.write("notes.pt", "hi\n")), "--out", str(w.out)],
+     r"notes.pt: not a readable PyTorch checkpoint: not a torch file"),
+]:
+    case(f"checkpoint (25) {name}", "checkpoints", argv, pattern)
+
+
 # --- the check ----------------------------------------------------------------------------------------------------
 
 
@@ -1049,6 +1271,8 @@ def params():
         marks = []
         if spec.hole == "skip-root":
             marks.append(pytest.mark.skipif(IS_ROOT, reason="root reads and writes regardless of permissions"))
+        elif spec.hole == NO_CUDA:
+            marks.append(pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device"))
         elif spec.hole:
             marks.append(
                 pytest.mark.xfail(
@@ -1083,7 +1307,7 @@ def test_bad_input_is_refused_cleanly(name: str, ws: Workspace, capsys: pytest.C
         line = lines[0]
         assert line.startswith(f"simmtm {argv[0]}: error: "), line
     assert re.search(spec.expected, line), line
-    assert "Traceback" not in err and "weights_only" not in err
+    assert "Traceback" not in err and "weights_only" not in err and "\x1b[" not in err  # no colour codes
     assert after == before, sorted(set(after) ^ set(before)) or "a file changed"
 
 
