@@ -18,7 +18,7 @@ from simmtm.cli import main
 from simmtm.export import export_encoder, load_encoder
 from simmtm.model import masked_instance_norm
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 
 @pytest.fixture
@@ -59,12 +59,16 @@ def test_export_writes_weights_config_and_card_and_loads_the_trained_encoder(pre
         assert text in card, text
 
 
-def test_the_readme_example_runs_on_an_exported_run(pre_run: Path, tmp_path: Path) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+def test_the_api_doc_example_runs_on_an_exported_run(pre_run: Path, tmp_path: Path) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", API_DOC.read_text(), flags=re.DOTALL)
     example = next(b for b in blocks if "simmtm.load_encoder" in b)
     work = tmp_path / "work"
-    export_encoder(pre_run, work / "runs" / "encoder")
-    done = subprocess.run([sys.executable, "-c", example], cwd=work, capture_output=True, text=True, timeout=120, check=False)
+    work.mkdir()
+    # the page's earlier blocks import simmtm and pre-train `pre`; here `pre` is this test's run
+    setup = f"import simmtm\nfrom types import SimpleNamespace\npre = SimpleNamespace(run_dir={str(pre_run)!r})\n"
+    done = subprocess.run(
+        [sys.executable, "-c", setup + example], cwd=work, capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert "torch.Size([8, 24, 16])" in done.stdout
 
