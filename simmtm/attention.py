@@ -1,6 +1,6 @@
 """Softmax self-attention, ``(N, h, T, hs)`` in and out, on the fastest exact kernel for the shape and device.
 
-* Small heads (hs < 8) on the CPU, float32, no attention dropout: a C kernel of our own (below), compiled on first
+* Small heads (hs < 8) on the CPU, float32: a C kernel of our own (``attention_kernel.c``), compiled on first
   use with the system's C compiler. torch's fused CPU kernel (``scaled_dot_product_attention``) is built for heads of
   64-128; at the paper's ETTh1 shape (7,168 problems a layer of 336 x 336 with heads of size 2) it spends its time on
   per-block overhead, and it took 88 % of a pre-training step. Ours handles one problem per thread at a time, one row
@@ -8,6 +8,9 @@
   probabilities from the saved log-sum-exp (one exponential per score in each direction, as flash attention does).
   It reads q, k, v in place through strides (with ``packed=``, straight out of the fused q/k/v projection, whose
   gradient it writes in one piece) and lays its output out as (N, T, h, hs), so merging the heads is a view.
+  Attention dropout is applied inside the kernel from a counter-based random stream (a hash of the call's seed, the
+  problem, the row and the column), which the backward pass regenerates: no T x T mask is stored either.
+  ``small_head_dropout_mask`` returns the mask a seed gives (for tests).
 * Everything else: ``F.scaled_dot_product_attention``, with small heads zero-padded on a GPU (see ``PAD_HEADS``).
 
 ``KERNEL = "sdpa"`` (or the environment variable ``SIMMTM_ATTENTION=sdpa``) forces the reference kernel everywhere,
@@ -18,13 +21,17 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.resources
 import logging
+import math
 import os
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +42,7 @@ __all__ = [
     "SMALL_HEAD_LIMIT",
     "attention",
     "small_head_attention",
+    "small_head_dropout_mask",
     "small_head_kernel_available",
 ]
 
@@ -75,10 +83,10 @@ def attention(
     """
     size = q.shape[-1]
     mask = None if keys is None else keys[:, None, None, :]  # (N, 1, 1, T): broadcast over heads and queries
-    if pad is None and mask is None and _small_head_applies(q, k, v, dropout_p):
+    if pad is None and mask is None and _small_head_applies(q, k, v):
         if packed is not None and _is_split_of(packed, q, k, v):
-            return _PackedSmallHeadAttention.apply(packed)
-        return small_head_attention(q, k, v)
+            return _PackedSmallHeadAttention.apply(packed, _Dropout.draw(dropout_p))
+        return small_head_attention(q, k, v, dropout_p=dropout_p)
     if pad is None:
         pad = PAD_HEADS and q.is_cuda and size % _HEAD_MULTIPLE != 0
     if not pad:
@@ -88,14 +96,13 @@ def attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=size**-0.5)[..., :size]
 
 
-def _small_head_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
+def _small_head_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return (
         KERNEL == "auto"
         and q.device.type == "cpu"
         and q.dtype == torch.float32
         and q.shape[-1] < SMALL_HEAD_LIMIT
         and q.shape == k.shape == v.shape
-        and dropout_p == 0.0
         and small_head_kernel_available()
     )
 
@@ -113,15 +120,20 @@ def _is_split_of(packed: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
 # --- the small-head kernel -------------------------------------------------------------------------------------
 
 
-def small_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Exact softmax self-attention for float32 CPU tensors ``(..., T, hs)`` with hs < 8, on the C kernel."""
+def small_head_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float = 0.0, seed: int | None = None
+) -> torch.Tensor:
+    """Exact softmax self-attention for float32 CPU tensors ``(..., T, hs)`` with hs < 8, on the C kernel.
+
+    ``dropout_p``: dropout on the attention weights, with the mask ``small_head_dropout_mask(q.shape, dropout_p,
+    seed)``; ``seed`` None draws one from torch's default generator (``torch.manual_seed`` repeats it)."""
     if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (q, k, v)):
         raise ValueError("small_head_attention takes float32 CPU tensors only")
     if q.shape[-1] >= SMALL_HEAD_LIMIT:
         raise ValueError(f"small_head_attention takes heads below {SMALL_HEAD_LIMIT}, got head size {q.shape[-1]}")
     if not q.shape == k.shape == v.shape:
         raise ValueError(f"small_head_attention needs q, k, v of equal shapes, got {q.shape}, {k.shape}, {v.shape}")
-    return _SmallHeadAttention.apply(q, k, v)
+    return _SmallHeadAttention.apply(q, k, v, _Dropout.draw(dropout_p, seed))
 
 
 def _as_problems(t: torch.Tensor) -> torch.Tensor:
@@ -139,53 +151,86 @@ def _new_output(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(a, t, b, e).transpose(1, 2)
 
 
+class _Dropout(NamedTuple):
+    """A call's attention dropout: its seed, and the 16-bit draw below which a weight is dropped (0: no dropout;
+    so dropout is rounded to a multiple of 2^-16, 0.1 runs at 0.100006)."""
+
+    seed: int
+    threshold: int
+
+    @classmethod
+    def draw(cls, p: float, seed: int | None = None) -> _Dropout:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"attention dropout must be in [0, 1), got {p}")
+        if p == 0.0:
+            return cls(0, 0)
+        if seed is None:
+            seed = int(torch.randint(2**62, ()))  # from torch's default generator: torch.manual_seed repeats it
+        return cls(seed % 2**64, min(max(1, round(p * 2**16)), 2**16 - 1))
+
+
+def small_head_dropout_mask(shape: Sequence[int], dropout_p: float, seed: int) -> torch.Tensor:
+    """The keep mask ``(..., T, T)`` (bool) that ``small_head_attention`` on q of ``shape`` ``(..., T, hs)`` applies
+    with this ``dropout_p`` and ``seed``: kept weights are scaled by 1 / (1 - dropout_p), the others are 0."""
+    *lead, length, _ = shape
+    problems = math.prod(lead)
+    dropout = _Dropout.draw(dropout_p, seed)
+    mask = torch.ones(problems, length, length)
+    if dropout.threshold:
+        _library().small_attention_dropout_mask(mask.data_ptr(), 0, problems, length, *dropout)
+    return mask.bool().reshape(*lead, length, length)
+
+
 class _SmallHeadAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: _Dropout) -> torch.Tensor:
         shape = q.shape
         q, k, v = (_as_problems(t) for t in (q, k, v))
         out = _new_output(q)
         lse = q.new_empty(q.shape[:-1])  # (A, B, T): log-sum-exp of each row of scores, for the backward pass
-        _run("forward", q, k, v, out, lse)
+        _run("forward", dropout, q, k, v, out, lse)
         ctx.save_for_backward(q, k, v, out, lse)
+        ctx.dropout = dropout  # the backward pass regenerates the same mask from it
         return out.reshape(shape)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
         q, k, v, out, lse = ctx.saved_tensors
         shape = grad_out.shape
         grad_out = _as_problems(grad_out.reshape(q.shape))
         dq, dk, dv = (t.new_empty(t.shape) for t in (q, k, v))
-        _run("backward", q, k, v, out, lse, grad_out, dq, dk, dv)
-        return dq.view(shape), dk.view(shape), dv.view(shape)
+        _run("backward", ctx.dropout, q, k, v, out, lse, grad_out, dq, dk, dv)
+        return dq.view(shape), dk.view(shape), dv.view(shape), None
 
 
 class _PackedSmallHeadAttention(torch.autograd.Function):
     """The same kernel on ``(N, T, 3, h, hs)``: reads q, k, v in place, writes their gradient into one tensor."""
 
     @staticmethod
-    def forward(ctx, packed: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, packed: torch.Tensor, dropout: _Dropout) -> torch.Tensor:
         q, k, v = packed.permute(2, 0, 3, 1, 4)  # 3 x (N, h, T, hs), views
         out = _new_output(q)
         lse = q.new_empty(q.shape[:-1])
-        _run("forward", q, k, v, out, lse)
+        _run("forward", dropout, q, k, v, out, lse)
         ctx.save_for_backward(packed, out, lse)
+        ctx.dropout = dropout
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
         packed, out, lse = ctx.saved_tensors
         grad = torch.empty_like(packed, memory_format=torch.contiguous_format)
-        _run("backward", *packed.permute(2, 0, 3, 1, 4), out, lse, _as_problems(grad_out), *grad.permute(2, 0, 3, 1, 4))
-        return grad
+        q, k, v = packed.permute(2, 0, 3, 1, 4)
+        _run("backward", ctx.dropout, q, k, v, out, lse, _as_problems(grad_out), *grad.permute(2, 0, 3, 1, 4))
+        return grad, None
 
 
 _BLOCKS_PER_THREAD = 8
 
 
-def _run(direction: str, *tensors: torch.Tensor) -> None:
+def _run(direction: str, dropout: _Dropout, *tensors: torch.Tensor) -> None:
     """Split the problems across torch's thread count; the C call releases the GIL.
 
     ``tensors``: q, k, v, out, lse (forward), then grad_out, dq, dk, dv (backward); all ``(A, B, T, hs)`` with a
@@ -208,7 +253,7 @@ def _run(direction: str, *tensors: torch.Tensor) -> None:
     # leave the others waiting at the end with half of its work still to do.
     step = -(-problems // (threads * _BLOCKS_PER_THREAD)) if threads > 1 else problems
     ranges = [(start, min(problems, start + step)) for start in range(0, problems, step)]
-    calls = [(size, *pointers, strides, heads, start, stop, length, size**-0.5) for start, stop in ranges]
+    calls = [(size, *pointers, strides, heads, start, stop, length, size**-0.5, *dropout) for start, stop in ranges]
     if len(calls) == 1:
         codes = [fn(*calls[0])]
     else:
@@ -227,139 +272,6 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 # --- building the C kernel -------------------------------------------------------------------------------------
-
-_C_SOURCE = r"""
-/* Softmax attention for heads of size E < 8, one problem (T x E) at a time. Every tensor is read or written in place
-   through strides (in elements; the last dimension has stride 1): problem p = (b, h) with b = p / H, h = p % H starts
-   at b * S[0] + h * S[1] and its rows are S[2] apart, so the (N, T, 3, h, E) output of the fused q/k/v projection is
-   read without copies and the output is written as (N, T, h, E), where the head merge is a view. lse is (P, T).
-   Each problem's k and v are transposed to (E, T) so that every loop over the T keys is unit-stride and vectorises;
-   E is a compile-time constant in each specialisation (always_inline + a literal), so the loops over E unroll. */
-#include <float.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define INLINE static inline __attribute__((always_inline))
-#define AT(x, S, p, H) ((x) + ((p) / (H)) * (S)[0] + ((p) % (H)) * (S)[1])
-
-/* exp(x) for x <= 0 (every softmax argument here, after the row maximum or the log-sum-exp is subtracted):
-   2^n * p(r), |r| <= ln2/2, a degree-7 Taylor polynomial (truncation error < 2e-8, below float rounding); flushed
-   to 2^-126 below -87 (the reference gives 0 there: a difference far below any tolerance). Written inline so that the
-   loops around it vectorise without a call per vector. */
-INLINE float exp_le0(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    float n = __builtin_roundf(x * 1.44269504088896341f);
-    float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
-    float p = 1.0f / 5040;
-    p = p * r + 1.0f / 720; p = p * r + 1.0f / 120; p = p * r + 1.0f / 24; p = p * r + 1.0f / 6;
-    p = p * r + 0.5f; p = p * r + 1.0f; p = p * r + 1.0f;
-    union { float f; int i; } u = { p };
-    u.i += (int)n << 23;
-    return u.f;
-}
-
-INLINE void transpose(const float *x, long rs, float *xt, long T, const int E) {  /* (T, E), row stride rs -> (E, T) */
-    for (long j = 0; j < T; j++)
-        for (int d = 0; d < E; d++) xt[d * T + j] = x[j * rs + d];
-}
-
-/* S: the strides of q, k, v, o (3 each). */
-INLINE void forward(const float *q, const float *k, const float *v, float *o, float *lse, const long *S, long H,
-                    long p0, long p1, long T, float scale, float *buf, const int E) {
-    float *kT = buf, *vT = buf + E * T, *s = buf + 2 * E * T;
-    const long *Sq = S, *Sk = S + 3, *Sv = S + 6, *So = S + 9;
-    for (long p = p0; p < p1; p++) {
-        const float *qp = AT(q, Sq, p, H);
-        float *op = AT(o, So, p, H);
-        transpose(AT(k, Sk, p, H), Sk[2], kT, T, E);
-        transpose(AT(v, Sv, p, H), Sv[2], vT, T, E);
-        for (long i = 0; i < T; i++) {
-            float qs[8], acc[8], m = -FLT_MAX, l = 0.0f;
-            for (int d = 0; d < E; d++) { qs[d] = qp[i * Sq[2] + d] * scale; acc[d] = 0.0f; }
-            for (long j = 0; j < T; j++) {  /* scores of row i and their maximum */
-                float x = 0.0f;
-                for (int d = 0; d < E; d++) x += qs[d] * kT[d * T + j];
-                s[j] = x;
-                m = x > m ? x : m;
-            }
-            for (long j = 0; j < T; j++) {  /* unnormalised probabilities, their sum, and p @ v */
-                float e = exp_le0(s[j] - m);
-                l += e;
-                for (int d = 0; d < E; d++) acc[d] += e * vT[d * T + j];
-            }
-            for (int d = 0; d < E; d++) op[i * So[2] + d] = acc[d] / l;
-            lse[p * T + i] = m + __builtin_logf(l);
-        }
-    }
-}
-
-/* dS = P * (dO v^T - rowsum(dO * O)); dq = scale dS k, dk = scale dS^T q, dv = P^T dO. Row by row: dq is a reduction
-   over the keys, dk and dv are accumulated over the rows in (E, T) buffers of the problem.
-   S: the strides of q, k, v, o, go, dq, dk, dv (3 each). */
-INLINE void backward(const float *q, const float *k, const float *v, const float *o, const float *lse,
-                     const float *go, float *dq, float *dk, float *dv, const long *S, long H, long p0, long p1, long T,
-                     float scale, float *buf, const int E) {
-    float *kT = buf, *vT = buf + E * T, *dkT = buf + 2 * E * T, *dvT = buf + 3 * E * T;
-    float *prob = buf + 4 * E * T, *ds = prob + T;
-    const long *Sq = S, *Sk = S + 3, *Sv = S + 6, *So = S + 9, *Sg = S + 12, *Sdq = S + 15, *Sdk = S + 18,
-               *Sdv = S + 21;
-    for (long p = p0; p < p1; p++) {
-        const float *qp = AT(q, Sq, p, H), *op = AT(o, So, p, H), *gp = AT(go, Sg, p, H);
-        float *dqp = AT(dq, Sdq, p, H), *dkp = AT(dk, Sdk, p, H), *dvp = AT(dv, Sdv, p, H);
-        transpose(AT(k, Sk, p, H), Sk[2], kT, T, E);
-        transpose(AT(v, Sv, p, H), Sv[2], vT, T, E);
-        memset(dkT, 0, sizeof(float) * 2 * E * T);  /* dkT and dvT */
-        for (long i = 0; i < T; i++) {
-            const float *qi = qp + i * Sq[2], *gi = gp + i * Sg[2], *oi = op + i * So[2];
-            float qs[8], g[8], rowdot = 0.0f, li = lse[p * T + i];
-            for (int d = 0; d < E; d++) { qs[d] = qi[d] * scale; g[d] = gi[d]; rowdot += gi[d] * oi[d]; }
-            for (long j = 0; j < T; j++) {
-                float x = 0.0f, y = 0.0f;
-                for (int d = 0; d < E; d++) { x += qs[d] * kT[d * T + j]; y += g[d] * vT[d * T + j]; }
-                float pj = exp_le0(x - li);
-                prob[j] = pj;
-                ds[j] = pj * (y - rowdot);
-            }
-            for (int d = 0; d < E; d++) {
-                float acc = 0.0f;
-                for (long j = 0; j < T; j++) {
-                    acc += ds[j] * kT[d * T + j];
-                    dkT[d * T + j] += ds[j] * qs[d];  /* qs already carries the scale of dk */
-                    dvT[d * T + j] += prob[j] * g[d];
-                }
-                dqp[i * Sdq[2] + d] = acc * scale;
-            }
-        }
-        for (long j = 0; j < T; j++)
-            for (int d = 0; d < E; d++) { dkp[j * Sdk[2] + d] = dkT[d * T + j]; dvp[j * Sdv[2] + d] = dvT[d * T + j]; }
-    }
-}
-
-#define FOR_EACH_SIZE(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-#define FORWARD(E) case E: forward(q, k, v, o, lse, S, H, p0, p1, T, scale, buf, E); break;
-#define BACKWARD(E) case E: backward(q, k, v, o, lse, go, dq, dk, dv, S, H, p0, p1, T, scale, buf, E); break;
-
-int small_attention_forward(int E, const float *q, const float *k, const float *v, float *o, float *lse,
-                            const long *S, long H, long p0, long p1, long T, float scale) {
-    float *buf = malloc(sizeof(float) * (2 * E + 1) * T);
-    if (!buf) return 1;
-    int code = 0;
-    switch (E) { FOR_EACH_SIZE(FORWARD) default: code = 2; }
-    free(buf);
-    return code;
-}
-
-int small_attention_backward(int E, const float *q, const float *k, const float *v, const float *o, const float *lse,
-                             const float *go, float *dq, float *dk, float *dv, const long *S, long H, long p0,
-                             long p1, long T, float scale) {
-    float *buf = malloc(sizeof(float) * (4 * E + 2) * T);
-    if (!buf) return 1;
-    int code = 0;
-    switch (E) { FOR_EACH_SIZE(BACKWARD) default: code = 2; }
-    free(buf);
-    return code;
-}
-"""
 
 # -ffast-math lets the compiler vectorise the max/sum reductions (it reorders them: differences of float rounding);
 # -march=native because the library is built on the machine that runs it (its name carries the CPU's flags).
@@ -400,7 +312,8 @@ def _build() -> Path:
     """Compile the kernel once per source, flags, compiler and CPU, into a cache folder (atomic: parallel workers)."""
     compiler = os.environ.get("CC", "cc")
     cpu = _cpu_flags()
-    key = hashlib.sha256("\0".join([_C_SOURCE, *_CFLAGS, compiler, cpu]).encode()).hexdigest()[:16]
+    source_text = importlib.resources.files("simmtm").joinpath("attention_kernel.c").read_text()
+    key = hashlib.sha256("\0".join([source_text, *_CFLAGS, compiler, cpu]).encode()).hexdigest()[:16]
     cache = Path(
         os.environ.get("SIMMTM_CACHE_DIR", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "simmtm")
     )
@@ -410,7 +323,7 @@ def _build() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         source = Path(tmp) / "small_attention.c"
-        source.write_text(_C_SOURCE)
+        source.write_text(source_text)
         built = Path(tmp) / target.name
         cmd = [compiler, *_CFLAGS, str(source), "-o", str(built)]
         done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
@@ -435,7 +348,10 @@ def _cpu_flags() -> str:
 def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     ptr, long_, float_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
-    lib.small_attention_forward.argtypes = [ctypes.c_int, *[ptr] * 6, long_, long_, long_, long_, float_]
-    lib.small_attention_backward.argtypes = [ctypes.c_int, *[ptr] * 10, long_, long_, long_, long_, float_]
+    seed, threshold = ctypes.c_uint64, ctypes.c_uint32
+    lib.small_attention_forward.argtypes = [ctypes.c_int, *[ptr] * 6, *[long_] * 4, float_, seed, threshold]
+    lib.small_attention_backward.argtypes = [ctypes.c_int, *[ptr] * 10, *[long_] * 4, float_, seed, threshold]
     lib.small_attention_forward.restype = lib.small_attention_backward.restype = ctypes.c_int
+    lib.small_attention_dropout_mask.argtypes = [ptr, long_, long_, long_, seed, threshold]
+    lib.small_attention_dropout_mask.restype = None
     return lib

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from simmtm import attention as attention_module
-from simmtm.attention import attention, small_head_attention, small_head_kernel_available
+from simmtm.attention import attention, small_head_attention, small_head_dropout_mask, small_head_kernel_available
 from simmtm.config import ModelConfig
 from simmtm.encoders import build_encoder
 
@@ -86,14 +86,18 @@ def test_packed_qkv_gives_the_same_values_and_gradients_without_copies() -> None
     assert out.transpose(1, 2).is_contiguous()  # laid out (N, T, h, hs): merging the heads is a view
     # a tensor that q, k, v are not views of is ignored (the three views are used)
     other = torch.randn(3, 29, 3, 4, 2)
-    torch.testing.assert_close(attention(*packed.permute(2, 0, 3, 1, 4), packed=other), separate.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(
+        attention(*packed.permute(2, 0, 3, 1, 4), packed=other), separate.detach(), rtol=0, atol=0
+    )
 
 
 @needs_kernel
 def test_the_transformer_layer_gives_the_reference_values_and_gradients_with_the_packed_kernel(monkeypatch) -> None:
     torch.manual_seed(0)
     encoder = build_encoder(
-        ModelConfig(encoder="transformer", d_model=8, n_heads=4, n_layers=2, d_ff=16, dropout=0.0), in_channels=1, seq_len=21
+        ModelConfig(encoder="transformer", d_model=8, n_heads=4, n_layers=2, d_ff=16, dropout=0.0),
+        in_channels=1,
+        seq_len=21,
     )
     x = torch.randn(3, 21, 1)
 
@@ -137,6 +141,91 @@ def test_small_head_kernel_runs_on_any_thread_count() -> None:
     assert torch.equal(outs[0], outs[1])  # one problem is always one thread's: the split changes nothing
 
 
+# --- attention dropout inside the kernel -----------------------------------------------------------------------
+
+
+def math_path_with_mask(q, k, v, grad, mask, p):
+    """softmax(q k^T / sqrt(hs)) with the kernel's mask applied as torch's dropout applies one, in float64."""
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    weights = torch.softmax(leaves[0] @ leaves[1].transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+    out = (weights * mask / (1 - p)) @ leaves[2]
+    return (out, *torch.autograd.grad(out, leaves, grad.double()))
+
+
+@needs_kernel
+@pytest.mark.parametrize("size", [1, 2, 7])
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_kernel_dropout_equals_the_math_path_given_the_same_mask(size: int, p: float) -> None:
+    torch.manual_seed(size)
+    q, k, v, grad = (torch.randn(2, 3, 37, size) for _ in range(4))
+    mine = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = small_head_attention(*mine, dropout_p=p, seed=1234)
+    got = (out, *torch.autograd.grad(out, mine, grad))
+    mask = small_head_dropout_mask(q.shape, p, 1234)  # (2, 3, 37, 37)
+    assert 0 < mask.float().mean() < 1
+    for a, b in zip(got, math_path_with_mask(q, k, v, grad, mask, p)):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=2e-5)
+    # another mask does not fit: the comparison above can fail
+    other = small_head_dropout_mask(q.shape, p, 1235)
+    assert not torch.allclose(out.double(), math_path_with_mask(q, k, v, grad, other, p)[0], atol=1e-3)
+
+
+@needs_kernel
+def test_packed_kernel_with_dropout_equals_the_math_path_and_the_seed_comes_from_torch() -> None:
+    # The Transformer's path: the packed q/k/v, the seed drawn from torch's generator (torch.manual_seed repeats it).
+    packed = torch.randn(3, 29, 3, 4, 2)
+    grad = torch.randn(3, 4, 29, 2)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        seed = int(torch.randint(2**62, ()))  # what the kernel draws
+        torch.manual_seed(7)
+        leaf = packed.clone().requires_grad_()
+        out = attention(*leaf.permute(2, 0, 3, 1, 4), packed=leaf, dropout_p=0.2)
+        out.backward(grad)
+        outs.append(out.detach())
+    q, k, v = packed.permute(2, 0, 3, 1, 4)
+    expected = math_path_with_mask(q, k, v, grad, small_head_dropout_mask(q.shape, 0.2, seed), 0.2)
+    torch.testing.assert_close(outs[0].double(), expected[0], rtol=1e-4, atol=2e-5)
+    grads = leaf.grad.permute(2, 0, 3, 1, 4)
+    for a, b in zip(grads, expected[1:]):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=2e-5)
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(attention(q, k, v, dropout_p=0.2), attention(q, k, v, dropout_p=0.2))  # fresh draws
+
+
+@needs_kernel
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+def test_kept_fraction_is_one_minus_p_and_neighbours_are_independent(p: float) -> None:
+    mask = torch.cat([small_head_dropout_mask((50, 4, 37, 2), p, seed) for seed in range(10)]).float()
+    n = mask.numel()  # 2.7M weights
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs(mask.mean().item() - (1 - p)) < 4 * sigma
+    # pairs along a row (the two halves of one draw too: columns j and j + 18) and along a column
+    for a, b in [
+        (mask[..., :-1], mask[..., 1:]),
+        (mask[..., :18], mask[..., 18:36]),
+        (mask[..., :-1, :], mask[..., 1:, :]),
+    ]:
+        both = (a * b).mean().item()
+        assert abs(both - (1 - p) ** 2) < 5 * ((1 - p) ** 2 * (1 - (1 - p) ** 2) / a.numel()) ** 0.5
+    # problems (heads) differ, seeds differ
+    assert not torch.equal(mask[0, 0], mask[0, 1]) and not torch.equal(mask[0], mask[50])
+
+
+@needs_kernel
+def test_dropout_zero_is_the_kernel_without_dropout() -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 20, 2) for _ in range(3))
+    state = torch.get_rng_state()
+    plain = small_head_attention(q, k, v, dropout_p=0.0)
+    assert torch.equal(torch.get_rng_state(), state)  # no seed drawn: the dropout-free kernel ran
+    assert torch.equal(plain, small_head_attention(q, k, v, dropout_p=0.0, seed=99))
+    assert small_head_dropout_mask(q.shape, 0.0, 5).all()
+    with pytest.raises(ValueError, match="dropout"):
+        small_head_attention(q, k, v, dropout_p=1.0)
+
+
 # --- dispatch ------------------------------------------------------------------------------------------------
 
 
@@ -160,11 +249,11 @@ def test_small_float32_cpu_heads_go_to_the_small_head_kernel_and_the_rest_to_sdp
     assert sdpa_sizes == []
     attention(torch.randn(2, 4, 10, 8), torch.randn(2, 4, 10, 8), torch.randn(2, 4, 10, 8))  # head of 8: torch's
     attention(x.double(), x.double(), x.double())  # float64: torch's
-    attention(x, x, x, dropout_p=0.5)  # attention dropout: torch's (ours has none)
+    attention(x, x, x, dropout_p=0.5)  # attention dropout: ours too
     attention(x, x, x, pad=False)  # explicitly the reference
     monkeypatch.setattr(attention_module, "KERNEL", "sdpa")
     attention(x, x, x)
-    assert sdpa_sizes == [8, 2, 2, 2, 2]
+    assert sdpa_sizes == [8, 2, 2, 2]
 
 
 def test_every_transformer_layer_calls_the_attention_function(monkeypatch: pytest.MonkeyPatch) -> None:
