@@ -11,6 +11,7 @@ Each configuration runs in a fresh subprocess so that its peak RSS is its own. A
     python benchmarks/bench_pretrain.py --projector lean     # the lean projector instead of the official widths
     python benchmarks/bench_pretrain.py --attention sdpa     # only torch's attention kernel (default: both, A/B)
     python benchmarks/bench_pretrain.py --return-freed-memory false   # glibc's default malloc (the product: auto)
+    python benchmarks/bench_pretrain.py --set attention_dropout=0.1   # the official attention dropout (pre-training)
 
 Rows run the official projector (Linear(L*D -> L*D/2), BatchNorm, ReLU, Linear(-> 128), Dropout 0.1) unless
 ``--projector lean``: through ``model.projector: official`` where the config has that key, else the benchmark
@@ -133,7 +134,7 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
     native = "projector" in config.ModelConfig.model_fields  # the faithful config has model.projector
     extra = {"projector": projector, "head_dropout": 0.1 if projector == "official" else 0.0} if native else {}
     model_cfg = ModelConfig(encoder=cfg["encoder"], d_model=cfg["d_model"], n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
-                            d_ff=cfg["d_ff"], **extra)
+                            d_ff=cfg["d_ff"], attention_dropout=cfg.get("attention_dropout", 0.0), **extra)
     pre_cfg = PretrainConfig(num_masked=cfg["num_masked"], batch_size=max(2, cfg["batch"]))
     encoder = build_encoder(model_cfg, in_channels=1, seq_len=cfg["seq_len"])
     model = SimMTM(encoder, seq_len=cfg["seq_len"], channels=1, model=model_cfg, pretrain=pre_cfg)
