@@ -29,6 +29,7 @@ from simmtm.config import RunConfig, parse_config
 from simmtm.encoders import Encoder
 from simmtm.errors import UserError
 from simmtm.model import masked_instance_norm, to_series
+from simmtm.model_card import model_card
 from simmtm.rundir import check_export_dir, own
 
 __all__ = ["FORMAT", "ExportedEncoder", "SeriesEncoder", "export_encoder", "load_encoder"]
@@ -245,6 +246,7 @@ def export_encoder(run: str | Path, out: str | Path) -> ExportedEncoder:
         "seq_len": shapes["seq_len"],
         "channels": shapes["channels"],
         "channel_independent": shapes["channel_independent"],
+        "task": shapes["task"],
         "instance_norm": source.config.model.instance_norm,
         "source": {"kind": source.kind, "run": str(source.path), "checkpoint": str(source.checkpoint)},
         "run_config": source.config.run_dict(),
@@ -322,78 +324,11 @@ def _data_shapes(config: RunConfig, *, recorded: dict[str, int] | None) -> dict[
             "seq_len": int(recorded["seq_len"]),
             "channels": int(recorded["channels"]),
             "channel_independent": False,
+            "task": "forecasting",  # only official forecasting checkpoints are imported
         }
-    return {"seq_len": inputs.seq_len, "channels": inputs.channels, "channel_independent": inputs.channel_independent}
-
-
-# --- the model card ------------------------------------------------------------------------------------------
-
-
-def model_card(source: _Source, description: dict[str, Any]) -> str:
-    cfg = source.config
-    data = cfg.data.name or Path(cfg.data.path or "?").name
-    m = cfg.model
-    shape = f"L = {description['seq_len']}, C = {description['channels']}" + (
-        ", channel-independent" if description["channel_independent"] else ""
-    )
-    rows = [
-        ("data", f"{data} ({shape})"),
-        (
-            "encoder",
-            f"{m.encoder}: d_model {m.d_model}, {m.n_layers} layers"
-            + (f", {m.n_heads} heads" if m.encoder == "transformer" else ""),
-        ),
-        ("r (pretrain.mask_ratio)", cfg.pretrain.mask_ratio),
-        ("M (pretrain.num_masked)", cfg.pretrain.num_masked),
-        ("tau (pretrain.temperature)", cfg.pretrain.temperature),
-        ("masking", cfg.pretrain.masking),
-        (
-            "pre-training",
-            f"{cfg.pretrain.epochs} epochs, batch {cfg.pretrain.batch_size}, lr {cfg.pretrain.lr}, seed {cfg.seed}",
-        ),
-        ("weights", f"{source.kind} checkpoint `{source.checkpoint}`"),
-    ]
-    lines = [
-        f"# simmtm encoder: {data}",
-        "",
-        (
-            "A SimMTM-pre-trained time-series encoder exported by `simmtm export`: series `(B, L, C)` in, one "
-            f"representation per time point (or patch) out, `(B, T, {description['out_dim']})`."
-        ),
-        "",
-        "| | |",
-        "| --- | --- |",
-        *(f"| {k} | {v} |" for k, v in rows),
-        "",
-        "## Scores",
-        "",
-    ]
-    for title, metrics in source.scores.items():
-        body = (
-            ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-            or "none recorded"
-        )
-        lines.append(f"- {title}: {body}")
-    lines += [
-        "",
-        "## How it was selected",
-        "",
-        *(f"- {s}" for s in source.selection),
-        "",
-        "## Use",
-        "",
-        "```python",
-        "import torch",
-        "import simmtm",
-        "",
-        'encoder = simmtm.load_encoder("path/to/this/folder")',
-        (
-            f"z = encoder(torch.randn(8, {description['seq_len']}, {description['channels']}))"
-            f"  # (8, T, {description['out_dim']})"
-        ),
-        "```",
-        "",
-        "`config.json` holds the full run config the encoder was trained with.",
-        "",
-    ]
-    return "\n".join(lines)
+    return {
+        "seq_len": inputs.seq_len,
+        "channels": inputs.channels,
+        "channel_independent": inputs.channel_independent,
+        "task": inputs.task,
+    }

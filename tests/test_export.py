@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import simmtm
@@ -81,6 +82,7 @@ def test_a_simmtm_run_directory_exports_its_pretraining_with_the_downstream_scor
     assert described["source"]["kind"] == "pre-training" and described["source"]["checkpoint"].endswith("pretrain/checkpoints/best.pt")
     card = (tmp_path / "enc" / "README.md").read_text()
     assert "downstream, fine-tuned (test): mse" in card and "random-init baseline (test): mse" in card
+    assert "- forecasting" in card.split("---")[1]  # the Hub tag of the task
 
 
 def test_a_finetuning_run_exports_its_finetuned_encoder(pre_run: Path, tmp_path: Path, tiny_config) -> None:
@@ -99,6 +101,8 @@ def test_a_classification_encoder_sees_all_channels_at_once_and_names_a_wrong_sh
     export_encoder(tmp_path / "pre", tmp_path / "enc")
     encoder = load_encoder(tmp_path / "enc")
     assert (encoder.seq_len, encoder.channels, encoder.channel_independent) == (100, 6, False)
+    metadata = yaml.safe_load((tmp_path / "enc" / "README.md").read_text().split("---\n")[1])
+    assert metadata["datasets"] == ["BasicMotions"] and "classification" in metadata["tags"]
     assert encoder(torch.randn(3, 100, 6)).shape == (3, 100, 8)
     with pytest.raises(ValueError, match=r"expected series of shape \(B, L, 6\), got \(3, 100, 2\)"):
         encoder(torch.randn(3, 100, 2))
@@ -112,3 +116,53 @@ def test_not_a_run_is_exit_2_with_one_line(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "enc").exists()
     with pytest.raises(simmtm.UserError, match="not an exported encoder"):
         load_encoder(tmp_path / "empty")
+
+
+def test_the_card_opens_with_the_hubs_metadata_block(pre_run: Path, tmp_path: Path) -> None:
+    export_encoder(pre_run, tmp_path / "enc")
+    card = (tmp_path / "enc" / "README.md").read_text()
+    assert card.startswith("---\n")
+    block, body = card.removeprefix("---\n").split("\n---\n", 1)
+    metadata = yaml.safe_load(block)
+    assert metadata["library_name"] == "simmtm" and metadata["license"] == "mit"
+    assert {"simmtm", "time-series", "forecasting"} <= set(metadata["tags"])
+    assert metadata["datasets"] == ["series"]  # the data file's stem (a named set gives its name)
+    base = metadata["base_config"]
+    described = json.loads((tmp_path / "enc" / "config.json").read_text())
+    assert base["model"] == described["model"] and (base["seq_len"], base["channels"]) == (24, 2)
+    assert base["pretrain"] == {"mask_ratio": 0.3, "num_masked": 2, "temperature": 0.15, "masking": "geometric"}
+    assert body.lstrip().startswith("# simmtm encoder: series.csv")
+
+
+OLD_EXPORT = Path(__file__).resolve().parent / "fixtures" / "export_fe53652"
+
+
+def test_an_export_of_the_previous_release_loads_and_gives_its_numbers() -> None:
+    """tests/fixtures/export_fe53652 was written by the code at commit fe53652 (run with this .venv and
+    PYTHONPATH=<a worktree of fe53652>): `simmtm pretrain` of a 1-step run (d_model 4, d_ff 4, seq_len 16, two
+    channels), `simmtm export`, then `expected.safetensors` = that release's `load_encoder(...)(x)` on a fixed x.
+    The card (README.md) is left out: load_encoder does not read it."""
+    expected = load_file(str(OLD_EXPORT / "expected.safetensors"))
+    encoder = load_encoder(OLD_EXPORT)
+    assert (encoder.seq_len, encoder.channels, encoder.channel_independent) == (16, 2, True)
+    with torch.no_grad():
+        z = encoder(expected["x"])
+    assert z.shape == expected["z"].shape == (2, 16, 8)
+    assert torch.allclose(z, expected["z"], atol=1e-6)
+
+
+def test_export_refuses_a_users_folder_and_replaces_an_earlier_export(pre_run: Path, tmp_path: Path, capsys) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("# my notes\n")
+    (mine / "config.json").write_text("{}\n")
+    assert main(["export", str(pre_run), "--out", str(mine)]) == 2
+    assert "not a simmtm export folder" in capsys.readouterr().err
+    assert (mine / "README.md").read_text() == "# my notes\n" and sorted(p.name for p in mine.iterdir()) == [
+        "README.md", "config.json"]
+    out = tmp_path / "enc"
+    assert main(["export", str(pre_run), "--out", str(out)]) == 0
+    (out / "encoder.safetensors").write_bytes(b"stale")
+    assert main(["export", str(pre_run), "--out", str(out)]) == 0  # an earlier export is replaced
+    assert load_encoder(out).out_dim == 16
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "encoder.safetensors"]
