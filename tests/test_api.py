@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,93 @@ def test_the_api_names_share_their_submodules(tmp_path: Path) -> None:
     from simmtm.sweep import driver
 
     assert callable(simmtm.sweep) and simmtm.sweep.driver is driver
+
+
+# --- docs/api.md: every block runs as written (on the tiny CSV: only its `config = ...` line is swapped) ------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+CONFIG_LINE = 'config = "sweeps/quick.yaml"'
+
+
+def doc_blocks() -> list[tuple[bool, str]]:
+    """The ```python blocks of docs/api.md in order, each with whether it needs Ray (```python ray)."""
+    return [(tag == " ray", code) for tag, code in re.findall(r"```python( ray)?\n(.*?)```", DOCS.read_text(), re.S)]
+
+
+def run_block(code: str, namespace: dict, tiny: dict) -> None:
+    if CONFIG_LINE in code:
+        code = code.replace(CONFIG_LINE, "config = TINY_CONFIG")
+        namespace["TINY_CONFIG"] = tiny
+    exec(compile(code, str(DOCS), "exec"), namespace)
+
+
+@pytest.fixture
+def tiny_sweep_config(tiny_config) -> dict:
+    """The tiny run config plus the sweep sections of sweeps/quick.yaml, cut down to a tiny search."""
+    raw = tiny_config({"finetune": {"horizons": [4]}})
+    raw["search"] = {"method": "random", "params": {"pretrain.mask_ratio": {"type": "float", "low": 0.2, "high": 0.8}}}
+    raw["tune"] = {"probe_steps": 5}
+    raw["resources"] = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
+    return raw
+
+
+@pytest.mark.slow
+def test_the_api_docs_run_as_written(tmp_path: Path, monkeypatch, tiny_sweep_config, capsys) -> None:
+    blocks = doc_blocks()
+    assert [ray for ray, _ in blocks] == [False, False, False, True, True]
+    assert CONFIG_LINE in blocks[0][1]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for ray, code in blocks:
+        if not ray:
+            run_block(code, namespace, tiny_sweep_config)
+    printed_config = capsys.readouterr().out.split("\n", 1)[0]
+    runs = tmp_path / "runs"
+    assert (runs / "api-pre" / "config.yaml").read_text().startswith(printed_config)  # config_text is what it saves
+    assert namespace["again"].metrics["step"] == namespace["pre"].metrics["step"] == 5  # overwrite: afresh, not resumed
+    both = namespace["both"]
+    assert both.summary.is_file() and set(yaml.safe_load(both.summary.read_text())) == {"SimMTM", "random init"}
+    assert both.finetune.pretrained == Path("runs/api-run/pretrain") and both.baseline.pretrained is None
+    assert (runs / "api-encoder" / "encoder.safetensors").is_file() and tuple(namespace["z"].shape)[0] == 8
+
+
+def run_ray_block(index: int, tiny: dict) -> dict:
+    """Block 0 (simmtm, config, quick), then the ``index``-th Ray block, in the current folder; its namespace."""
+    blocks = doc_blocks()
+    namespace: dict = {}
+    run_block(blocks[0][1], namespace, tiny)
+    run_block([code for ray, code in blocks if ray][index], namespace, tiny)
+    return namespace
+
+
+@pytest.mark.slow
+def test_the_api_docs_workers_block_runs_as_written(tmp_path: Path, monkeypatch, tiny_sweep_config, shared_ray) -> None:
+    monkeypatch.chdir(tmp_path)
+    two = run_ray_block(0, tiny_sweep_config)["two"]  # about 2 minutes here: Ray Train's start-up on 2 busy cores
+    assert (two.metrics["epoch"], two.metrics["step"]) == (1, 5)
+    assert (tmp_path / "runs" / "api-pre-2w" / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_the_api_docs_sweep_block_runs_as_written(tmp_path: Path, monkeypatch, tiny_sweep_config, shared_ray) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace = run_ray_block(1, tiny_sweep_config)
+    sw = namespace["sw"]
+    assert sw.finished and sw.counts["COMPLETE"] == 2 and namespace["report"].report.is_file()
+    assert namespace["rec"].status in ("ok", "insufficient")  # two trials may be too few to recommend
+
+
+def test_worker_options_without_workers_are_refused_before_anything_is_written(tmp_path: Path, tiny_config) -> None:
+    with pytest.raises(simmtm.UserError, match="--address applies to distributed runs only; add --workers N"):
+        simmtm.pretrain(tiny_config(), out=tmp_path / "x", address="auto")
+    with pytest.raises(simmtm.UserError, match="--workers must be at least 1"):
+        simmtm.pretrain(tiny_config(), out=tmp_path / "x", workers=0)
+    assert not (tmp_path / "x").exists()
+
+
+def test_restart_is_the_deprecated_name_of_overwrite(tmp_path: Path, tiny_config) -> None:
+    raw = tiny_config()
+    simmtm.pretrain(raw, out=tmp_path / "pre")
+    with pytest.warns(DeprecationWarning, match="use overwrite"):
+        again = simmtm.pretrain(raw, out=tmp_path / "pre", overrides={"pretrain.mask_ratio": 0.3}, restart=True)
+    assert (again.metrics["epoch"], again.metrics["step"]) == (1, 3)  # afresh: the changed config did not refuse it
