@@ -8,7 +8,7 @@ what would be valid (``ConfigError``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -33,6 +33,9 @@ __all__ = [
 
 # Sections that only `simmtm sweep` reads; a run ignores them so that a sweep file is also a runnable config.
 SWEEP_SECTIONS = ("search", "tune", "resources")
+
+
+Beta = Annotated[float, Field(ge=0, lt=1)]  # one of Adam's betas
 
 
 class _Section(BaseModel):
@@ -116,6 +119,7 @@ class PretrainConfig(_Section):
     batch_size: int = Field(16, ge=2)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)  # Adam's (beta1, beta2), torch's and the official pre-training's
     scheduler: Literal["cosine", "none"] = "cosine"
     grad_clip: float | None = Field(None, gt=0)
     max_steps: int | None = Field(None, ge=1)  # stop after this many optimiser steps (smoke runs)
@@ -139,6 +143,9 @@ class FinetuneConfig(_Section):
     # halving: lr, lr*lr_decay, lr*lr_decay^2, ...; official: the official code's sequence, whose first epoch runs at
     # lr/25 (a OneCycleLR created but never stepped), then lr, lr*lr_decay, ...
     lr_schedule: Literal["halving", "official"] = "halving"
+    # Adam's (beta1, beta2); None: (0.9, 0.999), or (0.95, 0.999) with lr_schedule official (the official OneCycleLR,
+    # created but never stepped, also sets beta1 to its max_momentum 0.95 for the whole run)
+    betas: tuple[Beta, Beta] | None = None
     # which pre-training checkpoint to fine-tune: best (lowest pre-training validation loss, as official) or last
     from_checkpoint: Literal["best", "last"] = "best"
     # Dropout while fine-tuning; None keeps the pre-trained model's value. The model's shapes always come from the
@@ -150,6 +157,12 @@ class FinetuneConfig(_Section):
     max_steps: int | None = Field(None, ge=1)  # per horizon
     eval_batch_size: int = Field(256, ge=1)
     val_batches: int | None = Field(None, ge=1)  # cap on validation batches per epoch
+
+    def adam_betas(self) -> tuple[float, float]:
+        """The betas the fine-tuning optimiser runs with (``betas``, else the schedule's default)."""
+        if self.betas is not None:
+            return self.betas
+        return (0.95, 0.999) if self.lr_schedule == "official" else (0.9, 0.999)
 
     @model_validator(mode="after")
     def _positive_horizons(self) -> FinetuneConfig:

@@ -284,7 +284,7 @@ def _set_up_head(
     model = prepare_model(core, runtime, compile=config.compile)
     if cfg.mode == "probe":
         core.encoder.requires_grad_(False)
-    optimizer = torch.optim.Adam([p for p in core.parameters() if p.requires_grad], lr=cfg.lr)
+    optimizer = torch.optim.Adam([p for p in core.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.adam_betas())
     shuffle = torch.Generator().manual_seed(config.seed)
     loader = runtime.prepare_loader(
         DataLoader(

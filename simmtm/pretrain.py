@@ -204,7 +204,7 @@ class _Training:
         torch.manual_seed(config.seed)  # the same initial weights on every worker
         core = build_model(config, inputs)
         model = prepare_model(core, runtime, compile=config.compile)
-        optimizer = torch.optim.Adam(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.Adam(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
         shuffle = torch.Generator().manual_seed(config.seed)
         batch = cfg.batch_size // runtime.world_size
         train = DataLoader(

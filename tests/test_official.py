@@ -351,3 +351,112 @@ def test_load_pretrained_returns_an_own_run_in_eval_mode(tmp_path: Path, tiny_co
         first, second = model(series, mask), model(series, mask)
     assert first.rebuilt.shape == series.shape and torch.isfinite(first.loss)
     torch.testing.assert_close(first.loss, second.loss)  # eval: no dropout
+
+
+# --- training mode: loss and every parameter's gradient ---------------------------------------------------------
+
+
+def test_training_mode_with_dropout_0_gives_the_official_loss_and_every_gradient(tmp_path: Path) -> None:
+    """Training mode (BatchNorm on batch statistics, autograd through everything) with every dropout at 0: the loss
+    and the gradient of every parameter, mapped through the import's own key mapping, agree with the official."""
+    from simmtm.official import official_state_to_simmtm
+
+    official = official_model()
+    official.pooler.pooler[5].p = 0.0  # dropout 0 (the official head_dropout is 0.1)
+    state = {k: v.clone() for k, v in official.state_dict().items()}
+    config = official_config(tmp_path, head_dropout=0.0, dropout=0.0, attention_dropout=0.0)
+    assert main(["import-official", str(save_official(tmp_path, state)), "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    model = simmtm.load_pretrained(tmp_path / "run").train()
+
+    x, keep = batch(1)
+    official.train()
+    loss, loss_cl, loss_rb, _ = official(torch.cat([x, x.repeat(M, 1, 1) * keep]), x, torch.cat([torch.ones_like(x), keep]))
+    loss.backward()
+    hidden = (keep == 0).view(M, B, L, C).permute(0, 1, 3, 2).reshape(M, B * C, L, 1)
+    out = model(to_series(x, True), hidden)
+    out.loss.backward()
+
+    for ours, theirs in ((out.loss, loss), (out.reconstruction, loss_rb), (out.constraint, loss_cl)):
+        assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    grads = {k: p.grad for k, p in official.named_parameters() if p.grad is not None}
+    assert set(dict(official.named_parameters())) - set(grads) == {"enc_embedding.temporal_embedding.embed.weight"}  # F7
+    mapped, absent = official_state_to_simmtm({**state, **grads}, model)
+    assert absent == []
+    checked = 0
+    for key, param in model.named_parameters():
+        assert param.grad is not None, key
+        expected = mapped[key]
+        # + 1e-6: the bias of the Linear before BatchNorm has no gradient in exact arithmetic (round-off, ~1e-7)
+        assert (param.grad - expected).abs().max() <= 1e-4 * expected.abs().max() + 1e-6, key
+        checked += 1
+    assert checked == len(grads) - 4 * LAYERS  # the q, k, v projections' 6 tensors are one qkv's 2 in each layer
+    assert all(g.abs().max() > 0 for g in grads.values())  # every official gradient is really non-zero
+
+
+# --- geometric masks against the official Markov chain ---------------------------------------------------------
+
+
+def official_geometric_keep(series: int, length: int, r: float, lm: float, rng: np.random.Generator) -> np.ndarray:
+    """The official chain (utils/augmentations.py ``geom_noise_mask_single``): state 0 masks, 1 keeps; it starts
+    masked with probability r and leaves state s with probability [1/lm, (1/lm) r/(1-r)][s] after each step. Run
+    here for many independent series at once (the official code runs one chain over the flattened batch, row K2)."""
+    p = np.array([1 / lm, 1 / lm * r / (1 - r)])
+    state = (rng.random(series) > r).astype(int)
+    keep = np.empty((series, length), dtype=bool)
+    for i in range(length):
+        keep[:, i] = state == 1
+        switch = rng.random(series) < p[state]
+        state = np.where(switch, 1 - state, state)
+    return keep
+
+
+def mask_statistics(hidden: np.ndarray) -> dict[str, float]:
+    """Masked fraction, first step masked, and mean lengths of the masked and unmasked runs that lie inside a series
+    (runs cut by a series border are left out, on both sides of the comparison alike)."""
+    rows, cols = np.nonzero(hidden[:, 1:] != hidden[:, :-1])  # a run ends at each col
+    inside = rows[1:] == rows[:-1]
+    lengths = (cols[1:] - cols[:-1])[inside]
+    masked = hidden[rows[1:][inside], cols[1:][inside]]
+    return {"fraction": hidden.mean(), "first": hidden[:, 0].mean(),
+            "masked_run": lengths[masked].mean(), "unmasked_run": lengths[~masked].mean()}
+
+
+@pytest.mark.parametrize("r", [0.15, 0.3, 0.5, 0.75])
+def test_geometric_masks_have_the_official_chains_statistics(r: float) -> None:
+    series, length, lm = 20_000, 100, 3.0
+    theirs = mask_statistics(~official_geometric_keep(series, length, r, lm, np.random.default_rng(0)))
+    ours = mask_statistics(geometric_mask((series, length), r, lm, generator=torch.Generator().manual_seed(0)).numpy())
+    first_sigma = (2 * r * (1 - r) / series) ** 0.5  # the difference of two binomial proportions
+    assert abs(ours["first"] - theirs["first"]) < 4 * first_sigma
+    assert abs(ours["fraction"] - theirs["fraction"]) < 0.005
+    for key in ("masked_run", "unmasked_run"):
+        assert ours[key] == pytest.approx(theirs[key], rel=0.02), key
+    assert theirs["fraction"] == pytest.approx(r, abs=0.01)  # the statistics measure what they should
+
+
+# --- the optimiser's betas -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("finetune_cfg", "expected"),
+    [({}, (0.9, 0.999)), ({"lr_schedule": "official"}, (0.95, 0.999)),
+     ({"lr_schedule": "official", "betas": [0.8, 0.99]}, (0.8, 0.99))],
+)
+def test_the_optimisers_get_the_configured_betas(finetune_cfg, expected, tiny_config, monkeypatch) -> None:
+    """pretrain.betas and finetune.betas reach Adam; lr_schedule official implies the official fine-tuning's
+    beta1 0.95 (its OneCycleLR sets max_momentum on creation) unless finetune.betas is given."""
+    from simmtm import finetune, pretrain
+
+    made: list[tuple[float, float]] = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def __init__(self, params, **kwargs) -> None:
+            super().__init__(params, **kwargs)
+            made.append(self.param_groups[0]["betas"])
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    raw = tiny_config({"pretrain": {"betas": [0.85, 0.98], "max_steps": 1}})
+    pretrain.run(parse_config(raw))
+    raw["finetune"] = {**raw["finetune"], "horizons": [4], "epochs": 1, "max_steps": 1, **finetune_cfg}
+    finetune.run(parse_config(raw), score_test=False)
+    assert made == [(0.85, 0.98), expected]
