@@ -7,10 +7,10 @@
 
 Per size N, in a fresh folder under --work (default a temporary one):
 
-1. **Tune** (sizes <= --tune-max): the sweep's own pieces, as ``simmtm.sweep.driver._tuner`` assembles them, around a
-   synthetic trainable of this file: ``SweepSearch`` (Optuna TPE over sweeps/quick.yaml's r, M, tau; the study in
-   SQLite), Tune's ASHA on the probe score (grace 2, reduction 2, 4 epochs), ``tune.Tuner`` with reused actors, then
-   ``collect_rows`` (Tune's experiment state) and ``write_trials_csv``. The trainable sleeps for nothing: it reports
+1. **Tune** (sizes <= --tune-max): the sweep's own engine (``simmtm.sweep.engine.run_search``, as the driver calls
+   it) around a synthetic trainable of this file: the sweep's study (Optuna TPE over sweeps/quick.yaml's r, M, tau;
+   SQLite), ASHA on the study's probe scores (quick.yaml's scheduler, 4 epochs), ``tune.Tuner`` with reused actors,
+   then ``study_rows`` (the study and trial folders) and ``write_trials_csv``. The trainable sleeps for nothing: it reports
    a probe score per epoch and a final score computed from (r, M, tau), so all time measured is orchestration.
    Printed: wall time, per-trial overhead (wall / N), the per-trial time of the first and the last 10 % of trials
    (a sampler whose cost grows with the study shows here), and the time of the post-sweep table writing.
@@ -20,9 +20,8 @@ Per size N, in a fresh folder under --work (default a temporary one):
 
 The summary fits log(time) = a + k log(N) over the sizes: k ~ 1 grows linearly, k ~ 2 quadratically.
 
-The real entry (``simmtm.sweep.run_sweep``) is not driven here: it always runs ``simmtm.sweep.trial.run_trial``.
-A hook to make that possible: a ``trainable`` argument of ``run_sweep``/``_tuner`` (default ``run_trial``), which
-``_trainable(resources)`` would wrap with the same resources.
+The real entry (``simmtm.sweep.run_sweep``) is not driven here: it always runs ``simmtm.sweep.trial.run_trial``;
+the engine's ``trainable_fn`` takes the synthetic trainable instead.
 """
 
 from __future__ import annotations
@@ -56,8 +55,13 @@ def synthetic_trial(config: dict) -> None:
     started = time.time()
     for epoch in range(1, EPOCHS + 1):
         tune.report({"epoch": epoch, f"probe_{METRIC}": final + 0.1 / epoch, "stage": "probe", "trial_start": started})
-    tune.report({"epoch": EPOCHS + 1, METRIC: final, f"probe_{METRIC}": final, "stage": "final",
-                 "trial_wall_s": time.time() - started, "trial_start": started})
+    result = {"epoch": EPOCHS + 1, METRIC: final, f"probe_{METRIC}": final, "stage": "final",
+              "trial_wall_s": time.time() - started, "trial_start": started}
+    if "name" in config:  # a confirmation run: its result goes to its folder, as the real trial's does
+        from simmtm.sweep.record import TrialStore, trials_root
+
+        TrialStore(trials_root(config["sweep"]["storage_path"])).write_result(config["name"], result)
+    tune.report(result)
 
 
 def sweep_config(trials: int):
@@ -84,43 +88,44 @@ def write_meta(out: Path, config, spec, storage_url: str, study_name: str) -> No
     }, indent=2) + "\n")
 
 
+def _study(out: Path, config, spec):
+    from simmtm.sweep.study import SweepStudy, open_storage
+    from simmtm.sweep.spec import flat_config, sampler_seed
+
+    return SweepStudy(open_storage(f"sqlite:///{out / 'optuna.db'}"), out.name, search=spec.search,
+                      base_values=flat_config(config.run_dict()), seed=sampler_seed(spec, config.seed), mode="min")
+
+
 def run_tune(out: Path, trials: int, *, concurrent: int) -> dict:
     from ray import tune
 
-    from simmtm.sweep.driver import EXPERIMENT_NAME, collect_rows
+    from simmtm.sweep import engine
     from simmtm.sweep.outputs import write_trials_csv
-    from simmtm.sweep.search import SweepSearch, open_storage
-    from simmtm.sweep.spec import TrialSpec, first_point, flat_config, sampler_seed
+    from simmtm.sweep.record import TrialStore, trials_root
+    from simmtm.sweep.results import study_rows
+    from simmtm.sweep.search import SweepSearch
+    from simmtm.sweep.spec import TrialSpec, first_point
 
     config, spec = sweep_config(trials)
     out.mkdir(parents=True, exist_ok=True)
-    storage_url, study_name = f"sqlite:///{out / 'optuna.db'}", out.name
-    write_meta(out, config, spec, storage_url, study_name)
-    searcher = SweepSearch(spec.search, base_values=flat_config(config.run_dict()), metric=METRIC, probe_metric=f"probe_{METRIC}",
-                           mode="min", seed=sampler_seed(spec, config.seed), storage=open_storage(storage_url),
-                           study_name=study_name, first=first_point(spec, config.run_dict()))
-    scheduler = tune.schedulers.ASHAScheduler(time_attr="epoch", metric=f"probe_{METRIC}", mode="min", max_t=EPOCHS + 1,
-                                              grace_period=2, reduction_factor=2)
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    tuner = tune.Tuner(
-        tune.with_resources(synthetic_trial, {"cpu": 1}),  # logical: Ray gets --concurrent CPUs
-        # every trial's config carries the shared TrialSpec, as the driver's does (collect_rows validates it)
-        param_space={"sweep": TrialSpec.of_sweep(config, spec, metric=METRIC, tb_dir=None, storage_path=None)
-                     .model_dump(mode="json")},
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=trials,
-                                    max_concurrent_trials=concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(out), verbose=0,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-    )
+    write_meta(out, config, spec, f"sqlite:///{out / 'optuna.db'}", out.name)
+    study = _study(out, config, spec)
+    study.enqueue_start([first_point(spec, config.run_dict())])
+    store = TrialStore(trials_root(str(out)))
+    pruner = engine.make_pruner(study, spec, metric=METRIC, mode="min", epochs=EPOCHS)
+    searcher = SweepSearch(study, pruner, store, metric=METRIC, mode="min")
+    trial_spec = TrialSpec.of_sweep(config, spec, metric=METRIC, tb_dir=None, storage_path=str(out))
     start = time.perf_counter()
-    results = tuner.fit()
+    engine.run_search(study, pruner, searcher, spec=spec, sweep_entry=trial_spec.model_dump(mode="json"),
+                      storage_root=str(out), planned=trials, max_concurrent=concurrent, verbose=0,
+                      trainable_fn=tune.with_resources(synthetic_trial, {"cpu": 1}))  # logical: --concurrent CPUs
     fit_s = time.perf_counter() - start
-    starts = sorted(r.metrics.get("trial_start", math.nan) for r in results if r.metrics)
+    starts = sorted(t.datetime_start.timestamp() for t in study.trials() if t.datetime_start)
     tenth = max(1, len(starts) // 10)
     first = (starts[tenth] - starts[0]) / tenth if len(starts) > tenth else math.nan
     last = (starts[-1] - starts[-1 - tenth]) / tenth if len(starts) > tenth else math.nan
     start = time.perf_counter()
-    rows = collect_rows(str(out / EXPERIMENT_NAME), spec.search.keys)
+    rows = study_rows(study, store, trial_spec, spec.search.keys)
     write_trials_csv(out / "trials.csv", rows, spec.search.keys)
     tables_s = time.perf_counter() - start
     states = {s: sum(r.state == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAILED")}
@@ -135,7 +140,7 @@ def write_study(out: Path, trials: int, *, seed: int = 0) -> None:
     import optuna
 
     from simmtm.sweep.outputs import TrialRow, write_trials_csv
-    from simmtm.sweep.search import search_distributions
+    from simmtm.sweep.spec import search_distributions
 
     config, spec = sweep_config(trials)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +159,7 @@ def write_study(out: Path, trials: int, *, seed: int = 0) -> None:
         made.append(optuna.trial.create_trial(
             params=params, distributions=dists, value=None if pruned else score,
             state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE,
-            intermediate_values={1: score + 0.1, 2: score + 0.05}, user_attrs={"tune_trial_id": tid, "repeat": 0}))
+            intermediate_values={1: score + 0.1, 2: score + 0.05}, user_attrs={"trial_id": tid, "repeat": 0}))
         rows.append(TrialRow(trial_id=tid, state="PRUNED" if pruned else "COMPLETE", params=params,
                              score=None if pruned else score, val_score=score + 0.05, epochs=2 if pruned else EPOCHS + 1))
     study.add_trials(made)
@@ -170,31 +175,38 @@ def run_confirm(out: Path, trials: int, *, concurrent: int) -> dict:
 
     from ray import tune
 
-    from simmtm.sweep.confirm import CONFIRM_EXPERIMENT, StageInputs, confirm_sweep, rung_scores
-    from simmtm.sweep.driver import EXPERIMENT_NAME, collect_rows
+    from simmtm.sweep import engine
+    from simmtm.sweep.confirm import StageInputs, confirm_sweep, rung_scores
     from simmtm.sweep.outputs import rank_configurations
+    from simmtm.sweep.record import TrialStore, trials_root
+    from simmtm.sweep.results import named_rows, study_rows
     from simmtm.sweep.spec import PAPER_DEFAULTS, TrialSpec
 
     config, spec = sweep_config(trials)
-    search_dir = str(out / EXPERIMENT_NAME)
-    shutil.rmtree(out / CONFIRM_EXPERIMENT, ignore_errors=True)  # a fresh stage, not a resumed one
-    rows = collect_rows(search_dir, spec.search.keys)
+    store = TrialStore(trials_root(str(out)))
+    shutil.rmtree(out / "trials", ignore_errors=True)  # a fresh stage, not a resumed one
+    trial_spec = TrialSpec.of_sweep(config, spec, metric=METRIC, tb_dir=None, storage_path=str(out))
+    rows = study_rows(_study(out, config, spec), store, trial_spec, spec.search.keys)
     start = time.perf_counter()
     rank_configurations(rows, spec.search.keys, "min")
     rank_s = time.perf_counter() - start
     start = time.perf_counter()
-    rung_scores(search_dir, f"probe_{METRIC}", 2)
+    rung_scores(rows, 2)
     rungs_s = time.perf_counter() - start
     stage = StageInputs(out=out, metric=METRIC, mode="min", param_keys=spec.search.keys, base_seed=config.seed,
-                        top_k=spec.tune.confirm.top_k, seeds=spec.tune.confirm.seeds, search_dir=search_dir,
-                        storage_path=str(out), rung_epoch=2, prunes=True, rung="probe", max_concurrent=concurrent)
-    entry = TrialSpec.of_sweep(config, spec, metric=METRIC, tb_dir=None, storage_path=None).model_dump(mode="json")
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+                        confirm=spec.tune.confirm, rung_epoch=2, prunes=True, rung="probe", max_concurrent=concurrent)
+
+    def run_points(points):
+        engine.run_points(points, resources=spec.resources, sweep_entry=trial_spec.model_dump(mode="json"),
+                          storage_root=str(out), max_concurrent=concurrent,
+                          trainable_fn=tune.with_resources(synthetic_trial, {"cpu": 1}))
+        return named_rows(store, points, trial_spec, spec.search.keys)
+
     start = time.perf_counter()
-    outcome = confirm_sweep(stage, rows, trainable=tune.with_resources(synthetic_trial, {"cpu": 1}), sweep_entry=entry,
-                            default={k: PAPER_DEFAULTS[k] for k in spec.search.keys}, collect=collect_rows)
+    outcome = confirm_sweep(stage, rows, run_points=run_points, default={k: PAPER_DEFAULTS[k] for k in spec.search.keys})
     stage_s = time.perf_counter() - start
-    return {"stage_s": stage_s, "rank_s": rank_s, "rungs_s": rungs_s, "runs": len(outcome.configs) * stage.seeds,
+    seeds = max((c.finished() for c in outcome.configs), key=len, default={})
+    return {"stage_s": stage_s, "rank_s": rank_s, "rungs_s": rungs_s, "runs": len(outcome.configs) * len(seeds),
             "pairs": len(outcome.probe_pairs)}
 
 
@@ -259,7 +271,7 @@ def main() -> None:
                 row["tune"] = run_tune(out, n, concurrent=args.concurrent)
             else:
                 write_study(out, n)
-            if args.confirm and (out / "ray").is_dir():
+            if args.confirm and (out / "optuna.db").is_file():
                 row["confirm"] = c = run_confirm(out, n, concurrent=args.concurrent)
                 print(f"N={n:>5}  confirmation stage {c['stage_s']:6.1f} s ({c['runs']} runs; ranking "
                       f"{c['rank_s']:.3f} s, rung scores read {c['rungs_s']:.2f} s; {c['pairs']} probe pairs)", flush=True)
@@ -278,7 +290,7 @@ def main() -> None:
     sizes = list(results)
     print("# growth order k (time ~ N^k, log-log least squares over the sizes run):")
     for name, get in [("tune fit", lambda r: r.get("tune", {}).get("fit_s")),
-                      ("tables (collect_rows + trials.csv)", lambda r: r.get("tune", {}).get("tables_s")),
+                      ("tables (study_rows + trials.csv)", lambda r: r.get("tune", {}).get("tables_s")),
                       ("load_sweep", lambda r: r["analysis"]["load_s"]),
                       ("recommend (incl. load)", lambda r: r["analysis"]["recommend_s"]),
                       ("analyze (report)", lambda r: r["analysis"]["analyze_s"]),

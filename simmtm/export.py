@@ -163,10 +163,11 @@ def _from_finetune(run: Path, checkpoint: Path) -> _Source:
 
 
 def _from_sweep_trial(run: Path, sweep: Path) -> _Source | None:
-    """A trial's pre-trained encoder (in the sweep's Ray storage), with the sweep's selection; None when the
-    storage is elsewhere (``tune.storage_path``) or gone."""
+    """A trial's pre-trained encoder (its folder ``SWEEP/trials/<trial>``), with the sweep's selection; None when the
+    folder is elsewhere (``tune.storage_path``) or gone."""
     trial = run.name
-    found = sorted(sweep.glob(f"**/{trial}/checkpoint_*/checkpoint.pt"))
+    found = [p for p in [sweep / "trials" / trial / "checkpoint.pt"] if p.is_file()]
+    found = found or sorted(sweep.glob(f"**/{trial}/checkpoint_*/checkpoint.pt"))  # a sweep of an earlier release
     if not found:
         return None
     source = _from_pretrain(run, found[-1], kind="sweep trial")

@@ -227,27 +227,21 @@ def test_the_scale_benchmark_writes_studies_the_analysis_reads_and_fits_growth_o
 
 
 @pytest.mark.slow
-def test_the_scale_benchmarks_tune_sweep_gives_the_rows_of_tunes_full_analysis(tmp_path) -> None:
-    # collect_rows reads the trials without ExperimentAnalysis's per-trial result frames: same rows as with them
+def test_the_scale_benchmark_runs_the_sweeps_engine_and_its_confirmation(tmp_path) -> None:
     import ray
     from ray import cloudpickle
-    from ray.tune import ExperimentAnalysis
-
-    from simmtm.sweep.driver import EXPERIMENT_NAME
-    from simmtm.sweep.results import _row, collect_rows
+    from studies import study_of
 
     scale = script("sweep_scale")
     cloudpickle.register_pickle_by_value(scale)  # loaded from its path: Ray's workers could not import it by name
     try:
         figures = scale.run_tune(tmp_path / "n6", 6, concurrent=2)
+        confirm = scale.run_confirm(tmp_path / "n6", 6, concurrent=2)
     finally:
         ray.shutdown()  # the Ray instance tuner.fit started in this process
     assert sum(figures["states"].values()) == 6 and figures["states"]["FAILED"] == 0
-    keys = ["pretrain.mask_ratio", "pretrain.num_masked", "pretrain.temperature"]
-    experiment = str(tmp_path / "n6" / EXPERIMENT_NAME)
-    full = [_row(trial, keys) for trial in ExperimentAnalysis(experiment).trials]
-    fields = ["trial_id", "state", "params", "repeat", "score", "val_score", "epochs", "wall_s", "error"]
-    assert [[getattr(r, f) for f in fields] for r in collect_rows(experiment, keys)] == [
-        [getattr(r, f) for f in fields] for r in full
-    ]
     assert (tmp_path / "n6" / "trials.csv").read_text().count("\n") == 7
+    study = study_of(tmp_path / "n6")
+    assert sorted(t.state.name for t in study.get_trials()) == sorted(
+        {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED"}[s] for s, n in figures["states"].items() for _ in range(n))
+    assert confirm["runs"] == 6 and confirm["pairs"] >= 6  # the default and the top 1, 3 paired seeds each

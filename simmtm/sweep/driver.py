@@ -314,7 +314,7 @@ def _search(sweep: _Sweep, study: SweepStudy, plan: TrialPlan, trackers: Tracker
     spec = sweep.spec
     pruner = engine.make_pruner(study, spec, metric=sweep.metric, mode=sweep.mode, epochs=sweep.config.pretrain.epochs)
     searcher = SweepSearch(study, pruner, sweep.store, metric=sweep.metric, mode=sweep.mode)
-    engine.run_search(
+    spent = engine.run_search(
         study,
         pruner,
         searcher,
@@ -331,6 +331,9 @@ def _search(sweep: _Sweep, study: SweepStudy, plan: TrialPlan, trackers: Tracker
         reporter=trial_table(spec, sweep.metric, sweep.mode) if verbose else None,
         verbose=verbose,
     )
+    if spent:  # the budget ends the search: the trials it cut short end as stopped early (PRUNED), with the reason
+        cut = study.stop_running(f"tune.time_budget_s ({spec.tune.time_budget_s:g} s) ran out")
+        log.info("tune.time_budget_s ran out: %d trial(s) stopped early", cut)
 
 
 def _confirm(sweep: _Sweep, rows: list[TrialRow], plan: TrialPlan, trackers: Trackers) -> ConfirmOutcome:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,16 +55,19 @@ def run_search(
     callbacks: Sequence[Any] = (),
     reporter: Any = None,
     verbose: int = 1,
-) -> None:
-    """Run what the study still owes of ``planned`` trials: resumable ones first, then new ones."""
+    trainable_fn: Any = None,
+) -> bool:
+    """Run what the study still owes of ``planned`` trials: resumable ones first, then new ones. Return whether
+    ``tune.time_budget_s`` ran out (Tune then stops the trials still running). ``trainable_fn``: Tune's trainable
+    (default: ``trainable(spec.resources)``; a benchmark passes a synthetic one)."""
     from ray import tune
 
     remaining = planned - study.finished_count()
     if remaining <= 0:
         log.info("every planned trial has finished; nothing left to search")
-        return
+        return False
     tuner = tune.Tuner(
-        trainable(spec.resources),
+        trainable_fn or trainable(spec.resources),
         param_space={"sweep": dict(sweep_entry)},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
@@ -82,7 +86,10 @@ def run_search(
             SEARCH_EXPERIMENT, storage_root, spec.tune.max_failures, callbacks, verbose=verbose, reporter=reporter
         ),
     )
+    started = time.monotonic()
     tuner.fit()
+    budget = spec.tune.time_budget_s
+    return budget is not None and time.monotonic() - started >= budget
 
 
 def run_points(
@@ -94,6 +101,7 @@ def run_points(
     max_concurrent: int,
     max_failures: int = 0,
     callbacks: Sequence[Any] = (),
+    trainable_fn: Any = None,
 ) -> None:
     """Run named fixed configurations (``points``: name -> repeat and values), each to its end."""
     from ray import tune
@@ -103,7 +111,7 @@ def run_points(
         return
     configs = [{**p, "name": name} for name, p in points.items()]
     tuner = tune.Tuner(
-        trainable(resources),
+        trainable_fn or trainable(resources),
         param_space=_choices(sweep_entry, configs),
         tune_config=tune.TuneConfig(
             search_alg=BasicVariantGenerator(points_to_evaluate=configs, max_concurrent=max_concurrent),

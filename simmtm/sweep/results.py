@@ -19,14 +19,13 @@ from optuna.trial import FrozenTrial, TrialState
 from simmtm.sweep.outputs import TrialRow
 from simmtm.sweep.record import TrialStore, trial_name
 from simmtm.sweep.spec import TrialSpec
-from simmtm.sweep.study import NAME_ATTR, REASON_ATTR, SweepStudy
+from simmtm.sweep.study import NAME_ATTR, REASON_ATTR, WALL_ATTR, SweepStudy
 from simmtm.sweep.trial import Trial
 
-__all__ = ["study_rows", "named_rows", "row_of", "score_test", "WALL_ATTR"]
+__all__ = ["study_rows", "named_rows", "row_of", "score_test"]
 
 log = logging.getLogger(__name__)
 
-WALL_ATTR = "wall_s"  # the trial's time in Tune (user attribute, set when it ends)
 _STATES = {
     TrialState.COMPLETE: "COMPLETE",
     TrialState.PRUNED: "PRUNED",
@@ -46,7 +45,7 @@ def _study_row(t: FrozenTrial, store: TrialStore, spec: TrialSpec, param_keys: l
     state = _STATES.get(t.state, "PENDING")
     result = store.read_result(name) if state == "COMPLETE" else None
     steps = sorted(t.intermediate_values)
-    error = str(t.user_attrs.get(REASON_ATTR, "")) or (store.read_error(name) if state == "FAILED" else "")
+    error = (str(t.user_attrs.get(REASON_ATTR, "")) or store.read_error(name)) if state == "FAILED" else ""
     wall = t.user_attrs.get(WALL_ATTR)
     repeat = int(t.user_attrs.get("repeat", 0))
     row = TrialRow(

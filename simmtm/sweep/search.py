@@ -78,6 +78,9 @@ class StudyPruner(FIFOScheduler):
             return TrialScheduler.CONTINUE
         self.study.report(int(number), int(result["epoch"]), float(value))
         if self.rungs is not None and math.isfinite(value) and self.rungs.decide(number, int(result["epoch"]), value):
+            # Told now, not when Tune completes the trial: a driver killed in between would leave a trial whose
+            # stop was decided RUNNING, and a resume (its value already in the rung) would let it go on.
+            self.study.finish(int(number), TrialState.PRUNED, wall_s=result.get("time_total_s"))
             self.pruned.add(int(number))
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE

@@ -28,12 +28,14 @@ from simmtm.sweep.outputs import OWNER_ATTR, WARM_START_ATTR
 from simmtm.sweep.record import trial_name
 from simmtm.sweep.spec import SearchSpec, condition_holds
 
-__all__ = ["SweepStudy", "Asked", "DefineByRun", "make_sampler", "open_storage", "REASON_ATTR", "NAME_ATTR"]
+__all__ = ["SweepStudy", "Asked", "DefineByRun", "make_sampler", "open_storage"]
+__all__ += ["REASON_ATTR", "NAME_ATTR", "WALL_ATTR"]
 
 log = logging.getLogger(__name__)
 
 REASON_ATTR = "reason"  # why a trial failed (user attribute)
 NAME_ATTR = "trial_id"  # the trial's name: its folder, its trials.csv row, its tb/ run (user attribute)
+WALL_ATTR = "wall_s"  # the trial's time in Tune, set when it ends (user attribute)
 
 
 class DefineByRun:
@@ -216,7 +218,7 @@ class SweepStudy:
         if reason:
             self.storage.set_trial_user_attr(trial_id, REASON_ATTR, reason[:500])
         if isinstance(wall_s, (int, float)):
-            self.storage.set_trial_user_attr(trial_id, "wall_s", float(wall_s))
+            self.storage.set_trial_user_attr(trial_id, WALL_ATTR, float(wall_s))
         if state == TrialState.COMPLETE:
             self.study.tell(number, value)
         elif state == TrialState.PRUNED:
@@ -224,6 +226,14 @@ class SweepStudy:
             self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
         else:
             self.study.tell(number, state=TrialState.FAIL)
+
+    def stop_running(self, reason: str) -> int:
+        """End this sweep's running trials as PRUNED with ``reason`` (its time budget ran out); return how many."""
+        running = self.resumable()
+        for t in running:
+            self.finish(t.number, TrialState.PRUNED, reason=reason)
+        self._queue.clear()
+        return len(running)
 
     def _id(self, number: int) -> int:
         if number not in self._ids:

@@ -205,6 +205,7 @@ def _final(
         **({f"test_{test}": float(final[test])} if spec.score_test else {}),  # test_mse: scored once
         f"last_{probe_key(metric)}": recorder.last_probe,
         "probes": {str(k): v for k, v in recorder.probes.items()},
+        "resumed_from": recorder.resumed_from,  # the pre-training epoch a start after a stop continued from
         "trial_wall_s": time.time() - started,
     }
 
@@ -241,6 +242,7 @@ class _ProbeRecorder:
         self.runtime = runtime
         self.last_state = resume
         self.last_epoch = int(resume["epoch"]) if resume is not None else None
+        self.resumed_from = self.last_epoch
         self.probed_epoch = self.last_epoch  # a checkpoint is always written with a probe
         self.last_probe = (resume or {}).get("sweep_probe")
         self.probes: dict[int, float] = dict((resume or {}).get("sweep_probes", {}))  # epoch -> probe score

@@ -15,14 +15,14 @@ from simmtm.sweep.confirm import (
     confirmed_configs,
     probe_pairs,
     read_confirmation_json,
-    run_confirmation,
     rung_scores,
     write_confirmation_json,
 )
+from simmtm.sweep.engine import run_points
 from simmtm.sweep.outputs import TrialRow
-from simmtm.sweep.results import collect_rows
+from simmtm.sweep.record import TrialStore, trials_root
+from simmtm.sweep.results import named_rows
 from simmtm.sweep.spec import TrialSpec
-from simmtm.sweep.trainable import run_trial
 
 R, M, TAU = "pretrain.mask_ratio", "pretrain.num_masked", "pretrain.temperature"
 CAND = {R: 0.3, M: 2, TAU: 0.2}
@@ -30,8 +30,9 @@ CAND = {R: 0.3, M: 2, TAU: 0.2}
 
 def test_points_are_seed_major_and_paired():
     plan = ConfirmPlan((dict(PAPER_DEFAULTS), CAND), seeds=2)
-    assert confirm_points(plan) == [{"repeat": 1000, **PAPER_DEFAULTS}, {"repeat": 1000, **CAND},
-                                    {"repeat": 1001, **PAPER_DEFAULTS}, {"repeat": 1001, **CAND}]
+    assert list(confirm_points(plan).items()) == [
+        ("confirm-0-1000", {"repeat": 1000, **PAPER_DEFAULTS}), ("confirm-1-1000", {"repeat": 1000, **CAND}),
+        ("confirm-0-1001", {"repeat": 1001, **PAPER_DEFAULTS}), ("confirm-1-1001", {"repeat": 1001, **CAND})]
 
 
 def test_probe_pairs_and_confirmation_json_round_trip(tmp_path: Path):
@@ -49,14 +50,21 @@ def test_probe_pairs_and_confirmation_json_round_trip(tmp_path: Path):
 
 @pytest.mark.slow
 def test_confirmation_runs_every_pair_once_and_resume_reruns_nothing(local_ray, tiny_config, tmp_path: Path):
-    from ray import tune
+    from simmtm.resources import Resources
 
     raw = tiny_config({"pretrain": {"epochs": 2, "max_steps": None}, "finetune": {"horizons": [4]}})
-    entry = TrialSpec(run=raw, metric="val_mse", probe_every=2, probe_steps=5, tb_dir=str(tmp_path / "tb")).model_dump(mode="json")
+    spec = TrialSpec(run=raw, metric="val_mse", probe_every=2, probe_steps=5, tb_dir=str(tmp_path / "tb"),
+                     storage_path=str(tmp_path), score_test=True)
     plan = ConfirmPlan((dict(PAPER_DEFAULTS), CAND), seeds=2)
-    trainable = tune.with_resources(run_trial, {"cpu": 1})
-    path = run_confirmation(trainable, entry, plan, storage_path=str(tmp_path), max_concurrent=2)
-    rows = collect_rows(path, [R, M, TAU])
+    store = TrialStore(trials_root(str(tmp_path)))
+
+    def run(points):
+        todo = {n: p for n, p in points.items() if store.read_result(n) is None}
+        run_points(todo, resources=Resources(workers=1, cpus_per_worker=1), sweep_entry=spec.model_dump(mode="json"),
+                   storage_root=str(tmp_path), max_concurrent=2)
+        return named_rows(store, points, spec, [R, M, TAU])
+
+    rows = run(confirm_points(plan))
     assert len(rows) == 4 and all(r.state == "COMPLETE" and r.score is not None and r.val_score is not None for r in rows)
     assert sorted((r.repeat, r.params[M]) for r in rows) == [(1000, 2), (1000, 3), (1001, 2), (1001, 3)]
     configs = confirmed_configs(rows, plan, base_seed=raw["seed"])
@@ -64,14 +72,15 @@ def test_confirmation_runs_every_pair_once_and_resume_reruns_nothing(local_ray, 
     assert all(set(c.finished()) == {raw["seed"] + 1000, raw["seed"] + 1001} for c in configs)  # paired seeds
     assert judge(configs, metric="val_mse", mode="min").status in ("beats", "keep_default")
 
-    rungs = rung_scores(path, "probe_val_mse", 2)
+    assert all(r.test_score is not None for r in rows)  # the test split, scored once a run
+    rungs = rung_scores(rows, 2)
     assert set(rungs) == {r.trial_id for r in rows} and all(rungs[r.trial_id] == r.val_score for r in rows)
 
     before = {r.trial_id: r.score for r in rows}
     runs_before = sorted(p.name for p in (tmp_path / "tb").iterdir())
-    run_confirmation(trainable, entry, plan, storage_path=str(tmp_path), max_concurrent=2)
-    again = collect_rows(path, [R, M, TAU])
-    assert {r.trial_id: r.score for r in again} == before  # restored, not re-run
+    (tmp_path / "trials" / "confirm-1-1001" / "result.json").unlink()  # one run's result lost: only it runs again
+    again = run(confirm_points(plan))
+    assert {r.trial_id: r.score for r in again} == before  # the other three read back, the fourth from its checkpoint
     assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == runs_before
 
 

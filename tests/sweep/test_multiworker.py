@@ -1,7 +1,8 @@
 """A two-worker trial on a local two-node Ray cluster (two `ray start` nodes of one CPU each).
 
 The trial launches a TorchTrainer named after its trial id; its workers' probe scores must reach Tune's scheduler
-and the Optuna study through TuneReportCallback, and its Train checkpoint must serve the test scoring.
+and the Optuna study through TuneReportCallback, and the checkpoint rank 0 keeps in the trial's folder must serve the
+test scoring.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def test_a_two_worker_trial_runs_a_named_torchtrainer_across_two_nodes(tiny_swee
     (row,) = read_trials_csv(out / "trials.csv")
     assert row["state"] == "COMPLETE" and float(row["score"]) > 0 and int(row["epochs"]) == 3
     assert row["val_score"] and row["test_score"]  # probe scores came through; the Train checkpoint was scored once
-    train_run = out / "ray" / f"train-{row['trial_id']}"  # the Train run is named after the trial: restorable
-    assert any(p.name.startswith("checkpoint_") for p in train_run.iterdir())
+    assert (out / "ray" / f"train-{row['trial_id']}").is_dir()  # the Train run is named after the trial
+    assert (out / "trials" / row["trial_id"] / "checkpoint.pt").is_file()  # rank 0 wrote the trial's own record
     (trial,) = study_of(out).get_trials()
     assert trial.state == TrialState.COMPLETE and trial.value == pytest.approx(float(row["score"]))
     assert sorted(trial.intermediate_values) == [1, 2, 3]  # one probe score per epoch, reported by rank 0

@@ -14,7 +14,7 @@ from simmtm.cli import main
 from simmtm.config import load_config
 from simmtm.errors import ConfigError
 from simmtm.ray_session import check_resources, resolve_address
-from simmtm.sweep.driver import concurrency, plan_trials
+from simmtm.sweep.preflight import concurrency, plan_trials
 from simmtm.sweep.search import SweepSearch
 from simmtm.sweep.spec import (
     PAPER_DEFAULTS,
@@ -199,26 +199,42 @@ def load_config_from(raw):
     return parse_config(raw)
 
 
-def _searcher(tiny_config, *, search=None, repeats=1, storage=None) -> tuple[SweepSearch, optuna.Study]:
+def _searcher(tiny_config, *, search=None, repeats=1, storage=None, seed=3, asha=None):
+    """A sweep's study, scheduler and searcher as the driver builds them, on an in-memory (or given) storage."""
+    from simmtm.sweep.record import TrialStore
+    from simmtm.sweep.search import Rungs, StudyPruner
+    from simmtm.sweep.study import SweepStudy
+
     grid = search is not None and search.get("method") == "grid"
     config = load_config_from(sweep_raw(tiny_config, search=search, tune={} if grid else None))
     spec = sweep_spec(config)
-    storage = storage or optuna.storages.InMemoryStorage()
-    searcher = SweepSearch(spec.search, base_values=flat_config(config.run_dict()), metric="val_mse",
-                           probe_metric="probe_val_mse", mode="min", seed=3, storage=storage, study_name="s",
-                           repeats=repeats, first=first_point(spec, config.run_dict()))
-    return searcher, searcher.study
+    study = SweepStudy(storage or optuna.storages.InMemoryStorage(), "s", search=spec.search,
+                       base_values=flat_config(config.run_dict()), seed=seed, mode="min", repeats=repeats)
+    first = first_point(spec, config.run_dict())
+    study.enqueue_start(spec.search.grid_cells() if grid else [first] if first else [])
+    rungs = Rungs(asha, reduction_factor=2, mode="min") if asha else None
+    pruner = StudyPruner(study, "probe_val_mse", rungs)
+    searcher = SweepSearch(study, pruner, TrialStore("/nonexistent"), metric="val_mse", mode="min")
+    return searcher, study.study
+
+
+def _result(searcher, tid: str, epoch: int, value: float) -> str:
+    """A probe result as Tune hands it on: to the scheduler (which records it), then to the searcher."""
+    from types import SimpleNamespace
+
+    trial = SimpleNamespace(config={"number": searcher.numbers[tid]})
+    decision = searcher.pruner.on_trial_result(None, trial, {"probe_val_mse": value, "epoch": epoch, "stage": "probe"})
+    if decision == "CONTINUE":
+        searcher.on_trial_result(tid, {"probe_val_mse": value, "epoch": epoch})
+    return decision
 
 
 def test_search_seed_redraws_the_search_but_keeps_the_training_seed(tiny_config) -> None:
     def draws(search_seed):
         search = {**copy.deepcopy(SEARCH), "first": "none", **({"seed": search_seed} if search_seed is not None else {})}
         config = load_config_from(sweep_raw(tiny_config, search=search))
-        spec = sweep_spec(config)
-        seed = sampler_seed(spec, config.seed)
-        searcher = SweepSearch(spec.search, base_values=flat_config(config.run_dict()), metric="val_mse",
-                               probe_metric="probe_val_mse", mode="min", seed=seed, storage=optuna.storages.InMemoryStorage(),
-                               study_name="s", repeats=1, first=None)
+        seed = sampler_seed(sweep_spec(config), config.seed)
+        searcher, _ = _searcher(tiny_config, search=search, seed=seed)
         return config.seed, seed, [searcher.suggest(f"t{i}")[R] for i in range(3)]
 
     run_seed, default_seed, default = draws(None)
@@ -229,49 +245,74 @@ def test_search_seed_redraws_the_search_but_keeps_the_training_seed(tiny_config)
 
 
 def test_searcher_records_complete_pruned_and_failed_trials_honestly(tiny_config) -> None:
-    searcher, study = _searcher(tiny_config)
+    searcher, study = _searcher(tiny_config, asha=[1, 2])
     configs = {tid: searcher.suggest(tid) for tid in ("a", "b", "c")}
     assert configs["a"][R] == 0.5 and configs["a"][M] == 3 and configs["a"]["repeat"] == 0  # the paper's first
-    for tid in configs:  # two probe results each, as Tune passes them on
-        for epoch, value in ((1, 0.9), (2, 0.8)):
-            searcher.on_trial_result(tid, {"probe_val_mse": value, "epoch": epoch, "stage": "probe"})
-    searcher.on_trial_complete("a", {"val_mse": 0.42, "stage": "final", "epoch": 2})
-    # ASHA stopped "b": Tune completes it with its last (probe) result, which Ray's OptunaSearch would call COMPLETE.
-    searcher.on_trial_complete("b", {"probe_val_mse": 0.7, "epoch": 3, "stage": "probe"})
+    assert [configs[t]["number"] for t in "abc"] == [0, 1, 2]  # a trial is known by its Optuna number
+    assert _result(searcher, "a", 1, 0.5) == _result(searcher, "a", 2, 0.4) == "CONTINUE"
+    assert _result(searcher, "b", 1, 0.9) == "STOP"  # worse than the rung's best half (of one): ASHA stops it
+    assert _result(searcher, "c", 1, 0.3) == "CONTINUE"
+    searcher.on_trial_complete("a", {"val_mse": 0.42, "stage": "final", "epoch": 2, "time_total_s": 3.0})
+    searcher.on_trial_complete("b", {"probe_val_mse": 0.9, "epoch": 1, "stage": "probe"})
     searcher.on_trial_complete("c", None, error=True)
     trials = {t.user_attrs["trial_id"]: t for t in study.get_trials()}
-    assert trials["a"].state == TrialState.COMPLETE and trials["a"].value == pytest.approx(0.42)
-    assert trials["b"].state == TrialState.PRUNED and trials["b"].intermediate_values == {1: 0.9, 2: 0.8, 3: 0.7}
+    assert set(trials) == {"trial-0000", "trial-0001", "trial-0002"}
+    a, b, c = (trials[f"trial-000{i}"] for i in range(3))
+    assert a.state == TrialState.COMPLETE and a.value == pytest.approx(0.42) and a.user_attrs["wall_s"] == 3.0
+    assert a.intermediate_values == {1: 0.5, 2: 0.4}  # every probe score, the record pruning reads
+    assert b.state == TrialState.PRUNED and b.intermediate_values == {1: 0.9}
     # Its probe score stays an intermediate value only: sorting the study by value ranks final scores alone
-    # (optuna's own tell would have copied 0.7 into the value).
-    assert trials["b"].value is None
-    ranked = sorted((t for t in study.get_trials() if t.value is not None), key=lambda t: t.value)
-    assert [t.user_attrs["trial_id"] for t in ranked] == ["a"]
-    assert trials["c"].state == TrialState.FAIL
+    # (optuna's own tell would have copied 0.9 into the value).
+    assert b.value is None
+    assert c.state == TrialState.FAIL and "no error recorded" in c.user_attrs["reason"]
     assert all(PATCH in t.params for t in trials.values() if t.params[ENC] == "patch")
     assert all(PATCH not in t.params for t in trials.values() if t.params[ENC] == "transformer")
 
 
-def test_a_trial_told_before_the_driver_stopped_is_resumed_without_error(tiny_config) -> None:
-    # Tune's saved state can be older than the study: a resumed trial that the study already holds as finished
-    # reports its results and its end again; the searcher neither raises nor changes the study.
-    searcher, study = _searcher(tiny_config)
+def test_a_trial_stopped_with_the_sweep_stays_running_and_a_resume_hands_it_out_first(tiny_config, tmp_path) -> None:
+    """No final result and not pruned (Ctrl-C, a time budget, a killed driver): the trial is the study's to finish.
+    The next driver gets it back first, with its number and parameters, then the sampler's next proposal."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher, study = _searcher(tiny_config, storage=storage, asha=[1])
     searcher.suggest("a")
-    searcher.on_trial_result("a", {"probe_val_mse": 0.9, "epoch": 1, "stage": "probe"})
-    searcher.on_trial_complete("a", {"val_mse": 0.42, "stage": "final", "epoch": 2})
-    resumed, _ = _searcher(tiny_config, storage=study._storage)  # the driver's next run, Tune's older state
-    resumed._ot_trials["a"] = searcher._ot_trials["a"]
-    resumed.on_trial_result("a", {"probe_val_mse": 0.8, "epoch": 2, "stage": "probe"})
-    resumed.on_trial_complete("a", {"val_mse": 0.40, "stage": "final", "epoch": 2})
-    (trial,) = [t for t in study.get_trials() if t.user_attrs.get("trial_id") == "a"]
-    assert trial.state == TrialState.COMPLETE and trial.value == pytest.approx(0.42)
-    assert trial.intermediate_values == {1: 0.9}
+    second = searcher.suggest("b")
+    _result(searcher, "a", 1, 0.5)
+    searcher.on_trial_complete("a", {"val_mse": 0.4, "stage": "final", "epoch": 1})
+    searcher.on_trial_complete("b", {"probe_val_mse": 0.7, "epoch": 1, "stage": "probe"})  # stopped, not pruned
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.RUNNING]
+
+    again, _ = _searcher(tiny_config, storage=storage, asha=[1])  # the next driver
+    resumed = again.suggest("x")
+    assert resumed == second  # same number, parameters and repeat
+    assert again.pruner.rungs.values[1] == {0: -0.5}  # the rung holds the earlier trial's probe score
+    assert _result(again, "x", 1, 0.9) == "STOP"  # and the resumed trial is compared against it
+    assert again.suggest("y")["number"] == 2
+
+
+def test_a_resumed_study_proposes_what_an_uninterrupted_one_would(tiny_config, tmp_path) -> None:
+    """The sampler of trial n is seeded by n: a driver that stops after trial k and a fresh one that opens the same
+    study propose trial k+1 as one driver that ran on would."""
+    search = {**copy.deepcopy(SEARCH), "first": "none"}
+
+    def run(storage, numbers, searcher=None):
+        searcher = searcher or _searcher(tiny_config, search=search, storage=storage)[0]
+        out = []
+        for i in numbers:
+            config = searcher.suggest(f"t{i}")
+            searcher.on_trial_complete(f"t{i}", {"val_mse": config[R] ** 2, "stage": "final"})
+            out.append(config)
+        return out
+
+    whole = run(optuna.storages.InMemoryStorage(), range(14))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    parts = run(storage, range(11)) + run(storage, range(11, 14))
+    assert parts == whole  # TPE's proposals after its 10 random ones included
 
 
 def test_searcher_runs_each_configuration_once_per_repeat(tiny_config) -> None:
     searcher, study = _searcher(tiny_config, repeats=2)
     configs = [searcher.suggest(f"t{i}") for i in range(6)]
-    strip = [{k: v for k, v in c.items() if k != "repeat"} for c in configs]
+    strip = [{k: v for k, v in c.items() if k not in ("repeat", "number")} for c in configs]
     assert [c["repeat"] for c in configs] == [0, 1, 0, 1, 0, 1]
     assert strip[0] == strip[1] and strip[2] == strip[3] and strip[4] == strip[5] and strip[0] != strip[2]
     assert [t.user_attrs["repeat"] for t in study.get_trials()] == [0, 1, 0, 1, 0, 1]
@@ -287,10 +328,21 @@ def test_grid_search_enqueues_every_cell_times_repeats(tiny_config, tmp_path) ->
     assert study.trials[0].distributions[R].__class__.__name__ == "FloatDistribution"  # numeric axes stay numeric
 
 
+def test_asha_rungs_cut_at_the_best_fraction_of_earlier_scores_and_replay_from_the_study() -> None:
+    from simmtm.sweep.search import Rungs
+
+    rungs = Rungs([1, 3], reduction_factor=3, mode="min")
+    assert [rungs.decide(n, 1, v) for n, v in enumerate([0.5, 0.4, 0.6, 0.45])] == [False, False, True, False]
+    assert rungs.decide(1, 3, 0.3) is False and rungs.decide(0, 2, 0.1) is False  # epoch 2: no rung reached
+    assert rungs.decide(3, 3, 0.35) is True  # 0.35 is outside the best third of {0.3}: cutoff 0.3
+    assert rungs.decide(3, 3, 0.0) is False  # a trial is judged once per rung
+    assert rungs.values == {3: {1: -0.3, 3: -0.35}, 1: {0: -0.5, 1: -0.4, 2: -0.6, 3: -0.45}}
+
+
 def test_search_startup_trials_hands_over_to_tpe_earlier() -> None:
     """search.startup_trials: the first draws equal a default TPE's (both random), later ones come from the model."""
-    from simmtm.sweep.search import make_sampler
     from simmtm.sweep.spec import SearchSpec
+    from simmtm.sweep.study import make_sampler
 
     def draws(startup: int | None) -> list[float]:
         spec = SearchSpec.model_validate(
@@ -323,7 +375,7 @@ def test_drivers_opening_one_new_study_database_at_once_all_get_it(tmp_path: Pat
     """Shared-study mode: drivers that start together race to create the database's schema; none may fail."""
     import threading
 
-    from simmtm.sweep.search import open_storage
+    from simmtm.sweep.study import open_storage
 
     for round_ in range(5):
         url = f"sqlite:///{tmp_path / f'optuna{round_}.db'}"

@@ -1,7 +1,7 @@
 """Watching a sweep (15.4, 15.5): tune.loggers reaches W&B (offline) and MLflow (a local store) through `simmtm
 sweep`, search trials and confirmation runs alike (told apart by stage), with every optimiser step's pre-training
 losses from inside the trials; each trial's HParams run is written
-as it ends; a trial's checkpoint is kept once (Tune's), not in tb/."""
+as it ends; a trial's checkpoint is kept once (in its own folder), not in tb/."""
 
 from __future__ import annotations
 
@@ -87,9 +87,10 @@ def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_pat
                    for row in steps.values())
         assert [steps[m.step]["pretrain/loss"] for m in history] == pytest.approx([m.value for m in history])
         assert (out / "tb" / trial / "pretrain" / "history.jsonl").is_file()
-        assert not (out / "tb" / trial / "pretrain" / "checkpoints").exists()  # Tune's copy is the one
+        assert not (out / "tb" / trial / "pretrain" / "checkpoints").exists()  # the trial folder's copy is the one
         assert (out / "tb" / "hparams" / trial).is_dir() or stage[trial] == "confirm"
-    assert len(list((out / "ray").rglob("checkpoint.pt"))) == 2  # one per search trial (num_to_keep=1)
+    assert len(list((out / "trials").glob("trial-*/checkpoint.pt"))) == 2  # one per search trial
+    assert not list((out / "ray").rglob("checkpoint.pt"))  # none in Tune's folder
 
 
 def _ends(config: dict) -> None:
