@@ -53,6 +53,9 @@ class DataConfig(_Section):
     features: Literal["M", "S"] = "M"  # M: all channels; S: the `target` column only
     target: str = "OT"
     stride: int = Field(1, ge=1)  # step between training window starts (evaluation always uses 1)
+    # Pre-training windows end this many rows before each split's end, as if a horizon followed: the official code
+    # pre-trains on its fine-tuning dataset with pred_len 96 (ETTh1: 8,209 training windows instead of 8,305). 0: all.
+    pretrain_horizon_cut: int = Field(0, ge=0)
     val_fraction: float = Field(0.2, gt=0, lt=1)  # classification: share of the train file held out
     # classification .ts with series of unequal lengths: pad to the longest (with a padding mask the masking, the
     # normalisation and the encoders respect), truncate to seq_len, or error (refuse, naming the line)

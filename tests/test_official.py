@@ -460,3 +460,21 @@ def test_the_optimisers_get_the_configured_betas(finetune_cfg, expected, tiny_co
     raw["finetune"] = {**raw["finetune"], "horizons": [4], "epochs": 1, "max_steps": 1, **finetune_cfg}
     finetune.run(parse_config(raw), score_test=False)
     assert made == [(0.85, 0.98), expected]
+
+
+# --- data: the official pre-training windows -----------------------------------------------------------------
+
+
+def test_pretrain_horizon_cut_gives_the_official_etth1_pretraining_windows(shared_data: Path) -> None:
+    """The official pre-training loads ETTh1 with pred_len 96: its windows stop as if a 96-step horizon followed
+    (8,640 - 336 - 96 + 1 = 8,209 training windows; simmtm's default uses all 8,305)."""
+    from simmtm.inputs import load_inputs
+
+    def windows(cut: int, horizon: int = 0) -> tuple[int, int]:
+        config = parse_config({"data": {"name": "ETTh1", "seq_len": 336, "pretrain_horizon_cut": cut}})
+        inputs = load_inputs(config, horizon=horizon)
+        return len(inputs.train), len(inputs.val)
+
+    assert windows(0) == (8305, 2881)
+    assert windows(96) == (8209, 2785)
+    assert windows(96, horizon=96) == windows(0, horizon=96) == (8209, 2785)  # fine-tuning windows: unchanged

@@ -243,9 +243,18 @@ def _check_lengths(path: Path, borders: tuple[int, int, int], seq_len: int, hori
 
 
 def load_forecasting(
-    path: Path, *, seq_len: int, horizon: int = 0, features: str = "M", target: str = "OT"
+    path: Path,
+    *,
+    seq_len: int,
+    horizon: int = 0,
+    features: str = "M",
+    target: str = "OT",
+    pretrain_horizon_cut: int = 0,
 ) -> ForecastingSplits:
-    """Read a forecasting CSV, split it, and standardise it with the train rows' mean and std."""
+    """Read a forecasting CSV, split it, and standardise it with the train rows' mean and std.
+
+    ``pretrain_horizon_cut``: with ``horizon`` 0 (pre-training), every split ends that many rows early, so that the
+    windows are the official pre-training's (its loaders cut windows as if a horizon of pred_len followed)."""
     path = Path(path)
     if seq_len < 1 or horizon < 0:
         raise ValueError(f"need seq_len >= 1 and horizon >= 0, got {seq_len} and {horizon}")
@@ -257,7 +266,8 @@ def load_forecasting(
     columns = _select_columns(frame, path, date, features, target)
     values = frame[columns].to_numpy(dtype=np.float64)  # (T, C)
     borders = split_borders(path, len(values), dates)
-    _check_lengths(path, borders, seq_len, horizon)
+    cut = pretrain_horizon_cut if horizon == 0 else 0
+    _check_lengths(path, borders, seq_len, horizon or cut)
     train_end, val_end, test_end = borders
 
     def where(at: tuple[int, ...]) -> str:
@@ -267,9 +277,9 @@ def load_forecasting(
     scaled = apply_scaler(values, mean, std, 1, where)
     logger.debug("%s: %d rows, %d channels, borders %s", path, len(values), len(columns), borders)
     return ForecastingSplits(
-        train=scaled[:train_end],
-        val=scaled[train_end - seq_len : val_end],
-        test=scaled[val_end - seq_len : test_end],
+        train=scaled[: train_end - cut],
+        val=scaled[train_end - seq_len : val_end - cut],
+        test=scaled[val_end - seq_len : test_end - cut],
         columns=columns,
         mean=mean,
         std=std,

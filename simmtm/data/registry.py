@@ -203,7 +203,12 @@ def load_splits(cfg: DataConfig, *, horizon: int = 0, seed: int = 0) -> Forecast
     resolved = resolve(cfg)
     if resolved.task == "forecasting":
         return load_forecasting(
-            resolved.path, seq_len=cfg.seq_len, horizon=horizon, features=cfg.features, target=cfg.target
+            resolved.path,
+            seq_len=cfg.seq_len,
+            horizon=horizon,
+            features=cfg.features,
+            target=cfg.target,
+            pretrain_horizon_cut=cfg.pretrain_horizon_cut,
         )
     return load_classification(
         resolved.path, val_fraction=cfg.val_fraction, seed=seed, unequal_length=cfg.unequal_length, seq_len=cfg.seq_len
