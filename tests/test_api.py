@@ -126,10 +126,19 @@ def run_ray_block(index: int, tiny: dict) -> dict:
 
 @pytest.mark.slow
 def test_the_api_docs_workers_block_runs_as_written(tmp_path: Path, monkeypatch, tiny_sweep_config, shared_ray) -> None:
+    import mlflow
+
     monkeypatch.chdir(tmp_path)
-    two = run_ray_block(0, tiny_sweep_config)["two"]  # about 2 minutes here: Ray Train's start-up on 2 busy cores
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracked = {**tiny_sweep_config, "loggers": ["mlflow"]}  # also: a --workers run's epochs reach its tracker
+    two = run_ray_block(0, tracked)["two"]  # about 2 minutes here: Ray Train's start-up on 2 busy cores
     assert (two.metrics["epoch"], two.metrics["step"]) == (1, 5)
-    assert (tmp_path / "runs" / "api-pre-2w" / "checkpoints" / "last.pt").is_file()
+    out = tmp_path / "runs" / "api-pre-2w"
+    assert (out / "checkpoints" / "last.pt").is_file()
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("api-pre-2w").experiment_id])
+    logged = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert logged == [(5, pytest.approx(two.val_loss))]
 
 
 @pytest.mark.slow
