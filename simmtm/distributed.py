@@ -313,7 +313,7 @@ def pretrain_distributed(
     cluster a path every node shares) under ``run_name(out, storage)``: calling this again with the same ``out``
     and ``storage`` resumes from the latest of them. ``resume`` is a state to start from when Ray holds no newer
     checkpoint (for example one of an earlier in-process run in ``out``). Deciding between resuming and starting
-    afresh (``--restart``) is the caller's job (``simmtm.rundir``).
+    afresh (``--overwrite``) is the caller's job (``simmtm.rundir``).
     """
     scaling.check(config)
     out = Path(out).resolve()

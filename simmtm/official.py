@@ -168,7 +168,7 @@ def _put(mapped: dict[str, Tensor], target: Mapping[str, Tensor], key: str, valu
         )
     if tuple(value.shape) != tuple(target[key].shape):
         raise UserError(
-            f"official key '{source}' has shape {tuple(value.shape)} but --config gives {key} the shape "
+            f"official key '{source}' has shape {tuple(value.shape)} but the config gives {key} the shape "
             f"{tuple(target[key].shape)}; set data.seq_len, model.d_model, model.d_ff and model.projector_* as "
             "in the official run"
         )
