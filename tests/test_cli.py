@@ -87,7 +87,7 @@ CASES: dict[str, Case] = {
     "NaN column": Case(lambda t: _csv_with(t, [1.0, np.nan]), r"bad.csv: missing values in column\(s\) 'c1'"),
     "missing data file": Case(lambda t: {"data": {"path": str(t / "nope.csv")}}, r"data.path: .*nope.csv does not exist"),
     "binary data file": Case(_garbage_csv, r"garbage.csv: cannot read as CSV"),
-    "directory as data file": Case(_directory_csv, r"folder.csv: .*reads"),
+    "directory as data file": Case(_directory_csv, r"folder.csv:? is a folder; a .csv data path names a file"),
     "unequal .ts lengths": Case(_ts_pair, r"toy_TRAIN.ts: line \d+: series length 3 differs from 4"),
     "unknown data name": Case(_changes({"data": {"path": None, "name": "ETTh9"}}),
                               r"unknown data set 'ETTh9'; known names: ETTh1"),
@@ -213,6 +213,7 @@ def test_validate_reports_each_file_and_fails_with_2(tmp_path: Path, tiny_config
     assert run_cli(["validate", str(good), "--data"], capsys)[0] == 0
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch: 8-25 s
 def test_one_line_on_the_real_stderr(tmp_path: Path, tiny_config, write_config) -> None:
     """As a separate process (logging and warnings included), a config and a data error each print one line."""
     env = dict(os.environ)
