@@ -1,8 +1,8 @@
 """simmtm: SimMTM masked time-series pre-training that tunes its own masking ratio and masked-series count.
 
 The Python API (``simmtm.pretrain``, ``finetune``, ``run``, ``export``, ``sweep``, ``analyze``, ``recommend``; typed
-results in ``simmtm.api``; docs/api.md) and ``simmtm.load_encoder`` / ``load_pretrained`` load lazily: ``import simmtm`` imports neither
-torch nor Ray.
+results in ``simmtm.api``; docs/api.md) and ``simmtm.load_encoder`` / ``load_pretrained`` load lazily:
+``import simmtm`` imports neither torch nor Ray.
 """
 
 from __future__ import annotations
