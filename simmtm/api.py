@@ -3,12 +3,15 @@
     import simmtm
     pre = simmtm.pretrain("sweeps/quick.yaml", out="runs/pre", overrides={"pretrain.epochs": 1})
     ft = simmtm.finetune("sweeps/quick.yaml", out="runs/ft", pretrained=pre.run_dir)
+    both = simmtm.run("sweeps/quick.yaml", out="runs/both")  # pre-train, fine-tune, random-init baseline
+    enc = simmtm.export(pre.run_dir, out="runs/encoder")
     sw = simmtm.sweep("sweeps/quick.yaml", out="runs/sweep")
     rec = simmtm.recommend(sw.out, write="best.yaml")
 
 Each takes a config path or a dict (the same mapping a YAML file holds) plus ``overrides`` (``{"key": value}`` or
 ``["key=value", ...]``, as ``--set``) and returns a small frozen dataclass. Errors are the CLI's: a ``UserError``
 whose message is the line the CLI prints. Nothing here imports torch or Ray until a function is called.
+Runnable examples of every call: docs/api.md.
 """
 
 from __future__ import annotations
