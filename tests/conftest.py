@@ -1,10 +1,10 @@
-"""Shared fixtures: a tiny synthetic forecasting CSV, a tiny run-config factory, the shared data folder."""
+"""Shared fixtures: a tiny synthetic forecasting CSV, a tiny run-config factory, the shared data folder, one local Ray."""
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +101,19 @@ def shared_data() -> Path:
     value = os.environ.get("SIMMTM_DATA_DIR")
     assert value, "set SIMMTM_DATA_DIR to the shared data folder (CI: ../shared/data)"
     return Path(value)
+
+
+@pytest.fixture(scope="session")
+def shared_ray() -> Iterator[None]:
+    """One local Ray (2 CPUs) for every test that kills no Ray process: started by the first test that asks, shut
+    down at the end of the session. Drivers called in-process join it (``simmtm.ray_session.connect`` leaves an
+    initialised Ray alone), so each test saves a Ray start and stop (5-15 s on this machine)."""
+    import ray
+
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()

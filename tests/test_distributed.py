@@ -55,14 +55,13 @@ def history_epochs(out: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
+def local_ray(shared_ray: None) -> Iterator[None]:
+    import ray
+
     # Test functions below travel to the workers by value (this module is not importable there).
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
-    ray.shutdown()
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 # --- faithful SimMTM: 2 workers x b with gather == 1 worker x 2b ---------------------------------------------
@@ -245,6 +244,7 @@ def test_cli_rejects_distributed_flags_without_workers_and_an_uneven_batch(tiny_
 # --- the in-process path does not import Ray -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # a pre-training in a fresh interpreter (torch import included): 10-35 s
 def test_in_process_pretraining_does_not_import_ray(tiny_csv: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(tiny_raw(tiny_csv, epochs=1, max_steps=2)))

@@ -121,6 +121,7 @@ def _has_mallinfo2() -> bool:
         return False
 
 
+@pytest.mark.slow  # two pre-trainings in fresh interpreters: 10-45 s
 @pytest.mark.skipif(not _has_mallinfo2(), reason="glibc's mallopt and mallinfo2")
 def test_pretraining_on_the_cpu_makes_malloc_return_large_freed_blocks(tiny_config, monkeypatch) -> None:
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
