@@ -21,7 +21,6 @@ of a case marks a shorter series (some archives pad with it); a ``?`` anywhere e
 from __future__ import annotations
 
 import logging
-from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +30,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from simmtm.data.checks import apply_scaler, check_labels, fit_scaler, require_finite
-from simmtm.data.formats import FileFormat, get_format, register_format, suffixes
-from simmtm.data.ts_file import Cases, parse_ts, read_ts, stack_equal
+from simmtm.data.checks import apply_scaler, check_labels, fit_scaler
+from simmtm.data.formats import get_format, suffixes
+from simmtm.data.labelled_formats import read_cases
+from simmtm.data.ts_file import Cases, read_ts, stack_equal
 from simmtm.errors import DataError
-from simmtm.torch_files import UnreadableTorchFile, load_weights_only
 
 __all__ = [
     "ClassificationSplits",
@@ -131,114 +130,6 @@ def _fit_length(files: list[Cases], policy: UnequalLength, seq_len: int | None) 
             row[:, : series.shape[1]] = series
         out.append(padded)
     return out
-
-
-# --- .pt / .npz ------------------------------------------------------------------------------------------------
-
-
-def _as_array(value: object) -> np.ndarray:
-    return value.numpy() if torch.is_tensor(value) else np.asarray(value)
-
-
-def _labelled_arrays(content: object, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``samples`` (N, C, L) float32 and ``labels`` (N,) out of a loaded mapping, checked."""
-    if not isinstance(content, dict) or "samples" not in content or "labels" not in content:
-        keys = sorted(content) if isinstance(content, dict) else type(content).__name__
-        raise DataError(f"{path}: expected a mapping with 'samples' [N, C, L] and 'labels' [N], got {keys}")
-    samples, labels = (_as_array(content[key]) for key in ("samples", "labels"))
-    if samples.ndim == 2:
-        samples = samples[:, None, :]  # one channel: (N, L) -> (N, 1, L)
-    if samples.ndim != 3 or not np.issubdtype(samples.dtype, np.number):
-        raise DataError(f"{path}: 'samples' must be numeric of shape [N, C, L], got {samples.dtype} {samples.shape}")
-    labels = labels.reshape(-1) if labels.ndim == 2 and 1 in labels.shape else labels
-    if labels.shape != (len(samples),):
-        raise DataError(f"{path}: 'labels' must have shape [{len(samples)}] to match 'samples', got {labels.shape}")
-    if not np.isfinite(samples).all():
-        raise DataError(f"{path}: 'samples' holds NaN or inf values")
-    with np.errstate(over="ignore"):  # checked below, instead of numpy's warning
-        cast = samples.astype(np.float32)
-    require_finite(cast, "cast to float32", lambda at: f"{path}: sample {at[0]}, channel {at[1] + 1}, step {at[2] + 1}")
-    return cast, labels
-
-
-class _LabelledFormat(FileFormat):
-    """A classification format: ``read`` gives equal-length arrays, ``cases`` the cases as they are in the file."""
-
-    task = "classification"
-
-    def cases(self, path: Path) -> Cases:
-        samples, labels = self.read(path)
-        return Cases.of_array(samples, labels, path)
-
-
-class _TensorFormat(_LabelledFormat):
-    """A file holding ``samples`` [N, C, L] (or [N, L]) and ``labels`` [N]."""
-
-    split_files = True
-
-    def read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        if not path.is_file():
-            raise DataError(f"{path}: no such file")
-        try:
-            content = self.load(path)
-        except Exception as exc:  # torch and numpy raise many types for a corrupt or unsafe file
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataError(f"{path}: cannot load: {reason}") from None
-        return _labelled_arrays(content, path)
-
-    @abstractmethod
-    def load(self, path: Path) -> object: ...
-
-
-@register_format
-class PtFormat(_TensorFormat):
-    """``torch.save`` of a dict (the official SimMTM files), loaded with ``weights_only=True``."""
-
-    suffix = ".pt"
-
-    def load(self, path: Path) -> object:
-        try:
-            return load_weights_only(path)
-        except UnreadableTorchFile as exc:  # torch's own message ends in advice to load untrusted pickles
-            raise ValueError(str(exc)) from None
-
-
-@register_format
-class NpzFormat(_TensorFormat):
-    """``numpy.savez`` of ``samples`` and ``labels`` (no pickles)."""
-
-    suffix = ".npz"
-
-    def load(self, path: Path) -> object:
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-
-
-@register_format
-class TsFormat(_LabelledFormat):
-    """A UEA/UCR ``.ts`` file (``read_ts``); ``*_TRAIN.ts``/``*_TEST.ts`` files form a train/test pair."""
-
-    suffix = ".ts"
-    task = "classification"
-    pairs = True
-
-    def read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        samples, labels = read_ts(path)
-        return samples, np.asarray(labels, dtype=str)
-
-    def cases(self, path: Path) -> Cases:
-        return parse_ts(path)  # the cases may differ in length; load_classification decides what to do
-
-
-def _read_any(path: Path) -> Cases:
-    """A classification file's cases, through the reader registered for its suffix."""
-    fmt = get_format(path)
-    if not isinstance(fmt, _LabelledFormat):
-        raise DataError(
-            f"{path}: unsupported file type '{path.suffix}'; classification reads "
-            f"{', '.join(suffixes('classification'))} or a directory"
-        )
-    return fmt.cases(path)
 
 
 def _encode_labels(parts: Sequence[np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
@@ -392,7 +283,7 @@ def load_classification(
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     kind, files = _layout(path)
-    read = {split: _read_any(p) for split, p in files.items()}
+    read = {split: read_cases(p) for split, p in files.items()}
     arrays = dict(zip(read, _fit_length(list(read.values()), unequal_length, seq_len)))
     samples, raw_labels, origins = _split(kind, read, arrays, val_fraction, seed)
     whole = files.get("train") or files.get("all") or path

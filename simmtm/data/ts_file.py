@@ -63,26 +63,30 @@ def _parse_channels(channels: list[str], lineno: int, path: Path) -> np.ndarray:
     return np.stack(series)  # (C, L)
 
 
-def parse_ts(path: Path) -> Cases:
-    """Read a labelled UEA/UCR ``.ts`` file, equal-length or not."""
-    path = Path(path)
+def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: no such .ts file")
-    declared: list[str] | None = None
-    dimensions: int | None = None
-    in_data = False
-    cases: list[np.ndarray] = []
-    labels: list[str] = []
-    origins: list[str] = []
     try:
         handle = path.open(encoding="utf-8")
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror}") from None
     with handle:
         try:
-            lines = list(handle)
+            return list(handle)
         except UnicodeDecodeError:
             raise DataError(f"{path}: not a UTF-8 text file; expected a UEA/UCR .ts file") from None
+
+
+def parse_ts(path: Path) -> Cases:
+    """Read a labelled UEA/UCR ``.ts`` file, equal-length or not."""
+    path = Path(path)
+    lines = _read_lines(path)
+    declared: list[str] | None = None
+    dimensions: int | None = None
+    in_data = False
+    cases: list[np.ndarray] = []
+    labels: list[str] = []
+    origins: list[str] = []
     for lineno, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
