@@ -3,7 +3,8 @@
 # (not .venv), the CPU build of torch, `pip install .` of a copy of this checkout (no extras, not editable), then
 # --help, validate, a pre-training of a few steps on ETTh1, a sweep's dry run and the Python import. A missing
 # dependency shows here, not in .venv (whose dev extra pulls in half of PyPI). A failing step fails the script with
-# its name; its output is in the log file the failure line names.
+# its name; its output is in the log file the failure line names. pip compiles nothing at install time (--no-compile):
+# the environment is used once, and Python compiles only the modules the commands import.
 # Usage: bash scripts/install_check.sh          (CI: .ci/run; data from $SIMMTM_DATA_DIR; PYTHON picks the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +27,8 @@ cd "$WORK"  # not the checkout: `python -c "import simmtm"` there would import i
 
 step "fresh venv" "$PYTHON" -m venv "$WORK/venv"
 VENV="$WORK/venv/bin"
-step "CPU torch" "$VENV/python" -m pip install --quiet torch==2.13.0
-step "pip install ." "$VENV/python" -m pip install --quiet "$WORK/src"
+step "CPU torch" "$VENV/python" -m pip install --quiet --no-compile torch==2.13.0
+step "pip install ." "$VENV/python" -m pip install --quiet --no-compile "$WORK/src"
 step "simmtm --help" "$VENV/simmtm" --help
 step "validate" bash -c "cd src && '$VENV/simmtm' validate sweeps/*.yaml --data"
 step "pretrain (ETTh1, 3 steps)" "$VENV/simmtm" pretrain "$WORK/src/sweeps/quick.yaml" --out "$WORK/pre" --no-progress \
