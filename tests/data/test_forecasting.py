@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,33 @@ def test_window_dataset_lengths_shapes_and_stride() -> None:
 def test_window_dataset_rejects_a_too_short_split() -> None:
     with pytest.raises(DataError, match=r"6 rows holds no window of seq_len 5 \+ horizon 2"):
         WindowDataset(np.zeros((6, 1), dtype=np.float32), seq_len=5, horizon=2)
+
+
+def _dated(path: Path, header: str, rows: int = 200) -> Path:
+    dates = pd.date_range("2021-01-01", periods=rows, freq="h").astype(str)
+    body = "".join(f"{d},{i % 7}.5,{i % 5}.25,{i % 3}.0\n" for i, d in enumerate(dates))
+    path.write_text(header + "\n" + body)
+    return path
+
+
+def test_a_repeated_target_is_refused_and_another_repeated_name_warned(tmp_path: Path, caplog) -> None:
+    path = _dated(tmp_path / "dup.csv", "date,OT,x,OT")
+    with pytest.raises(DataError, match=r"dup.csv: the target column 'OT' occurs 2 times in the header"):
+        load_forecasting(path, seq_len=8, features="S", target="OT")
+    assert load_forecasting(path, seq_len=8, features="S", target="x").columns == ["x"]  # the repeat is not read
+    assert not caplog.records
+    splits = load_forecasting(path, seq_len=8, features="M")
+    assert splits.columns == ["OT", "x", "OT.1"]
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: column 'OT' occurs 2 times in the header; read as ['OT', 'OT.1']"]
+
+
+@pytest.mark.parametrize(("row", "value", "where"), [(3, 1e308, "row 4 (line 5)"), (190, 1e308, "row 191 (line 192)"),
+                                                     (150, -6e38, "row 151 (line 152)")])
+def test_a_value_that_overflows_once_standardised_is_named(tmp_path: Path, row: int, value: float, where: str) -> None:
+    path = _dated(tmp_path / "big.csv", "date,a,b,c")
+    frame = pd.read_csv(path)
+    frame.loc[row, "b"] = value
+    frame.to_csv(path, index=False)
+    with np.errstate(all="raise"):  # numpy's own overflow warning must not be what the user sees
+        with pytest.raises(DataError, match=rf"big.csv: column 'b', {re.escape(where)}: .*overflows"):
+            load_forecasting(path, seq_len=8)
