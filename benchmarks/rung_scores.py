@@ -28,7 +28,8 @@ from simmtm import finetune, pretrain
 from simmtm.config import load_config
 from simmtm.confirmation import PAPER_DEFAULTS
 from simmtm.probe_check import check_probe
-from simmtm.sweep.spec import apply_params, sweep_spec
+from simmtm.sweep.sections import sweep_spec
+from simmtm.sweep.spec import apply_params
 from simmtm.sweep.trial import probe_config
 
 

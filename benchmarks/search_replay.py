@@ -85,7 +85,9 @@ def run_search(config_path: Path, grid: list[dict[str, Any]], *, method: str, sc
     from simmtm.data.registry import resolve
     from simmtm.sweep.driver import EXPERIMENT_NAME
     from simmtm.sweep.search import SweepSearch, open_storage
-    from simmtm.sweep.spec import first_point, flat_config, probe_key, resolve_metric, sweep_spec
+    from simmtm.sweep.sections import resolve_metric, sweep_spec
+    from simmtm.sweep.space import first_point, flat_config
+    from simmtm.sweep.spec import probe_key
 
     config = load_config(config_path, [f"search.method={method}", f"search.seed={seed}",
                                        f"tune.scheduler.type={scheduler}", f"tune.num_samples={samples}"])
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from simmtm.config import load_config
     from simmtm.data.registry import resolve
-    from simmtm.sweep.spec import resolve_metric, sweep_spec
+    from simmtm.sweep.sections import resolve_metric, sweep_spec
 
     grid = load_grid(a.grid)
     config = load_config(a.config, [])

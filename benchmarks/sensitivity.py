@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import multiprocessing as mp
 import sys
 import tempfile
@@ -104,7 +103,8 @@ def _rung_settings(config: str, overrides: list[str], steps: int | None, epochs:
     """The rung score's settings from the config's tune section (the sweep's own defaults where it has none)."""
     from simmtm.api import resolve_config
     from simmtm.data.registry import resolve
-    from simmtm.sweep.spec import TuneSpec, resolve_metric
+    from simmtm.sweep.sections import resolve_metric
+    from simmtm.sweep.spec import TuneSpec
 
     cfg, raw = resolve_config(config, overrides)
     tune = TuneSpec.model_validate(raw.get("tune") or {})

@@ -66,7 +66,7 @@ def synthetic_trial(config: dict) -> None:
 
 def sweep_config(trials: int):
     from simmtm.config import load_config
-    from simmtm.sweep.spec import sweep_spec
+    from simmtm.sweep.sections import sweep_spec
 
     config = load_config(ROOT / "sweeps" / "quick.yaml", [f"tune.num_samples={trials}"])
     return config, sweep_spec(config, ROOT / "sweeps" / "quick.yaml")
@@ -76,7 +76,7 @@ def write_meta(out: Path, config, spec, storage_url: str, study_name: str) -> No
     """sweep.json and sweep.yaml as the driver writes them (the analysis reads them)."""
     import yaml
 
-    from simmtm.sweep.spec import sampler_seed
+    from simmtm.sweep.space import sampler_seed
 
     resolved = config.model_dump(mode="json")
     (out / "sweep.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -89,8 +89,8 @@ def write_meta(out: Path, config, spec, storage_url: str, study_name: str) -> No
 
 
 def _study(out: Path, config, spec):
+    from simmtm.sweep.space import flat_config, sampler_seed
     from simmtm.sweep.study import SweepStudy, open_storage
-    from simmtm.sweep.spec import flat_config, sampler_seed
 
     return SweepStudy(open_storage(f"sqlite:///{out / 'optuna.db'}"), out.name, search=spec.search,
                       base_values=flat_config(config.run_dict()), seed=sampler_seed(spec, config.seed), mode="min")
@@ -104,7 +104,8 @@ def run_tune(out: Path, trials: int, *, concurrent: int) -> dict:
     from simmtm.sweep.record import TrialStore, trials_root
     from simmtm.sweep.results import study_rows
     from simmtm.sweep.search import SweepSearch
-    from simmtm.sweep.spec import TrialSpec, first_point
+    from simmtm.sweep.space import first_point
+    from simmtm.sweep.spec import TrialSpec
 
     config, spec = sweep_config(trials)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +141,7 @@ def write_study(out: Path, trials: int, *, seed: int = 0) -> None:
     import optuna
 
     from simmtm.sweep.outputs import TrialRow, write_trials_csv
-    from simmtm.sweep.spec import search_distributions
+    from simmtm.sweep.space import search_distributions
 
     config, spec = sweep_config(trials)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from simmtm.config import load_config
-from simmtm.sweep.spec import sweep_spec
+from simmtm.sweep.sections import sweep_spec
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

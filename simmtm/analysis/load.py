@@ -42,7 +42,8 @@ from simmtm.sweep.outputs import (
     read_sweep_yaml,
     read_trials_csv,
 )
-from simmtm.sweep.spec import SHORT_NAMES, match_choice, search_distributions
+from simmtm.sweep.space import match_choice, search_distributions
+from simmtm.sweep.spec import SHORT_NAMES
 from simmtm.sweep.timing import read_timing_events
 
 __all__ = [

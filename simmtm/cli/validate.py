@@ -8,7 +8,7 @@ from pathlib import Path
 
 from simmtm.config import load_config
 from simmtm.errors import UserError
-from simmtm.sweep.spec import validate_sweep_sections
+from simmtm.sweep.sections import validate_sweep_sections
 
 __all__ = ["register"]
 

@@ -7,6 +7,7 @@ experiment), ``results`` (rows, study reconciliation, test scores) and ``outputs
 read and written). Importing this package imports neither Ray nor torch.
 """
 
-from simmtm.sweep.spec import SweepSpec, sweep_spec, validate_sweep_sections
+from simmtm.sweep.sections import sweep_spec, validate_sweep_sections
+from simmtm.sweep.spec import SweepSpec
 
 __all__ = ["SweepSpec", "sweep_spec", "validate_sweep_sections"]

@@ -67,19 +67,9 @@ from simmtm.sweep.record import TrialStore, trials_root
 from simmtm.sweep.results import named_rows, score_test, study_rows
 from simmtm.sweep.resume import continue_config
 from simmtm.sweep.search import SweepSearch
-from simmtm.sweep.spec import (
-    PAPER_DEFAULTS,
-    SweepSpec,
-    TrialSpec,
-    first_point,
-    first_rung,
-    flat_config,
-    probe_key,
-    resolve_metric,
-    sampler_seed,
-    search_distributions,
-    sweep_spec,
-)
+from simmtm.sweep.sections import resolve_metric, sweep_spec
+from simmtm.sweep.space import first_point, flat_config, sampler_seed, search_distributions
+from simmtm.sweep.spec import PAPER_DEFAULTS, SweepSpec, TrialSpec, first_rung, probe_key
 from simmtm.sweep.study import SweepStudy, open_storage
 from simmtm.sweep.timing import TrialClock, write_timing
 from simmtm.trackers import Trackers

@@ -116,7 +116,6 @@ def run_points(
         tune_config=tune.TuneConfig(
             search_alg=BasicVariantGenerator(points_to_evaluate=configs, max_concurrent=max_concurrent),
             num_samples=len(configs),
-            max_concurrent_trials=max_concurrent,
             trial_name_creator=name_of,
             trial_dirname_creator=name_of,
         ),

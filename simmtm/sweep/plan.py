@@ -14,13 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from simmtm.config import RunConfig, load_config
-from simmtm.sweep.spec import (
-    SweepSpec,
-    first_point,
-    flat_config,
-    sampler_seed,
-    sweep_spec,
-)
+from simmtm.sweep.sections import sweep_spec
+from simmtm.sweep.space import first_point, flat_config, sampler_seed
+from simmtm.sweep.spec import SweepSpec
 
 __all__ = ["SweepPlan", "plan_sweep", "asha_rungs"]
 

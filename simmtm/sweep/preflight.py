@@ -16,7 +16,8 @@ from simmtm.config import RunConfig
 from simmtm.errors import ConfigError, UserError
 from simmtm.resources import describe_nodes
 from simmtm.sweep.outputs import read_sweep_json
-from simmtm.sweep.spec import SweepSpec, search_distributions
+from simmtm.sweep.space import search_distributions
+from simmtm.sweep.spec import SweepSpec
 
 __all__ = [
     "check_data",

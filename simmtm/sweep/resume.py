@@ -18,7 +18,7 @@ from simmtm.config import RunConfig, load_config
 from simmtm.config_keys import diff_keys, get_key
 from simmtm.errors import UserError
 from simmtm.sweep.outputs import read_sweep_yaml
-from simmtm.sweep.spec import sweep_spec
+from simmtm.sweep.sections import sweep_spec
 
 __all__ = ["RESUMABLE_SWEEP_KEYS", "Continuation", "continue_config"]
 

@@ -2,29 +2,26 @@
 
 Searched parameters are addressed by their dotted config key (``pretrain.mask_ratio``); every bound, choice and grid
 value is checked by putting it into the run config and validating that, so a sweep can never propose a value the
-run would reject. ``validate_sweep_sections`` turns any problem into one ``ConfigError`` line that names the file
-and the key.
+run would reject. ``simmtm.sweep.sections`` turns any problem into one ``ConfigError`` line that names the file
+and the key; ``simmtm.sweep.space`` holds what Optuna sees of the search.
 """
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simmtm.config import SWEEP_SECTIONS, RunConfig, parse_config
-from simmtm.config_keys import apply_params, error_line, flatten, get_key, known_keys, set_key
-from simmtm.errors import ConfigError
+from simmtm.config_keys import apply_params, get_key, known_keys, set_key
 from simmtm.resources import Resources
 from simmtm.trackers import Trackers
 
 if TYPE_CHECKING:
-    from optuna.distributions import BaseDistribution
+    pass
 
 __all__ = [
     "ParamSpec",
@@ -35,20 +32,12 @@ __all__ = [
     "SweepSpec",
     "TrialSpec",
     "probe_key",
-    "search_distributions",
-    "match_choice",
-    "sweep_spec",
-    "validate_sweep_sections",
     "searchable_keys",
     "get_key",
     "set_key",
     "condition_holds",
     "PAPER_DEFAULTS",
     "SHORT_NAMES",
-    "resolve_metric",
-    "first_point",
-    "sampler_seed",
-    "flat_config",
     "apply_params",
 ]
 
@@ -64,7 +53,7 @@ SHORT_NAMES = {
 }
 
 # Keys a sweep may not search: they decide where and how a trial runs, not what it learns.
-_NOT_SEARCHABLE = {"device", "threads", "data.name", "data.path", "data.task", "data.num_workers"}
+NOT_SEARCHABLE = {"device", "threads", "data.name", "data.path", "data.task", "data.num_workers"}
 
 
 class _Spec(BaseModel):
@@ -354,7 +343,7 @@ def searchable_keys() -> list[str]:
     """Leaf keys of the run config that a sweep may search."""
     sections = {"data", "model", "pretrain", "finetune"}
     leaves = [k for k in known_keys(RunConfig) if k not in sections and k.split(".")[0] not in SWEEP_SECTIONS]
-    return [k for k in leaves if k not in _NOT_SEARCHABLE]
+    return [k for k in leaves if k not in NOT_SEARCHABLE]
 
 
 def condition_holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:
@@ -364,217 +353,3 @@ def condition_holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool
         if values.get(key) not in allowed:
             return False
     return True
-
-
-# --- validation ----------------------------------------------------------------------------------------------
-
-
-def sweep_spec(config: RunConfig, path: str | Path = "sweep") -> SweepSpec:
-    """The validated sweep sections of ``config``; ConfigError (one line, naming file and key) otherwise."""
-    validate_sweep_sections(config, path)
-    if config.search is None:
-        raise ConfigError(f"{path}: not a sweep file: it has no 'search' section (sweeps/quick.yaml shows one)")
-    return SweepSpec.model_validate(
-        {"search": config.search, "tune": config.tune or {}, "resources": config.resources or {}}
-    )
-
-
-def validate_sweep_sections(config: RunConfig, path: str | Path) -> None:
-    """Check the ``search``/``tune``/``resources`` sections of a config (a no-op for a plain run config).
-
-    Raises ConfigError naming the file and key: unknown sections or parameters, empty choices, low >= high, values
-    the run config would reject, conditions on keys that are not set, a metric that does not fit the task.
-    """
-    source = str(path)
-    sections = {"search": config.search, "tune": config.tune, "resources": config.resources}
-    if all(v is None for v in sections.values()):
-        return
-    if config.search is None:
-        raise ConfigError(f"{source}: a sweep needs a 'search' section (tune/resources are set but search is not)")
-    try:
-        spec = SweepSpec.model_validate({k: v if v is not None else {} for k, v in sections.items()})
-    except ValidationError as exc:
-        raise ConfigError(error_line(exc, source, SweepSpec)) from None
-
-    known = searchable_keys()
-    base = config.run_dict()
-    if spec.search.method == "grid":
-        for key, values in (spec.search.grid or {}).items():
-            _check_key(key, known, source, where=f"search.grid.{key}")
-            for value in values:
-                _check_value(base, key, value, source, where=f"search.grid.{key}")
-    else:
-        seen: list[str] = []
-        for key, param in spec.search.params.items():
-            where = f"search.params.{key}"
-            _check_key(key, known, source, where=where)
-            for value in param.values_to_check():
-                _check_value(base, key, value, source, where=where)
-            for cond_key, wanted in (param.when or {}).items():
-                if cond_key not in seen and cond_key not in known:
-                    raise ConfigError(
-                        f"{source}: {where}.when: '{cond_key}' is neither a parameter searched before it "
-                        "nor a config key"
-                    )
-                if cond_key in seen:
-                    cond = spec.search.params[cond_key]
-                    allowed = wanted if isinstance(wanted, list) else [wanted]
-                    if cond.type == "categorical" and not any(a in (cond.choices or []) for a in allowed):
-                        raise ConfigError(
-                            f"{source}: {where}.when: {cond_key} never takes {wanted!r} (its choices: {cond.choices})"
-                        )
-            seen.append(key)
-    for key, value in spec.tune.probe_overrides.items():
-        _check_key(key, known, source, where=f"tune.probe_overrides.{key}")
-        _check_value(base, key, value, source, where=f"tune.probe_overrides.{key}")
-    _check_metric(spec.tune, source)
-    if spec.search.method == "grid" and spec.tune.num_samples is not None:
-        cells = len(spec.search.grid_cells())
-        raise ConfigError(
-            f"{source}: tune.num_samples: leave it out with method: grid (the grid runs all {cells} cells, "
-            f"times tune.repeats={spec.tune.repeats})"
-        )
-    r = spec.resources
-    if r.workers > 1 and (r.cpus_per_worker != int(r.cpus_per_worker)):
-        raise ConfigError(
-            f"{source}: resources.cpus_per_worker: use whole CPUs with workers > 1 (got {r.cpus_per_worker})"
-        )
-
-
-def _check_key(key: str, known: list[str], source: str, *, where: str) -> None:
-    if key in known:
-        return
-    if key in _NOT_SEARCHABLE:
-        raise ConfigError(
-            f"{source}: {where}: '{key}' cannot be searched (it decides where a trial runs, not what it learns)"
-        )
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ConfigError(
-        f"{source}: {where}: unknown parameter '{key}'{hint}; a parameter is a dotted config key such as "
-        "pretrain.mask_ratio"
-    )
-
-
-def _check_value(base: dict[str, Any], key: str, value: Any, source: str, *, where: str) -> None:
-    raw = apply_params(base, {key: value})
-    try:
-        config = parse_config(raw, source=where)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {where}: value {value!r} is not valid for the run ({exc})") from None
-    if key == "model.encoder":
-        from simmtm.encoders import ENCODERS
-
-        if config.model.encoder not in ENCODERS:
-            raise ConfigError(f"{source}: {where}: unknown encoder {value!r}; valid: {', '.join(sorted(ENCODERS))}")
-
-
-# classification scores; val_log_loss (the mean cross-entropy) is minimised, the others maximised
-CLASSIFICATION_METRICS = ("val_accuracy", "val_f1", "val_log_loss")
-
-
-def _check_metric(tune: TuneSpec, source: str) -> None:
-    if tune.metric is None:
-        return
-    valid = ("val_mse", "val_mae", *CLASSIFICATION_METRICS)
-    if tune.metric not in valid:
-        raise ConfigError(
-            f"{source}: tune.metric: '{tune.metric}' is not a validation score; valid: {', '.join(valid)}"
-        )
-
-
-def resolve_metric(tune: TuneSpec, task: str) -> tuple[str, str]:
-    """The sweep's metric and mode for a task: val_mse/min for forecasting, val_accuracy/max for classification."""
-    metric = tune.metric or ("val_accuracy" if task == "classification" else "val_mse")
-    if task == "classification" and metric in ("val_mse", "val_mae"):
-        raise ConfigError(
-            f"tune.metric: {metric} is a forecasting score but the data is a classification task; "
-            "use val_accuracy, val_f1 or val_log_loss"
-        )
-    if task == "forecasting" and metric in CLASSIFICATION_METRICS:
-        raise ConfigError(
-            f"tune.metric: {metric} is a classification score but the data is a forecasting task; "
-            "use val_mse or val_mae"
-        )
-    mode = tune.mode or ("max" if metric in ("val_accuracy", "val_f1") else "min")
-    return metric, mode
-
-
-def sampler_seed(spec: SweepSpec, run_seed: int) -> int:
-    """The Optuna sampler's seed: ``search.seed``, or the run's seed when that is not set."""
-    return run_seed if spec.search.seed is None else spec.search.seed
-
-
-def first_point(spec: SweepSpec, base: dict[str, Any]) -> dict[str, Any] | None:
-    """The configuration enqueued as the first TPE/random trial (paper defaults or the run config's values)."""
-    if spec.search.method == "grid" or spec.search.first == "none":
-        return None
-    point: dict[str, Any] = {}
-    defaults = RunConfig.model_validate({"data": {"name": "x"}}).run_dict()
-    for key, param in spec.search.params.items():
-        if not condition_holds(param.when, {**flatten(base), **point}):
-            continue
-        if spec.search.first == "paper":
-            value = PAPER_DEFAULTS.get(key, get_key(defaults, key))
-        else:
-            value = get_key(base, key)
-        if _inside(param, value):
-            point[key] = value
-    return point or None
-
-
-def _inside(param: ParamSpec, value: Any) -> bool:
-    if param.type == "categorical":
-        return value in (param.choices or [])
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        return False
-    low, high = param.bounds
-    return low <= value <= high and (param.type != "int" or value == int(value))
-
-
-def flat_config(raw: dict[str, Any]) -> dict[str, Any]:
-    """A nested run dict as ``{dotted key: value}``."""
-    return flatten(raw)
-
-
-def search_distributions(
-    search: SearchSpec | Mapping[str, Any], keys: Sequence[str] | None = None
-) -> dict[str, BaseDistribution]:
-    """The Optuna distribution of every searched key: what ``DefineByRun`` suggests from for tpe/random (so that
-    trials a warm start copies in share the sampler's space), and the grid's values as choices for a grid.
-
-    ``search`` may be the search section as ``sweep.json`` stores it; one that does not validate gives ``{}``.
-    ``keys``: only these (those the search does not name are left out).
-    """
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if not isinstance(search, SearchSpec):
-        try:
-            search = SearchSpec.model_validate(search)
-        except ValidationError:
-            return {}
-    dists: dict[str, BaseDistribution] = {}
-    if search.method == "grid":
-        dists = {key: CategoricalDistribution(values) for key, values in (search.grid or {}).items()}
-    for key, p in search.params.items():
-        if p.type == "categorical":
-            dists[key] = CategoricalDistribution(p.choices or [])
-        elif p.type == "int":
-            low, high = p.bounds
-            dists[key] = IntDistribution(int(low), int(high), log=p.log, step=int(p.step or 1))
-        else:
-            dists[key] = FloatDistribution(*p.bounds, log=p.log, step=p.step)
-    return dists if keys is None else {k: dists[k] for k in keys if k in dists}
-
-
-def match_choice(value: Any, choices: Sequence[Any]) -> Any:
-    """The choice equal to ``value`` (numbers compared with a tolerance: CSV round trips), or None."""
-    for c in choices:
-        if c == value:
-            return c
-        if isinstance(c, (int, float)) and not isinstance(c, bool) and isinstance(value, (int, float)):
-            if math.isclose(float(c), float(value), rel_tol=1e-9, abs_tol=1e-12):
-                return c
-        if isinstance(c, str) and str(value) == c:
-            return c
-    return None

@@ -19,7 +19,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from simmtm.errors import UserError
 from simmtm.sweep.outputs import WARM_START_ATTR, read_study, read_sweep_json
-from simmtm.sweep.spec import match_choice, search_distributions
+from simmtm.sweep.space import match_choice, search_distributions
 
 __all__ = ["warm_start_study"]
 

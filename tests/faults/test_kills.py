@@ -187,6 +187,7 @@ def events(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+@pytest.mark.timeout(900)  # a sweep, its interruption and its resume, one after the other
 def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(
     make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property
 ) -> None:
@@ -286,6 +287,7 @@ def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
 
 
+@pytest.mark.timeout(900)  # a sweep, its interruption and its resume, one after the other
 @pytest.mark.parametrize("stage", ["confirmation", "result collection"])
 def test_a_driver_killed_after_its_search_resumes_without_running_a_finished_trial_again(
     make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property, stage: str
@@ -374,6 +376,7 @@ def test_a_killed_ray_train_worker_is_replaced_and_the_run_ends_as_planned(
 # --- several drivers, one study (tune.shared_study) --------------------------------------------------------------
 
 
+@pytest.mark.timeout(900)  # a sweep, its interruption and its resume, one after the other
 def test_two_drivers_feed_one_shared_study_and_each_reports_only_its_own_trials(
     make_config, tiny_csv: Path, tmp_path: Path
 ) -> None:

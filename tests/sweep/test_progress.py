@@ -9,7 +9,7 @@ from typing import Any
 
 from simmtm.config import load_config
 from simmtm.sweep.progress import TrialProgress, trial_table
-from simmtm.sweep.spec import sweep_spec
+from simmtm.sweep.sections import sweep_spec
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 PARAMS = {"pretrain.mask_ratio": "r", "pretrain.num_masked": "M"}

@@ -16,15 +16,9 @@ from simmtm.errors import ConfigError
 from simmtm.ray_session import check_resources, resolve_address
 from simmtm.sweep.preflight import concurrency, plan_trials
 from simmtm.sweep.search import SweepSearch
-from simmtm.sweep.spec import (
-    PAPER_DEFAULTS,
-    ResourcesSpec,
-    SweepSpec,
-    first_point,
-    flat_config,
-    sampler_seed,
-    sweep_spec,
-)
+from simmtm.sweep.sections import sweep_spec
+from simmtm.sweep.space import first_point, flat_config, sampler_seed
+from simmtm.sweep.spec import PAPER_DEFAULTS, ResourcesSpec, SweepSpec
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 SWEEP_FILES = ("quick.yaml", "etth1_rm.yaml", "grid_rm.yaml", "grid_rm_etth1.yaml", "gunpoint_sweep.yaml")
