@@ -19,5 +19,7 @@ if [ -f "$OUT/sweep.json" ]; then
   RESUME=(--resume)  # an earlier (possibly interrupted) run of the same sweep: continue it
 fi
 simmtm sweep sweeps/quick.yaml --out "$OUT" "${RESUME[@]}"
-simmtm analyze "$OUT"
+# The report's summary lines are the recommendation's, which recommend prints next: keep them in a file.
+simmtm analyze "$OUT" >"$OUT-analyze.log"
+echo "report: $OUT-report/report.html (its summary: $OUT-analyze.log)"
 simmtm recommend "$OUT"
