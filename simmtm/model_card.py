@@ -37,7 +37,15 @@ def hub_metadata(facts: CardFacts, description: dict[str, Any]) -> dict[str, Any
     return {
         "library_name": "simmtm",
         "license": LICENSE,
-        "tags": ["simmtm", "time-series", "self-supervised", "masked-modeling", description["task"], "pytorch", "safetensors"],
+        "tags": [
+            "simmtm",
+            "time-series",
+            "self-supervised",
+            "masked-modeling",
+            description["task"],
+            "pytorch",
+            "safetensors",
+        ],
         "datasets": [cfg.data.name or Path(cfg.data.path or "data").stem],
         "pipeline_tag": "feature-extraction",
         "base_config": {
