@@ -59,6 +59,6 @@ def test_a_warm_started_sweep_learns_from_the_earlier_one_and_reports_only_its_o
     # B's tables and its analysis hold B's trials only.
     rows = read_trials_csv(second / "trials.csv")
     assert {r["trial_id"] for r in rows} == {t.user_attrs["trial_id"] for t in own}
-    assert not {r["trial_id"] for r in rows} & set(earlier)
+    assert len(rows) == 2  # trials are named by their number in B's study (A's names may recur): B's own only
     sweep = load_sweep(second)
     assert sweep.n_warm_start == 2 and len(sweep.finished) == 2

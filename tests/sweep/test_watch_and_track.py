@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 SEARCH = {"method": "grid", "grid": {"pretrain.mask_ratio": [0.3, 0.6]}}
 
 
+@pytest.mark.timeout(900)  # a sweep with its confirmation, two trackers writing
 def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_path: Path) -> None:
     import mlflow
     import wandb  # noqa: F401
@@ -108,12 +109,13 @@ def test_each_trials_hparams_run_is_written_when_it_ends(local_ray, tmp_path: Pa
 
     from simmtm.config import parse_config
     from simmtm.sweep.live import TrialEndHParams
+    from simmtm.sweep.record import name_of
 
     seen: dict[str, bool] = {}
 
     class Watch(tune.Callback):  # runs after TrialEndHParams, at the same moment
         def on_trial_complete(self, iteration, trials, trial, **info):
-            seen[trial.trial_id] = (tmp_path / "tb" / "hparams" / trial.trial_id).is_dir()
+            seen[name_of(trial)] = (tmp_path / "tb" / "hparams" / name_of(trial)).is_dir()
 
         on_trial_error = on_trial_complete
 
@@ -121,7 +123,8 @@ def test_each_trials_hparams_run_is_written_when_it_ends(local_ray, tmp_path: Pa
     keys = ["pretrain.mask_ratio"]
     tuner = tune.Tuner(
         _ends,
-        param_space={"sweep": spec.model_dump(mode="json"), "pretrain.mask_ratio": tune.grid_search([0.25, 0.75])},
+        param_space={"sweep": spec.model_dump(mode="json"), "pretrain.mask_ratio": tune.grid_search([0.25, 0.75]),
+                     "number": tune.sample_from(lambda s: int(s.config["pretrain.mask_ratio"] > 0.5))},
         run_config=tune.RunConfig(
             name="h",
             storage_path=str(tmp_path / "ray"),
