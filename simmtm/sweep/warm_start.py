@@ -44,20 +44,7 @@ def warm_start_study(
     previous = read_sweep_json(previous_dir)
     where = f"--warm-start {previous_dir}"
     dists = _as_distributions(search_space, where)
-    if set(dists) != set(previous.params):
-        raise UserError(
-            f"{where}: that sweep searched {', '.join(sorted(previous.params)) or 'nothing'} but this one searches "
-            f"{', '.join(sorted(dists)) or 'nothing'}; a warm start needs the same parameters"
-        )
-    if metric is not None and metric != previous.metric:
-        raise UserError(
-            f"{where}: that sweep optimised {previous.metric}, this one optimises {metric}; scores are not comparable"
-        )
-    direction = "minimize" if previous.mode == "min" else "maximize"
-    if direction != study.direction.name.lower():
-        raise UserError(
-            f"{where}: that sweep {direction}d {previous.metric}, this study is set to {study.direction.name.lower()}"
-        )
+    _check_comparable(previous, dists, study, metric=metric, where=where)
 
     earlier = read_study(previous_dir, previous)
     if earlier is None:
@@ -77,15 +64,8 @@ def warm_start_study(
         trial_id = str(t.user_attrs.get("trial_id", t.user_attrs.get("tune_trial_id", t.number)))
         if (source, trial_id) in done:
             continue
-        params = {}
-        for key, dist in dists.items():
-            if key not in t.params:
-                continue  # a conditional parameter this trial did not use
-            value = _coerce(t.params[key], dist)
-            if value is None:
-                break
-            params[key] = value
-        else:
+        params = _inside_space(t.params, dists)
+        if params is not None:
             study.add_trial(
                 optuna.trial.create_trial(
                     params=params,
@@ -95,14 +75,48 @@ def warm_start_study(
                 )
             )
             added += 1
-            continue
-        skipped += 1
+        else:
+            skipped += 1
     if skipped:
         logger.warning(
             "%s: %d finished trial(s) lie outside this sweep's search space and were not copied", where, skipped
         )
     logger.info("%s: copied %d finished trial(s) into study %s", where, added, study.study_name)
     return added
+
+
+def _check_comparable(
+    previous: Any, dists: Mapping[str, BaseDistribution], study: optuna.Study, *, metric: str | None, where: str
+) -> None:
+    """UserError (one line) unless the earlier sweep searched the same keys for the same metric and direction."""
+    if set(dists) != set(previous.params):
+        raise UserError(
+            f"{where}: that sweep searched {', '.join(sorted(previous.params)) or 'nothing'} but this one searches "
+            f"{', '.join(sorted(dists)) or 'nothing'}; a warm start needs the same parameters"
+        )
+    if metric is not None and metric != previous.metric:
+        raise UserError(
+            f"{where}: that sweep optimised {previous.metric}, this one optimises {metric}; scores are not comparable"
+        )
+    direction = "minimize" if previous.mode == "min" else "maximize"
+    if direction != study.direction.name.lower():
+        raise UserError(
+            f"{where}: that sweep {direction}d {previous.metric}, this study is set to {study.direction.name.lower()}"
+        )
+
+
+def _inside_space(values: Mapping[str, Any], dists: Mapping[str, BaseDistribution]) -> dict[str, Any] | None:
+    """A trial's values as this sweep's space holds them; None when one lies outside (conditional keys it did not
+    use are left out)."""
+    params = {}
+    for key, dist in dists.items():
+        if key not in values:
+            continue  # a conditional parameter this trial did not use
+        value = _coerce(values[key], dist)
+        if value is None:
+            return None
+        params[key] = value
+    return params
 
 
 def _as_distributions(space: Mapping[str, Any], where: str) -> dict[str, BaseDistribution]:
