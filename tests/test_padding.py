@@ -109,8 +109,8 @@ def test_the_classifier_ignores_padding(channel_independent: bool) -> None:
 
 # Loss, summed gradient and summed classifier logits of one seeded batch per encoder, recorded (float.hex, one
 # thread, torch's attention) with the model code of main at 5163a58 and again at c992c99, before padding masks
-# existed. Equal-length data passes no ``observed`` and must give these bits exactly; change them only with a
-# deliberate change to the model's arithmetic.
+# existed. Equal-length data passes no ``observed`` and must give these numbers (to the summation order of the CPU's
+# kernels); change them only with a deliberate change to the model's arithmetic.
 BEFORE_PADDING = {
     "patch": ("0x1.eed6420000000p+1", "0x1.b88edf763c800p+0", "0x1.f8c6780000000p+0"),
     "resnet1d": ("0x1.2223dc0000000p+2", "-0x1.7786e7130b01cp+4", "0x1.7f27800000000p-2"),
@@ -138,7 +138,10 @@ def test_equal_length_runs_are_bit_identical_to_before_padding(encoder: str, mon
         got = (out.loss.item().hex(), grad.item().hex(), head(x).sum().item().hex())
     finally:
         torch.set_num_threads(threads)
-    assert got == BEFORE_PADDING[encoder]
+    # Bit-exact only on the CPU that recorded them: another vendor's GEMM and convolution kernels sum in another
+    # order (on an AMD EPYC the tfc loss differs in its last float32 bit and every gradient sum in the 5th digit,
+    # with the code of fe53652 as with today's). A change to the model's arithmetic moves these far more.
+    assert [float.fromhex(v) for v in got] == pytest.approx([float.fromhex(v) for v in BEFORE_PADDING[encoder]], rel=1e-4)
 
 
 def test_an_exported_encoder_takes_the_padding_mask_too() -> None:
