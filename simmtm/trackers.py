@@ -115,19 +115,17 @@ class Trackers(BaseModel):
         """Whether any tracker besides TensorBoard is configured."""
         return self.wandb_project is not None or self.mlflow_uri is not None
 
-    def callbacks(self, stage: str = "search") -> list[Any]:
+    def callbacks(self, stage: str = "search", *, name: Callable[[Any], str] | None = None) -> list[Any]:
         """Ray Tune's logger callbacks (TensorBoard needs none: the sweep writes it itself).
 
         ``stage``: ``search`` or ``confirm`` (the confirmation runs): W&B's job type, and MLflow's ``simmtm.stage`` tag.
+        ``name(trial)``: a trial's run name (the sweep's own, which outlives a Tune run); default Tune's trial id.
         """
-        callbacks: list[Any] = []
-        if self.wandb_project is not None:
-            callbacks.append(self._wandb(stage))
-        if self.mlflow_uri is not None:
-            callbacks.append(self._mlflow(stage))
-        return callbacks
+        name = name or (lambda trial: str(trial.trial_id))
+        wandb = [self._wandb(stage, name)] if self.wandb_project is not None else []
+        return wandb + ([self._mlflow(stage, name)] if self.mlflow_uri is not None else [])
 
-    def _wandb(self, stage: str) -> Any:
+    def _wandb(self, stage: str, name: Callable[[Any], str]) -> Any:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
         Path(self.out).mkdir(parents=True, exist_ok=True)
@@ -135,11 +133,18 @@ class Trackers(BaseModel):
         # driver's WANDB_MODE (offline, disabled) on explicitly
         mode = {"mode": self.wandb_mode} if self.wandb_mode else {}
         job_type = "trial" if stage == "search" else stage
-        return WandbLoggerCallback(
-            project=self.wandb_project, group=self.study, dir=self.out, job_type=job_type, **mode
-        )
+        study = self.study
 
-    def _mlflow(self, stage: str) -> Any:
+        class TrialNamedWandb(WandbLoggerCallback):
+            """Ray's callback; a trial's run id is the study and the trial's name (a resume continues the run)."""
+
+            def log_trial_start(self, trial: Any) -> None:
+                self.kwargs["id"] = f"{study}-{name(trial)}"  # read when the trial's run is created
+                super().log_trial_start(trial)
+
+        return TrialNamedWandb(project=self.wandb_project, group=self.study, dir=self.out, job_type=job_type, **mode)
+
+    def _mlflow(self, stage: str, name: Callable[[Any], str]) -> Any:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
         study_tags = {_STUDY_TAG: self.study, STAGE_TAG: stage}
@@ -148,7 +153,7 @@ class Trackers(BaseModel):
             """Ray's callback; each trial's run also carries the trial id, by which the trial finds it."""
 
             def log_trial_start(self, trial: Any) -> None:
-                self.tags = {**study_tags, TRIAL_TAG: trial.trial_id}  # read when the trial's run is created
+                self.tags = {**study_tags, TRIAL_TAG: name(trial)}  # read when the trial's run is created
                 super().log_trial_start(trial)
 
         return TrialTaggedMLflow(tracking_uri=self.mlflow_uri, experiment_name=self.study, tags=study_tags)
@@ -279,7 +284,7 @@ class TrialSteps(_Writer):
         run = setup_wandb(
             config={**self.params, "trial_id": self.trial_id},
             rank_zero_only=False,  # only the main worker creates a TrialSteps
-            trial_id=f"{self.trial_id}-steps",
+            trial_id=f"{trackers.study}-{self.trial_id}-steps",
             trial_name=f"{self.trial_name} steps",
             project=trackers.wandb_project,
             group=trackers.study,

@@ -63,7 +63,7 @@ from simmtm.sweep.preflight import (
     plan_trials,
     study_exists,
 )
-from simmtm.sweep.record import TrialStore, trials_root
+from simmtm.sweep.record import TrialStore, name_of, trials_root
 from simmtm.sweep.results import named_rows, score_test, study_rows
 from simmtm.sweep.resume import continue_config
 from simmtm.sweep.search import SweepSearch
@@ -316,7 +316,7 @@ def _search(sweep: _Sweep, study: SweepStudy, plan: TrialPlan, trackers: Tracker
         callbacks=[
             TrialClock(sweep.out),
             TrialEndHParams(sweep.out / "tb", spec.search.keys, metric=sweep.metric),
-            *trackers.callbacks(),
+            *trackers.callbacks(name=name_of),
         ],
         reporter=trial_table(spec, sweep.metric, sweep.mode) if verbose else None,
         verbose=verbose,
@@ -354,7 +354,7 @@ def _confirm(sweep: _Sweep, rows: list[TrialRow], plan: TrialPlan, trackers: Tra
             storage_root=sweep.root,
             max_concurrent=plan.max_concurrent,
             max_failures=spec.tune.max_failures,
-            callbacks=trackers.callbacks(stage="confirm"),
+            callbacks=trackers.callbacks(stage="confirm", name=name_of),
         )
         return named_rows(store, points, trial_spec, spec.search.keys)
 

@@ -116,6 +116,6 @@ def test_trial_steps_write_every_nth_step_into_the_trials_mlflow_run_and_a_wandb
     assert len(client.search_runs([experiment])) == 2  # no second run for the trial
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     companion = read_run(run_dir)
-    assert (companion.run_id, companion.group, companion.job_type) == ("t1-steps", "study-b", "pretrain-steps")
+    assert (companion.run_id, companion.group, companion.job_type) == ("study-b-t1-steps", "study-b", "pretrain-steps")
     assert sorted(companion.history) == [3, 6, 9, 12]
     assert companion.history[6]["pretrain/loss"] == pytest.approx(1 / 6) and companion.history[6]["pretrain/lr"] == 0.1

@@ -66,7 +66,8 @@ def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_pat
 
     trials = [p.name for p in (out / "tb").iterdir() if p.name != "hparams"]
     assert len(trials) == 4  # 2 search trials, 2 confirmation runs
-    assert sorted(wandb_runs) == sorted([*trials, *(f"{t}-steps" for t in trials)])
+    # run ids: the study and the sweep's trial name (a resumed sweep continues the run; two studies never share one)
+    assert sorted(wandb_runs) == sorted([*(f"out-{t}" for t in trials), *(f"out-{t}-steps" for t in trials)])
     by_trial = {r.data.tags["simmtm.trial_id"]: r.info.run_id for r in runs}
     assert sorted(by_trial) == sorted(trials)  # one MLflow run per trial: the per-step losses go into the callback's
     for trial in trials:
@@ -80,9 +81,9 @@ def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_pat
         assert sum(first) / len(first) == pytest.approx(epochs[0]["train_loss"], rel=1e-6)
         for key in ("pretrain/reconstruction", "pretrain/constraint", "pretrain/lr"):
             assert len(client.get_metric_history(by_trial[trial], key)) == total, key
-        assert wandb_runs[trial].job_type == {"search": "trial", "confirm": "confirm"}[stage[trial]]
-        assert wandb_runs[f"{trial}-steps"].job_type == "pretrain-steps"
-        steps = wandb_runs[f"{trial}-steps"].history
+        assert wandb_runs[f"out-{trial}"].job_type == {"search": "trial", "confirm": "confirm"}[stage[trial]]
+        assert wandb_runs[f"out-{trial}-steps"].job_type == "pretrain-steps"
+        steps = wandb_runs[f"out-{trial}-steps"].history
         assert sorted(steps) == list(range(1, total + 1))
         assert all({"pretrain/loss", "pretrain/reconstruction", "pretrain/constraint", "pretrain/lr"} <= set(row)
                    for row in steps.values())
