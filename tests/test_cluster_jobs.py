@@ -229,7 +229,8 @@ def test_sweep_job_runs_trials_on_both_nodes_into_shared_storage(local_cluster: 
     assert "sweep: 4 trials (4 complete)" in logs, logs[-4000:]
     job_s = time.monotonic() - started
 
-    # Every result landed in shared storage: each trial's results and checkpoint; the tables and study in --out.
+    # Every result landed in shared storage: each trial's folder (checkpoint, result) and Tune's results; the tables
+    # and study in --out.
     with (out / "trials.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and {r["state"] for r in rows} == {"COMPLETE"}
@@ -240,7 +241,8 @@ def test_sweep_job_runs_trials_on_both_nodes_into_shared_storage(local_cluster: 
         trial_dir = experiment / row["trial_id"]
         results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
         assert results[-1]["stage"] == "final"
-        assert list(trial_dir.glob("checkpoint_*")), f"no checkpoint for trial {row['trial_id']} in {trial_dir}"
+        own = experiment.parent / "trials" / row["trial_id"]  # the trial's own folder, beside Ray's experiment
+        assert (own / "checkpoint.pt").is_file() and (own / "result.json").is_file(), f"no record of {own}"
         [pids[row["trial_id"]]] = {r["pid"] for r in results}
     cluster.trial_pids.update(pids.values())
     if layout == "storage-uri":
