@@ -6,8 +6,7 @@ A sweep directory, as ``simmtm sweep`` writes it:
   ``search_space``, ``method`` (tpe/random/grid), ``seed``. Its presence is what makes a folder a sweep directory.
 - ``sweep.yaml``: the resolved sweep file (a run config plus search/tune/resources sections).
 - ``optuna.db``: the Optuna study (SQLite); read through a snapshot, so a running sweep is never written to.
-- ``trials.csv``: one row per trial: ``trial_id, state, score, val_score, test_score, repeat, epochs, wall_s,
-  error`` and one column per searched parameter.
+- ``trials.csv``: one row per trial (``TRIAL_COLUMNS``, then one column per searched parameter).
 
 Either table may be missing or lag behind while a sweep runs; the one holding more finished trials is used. Trials
 that a warm start copied from an earlier sweep (Optuna user attribute ``warm_start_from``) are not this sweep's own
