@@ -2,7 +2,8 @@
 # The sweep, resume, confirmation, distributed and cluster-check tests against the OLDEST Ray and Optuna that
 # pyproject.toml declares (CI runs them a second time here; the main run, scripts/test.sh, has the newest). Builds
 # its own environment in .venv-oldest: the CPU torch, this package installed as a user would (`pip install .`, not
-# editable, no extras: the local path needs no ray[default]), then the oldest ray[tune,train] and optuna pinned.
+# editable; the wandb and mlflow extras, not ray[default]: the local path needs none), then the oldest
+# ray[tune,train] and optuna pinned.
 # Usage: bash scripts/test_oldest.sh [pytest args]      (idempotent; PYTHON picks the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,8 @@ if ! "$ENV/bin/python" -c "import torch" 2>/dev/null; then
   "$ENV/bin/python" -m pip install --quiet torch==2.13.0 \
     || "$ENV/bin/python" -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
 fi
-"$ENV/bin/python" -m pip install --quiet . "ray[tune,train]==$RAY" "optuna==$OPTUNA" pytest pytest-timeout
+# the wandb and mlflow extras: the tracker tests among the sweep's run them for real (their ranges are the extras')
+"$ENV/bin/python" -m pip install --quiet ".[wandb,mlflow]" "ray[tune,train]==$RAY" "optuna==$OPTUNA" pytest pytest-timeout
 "$ENV/bin/python" -c "import ray, optuna; print(f'oldest declared: ray {ray.__version__}, optuna {optuna.__version__}'); \
 assert ray.__version__.startswith('$RAY') and optuna.__version__.startswith('$OPTUNA')"
 export PATH="$PWD/$ENV/bin:$PATH"  # the `simmtm` and `ray` commands the tests start are this environment's
