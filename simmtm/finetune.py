@@ -141,8 +141,7 @@ def run(
 
 
 def check_inputs(config: RunConfig, *, pretrained: str | Path | dict[str, Any] | None = None) -> None:
-    """Load the pre-trained state and the data of every stage and build the model once, writing nothing:
-    a UserError here names what is wrong before a caller touches any directory."""
+    """Load the pre-trained state and every stage's data and build the model once, writing nothing (UserError)."""
     check_device(config.device)
     _prepare(config, pretrained)
 

@@ -66,14 +66,12 @@ def tune_trial_id() -> str:
 
 
 def tune_report(metrics: Mapping[str, Any], state: dict[str, Any] | None = None) -> None:
-    """``Report`` for a Tune trial: the metrics, with the state as the trial's checkpoint when given."""
+    """``Report`` for a Tune trial: the metrics only. A sweep trial keeps its checkpoint in its own folder
+    (``simmtm.sweep.record``), so no state reaches Tune (a second copy nothing would read)."""
     import ray.tune
 
-    if state is None:
-        ray.tune.report(dict(metrics))
-        return
-    with checkpoint_dir(state) as tmp:
-        ray.tune.report(dict(metrics), checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+    assert state is None, "a sweep trial checkpoints into its own folder, not through Tune"
+    ray.tune.report(dict(metrics))
 
 
 # --- Ray Train (every worker of a data-parallel run) -----------------------------------------------------------

@@ -58,16 +58,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ConfirmPlan:
-    """The configurations to confirm (the default first) and the seed offsets they all run with (a round of
-    ``seeds: auto`` holds the seeds from the ``first``-th on)."""
+    """The configurations to confirm (the default first) and the seed offsets they all run with (``seeds: auto``
+    grows ``seeds`` by rounds; the runs of earlier rounds have results and are not run again)."""
 
     candidates: tuple[dict[str, Any], ...]
     seeds: int
-    first: int = 0
 
     @property
     def repeats(self) -> list[int]:
-        return [CONFIRM_SEED_OFFSET + self.first + i for i in range(self.seeds)]
+        return [CONFIRM_SEED_OFFSET + i for i in range(self.seeds)]
 
 
 def confirm_points(plan: ConfirmPlan) -> dict[str, dict[str, Any]]:
