@@ -32,11 +32,17 @@ def history(run_dir: Path, kind: str) -> list[dict]:
 
 
 def scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every event file's scalars, files in the order written. (EventAccumulator on the folder skips a file whose
+    name sorts before the one it read: the writer's counter suffix .10 sorts before .9 within one second.)"""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(tb_dir))
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(tb_dir.glob("events.*"), key=lambda p: (p.stat().st_mtime_ns, p.name)):
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return out
 
 
 def load_checkpoint(path: Path) -> dict:
