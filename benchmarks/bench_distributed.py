@@ -1,6 +1,6 @@
 """Pre-training throughput (samples/s): in process, and data-parallel on N Ray Train workers.
 
-Every mode runs the real loop (``simmtm.pretrain.run``; under Ray through ``simmtm.distributed``) for a few short
+Every mode runs the real loop (``simmtm.train.pretraining.run``; under Ray through ``simmtm.cluster.distributed``) for a few short
 epochs. The time is taken on the main worker at the end of each epoch; the first epoch (start-up, warm-up) is left
 out, so a figure is ``(step_last - step_first) * global_batch / (t_last - t_first)``: training steps plus one
 validation batch and the checkpoint of each epoch, without Ray's start-up. A sample is one window of
@@ -26,14 +26,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from simmtm.config import RunConfig, load_config
+from simmtm.config.schema import RunConfig, load_config
 
 log = logging.getLogger("bench_distributed")
 
 
 def sized_config(config: RunConfig, *, steps_per_epoch: int, epochs: int, batch_size: int | None = None) -> RunConfig:
     """``config`` with short epochs: a training stride that gives about ``steps_per_epoch`` global batches."""
-    from simmtm.inputs import load_inputs
+    from simmtm.data.inputs import load_inputs
 
     config = config.model_copy(deep=True)
     if batch_size is not None:
@@ -56,7 +56,7 @@ def samples_per_s(marks: list[tuple[float, int]], batch_size: int) -> float:
 def measure_local(config: RunConfig, *, threads: int | None = None) -> dict[str, Any]:
     import torch
 
-    from simmtm import pretrain
+    from simmtm.train import pretraining as pretrain
 
     if threads is not None:
         config = config.model_copy(deep=True)
@@ -87,7 +87,7 @@ class _EpochClock:
 
 def measure_ray(config: RunConfig, *, workers: int, cpus: float, gpus_per_worker: float = 0.0) -> dict[str, Any]:
     """``workers`` Ray Train workers sharing ``cpus`` CPUs (each worker's torch threads: its share)."""
-    from simmtm.distributed import Scaling, pretrain_distributed
+    from simmtm.cluster.distributed import Scaling, pretrain_distributed
 
     cpus_per_worker = max(1.0, float(int(cpus // workers)))
     with tempfile.TemporaryDirectory(prefix="simmtm-bench-") as tmp:

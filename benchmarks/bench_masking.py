@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from simmtm.masking import geometric_mask, random_mask
+from simmtm.method.masking import geometric_mask, random_mask
 
 BATCH, CHANNELS, LENGTH, M = 16, 7, 336, 3
 

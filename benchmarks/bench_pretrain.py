@@ -25,9 +25,9 @@ since the counter cannot see inside the small-head kernel; the exponentials are 
 and its share of the machine's peak, both the nominal peak (cores x GHz x FLOP/cycle from /proc/cpuinfo: 2 FMA units
 x vector lanes x 2 is assumed) and a measured one (a 2048^3 float32 matmul on the same threads, in the same process).
 
-The step is the product's (``simmtm.training.Loop``): gradients set to None before the forward pass, then forward,
+The step is the product's (``simmtm.train.shared.Loop``): gradients set to None before the forward pass, then forward,
 backward, Adam. ``--return-freed-memory`` is the run config's key of that name, applied as a run applies it
-(``simmtm.memory.apply_malloc_setting``): ``auto`` (default, as in the product) fixes glibc's mmap threshold at 4 MiB on
+(``simmtm.method.memory.apply_malloc_setting``): ``auto`` (default, as in the product) fixes glibc's mmap threshold at 4 MiB on
 the CPU, so that peak RSS is what the step's tensors need, not that plus the heap fragmentation of earlier steps, at
 the price of page faults on every step (system CPU time; docs/benchmarks.md, "Peak memory"); ``false`` leaves glibc's
 default, ``true`` forces it. The "malloc" column says which ran.
@@ -117,12 +117,13 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
     """Run in this process: time `steps` training steps after `warmup`, return figures."""
     import torch
 
-    from simmtm import attention, config, encoders
-    from simmtm.config import ModelConfig, PretrainConfig
-    from simmtm.encoders import build_encoder
-    from simmtm.masking import geometric_mask
-    from simmtm.memory import apply_malloc_setting
-    from simmtm.model import SimMTM, to_series
+    from simmtm.config import schema as config
+    from simmtm.config.schema import ModelConfig, PretrainConfig
+    from simmtm.method import attention, encoders
+    from simmtm.method.encoders import build_encoder
+    from simmtm.method.masking import geometric_mask
+    from simmtm.method.memory import apply_malloc_setting
+    from simmtm.method.model import SimMTM, to_series
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -154,7 +155,7 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
 
     encoders.attention = recording_attention
 
-    def step() -> None:  # as simmtm.training.Loop: gradients dropped before the forward pass
+    def step() -> None:  # as simmtm.train.shared.Loop: gradients dropped before the forward pass
         opt.zero_grad(set_to_none=True)
         series = to_series(x, True)  # (B*C, L, 1)
         n, length, c = series.shape

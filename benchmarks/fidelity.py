@@ -57,8 +57,8 @@ from typing import Any
 
 import yaml
 
-from simmtm.config import load_config
-from simmtm.sweep.spec import get_key
+from simmtm.config.schema import load_config
+from simmtm.tuning.spec import get_key
 
 ROOT = Path(__file__).resolve().parent.parent
 FORECAST = ROOT / "sweeps" / "quick.yaml"
@@ -202,9 +202,9 @@ GENERIC_PRETRAIN = {"pretrain.mask_ratio": 0.01}
 # Student's t 0.975 quantile for 1-30 degrees of freedom (beyond 30 the df-30 value: slightly wide, never narrow).
 def paired_interval(diffs: list[float], *, n_boot: int = 10_000, seed: int = 0) -> dict[str, float]:
     """Mean of per-seed differences (first arm minus second) with two 95 % intervals, Student's t and the percentile
-    bootstrap over seeds (``simmtm.stats.paired_difference``, the sweep's confirmation statistics). ``better``:
+    bootstrap over seeds (``simmtm.verdict.stats.paired_difference``, the sweep's confirmation statistics). ``better``:
     differences below zero (a lower error for the first arm)."""
-    from simmtm.stats import paired_difference
+    from simmtm.verdict.stats import paired_difference
 
     if len(diffs) < 2:
         raise ValueError(f"a paired interval needs at least 2 differences, got {len(diffs)}")

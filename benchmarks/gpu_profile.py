@@ -1,4 +1,4 @@
-"""Where a pre-training step's time goes: torch.profiler over the real training loop (``simmtm.pretrain.run``).
+"""Where a pre-training step's time goes: torch.profiler over the real training loop (``simmtm.train.pretraining.run``).
 
     python benchmarks/gpu_profile.py --out runs/gpu/profile                       # the paper's ETTh1 config, GPU if any
     python benchmarks/gpu_profile.py --config sweeps/quick.yaml --set device=cpu --steps 3 --out /tmp/p   # CPU check
@@ -36,8 +36,8 @@ def profile(config, *, wait: int, warmup: int, steps: int, out: Path, top: int) 
     from torch.optim.optimizer import register_optimizer_step_post_hook
     from torch.profiler import ProfilerActivity, schedule
 
-    from simmtm import pretrain
-    from simmtm.runtime import pick_device
+    from simmtm.train import pretraining as pretrain
+    from simmtm.train.runtime import pick_device
 
     config = config.model_copy(deep=True)
     config.pretrain.max_steps = wait + warmup + steps
@@ -122,7 +122,7 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-    from simmtm.config import load_config
+    from simmtm.config.schema import load_config
 
     overrides = list(args.set)
     if not any(o.startswith("device=") for o in overrides):

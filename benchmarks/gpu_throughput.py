@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_distributed import machine, measure_local, measure_ray, sized_config  # noqa: E402
 
-from simmtm.config import load_config  # noqa: E402
+from simmtm.config.schema import load_config  # noqa: E402
 
 log = logging.getLogger("gpu_throughput")
 

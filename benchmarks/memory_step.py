@@ -1,13 +1,13 @@
 """Where a pre-training step's memory goes, at the paper's ETTh1 configuration with the official projector.
 
     python benchmarks/memory_step.py                         # RSS per step (2 ms samples), CPU, page faults
-    python benchmarks/memory_step.py --return-freed-memory   # the same with simmtm.memory.return_freed_memory()
+    python benchmarks/memory_step.py --return-freed-memory   # the same with simmtm.method.memory.return_freed_memory()
     python benchmarks/memory_step.py --saved                 # what autograd keeps for the backward pass, by source line
     python benchmarks/memory_step.py --torch-dropout         # nn.Dropout instead of simmtm's lean Dropout (A/B)
     python benchmarks/memory_step.py --late-zero-grad        # gradients dropped after the forward pass (A/B)
 
 RSS figures are bytes / 1e9 (the peak also as ru_maxrss in GiB, the unit of bench_pretrain.py's "peak RSS GB").
-The step is simmtm.training.Loop's (and bench_pretrain.py's): zero_grad, masks, forward, backward, Adam; batch 16
+The step is simmtm.train.shared.Loop's (and bench_pretrain.py's): zero_grad, masks, forward, backward, Adam; batch 16
 (112 series, 448 rows). glibc's malloc is left at its default unless --return-freed-memory (a run's
 ``return_freed_memory: auto`` sets it on the CPU).
 """
@@ -24,11 +24,11 @@ import traceback
 
 import torch
 
-from simmtm.config import ModelConfig, PretrainConfig
-from simmtm.encoders import build_encoder
-from simmtm.masking import geometric_mask
-from simmtm.memory import Dropout, return_freed_memory
-from simmtm.model import SimMTM, to_series
+from simmtm.config.schema import ModelConfig, PretrainConfig
+from simmtm.method.encoders import build_encoder
+from simmtm.method.masking import geometric_mask
+from simmtm.method.memory import Dropout, return_freed_memory
+from simmtm.method.model import SimMTM, to_series
 
 
 def rss() -> int:

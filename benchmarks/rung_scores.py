@@ -24,13 +24,13 @@ import time
 import warnings
 from pathlib import Path
 
-from simmtm import finetune, pretrain
-from simmtm.config import load_config
-from simmtm.confirmation import PAPER_DEFAULTS
-from simmtm.probe_check import check_probe
-from simmtm.sweep.sections import sweep_spec
-from simmtm.sweep.spec import apply_params
-from simmtm.sweep.trial import probe_config
+from simmtm.config.schema import load_config
+from simmtm.train import finetuning as finetune
+from simmtm.train import pretraining as pretrain
+from simmtm.tuning.sections import sweep_spec
+from simmtm.tuning.spec import PAPER_DEFAULTS, apply_params
+from simmtm.tuning.trial import probe_config
+from simmtm.verdict.probe_check import check_probe
 
 
 def _draw(spec, rng: random.Random) -> dict:
@@ -69,7 +69,7 @@ def measure(sweep_file: Path, n_configs: int, seed: int) -> dict:
     for params in configs:
         run_cfg = load_config(sweep_file)
         raw = apply_params(run_cfg.run_dict(), {**params, "threads": 1})  # as a sweep trial runs: one core
-        from simmtm.config import parse_config
+        from simmtm.config.schema import parse_config
 
         run_cfg = parse_config(raw, source="rung_scores")
         at_rung: dict = {}

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fidelity import simmtm  # noqa: E402  (the same subprocess runner)
 
-from simmtm.sweep.outputs import read_trials_csv  # noqa: E402
+from simmtm.tuning.outputs import read_trials_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBLEM = ROOT / "benchmarks" / "search_problem.yaml"

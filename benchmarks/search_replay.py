@@ -5,7 +5,7 @@
 
 The grid holds, for every (r, M, training seed), the rung scores the product's probe gave after the rung epochs and
 the final scores of both protocols. Each search is the real sweep machinery of ``simmtm sweep``
-(``simmtm.sweep.search.SweepSearch`` over the config's search space with an Optuna study in SQLite, Ray Tune's
+(``simmtm.tuning.search.SweepSearch`` over the config's search space with an Optuna study in SQLite, Ray Tune's
 ``ASHAScheduler`` with the driver's settings or FIFO, ``tune.Tuner`` with 2 trials at once), around a trial that
 looks its cell up instead of training: it reports the recorded rung score after each rung epoch (ASHA may stop it
 there) and then the recorded final score. As in a real sweep every trial of one search uses the same training seed
@@ -14,7 +14,7 @@ there) and then the recorded final score. As in a real sweep every trial of one 
 Compute is counted in pre-training epochs (a pruned trial's epochs included) and in the trial time the grid
 measured (pre-training time pro rata, plus the final protocol for a trial that finished). A search *reaches the
 target* when its incumbent (its best finished trial by the searched validation score, which is what the sweep would
-recommend) is a cell statistically tied with the grid's best (``simmtm.stats.tied_with_best`` on the grid's cell
+recommend) is a cell statistically tied with the grid's best (``simmtm.verdict.stats.tied_with_best`` on the grid's cell
 means of ``--target-metric`` over all training seeds, one-sided 95 %). The figure is the compute spent until then,
 as a fraction of one full grid pass (every cell once, the cheapest grid a user could run; the measured grid ran
 every cell once per seed).
@@ -50,7 +50,7 @@ def cell_key(r: float, m: int) -> tuple[float, int]:
 
 def grid_target(rows: list[dict[str, Any]], protocol: str, metric: str, mode: str) -> dict[str, Any]:
     """The grid's cell means of ``metric``, its best cell and the cells tied with it."""
-    from simmtm.stats import seed_spread, tied_with_best
+    from simmtm.verdict.stats import seed_spread, tied_with_best
 
     cells: dict[tuple[float, int], list[float]] = {}
     for row in rows:
@@ -81,13 +81,13 @@ def run_search(config_path: Path, grid: list[dict[str, Any]], *, method: str, sc
     """One search over the grid; its trials in start order with their cell, epochs run and state."""
     from ray import tune
 
-    from simmtm.config import load_config
+    from simmtm.config.schema import load_config
     from simmtm.data.registry import resolve
-    from simmtm.sweep.driver import EXPERIMENT_NAME
-    from simmtm.sweep.search import SweepSearch, open_storage
-    from simmtm.sweep.sections import resolve_metric, sweep_spec
-    from simmtm.sweep.space import first_point, flat_config
-    from simmtm.sweep.spec import probe_key
+    from simmtm.tuning.driver import EXPERIMENT_NAME
+    from simmtm.tuning.search import SweepSearch, open_storage
+    from simmtm.tuning.sections import resolve_metric, sweep_spec
+    from simmtm.tuning.space import first_point, flat_config
+    from simmtm.tuning.spec import probe_key
 
     config = load_config(config_path, [f"search.method={method}", f"search.seed={seed}",
                                        f"tune.scheduler.type={scheduler}", f"tune.num_samples={samples}"])
@@ -107,7 +107,7 @@ def run_search(config_path: Path, grid: list[dict[str, Any]], *, method: str, sc
                            storage=open_storage(f"sqlite:///{out / 'optuna.db'}"), study_name=out.name,
                            first=first_point(spec, config.run_dict()))
     sched = spec.tune.scheduler
-    if scheduler == "asha":  # the driver's settings (simmtm.sweep.driver._tuner)
+    if scheduler == "asha":  # the driver's settings (simmtm.tuning.driver._tuner)
         asha = tune.schedulers.ASHAScheduler(time_attr="epoch", metric=probe_key(metric), mode=mode, max_t=epochs + 1,
                                              grace_period=min(sched.grace_period, epochs),
                                              reduction_factor=sched.reduction_factor)
@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     import ray
 
-    from simmtm.config import load_config
+    from simmtm.config.schema import load_config
     from simmtm.data.registry import resolve
-    from simmtm.sweep.sections import resolve_metric, sweep_spec
+    from simmtm.tuning.sections import resolve_metric, sweep_spec
 
     grid = load_grid(a.grid)
     config = load_config(a.config, [])

@@ -56,9 +56,9 @@ def run_job(args: tuple[str, list[str], dict[str, Any], str, dict[str, Any]]) ->
     import warnings
 
     import simmtm
-    from simmtm import pretrain as pretraining
     from simmtm.api import resolve_config
-    from simmtm.sweep.trial import probe_score
+    from simmtm.train import pretraining
+    from simmtm.tuning.trial import probe_score
 
     config, overrides, job, work, rung = args
     warnings.simplefilter("ignore")
@@ -103,8 +103,8 @@ def _rung_settings(config: str, overrides: list[str], steps: int | None, epochs:
     """The rung score's settings from the config's tune section (the sweep's own defaults where it has none)."""
     from simmtm.api import resolve_config
     from simmtm.data.registry import resolve
-    from simmtm.sweep.sections import resolve_metric
-    from simmtm.sweep.spec import TuneSpec
+    from simmtm.tuning.sections import resolve_metric
+    from simmtm.tuning.spec import TuneSpec
 
     cfg, raw = resolve_config(config, overrides)
     tune = TuneSpec.model_validate(raw.get("tune") or {})

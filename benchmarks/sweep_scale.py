@@ -7,7 +7,7 @@
 
 Per size N, in a fresh folder under --work (default a temporary one):
 
-1. **Tune** (sizes <= --tune-max): the sweep's own engine (``simmtm.sweep.engine.run_search``, as the driver calls
+1. **Tune** (sizes <= --tune-max): the sweep's own engine (``simmtm.tuning.engine.run_search``, as the driver calls
    it) around a synthetic trainable of this file: the sweep's study (Optuna TPE over sweeps/quick.yaml's r, M, tau;
    SQLite), ASHA on the study's probe scores (quick.yaml's scheduler, 4 epochs), ``tune.Tuner`` with reused actors,
    then ``study_rows`` (the study and trial folders) and ``write_trials_csv``. The trainable sleeps for nothing: it reports
@@ -20,7 +20,7 @@ Per size N, in a fresh folder under --work (default a temporary one):
 
 The summary fits log(time) = a + k log(N) over the sizes: k ~ 1 grows linearly, k ~ 2 quadratically.
 
-The real entry (``simmtm.sweep.run_sweep``) is not driven here: it always runs ``simmtm.sweep.trial.run_trial``;
+The real entry (``simmtm.tuning.run_sweep``) is not driven here: it always runs ``simmtm.tuning.trial.run_trial``;
 the engine's ``trainable_fn`` takes the synthetic trainable instead.
 """
 
@@ -58,15 +58,15 @@ def synthetic_trial(config: dict) -> None:
     result = {"epoch": EPOCHS + 1, METRIC: final, f"probe_{METRIC}": final, "stage": "final",
               "trial_wall_s": time.time() - started, "trial_start": started}
     if "name" in config:  # a confirmation run: its result goes to its folder, as the real trial's does
-        from simmtm.sweep.record import TrialStore, trials_root
+        from simmtm.tuning.record import TrialStore, trials_root
 
         TrialStore(trials_root(config["sweep"]["storage_path"])).write_result(config["name"], result)
     tune.report(result)
 
 
 def sweep_config(trials: int):
-    from simmtm.config import load_config
-    from simmtm.sweep.sections import sweep_spec
+    from simmtm.config.schema import load_config
+    from simmtm.tuning.sections import sweep_spec
 
     config = load_config(ROOT / "sweeps" / "quick.yaml", [f"tune.num_samples={trials}"])
     return config, sweep_spec(config, ROOT / "sweeps" / "quick.yaml")
@@ -76,7 +76,7 @@ def write_meta(out: Path, config, spec, storage_url: str, study_name: str) -> No
     """sweep.json and sweep.yaml as the driver writes them (the analysis reads them)."""
     import yaml
 
-    from simmtm.sweep.space import sampler_seed
+    from simmtm.tuning.space import sampler_seed
 
     resolved = config.model_dump(mode="json")
     (out / "sweep.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -89,8 +89,8 @@ def write_meta(out: Path, config, spec, storage_url: str, study_name: str) -> No
 
 
 def _study(out: Path, config, spec):
-    from simmtm.sweep.space import flat_config, sampler_seed
-    from simmtm.sweep.study import SweepStudy, open_storage
+    from simmtm.tuning.space import flat_config, sampler_seed
+    from simmtm.tuning.study import SweepStudy, open_storage
 
     return SweepStudy(open_storage(f"sqlite:///{out / 'optuna.db'}"), out.name, search=spec.search,
                       base_values=flat_config(config.run_dict()), seed=sampler_seed(spec, config.seed), mode="min")
@@ -99,13 +99,13 @@ def _study(out: Path, config, spec):
 def run_tune(out: Path, trials: int, *, concurrent: int) -> dict:
     from ray import tune
 
-    from simmtm.sweep import engine
-    from simmtm.sweep.outputs import write_trials_csv
-    from simmtm.sweep.record import TrialStore, trials_root
-    from simmtm.sweep.results import study_rows
-    from simmtm.sweep.search import SweepSearch
-    from simmtm.sweep.space import first_point
-    from simmtm.sweep.spec import TrialSpec
+    from simmtm.tuning import engine
+    from simmtm.tuning.outputs import write_trials_csv
+    from simmtm.tuning.record import TrialStore, trials_root
+    from simmtm.tuning.results import study_rows
+    from simmtm.tuning.search import SweepSearch
+    from simmtm.tuning.space import first_point
+    from simmtm.tuning.spec import TrialSpec
 
     config, spec = sweep_config(trials)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,8 +140,8 @@ def write_study(out: Path, trials: int, *, seed: int = 0) -> None:
 
     import optuna
 
-    from simmtm.sweep.outputs import TrialRow, write_trials_csv
-    from simmtm.sweep.space import search_distributions
+    from simmtm.tuning.outputs import TrialRow, write_trials_csv
+    from simmtm.tuning.space import search_distributions
 
     config, spec = sweep_config(trials)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,7 @@ def write_study(out: Path, trials: int, *, seed: int = 0) -> None:
 
 
 def run_confirm(out: Path, trials: int, *, concurrent: int) -> dict:
-    """The confirmation stage (``simmtm.sweep.confirm.confirm_sweep``, as the driver calls it) after the search in
+    """The confirmation stage (``simmtm.tuning.confirm.confirm_sweep``, as the driver calls it) after the search in
     ``out``, with the synthetic trainable: quick.yaml's top 1 and the paper's default, 3 paired seeds each (6 runs).
     What grows with N is ranking the search's configurations and reading its rung scores (the probe check); the
     confirmation runs themselves are a fixed number. Printed: the whole stage and those two parts."""
@@ -176,12 +176,12 @@ def run_confirm(out: Path, trials: int, *, concurrent: int) -> dict:
 
     from ray import tune
 
-    from simmtm.sweep import engine
-    from simmtm.sweep.confirm import StageInputs, confirm_sweep, rung_scores
-    from simmtm.sweep.outputs import rank_configurations
-    from simmtm.sweep.record import TrialStore, trials_root
-    from simmtm.sweep.results import named_rows, study_rows
-    from simmtm.sweep.spec import PAPER_DEFAULTS, TrialSpec
+    from simmtm.tuning import engine
+    from simmtm.tuning.confirm import StageInputs, confirm_sweep, rung_scores
+    from simmtm.tuning.outputs import rank_configurations
+    from simmtm.tuning.record import TrialStore, trials_root
+    from simmtm.tuning.results import named_rows, study_rows
+    from simmtm.tuning.spec import PAPER_DEFAULTS, TrialSpec
 
     config, spec = sweep_config(trials)
     store = TrialStore(trials_root(str(out)))

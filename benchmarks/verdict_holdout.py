@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from simmtm import api
-from simmtm.stats import paired_difference
+from simmtm.verdict.stats import paired_difference
 
 
 def _sweep(config: str, dataset: str, out: Path) -> dict[str, Any]:

@@ -30,5 +30,5 @@ export PATH="$PWD/$ENV/bin:$PATH"  # the `simmtm` and `ray` commands the tests s
 export SIMMTM_DATA_DIR=${SIMMTM_DATA_DIR:-$(cd .. && pwd)/shared/data}
 export RAY_memory_monitor_refresh_ms=0
 "$ENV/bin/python" -m pytest -m "slow or not slow" -p no:cacheprovider \
-  tests/sweep tests/test_confirmation.py tests/test_distributed.py tests/test_cluster_check.py \
+  tests/tuning tests/test_confirmation.py tests/test_distributed.py tests/test_cluster_check.py \
   tests/analysis/test_importance.py "$@"

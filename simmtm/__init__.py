@@ -8,12 +8,15 @@ results in ``simmtm.api``; docs/api.md) and ``simmtm.load_encoder`` / ``load_pre
 from __future__ import annotations
 
 import importlib
-import sys
-import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from simmtm.config import RunConfig, load_config
+from simmtm.config.schema import RunConfig, load_config
 from simmtm.errors import ConfigError, DataError, UserError
+
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and editors
+    from simmtm.api import analyze, export, finetune, pretrain, recommend, run, sweep
+    from simmtm.weights.exporting import load_encoder
+    from simmtm.weights.loading import load_pretrained
 
 __version__ = "0.1.0"
 
@@ -35,42 +38,22 @@ __all__ = [
     "sweep",
 ]
 
-# name -> the module that defines it, imported on first use
+# name -> the module that defines it, imported on first use (PEP 562); no submodule of simmtm shares one of these
+# names, so an import never rebinds them
 _LAZY = {
     "analyze": "simmtm.api",
+    "export": "simmtm.api",
+    "finetune": "simmtm.api",
+    "pretrain": "simmtm.api",
     "recommend": "simmtm.api",
     "run": "simmtm.api",
-    "load_encoder": "simmtm.export",
-    "load_pretrained": "simmtm.pretrained",
+    "sweep": "simmtm.api",
+    "load_encoder": "simmtm.weights.exporting",
+    "load_pretrained": "simmtm.weights.loading",
 }
-# API functions that share their name with a submodule (simmtm/pretrain.py, finetune.py, export.py, sweep/)
-_CALLABLE_SUBMODULES = ("pretrain", "finetune", "export", "sweep")
-
-
-class _CallableModule(types.ModuleType):
-    """``simmtm.pretrain`` is both the module simmtm/pretrain.py and, called, ``simmtm.api.pretrain``: Python's
-    import binds a package attribute to each imported submodule, so a plain function of that name would be replaced
-    by the module the first time anything imported it."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from simmtm import api
-
-        return getattr(api, self.__name__.rpartition(".")[2])(*args, **kwargs)
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _CALLABLE_SUBMODULES and isinstance(value, types.ModuleType):
-            value.__class__ = _CallableModule
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
-    if name in _CALLABLE_SUBMODULES:
-        return importlib.import_module(f"simmtm.{name}")  # binds simmtm.<name> as a callable module
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'simmtm' has no attribute {name!r}")

@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from simmtm import runs
-from simmtm.config import RunConfig, apply_overrides, config_yaml, parse_config, read_yaml
-from simmtm.resources import Scaling
-from simmtm.rundir import check_run_all_dir, guard_finetune_dir, own
-from simmtm.write_targets import check_output_folder
+from simmtm.cluster import launch as runs
+from simmtm.cluster.resources import Scaling
+from simmtm.config.schema import RunConfig, apply_overrides, config_yaml, parse_config, read_yaml
+from simmtm.outdir.rundir import check_run_all_dir, guard_finetune_dir, own
+from simmtm.outdir.write_targets import check_output_folder
 
 if TYPE_CHECKING:
     from simmtm.analysis.recommend import Recommendation
-    from simmtm.export import ExportedEncoder
+    from simmtm.weights.exporting import ExportedEncoder
 
 __all__ = [
     "AnalysisResult",
@@ -207,7 +207,7 @@ def finetune(
     progress: bool = False,
 ) -> FinetuneResult:
     """``simmtm finetune``: fine-tune (or probe) the encoder of ``pretrained``; without it the random-init baseline."""
-    from simmtm import finetune as finetuning
+    from simmtm.train import finetuning
 
     cfg, _ = resolve_config(config, overrides)
     out = Path(out)
@@ -232,8 +232,7 @@ def run(
     """``simmtm run``: pre-train (OUT/pretrain), fine-tune it (OUT/finetune) and, unless ``baseline=False``, the
     random-init baseline (OUT/baseline); OUT/summary.yaml holds their headline scores. ``overwrite`` discards an
     earlier pre-training in OUT/pretrain (the fine-tunings are always replaced)."""
-    from simmtm import finetune as finetuning
-    from simmtm import pretrain as pretraining
+    from simmtm.train import finetuning, pretraining
 
     cfg, _ = resolve_config(config, overrides)
     out = Path(out)
@@ -267,7 +266,7 @@ def export(run: str | Path, *, out: str | Path) -> ExportedEncoder:
     """``simmtm export``: ``run``'s encoder as safetensors weights, config.json and a model card in ``out``
     (load it with ``simmtm.load_encoder(out)``). ``run``: a pretrain, run or finetune folder, or a sweep's
     best/<trial>."""
-    from simmtm.export import export_encoder
+    from simmtm.weights.exporting import export_encoder
 
     return export_encoder(run, out)
 
@@ -283,7 +282,7 @@ def sweep(
     verbose: int = 0,
 ) -> SweepResult:
     """``simmtm sweep``: the search in a sweep file (or dict), on a local Ray unless ``address``."""
-    from simmtm.sweep.driver import run_sweep
+    from simmtm.tuning.driver import run_sweep
 
     if isinstance(config, Mapping):  # the driver reads a file: hand it the dict as one
         with tempfile.TemporaryDirectory(prefix="simmtm-sweep-") as tmp:

@@ -106,7 +106,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def shared_ray() -> Iterator[None]:
     """One local Ray (2 CPUs) for every test that kills no Ray process: started by the first test that asks, shut
-    down at the end of the session. Drivers called in-process join it (``simmtm.ray_session.connect`` leaves an
+    down at the end of the session. Drivers called in-process join it (``simmtm.cluster.ray_session.connect`` leaves an
     initialised Ray alone), so each test saves a Ray start and stop (5-15 s on this machine)."""
     import ray
 

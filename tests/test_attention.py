@@ -1,4 +1,4 @@
-"""simmtm.attention: the small-head CPU kernel equals the reference kernel (values and gradients), and the dispatch
+"""simmtm.method.attention: the small-head CPU kernel equals the reference kernel (values and gradients), and the dispatch
 sends each shape where it belongs."""
 
 from __future__ import annotations
@@ -7,10 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from simmtm import attention as attention_module
-from simmtm.attention import attention, small_head_attention, small_head_dropout_mask, small_head_kernel_available
-from simmtm.config import ModelConfig
-from simmtm.encoders import build_encoder
+from simmtm.config.schema import ModelConfig
+from simmtm.method import attention as attention_module
+from simmtm.method.attention import (
+    attention,
+    small_head_attention,
+    small_head_dropout_mask,
+    small_head_kernel_available,
+)
+from simmtm.method.encoders import build_encoder
 
 needs_kernel = pytest.mark.skipif(not small_head_kernel_available(), reason="no C compiler for the small-head kernel")
 
@@ -257,7 +262,7 @@ def test_small_float32_cpu_heads_go_to_the_small_head_kernel_and_the_rest_to_sdp
 
 
 def test_every_transformer_layer_calls_the_attention_function(monkeypatch: pytest.MonkeyPatch) -> None:
-    from simmtm import encoders
+    from simmtm.method import encoders
 
     calls = []
 

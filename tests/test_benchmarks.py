@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from simmtm.config import load_config
-from simmtm.sweep.sections import sweep_spec
+from simmtm.config.schema import load_config
+from simmtm.tuning.sections import sweep_spec
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -184,7 +184,7 @@ TINY_ROW = {"seq_len": 24, "channels": 2, "d_model": 8, "n_layers": 2, "n_heads"
 
 
 def test_the_roofline_counts_attention_by_hand_whichever_kernel_runs(pretrain_bench, monkeypatch) -> None:
-    from simmtm import attention
+    from simmtm.method import attention
 
     monkeypatch.setattr(attention, "KERNEL", attention.KERNEL)  # measure() sets it; restore after
     monkeypatch.setattr(pretrain_bench, "measured_gemm_peak", lambda: 1e9)

@@ -272,7 +272,7 @@ def test_config_prints_what_a_run_saves_and_exits(tmp_path: Path, tiny_config, w
 
 
 def test_restart_still_works_with_a_one_line_deprecation(tmp_path: Path, tiny_config, write_config, capsys) -> None:
-    from simmtm.checkpoint import load_state
+    from simmtm.train.checkpoint import load_state
 
     path, out = write_config(tiny_config()), tmp_path / "out"
     assert run_cli(["pretrain", str(path), "--out", str(out), "--no-progress"], capsys)[0] == 0

@@ -28,7 +28,7 @@ import optuna
 import pytest
 from ray_nodes import free_port
 
-from simmtm.cluster import DRIVER_REQUEST, DRIVER_RESOURCE
+from simmtm.cluster.launcher import DRIVER_REQUEST, DRIVER_RESOURCE
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

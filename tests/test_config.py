@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simmtm.config import (
+from simmtm.config.schema import (
     SWEEP_SECTIONS,
     RunConfig,
     apply_overrides,

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from simmtm.confirmation import (
-    PAPER_DEFAULTS,
+from simmtm.tuning.spec import PAPER_DEFAULTS
+from simmtm.verdict.confirmation import (
     ConfirmedConfig,
     confirmation_candidates,
     confirmation_seeds,
@@ -127,8 +127,8 @@ def test_power_the_detectable_difference_and_the_seeds_a_half_width_needs():
 
 
 def _stage(tmp_path, confirm):
-    from simmtm.sweep.confirm import StageInputs
-    from simmtm.sweep.spec import ConfirmSpec
+    from simmtm.tuning.confirm import StageInputs
+    from simmtm.tuning.spec import ConfirmSpec
 
     return StageInputs(
         out=tmp_path, metric="val_mse", mode="min", param_keys=list(CAND), base_seed=0,
@@ -141,8 +141,8 @@ def _rounds(tmp_path, confirm, gain):
     the runner runs the named points that have no result yet and returns the rows of all; each round's new seeds."""
     import numpy as np
 
-    from simmtm.sweep.confirm import ConfirmPlan, _confirm_rounds
-    from simmtm.sweep.outputs import TrialRow
+    from simmtm.tuning.confirm import ConfirmPlan, _confirm_rounds
+    from simmtm.tuning.outputs import TrialRow
 
     rounds, rows = [], {}
     noise = np.random.default_rng(0).normal(0, 0.01, 100)
@@ -184,9 +184,9 @@ def test_fixed_seeds_run_one_round_and_auto_stops_at_the_cap(tmp_path):
 
 
 def test_the_power_line_states_the_smallest_difference_the_seeds_detect():
-    from simmtm.stats import SeedSpread
-    from simmtm.sweep.confirm import ConfirmPlan, power_line
-    from simmtm.sweep.spec import ConfirmSpec
+    from simmtm.tuning.confirm import ConfirmPlan, power_line
+    from simmtm.tuning.spec import ConfirmSpec
+    from simmtm.verdict.stats import SeedSpread
 
     plan = ConfirmPlan((dict(PAPER_DEFAULTS), CAND), 3)
     line = power_line(plan, SeedSpread(0.01, 2, 6, 4), ConfirmSpec(seeds=3), "val_mse")

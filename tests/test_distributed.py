@@ -24,7 +24,7 @@ import torch
 import yaml
 from ray_nodes import two_nodes
 
-from simmtm.config import RunConfig, parse_config
+from simmtm.config.schema import RunConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 8  # the global batch: 2 workers x 4, or 1 worker x 8
@@ -72,10 +72,10 @@ def _first_step_worker(loop_config: dict[str, Any]) -> None:
     the global batch; forward + backward with the gather and without it; save loss and gradients."""
     from torch.utils.data import DataLoader
 
-    from simmtm.distributed import DistributedRuntime
-    from simmtm.inputs import load_inputs
-    from simmtm.model import to_series
-    from simmtm.pretrain import build_model, draw_masks
+    from simmtm.cluster.distributed import DistributedRuntime
+    from simmtm.data.inputs import load_inputs
+    from simmtm.method.model import to_series
+    from simmtm.train.pretraining import build_model, draw_masks
 
     config = RunConfig.model_validate(loop_config["config"])
     torch.set_num_threads(1)
@@ -102,10 +102,10 @@ def _first_step_worker(loop_config: dict[str, Any]) -> None:
 
 def _single_process_first_step(config: RunConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """The same first step on one process with the global batch: the samples of global batch 0, the same masks."""
-    from simmtm.distributed import GlobalBatchSampler
-    from simmtm.inputs import load_inputs
-    from simmtm.model import to_series
-    from simmtm.pretrain import build_model, draw_masks
+    from simmtm.cluster.distributed import GlobalBatchSampler
+    from simmtm.data.inputs import load_inputs
+    from simmtm.method.model import to_series
+    from simmtm.train.pretraining import build_model, draw_masks
 
     inputs = load_inputs(config)
     sampler = GlobalBatchSampler(inputs.train, num_replicas=2, rank=0, batch_size=BATCH // 2, seed=config.seed)
@@ -174,8 +174,8 @@ def _kill_once(metrics: dict[str, Any], runtime: Any, *, marker: str, log: str, 
 
 @pytest.mark.slow
 def test_a_killed_worker_resumes_from_the_last_checkpoint(local_ray, tiny_csv: Path, tmp_path: Path) -> None:
-    from simmtm.checkpoint import load_state
-    from simmtm.distributed import Scaling, pretrain_distributed
+    from simmtm.cluster.distributed import Scaling, pretrain_distributed
+    from simmtm.train.checkpoint import load_state
 
     config = parse_config(tiny_raw(tiny_csv, epochs=4))
     marker, log, out = tmp_path / "killed", tmp_path / "epochs.log", tmp_path / "out"
@@ -199,9 +199,9 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(local_ray, tiny_csv: P
 
 @pytest.mark.slow
 def test_cli_rerun_resumes_and_the_checkpoint_finetunes_on_one_process(local_ray, tiny_csv: Path, tmp_path: Path) -> None:
-    from simmtm import finetune
-    from simmtm.checkpoint import load_state
     from simmtm.cli import main
+    from simmtm.train import finetuning as finetune
+    from simmtm.train.checkpoint import load_state
 
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(tiny_raw(tiny_csv)))
@@ -265,8 +265,8 @@ def test_in_process_pretraining_does_not_import_ray(tiny_csv: Path, tmp_path: Pa
 _MULTI_NODE_DRIVER = """
 import json, sys, time
 import ray
-from simmtm.config import parse_config
-from simmtm.distributed import Scaling, pretrain_distributed
+from simmtm.config.schema import parse_config
+from simmtm.cluster.distributed import Scaling, pretrain_distributed
 
 raw, address, out, storage, nodes_log, result = json.loads(sys.argv[1])
 
@@ -289,7 +289,7 @@ with open(result, "w") as f:
 
 @pytest.mark.slow
 def test_two_node_cluster_runs_one_worker_per_node_with_shared_storage(tiny_csv: Path, tmp_path: Path) -> None:
-    from simmtm.checkpoint import load_state
+    from simmtm.train.checkpoint import load_state
 
     with two_nodes("simmtm-ray-") as (address, env):
         storage, out, nodes_log, result = tmp_path / "shared", tmp_path / "out", tmp_path / "nodes.log", tmp_path / "result.json"

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from simmtm.config import ModelConfig
-from simmtm.encoders import ENCODERS, Encoder, SelfAttention, TFCEncoder, build_encoder
+from simmtm.config.schema import ModelConfig
+from simmtm.method.encoders import ENCODERS, Encoder, SelfAttention, TFCEncoder, build_encoder
 
 SHAPES = [(24, 1), (24, 3), (17, 2), (40, 1)]  # (L, C)
 

@@ -14,10 +14,10 @@ import yaml
 from safetensors.torch import load_file
 
 import simmtm
-from simmtm.checkpoint import encoder_state, load_state
 from simmtm.cli import main
-from simmtm.export import export_encoder, load_encoder
-from simmtm.model import masked_instance_norm
+from simmtm.method.model import masked_instance_norm
+from simmtm.train.checkpoint import encoder_state, load_state
+from simmtm.weights.exporting import export_encoder, load_encoder
 
 API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from simmtm.folder_lock import LOCK_FILE, FolderBusy, FolderLock, current_holder, lock_folder
+from simmtm.outdir.folder_lock import LOCK_FILE, FolderBusy, FolderLock, current_holder, lock_folder
 
-HOLD = "import sys, time; from simmtm.folder_lock import lock_folder; lock_folder(sys.argv[1], command='holder'); print('held', flush=True); time.sleep(60)"
+HOLD = "import sys, time; from simmtm.outdir.folder_lock import lock_folder; lock_folder(sys.argv[1], command='holder'); print('held', flush=True); time.sleep(60)"
 
 
 def hold_in_another_process(folder: Path) -> subprocess.Popen:
@@ -43,7 +43,7 @@ def test_a_second_owner_is_refused_naming_the_holder_and_a_dead_holders_lock_is_
     assert (folder / LOCK_FILE).is_file() and current_holder(
         folder
     ) is None  # the file stays, the lock went with the process
-    with caplog.at_level(logging.WARNING, logger="simmtm.folder_lock"):
+    with caplog.at_level(logging.WARNING, logger="simmtm.outdir.folder_lock"):
         lock = lock_folder(folder, command="me")
     assert lock.taken_over.pid == holder.pid and f"pid {holder.pid}" in caplog.text
     assert json.loads((folder / LOCK_FILE).read_text())["pid"] == os.getpid()
@@ -65,7 +65,7 @@ def test_the_lock_is_one_per_folder_and_freed_on_release(tmp_path: Path) -> None
 def test_many_processes_racing_for_one_folder_get_one_owner(tmp_path: Path) -> None:
     folder = tmp_path / "run"
     code = (
-        "import sys, time; from simmtm.folder_lock import lock_folder, FolderBusy\n"
+        "import sys, time; from simmtm.outdir.folder_lock import lock_folder, FolderBusy\n"
         "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
         "try:\n    lock_folder(sys.argv[1]); print('owner', flush=True); time.sleep(2)\n"
         "except FolderBusy:\n    print('busy', flush=True)\n"

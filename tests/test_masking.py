@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from simmtm.masking import MASKINGS, geometric_mask, make_mask, random_mask
+from simmtm.method.masking import MASKINGS, geometric_mask, make_mask, random_mask
 
 
 def draw(fn, shape, ratio, mean_length=3.0, seed=0):
@@ -148,3 +148,10 @@ def test_masking_is_vectorised_over_time(name: str) -> None:
 def test_unknown_masking_names_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="unknown masking 'blocks'; valid: geometric, random"):
         make_mask("blocks", (2, 10), 0.5, 3.0)
+
+
+def test_every_masking_the_config_accepts_is_registered() -> None:
+    from simmtm.config.schema import MASKING_NAMES
+    from simmtm.method.masking import MASKINGS
+
+    assert sorted(MASKINGS) == sorted(MASKING_NAMES)

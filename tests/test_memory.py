@@ -1,4 +1,4 @@
-"""simmtm.memory: the lean dropout gives torch's values, gradients and random stream with a one-byte saved mask; the
+"""simmtm.method.memory: the lean dropout gives torch's values, gradients and random stream with a one-byte saved mask; the
 malloc setting takes effect where glibc has it, and a CPU run applies it unless its config says not to."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 import yaml
 from torch import nn
 
-from simmtm.config import parse_config
+from simmtm.config.schema import parse_config
 from simmtm.errors import ConfigError
-from simmtm.memory import Dropout, apply_malloc_setting, return_freed_memory
+from simmtm.method.memory import Dropout, apply_malloc_setting, return_freed_memory
 
 
 def saved_bytes(fn, x: torch.Tensor) -> int:
@@ -60,8 +60,8 @@ def test_lean_dropout_saves_a_quarter_of_the_memory_and_is_the_identity_where_to
 
 
 def test_transformer_layers_use_the_lean_dropout() -> None:
-    from simmtm.config import ModelConfig
-    from simmtm.encoders import build_encoder
+    from simmtm.config.schema import ModelConfig
+    from simmtm.method.encoders import build_encoder
 
     encoder = build_encoder(ModelConfig(encoder="transformer", d_model=8, n_heads=2, n_layers=2, d_ff=16), in_channels=1, seq_len=12)
     kinds = {type(m) for m in encoder.modules() if isinstance(m, nn.Dropout)}
@@ -90,11 +90,11 @@ def test_auto_leaves_malloc_alone_on_a_gpu_and_where_the_environment_chose_a_thr
 
 
 # In a fresh process: free a 16 MiB block (glibc's default then raises its mmap threshold to 16 MiB), pre-train the
-# tiny config through simmtm.pretrain.run, then ask whether a new 8 MiB block is mmap-ed (mallinfo2's hblks).
+# tiny config through simmtm.train.pretraining.run, then ask whether a new 8 MiB block is mmap-ed (mallinfo2's hblks).
 PROBE = """
 import ctypes, json, sys
-from simmtm import pretrain
-from simmtm.config import parse_config
+from simmtm.train import pretraining as pretrain
+from simmtm.config.schema import parse_config
 
 
 class Mallinfo2(ctypes.Structure):

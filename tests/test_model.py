@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from simmtm.config import ModelConfig, PretrainConfig
-from simmtm.encoders import build_encoder
-from simmtm.heads import Classifier, Forecaster
-from simmtm.masking import geometric_mask
-from simmtm.model import (
+from simmtm.config.schema import ModelConfig, PretrainConfig
+from simmtm.method.encoders import build_encoder
+from simmtm.method.heads import Classifier, Forecaster
+from simmtm.method.masking import geometric_mask
+from simmtm.method.model import (
     AutomaticWeightedLoss,
     FixedWeightedLoss,
     SeriesProjector,

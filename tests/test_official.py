@@ -24,9 +24,9 @@ from torch import nn
 
 import simmtm
 from simmtm.cli import main
-from simmtm.config import parse_config
-from simmtm.masking import geometric_mask
-from simmtm.model import SimMTM, from_series, to_series
+from simmtm.config.schema import parse_config
+from simmtm.method.masking import geometric_mask
+from simmtm.method.model import SimMTM, from_series, to_series
 
 L, D, HEADS, LAYERS, D_FF, M, TAU = 16, 8, 2, 2, 16, 2, 0.2
 B, C = 3, 2  # windows, channels: B * C = 6 series
@@ -322,7 +322,7 @@ def _imported(tmp_path: Path) -> Path:
 
 def test_the_imported_run_fine_tunes_through_the_normal_path(tmp_path: Path, tiny_csv) -> None:
     """`simmtm finetune --from DIR` reads the imported run like its own: the encoder weights arrive."""
-    from simmtm import finetune
+    from simmtm.train import finetuning as finetune
 
     run = _imported(tmp_path)
     raw = yaml.safe_load((run / "config.yaml").read_text())
@@ -335,8 +335,8 @@ def test_the_imported_run_fine_tunes_through_the_normal_path(tmp_path: Path, tin
 def test_load_pretrained_returns_an_own_run_in_eval_mode(tmp_path: Path, tiny_config) -> None:
     """A `simmtm pretrain` run (no recorded shapes: they come from its data) loads with the weights of its
     checkpoint and keeps the model(series, mask) contract."""
-    from simmtm import pretrain
-    from simmtm.checkpoint import load_state
+    from simmtm.train import pretraining as pretrain
+    from simmtm.train.checkpoint import load_state
 
     config = parse_config(tiny_config({"model": {"projector": "official", "head_dropout": 0.1}}))
     pretrain.run(config, run_dir=tmp_path / "pre")
@@ -359,7 +359,7 @@ def test_load_pretrained_returns_an_own_run_in_eval_mode(tmp_path: Path, tiny_co
 def test_training_mode_with_dropout_0_gives_the_official_loss_and_every_gradient(tmp_path: Path) -> None:
     """Training mode (BatchNorm on batch statistics, autograd through everything) with every dropout at 0: the loss
     and the gradient of every parameter, mapped through the import's own key mapping, agree with the official."""
-    from simmtm.official import official_state_to_simmtm
+    from simmtm.weights.official import official_state_to_simmtm
 
     official = official_model()
     official.pooler.pooler[5].p = 0.0  # dropout 0 (the official head_dropout is 0.1)
@@ -445,7 +445,8 @@ def test_geometric_masks_have_the_official_chains_statistics(r: float) -> None:
 def test_the_optimisers_get_the_configured_betas(finetune_cfg, expected, tiny_config, monkeypatch) -> None:
     """pretrain.betas and finetune.betas reach Adam; lr_schedule official implies the official fine-tuning's
     beta1 0.95 (its OneCycleLR sets max_momentum on creation) unless finetune.betas is given."""
-    from simmtm import finetune, pretrain
+    from simmtm.train import finetuning as finetune
+    from simmtm.train import pretraining as pretrain
 
     made: list[tuple[float, float]] = []
 
@@ -468,7 +469,7 @@ def test_the_optimisers_get_the_configured_betas(finetune_cfg, expected, tiny_co
 def test_pretrain_horizon_cut_gives_the_official_etth1_pretraining_windows(shared_data: Path) -> None:
     """The official pre-training loads ETTh1 with pred_len 96: its windows stop as if a 96-step horizon followed
     (8,640 - 336 - 96 + 1 = 8,209 training windows; simmtm's default uses all 8,305)."""
-    from simmtm.inputs import load_inputs
+    from simmtm.data.inputs import load_inputs
 
     def windows(cut: int, horizon: int = 0) -> tuple[int, int]:
         config = parse_config({"data": {"name": "ETTh1", "seq_len": 336, "pretrain_horizon_cut": cut}})

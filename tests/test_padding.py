@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from simmtm import attention
-from simmtm.config import ModelConfig, PretrainConfig
-from simmtm.encoders import ENCODERS, build_encoder
-from simmtm.heads import Classifier
-from simmtm.model import SimMTM
+from simmtm.config.schema import ModelConfig, PretrainConfig
+from simmtm.method import attention
+from simmtm.method.encoders import ENCODERS, build_encoder
+from simmtm.method.heads import Classifier
+from simmtm.method.model import SimMTM
 
 L, C = 32, 2
 LENGTHS = [32, 20, 11, 27]  # real steps of each series in the batch; the rest is padding
@@ -145,7 +145,7 @@ def test_equal_length_runs_are_bit_identical_to_before_padding(encoder: str, mon
 
 
 def test_an_exported_encoder_takes_the_padding_mask_too() -> None:
-    from simmtm.export import SeriesEncoder
+    from simmtm.weights.exporting import SeriesEncoder
 
     torch.manual_seed(0)
     encoder = SeriesEncoder(build_encoder(_model_cfg("transformer"), in_channels=1, seq_len=L), seq_len=L, channels=C,

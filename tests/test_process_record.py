@@ -11,13 +11,13 @@ from pathlib import Path
 
 import psutil
 
-from simmtm.process_record import alive, stop_recorded
+from simmtm.outdir.process_record import alive, stop_recorded
 
 # A "driver" that starts a child which ignores SIGTERM and outlives it (as Ray's agents do), records both, and
 # waits to be killed.
 DRIVER = """
 import subprocess, sys, time
-from simmtm.process_record import record_children
+from simmtm.outdir.process_record import record_children
 child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"],
                          start_new_session=True)
 record_children(sys.argv[1], watchdog=sys.argv[2] == "1")

@@ -13,7 +13,7 @@ import yaml
 
 import simmtm
 from simmtm.cli import main
-from simmtm.trackers import STAGE_TAG
+from simmtm.train.trackers import STAGE_TAG
 
 
 def _history(path: Path, kind: str) -> list[dict]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from simmtm.cli import main
-from simmtm.config import DataConfig, load_config
+from simmtm.config.schema import DataConfig, load_config
 from simmtm.data import ClassificationSplits, load_splits
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from simmtm.stats import paired_difference, seed_spread, spearman, tied_with_best
+from simmtm.verdict.stats import paired_difference, seed_spread, spearman, tied_with_best
 
 
 def test_seed_spread_pools_within_configuration_deviations():
@@ -58,7 +58,7 @@ def test_tied_with_best_uses_the_seed_noise():
 
 
 def test_the_probe_check_warns_only_when_pruning_on_a_probe_that_does_not_predict():
-    from simmtm.probe_check import check_probe
+    from simmtm.verdict.probe_check import check_probe
 
     final = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9]
     good = check_probe([0.5 + 0.1 * i for i in range(10)], final, prunes=True)

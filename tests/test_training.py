@@ -10,10 +10,11 @@ import pytest
 import torch
 import yaml
 
-from simmtm import finetune, pretrain
-from simmtm.checkpoint import encoder_state
 from simmtm.cli import main
-from simmtm.config import load_config, parse_config
+from simmtm.config.schema import load_config, parse_config
+from simmtm.train import finetuning as finetune
+from simmtm.train import pretraining as pretrain
+from simmtm.train.checkpoint import encoder_state
 
 # stride 8 over the 224 train rows of the tiny CSV: 26 windows, 3 steps of 8 per epoch
 RESUMABLE = {"data": {"stride": 8}, "pretrain": {"max_steps": None}}

@@ -19,14 +19,15 @@ import pytest
 import torch
 import yaml
 
-from simmtm import finetune, pretrain
-from simmtm.checkpoint import encoder_state
 from simmtm.cli import main
-from simmtm.config import parse_config
+from simmtm.config.schema import parse_config
 from simmtm.errors import UserError
-from simmtm.runtime import LocalRuntime, Runtime
-from simmtm.tracking import RunLog
-from simmtm.training import TrainingDiverged, restore_rng_states, rng_states, set_up
+from simmtm.train import finetuning as finetune
+from simmtm.train import pretraining as pretrain
+from simmtm.train.checkpoint import encoder_state
+from simmtm.train.history import RunLog
+from simmtm.train.runtime import LocalRuntime, Runtime
+from simmtm.train.shared import TrainingDiverged, restore_rng_states, rng_states, set_up
 
 # stride 8 over the 224 train rows of the tiny CSV: 26 windows, 3 steps of 8 per epoch; dropout on, so that the
 # random state matters
@@ -206,7 +207,7 @@ def test_kill_9_at_a_random_moment_then_the_same_command_ends_bit_identically(
 
 
 def test_a_step_log_takes_every_step_as_tensorboard_does(tiny_config, tmp_path: Path) -> None:
-    """What a sweep trial's trackers get (simmtm.trackers.TrialSteps): each optimiser step once, in batches of
+    """What a sweep trial's trackers get (simmtm.train.trackers.TrialSteps): each optimiser step once, in batches of
     log_every steps, under TensorBoard's tags and values."""
     batches: list[list] = []
     raw = {**tiny_config(EPOCHS_OF_3), "log_every": 2}

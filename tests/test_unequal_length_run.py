@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from simmtm.cli import main
-from simmtm.config import parse_config
-from simmtm.inputs import load_inputs, split_batch
-from simmtm.pretrain import draw_masks
+from simmtm.config.schema import parse_config
+from simmtm.data.inputs import load_inputs, split_batch
+from simmtm.train.pretraining import draw_masks
 
 CHANNELS, CLASSES = 3, 3
 TINY = {
@@ -89,7 +89,7 @@ def test_simmtm_run_pretrains_and_finetunes_a_padded_multivariate_set(tmp_path: 
     fine = json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())
     assert 0.0 <= fine["accuracy"] <= 1.0 and fine["pretrained"]
     # the fine-tuned model sees the padding mask: a padded case's logits ignore what its padding holds
-    from simmtm import finetune
+    from simmtm.train import finetuning as finetune
 
     state = torch.load(tmp_path / "out" / "finetune" / "checkpoints" / "classification" / "best.pt", weights_only=False)
     config = parse_config(_config(tmp_path))

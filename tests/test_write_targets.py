@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from simmtm.errors import UserError
-from simmtm.write_targets import check_output_file, check_output_folder
+from simmtm.outdir.write_targets import check_output_file, check_output_folder
 
 IS_ROOT = os.geteuid() == 0
 

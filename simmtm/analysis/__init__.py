@@ -16,7 +16,7 @@ from simmtm.analysis.recommend import Recommendation, best_config, recommend, wr
 from simmtm.analysis.report import Report, write_report
 from simmtm.analysis.surface import SurfaceNoise, surface_noise, sweep_surface_noise
 from simmtm.analysis.tables import failed_trials, top_configurations
-from simmtm.sweep.warm_start import warm_start_study
+from simmtm.tuning.warm_start import warm_start_study
 
 __all__ = [
     "Sweep",

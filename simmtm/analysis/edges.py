@@ -17,7 +17,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from simmtm.analysis.load import SHORT_NAMES, Sweep
 from simmtm.analysis.noise import search_groups
-from simmtm.config import RunConfig
+from simmtm.config.schema import RunConfig
 
 __all__ = ["find_edges", "gate_edges", "unit", "fmt_value"]
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from simmtm.confirmation import ConfirmedConfig, format_params
+from simmtm.verdict.confirmation import ConfirmedConfig, format_params
 
 __all__ = ["heatmap_scale", "NOISE_SPAN", "confirmation_figure", "probe_figure", "confirmed_from_json"]
 

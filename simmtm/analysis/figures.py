@@ -26,8 +26,8 @@ from simmtm.analysis.importance import Importance
 from simmtm.analysis.levels import levels_of
 from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, SHORT_NAMES, TAU_KEY, Sweep, analysis_study
 from simmtm.analysis.noise import seed_noise
-from simmtm.confirmation import OFFICIAL_MAX_R
-from simmtm.stats import tied_with_best
+from simmtm.verdict.confirmation import OFFICIAL_MAX_R
+from simmtm.verdict.stats import tied_with_best
 
 __all__ = [
     "heatmap_matrix",

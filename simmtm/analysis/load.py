@@ -29,10 +29,10 @@ import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from simmtm.config_keys import get_key
+from simmtm.config.keys import get_key
 from simmtm.errors import UserError
-from simmtm.sweep.confirm import read_confirmation_json
-from simmtm.sweep.outputs import (
+from simmtm.tuning.confirm import read_confirmation_json
+from simmtm.tuning.outputs import (
     STATES,
     TRIAL_COLUMNS,
     WARM_START_ATTR,
@@ -41,9 +41,9 @@ from simmtm.sweep.outputs import (
     read_sweep_yaml,
     read_trials_csv,
 )
-from simmtm.sweep.space import match_choice, search_distributions
-from simmtm.sweep.spec import SHORT_NAMES
-from simmtm.sweep.timing import read_timing_events
+from simmtm.tuning.space import match_choice, search_distributions
+from simmtm.tuning.spec import SHORT_NAMES
+from simmtm.tuning.timing import read_timing_events
 
 __all__ = [
     "R_KEY",
@@ -94,7 +94,7 @@ class Sweep:
     source: str  # "trials.csv", "optuna.db" or "none"
     n_warm_start: int = 0  # trials in the study copied from an earlier sweep
     notes: list[str] = field(default_factory=list)  # things a reader should know (stale files, ...)
-    confirmation: dict[str, Any] | None = None  # confirmation.json (simmtm.sweep.confirm); None: none was run
+    confirmation: dict[str, Any] | None = None  # confirmation.json (simmtm.tuning.confirm); None: none was run
 
     @property
     def finished(self) -> pd.DataFrame:

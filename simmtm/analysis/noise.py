@@ -1,6 +1,6 @@
 """A sweep's seed noise, read in one place.
 
-``simmtm.confirmation.sweep_noise`` computes it (the seed-to-seed SD pooled within configuration over the
+``simmtm.verdict.confirmation.sweep_noise`` computes it (the seed-to-seed SD pooled within configuration over the
 confirmation's paired runs and the search's repeated configurations); the confirmation stage stores it in its
 verdict (``confirmation.json``). Every message and file that quotes the noise (the verdict sentence, the advice to
 widen a range, ``simmtm recommend --json``, best.yaml, the report, the heatmap) reads it through ``seed_noise``.
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from simmtm.analysis.load import Sweep
-from simmtm.confirmation import sweep_noise
-from simmtm.stats import SeedSpread
+from simmtm.verdict.confirmation import sweep_noise
+from simmtm.verdict.stats import SeedSpread
 
 __all__ = ["seed_noise", "search_groups"]
 

@@ -31,11 +31,11 @@ from simmtm.analysis.best_m import m_vs_r
 from simmtm.analysis.edges import find_edges, fmt_value, gate_edges, unit
 from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, SHORT_NAMES, TAU_KEY, Sweep, param_value
 from simmtm.analysis.noise import seed_noise
-from simmtm.config import RunConfig, parse_config
-from simmtm.config_keys import apply_params
-from simmtm.confirmation import beyond_official_r
+from simmtm.config.keys import apply_params
+from simmtm.config.schema import RunConfig, parse_config
 from simmtm.errors import UserError
-from simmtm.sweep.outputs import write_run_yaml
+from simmtm.tuning.outputs import write_run_yaml
+from simmtm.verdict.confirmation import beyond_official_r
 
 __all__ = [
     "Recommendation",

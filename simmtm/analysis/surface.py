@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from simmtm.analysis.load import M_KEY, R_KEY, Sweep
-from simmtm.stats import Mode, seed_spread, tied_with_best
+from simmtm.verdict.stats import Mode, seed_spread, tied_with_best
 
 __all__ = ["SurfaceNoise", "surface_noise", "sweep_surface_noise"]
 

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from simmtm.rundir import check_report_dir, own
-from simmtm.write_targets import check_output_file, check_output_folder
+from simmtm.outdir.rundir import check_report_dir, own
+from simmtm.outdir.write_targets import check_output_file, check_output_folder
 
 # The first line of a config `simmtm recommend --write` wrote (simmtm.analysis.recommend.write_best_config): such a
 # file may be replaced; any other needs --force.

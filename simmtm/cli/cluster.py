@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sweep_paths(paths: list[Path] | None) -> list[Path] | None:
-    from simmtm.cluster import sweep_files
+    from simmtm.cluster.launcher import sweep_files
 
     if paths is None:
         return None
@@ -56,7 +56,7 @@ def _sweep_paths(paths: list[Path] | None) -> list[Path] | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from simmtm.cluster import check_cluster, cluster_files
+    from simmtm.cluster.launcher import check_cluster, cluster_files
 
     files = args.files or cluster_files(Path("."))
     if not files:

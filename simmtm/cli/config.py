@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from simmtm.config import config_yaml, load_config
+from simmtm.config.schema import config_yaml, load_config
 
 __all__ = ["register"]
 

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from simmtm.cli import deprecated
-from simmtm.config import load_config
+from simmtm.config.schema import load_config
 from simmtm.errors import UserError
 
 __all__ = ["register"]
@@ -55,7 +55,7 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_import_official(args: argparse.Namespace) -> int:
-    from simmtm.official import import_official  # torch: only when the command runs
+    from simmtm.weights.official import import_official  # torch: only when the command runs
 
     config_path = _config_path(args)
     config = load_config(config_path, args.overrides)

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from simmtm.status import sweep_status
+    from simmtm.analysis.status import sweep_status
 
     status = sweep_status(args.sweep_dir)
     if args.json:

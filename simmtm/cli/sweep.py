@@ -72,12 +72,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.config is None and not args.resume:
         raise UserError("simmtm sweep: give SWEEP.yaml (only --resume --out DIR continues without it)")
     if args.dry_run:
-        from simmtm.sweep.plan import plan_sweep
+        from simmtm.tuning.plan import plan_sweep
 
         config = args.config if args.config is not None else args.out / "sweep.yaml"
         print("\n".join(plan_sweep(config, args.overrides, address=args.address).lines()))
         return 0
-    from simmtm.sweep.driver import run_sweep
+    from simmtm.tuning.driver import run_sweep
 
     outcome = run_sweep(
         args.config,

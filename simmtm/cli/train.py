@@ -8,9 +8,9 @@ from typing import Any
 
 from simmtm import api
 from simmtm.cli import deprecated
-from simmtm.config import load_config
-from simmtm.resources import PLACEMENT_STRATEGIES
-from simmtm.runs import headline
+from simmtm.cluster.launch import headline
+from simmtm.cluster.resources import PLACEMENT_STRATEGIES
+from simmtm.config.schema import load_config
 
 __all__ = ["register", "format_metrics", "comparison_table"]
 

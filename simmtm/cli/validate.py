@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from simmtm.config import load_config
+from simmtm.config.schema import load_config
 from simmtm.errors import UserError
-from simmtm.sweep.sections import validate_sweep_sections
+from simmtm.tuning.sections import validate_sweep_sections
 
 __all__ = ["register"]
 
@@ -32,7 +32,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             config = load_config(path, args.overrides)
             validate_sweep_sections(config, path)
             if args.data:
-                from simmtm.pretrain import check_inputs  # loads the data, builds the model; writes nothing
+                from simmtm.train.pretraining import check_inputs  # loads the data, builds the model; writes nothing
 
                 check_inputs(config)
         except UserError as exc:

@@ -14,9 +14,9 @@ import torch
 
 from simmtm.data.checks import require_finite
 from simmtm.data.formats import FileFormat, get_format, register_format, suffixes
+from simmtm.data.torch_files import UnreadableTorchFile, load_weights_only
 from simmtm.data.ts_file import Cases, parse_ts, read_ts
 from simmtm.errors import DataError
-from simmtm.torch_files import UnreadableTorchFile, load_weights_only
 
 __all__ = ["LabelledFormat", "NpzFormat", "PtFormat", "TsFormat", "read_cases"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import platformdirs
 
-from simmtm.config import DataConfig
+from simmtm.config.schema import DataConfig
 from simmtm.data.classification import ClassificationSplits, load_classification
 from simmtm.data.download import DatasetSpec, download
 from simmtm.data.forecasting import ForecastingSplits, load_forecasting

@@ -170,7 +170,7 @@ def interior_tpe_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def grid_search(values: Mapping[str, list[Any]]) -> dict[str, Any]:
-    """The search section of a grid sweep (simmtm.sweep.spec.SearchSpec)."""
+    """The search section of a grid sweep (simmtm.tuning.spec.SearchSpec)."""
     return {"method": "grid", "grid": {k: list(v) for k, v in values.items()}}
 
 

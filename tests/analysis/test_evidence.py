@@ -3,8 +3,9 @@
 import numpy as np
 
 from simmtm.analysis.evidence import NOISE_SPAN, confirmation_figure, heatmap_scale, probe_figure
-from simmtm.confirmation import PAPER_DEFAULTS, ConfirmedConfig, judge
-from simmtm.probe_check import check_probe
+from simmtm.tuning.spec import PAPER_DEFAULTS
+from simmtm.verdict.confirmation import ConfirmedConfig, judge
+from simmtm.verdict.probe_check import check_probe
 
 
 def test_the_colour_scale_does_not_stretch_noise_over_the_full_range():

@@ -105,7 +105,7 @@ def test_not_a_sweep_directory_is_one_line_and_exit_2(tmp_path: Path, kind: str,
 def test_the_study_is_found_by_name_or_as_the_only_one_and_a_wrong_name_among_many_is_a_note(tmp_path: Path) -> None:
     import optuna
 
-    from simmtm.sweep.outputs import SweepMeta, read_study
+    from simmtm.tuning.outputs import SweepMeta, read_study
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     for name, value in (("a", 1.0), ("b", 2.0)):

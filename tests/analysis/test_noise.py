@@ -10,9 +10,10 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from simmtm.analysis import load_sweep, recommend, seed_noise, write_best_config
-from simmtm.confirmation import PAPER_DEFAULTS, ConfirmedConfig, confirmation_seeds, judge
-from simmtm.probe_check import check_probe
-from simmtm.sweep.confirm import ConfirmOutcome, write_confirmation_json
+from simmtm.tuning.confirm import ConfirmOutcome, write_confirmation_json
+from simmtm.tuning.spec import PAPER_DEFAULTS
+from simmtm.verdict.confirmation import ConfirmedConfig, confirmation_seeds, judge
+from simmtm.verdict.probe_check import check_probe
 
 R_GRID = [0.1, 0.3, 0.5, 0.7, 0.9]
 

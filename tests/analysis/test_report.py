@@ -14,7 +14,7 @@ from PIL import Image
 
 from simmtm.analysis.figures import FIGURES, cell_digits
 from simmtm.cli import main
-from simmtm.config import load_config
+from simmtm.config.schema import load_config
 
 SECTIONS = ("recommendation", "importance", "heatmap", "slices", "history", "parallel", "m_vs_r", "interactive", "top", "failed")
 

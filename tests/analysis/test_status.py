@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from simmtm.analysis.status import sweep_status
 from simmtm.cli import main
-from simmtm.status import sweep_status
 
 
 def _timing(root: Path, events: list[tuple[str, str, float]]) -> None:

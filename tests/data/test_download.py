@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from simmtm.cli import main
-from simmtm.config import DataConfig
+from simmtm.config.schema import DataConfig
 from simmtm.data.download import KNOWN_SHA256, download, sha256_file, source_url
 from simmtm.data.registry import DatasetSpec, get_dataset, resolve
 from simmtm.errors import DataError

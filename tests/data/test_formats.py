@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from simmtm.config import DataConfig
+from simmtm.config.schema import DataConfig
 from simmtm.data import load_splits
 from simmtm.data.formats import FORMATS
 from simmtm.errors import DataError

@@ -8,7 +8,7 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from simmtm.config import DataConfig
+from simmtm.config.schema import DataConfig
 from simmtm.data.classification import ClassificationSplits
 from simmtm.data.forecasting import ForecastingSplits
 from simmtm.data.registry import data_dir, get_dataset, load_splits, resolve

@@ -49,7 +49,7 @@ class Workspace:
 
     def held(self, folder: Path) -> str:
         """``folder``, owned by another live process (holding its lock until the case ends)."""
-        code = "import sys, time; from simmtm.folder_lock import lock_folder; lock_folder(sys.argv[1]); print('held', flush=True); time.sleep(120)"
+        code = "import sys, time; from simmtm.outdir.folder_lock import lock_folder; lock_folder(sys.argv[1]); print('held', flush=True); time.sleep(120)"
         proc = subprocess.Popen(
             [sys.executable, "-c", code, str(folder)],
             stdout=subprocess.PIPE,

@@ -194,7 +194,7 @@ def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(
     from optuna.trial import TrialState
     from studies import study_of
 
-    from simmtm.sweep.outputs import read_trials_csv
+    from simmtm.tuning.outputs import read_trials_csv
 
     raw = make_config(tiny_csv, {"pretrain": {"epochs": TRIAL_EPOCHS, "max_steps": None}})
     raw["search"] = {
@@ -295,7 +295,7 @@ def test_a_driver_killed_after_its_search_resumes_without_running_a_finished_tri
     """kill -9 of the driver during the confirmation stage (a confirmation run under way) or while it collects the
     results (scoring the test split of the best configuration); Tune's folders deleted; --resume ends the sweep
     with every output, re-running no finished trial and no finished confirmation run."""
-    from simmtm.sweep.outputs import read_trials_csv
+    from simmtm.tuning.outputs import read_trials_csv
 
     raw = make_config(tiny_csv, {"pretrain": {"epochs": 2, "max_steps": None}})
     raw["search"] = {"method": "tpe", "params": {"pretrain.mask_ratio": {"type": "float", "low": 0.1, "high": 0.9}}}
@@ -382,7 +382,7 @@ def test_two_drivers_feed_one_shared_study_and_each_reports_only_its_own_trials(
 ) -> None:
     from optuna.trial import TrialState
 
-    from simmtm.sweep.outputs import read_trials_csv
+    from simmtm.tuning.outputs import read_trials_csv
 
     raw = make_config(tiny_csv, {"pretrain": {"epochs": 2, "max_steps": None}})
     raw["search"] = {"method": "tpe", "params": {"pretrain.mask_ratio": {"type": "float", "low": 0.1, "high": 0.9}}}
