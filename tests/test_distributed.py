@@ -75,14 +75,14 @@ def _first_step_worker(loop_config: dict[str, Any]) -> None:
     from simmtm.cluster.distributed import DistributedRuntime
     from simmtm.data.inputs import load_inputs
     from simmtm.method.model import to_series
-    from simmtm.train.pretraining import build_model, draw_masks
+    from simmtm.train.pretraining import build_simmtm, draw_masks
 
     config = RunConfig.model_validate(loop_config["config"])
     torch.set_num_threads(1)
     runtime = DistributedRuntime.from_context()
     inputs = load_inputs(config)
     torch.manual_seed(config.seed)
-    model = runtime.prepare_model(build_model(config, inputs))
+    model = runtime.prepare_model(build_simmtm(config, seq_len=inputs.seq_len, channels=inputs.series_channels))
     loader = runtime.prepare_loader(
         DataLoader(inputs.train, batch_size=config.pretrain.batch_size // runtime.world_size, shuffle=True,
                    drop_last=True, generator=torch.Generator().manual_seed(config.seed))
@@ -105,7 +105,7 @@ def _single_process_first_step(config: RunConfig) -> tuple[torch.Tensor, torch.T
     from simmtm.cluster.distributed import GlobalBatchSampler
     from simmtm.data.inputs import load_inputs
     from simmtm.method.model import to_series
-    from simmtm.train.pretraining import build_model, draw_masks
+    from simmtm.train.pretraining import build_simmtm, draw_masks
 
     inputs = load_inputs(config)
     sampler = GlobalBatchSampler(inputs.train, num_replicas=2, rank=0, batch_size=BATCH // 2, seed=config.seed)
@@ -113,7 +113,7 @@ def _single_process_first_step(config: RunConfig) -> tuple[torch.Tensor, torch.T
     series = to_series(x, inputs.channel_independent)
     mask = draw_masks(config, series, seed=MASK_SEED)
     torch.manual_seed(config.seed)
-    model = build_model(config, inputs)
+    model = build_simmtm(config, seq_len=inputs.seq_len, channels=inputs.series_channels)
     out = model(series, mask)
     out.loss.backward()
     return x, out.loss.detach(), {k: p.grad.detach().clone() for k, p in model.named_parameters()}

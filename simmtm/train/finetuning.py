@@ -26,35 +26,39 @@ from torch.utils.data import DataLoader
 from simmtm.config.schema import ModelConfig, RunConfig
 from simmtm.data.inputs import Inputs, load_inputs
 from simmtm.errors import UserError
-from simmtm.method.encoders import build_encoder
 from simmtm.method.heads import Classifier, Forecaster
 from simmtm.train.checkpoint import encoder_state, load_state, run_checkpoint, save_state
 from simmtm.train.history import RunLog, write_json
+from simmtm.train.pretraining import PRETRAIN_KIND, build_checked_encoder
 from simmtm.train.runtime import LocalRuntime, Report, Runtime, check_device, no_report, pick_device
-from simmtm.train.shared import Loop, autocast, open_run_dir, prepare_model, set_up
+from simmtm.train.scoring import evaluate, predict
+from simmtm.train.shared import Loop, open_run_dir, prepare_model, set_up
 
-__all__ = ["run", "check_inputs", "load_pretrained", "evaluate", "macro_f1", "LR_SCHEDULES"]
+__all__ = ["run", "check_inputs", "load_pretraining_state", "LR_SCHEDULES"]
 
 log = logging.getLogger(__name__)
 
 
-def load_pretrained(source: str | Path | dict[str, Any], checkpoint: str = "best") -> dict[str, Any]:
-    """A pre-training state from a run directory (its ``checkpoint``: ``best`` or ``last``), a checkpoint file, or
-    an already loaded dict."""
+def load_pretraining_state(
+    source: str | Path | dict[str, Any], checkpoint: str = "best", *, map_location: str = "cpu"
+) -> dict[str, Any]:
+    """The state of a pre-training run (its own or an imported one): from a run directory (its ``checkpoint``,
+    ``best`` or ``last``; ``best`` falls back to ``last``), a checkpoint file, or an already loaded dict."""
     if isinstance(source, dict):
         return source
     path = Path(source)
-    if path.is_dir():
+    if not path.is_file():
         found = run_checkpoint(path, checkpoint) or run_checkpoint(path, "last")
         if found is None:
             raise UserError(
-                f"{path}: not a pre-training run directory (no checkpoints/last.pt); run `simmtm pretrain` first"
+                f"{path}: not a pre-training run directory (no checkpoints/{checkpoint}.pt); run `simmtm pretrain` "
+                "first (or `simmtm import-official` for an official checkpoint)"
             )
         if found.stem != checkpoint:  # a distributed run, or one from before best.pt existed
-            log.warning("%s has no checkpoints/%s.pt; fine-tuning %s", path, checkpoint, found.name)
+            log.warning("%s has no checkpoints/%s.pt; loading %s", path, checkpoint, found.name)
         path = found
-    state = load_state(path)
-    if state.get("kind") != "simmtm-pretrain":
+    state = load_state(path, map_location=map_location)
+    if state.get("kind") != PRETRAIN_KIND:
         raise UserError(f"{path}: not a simmtm pre-training checkpoint")
     return state
 
@@ -152,7 +156,7 @@ def _prepare(
     """The config to run (with the pre-trained architecture), the pre-trained state, and the inputs of each stage
     by tag (``h96``, ... per horizon; ``classification``). Every split of every stage is loaded and the model built
     once."""
-    state = load_pretrained(pretrained, config.finetune.from_checkpoint) if pretrained is not None else None
+    state = load_pretraining_state(pretrained, config.finetune.from_checkpoint) if pretrained is not None else None
     config = _finetuning_model(config, state)
     horizons = config.finetune.horizons
     first = load_inputs(config, horizon=horizons[0], labelled=True)
@@ -168,10 +172,7 @@ def _prepare(
 
 def _build(config: RunConfig, inputs: Inputs, state: dict[str, Any] | None) -> Forecaster | Classifier:
     torch.manual_seed(config.seed)
-    try:
-        encoder = build_encoder(config.model, in_channels=inputs.series_channels, seq_len=inputs.seq_len)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    encoder = build_checked_encoder(config, seq_len=inputs.seq_len, channels=inputs.series_channels)
     if state is not None:
         try:
             encoder.load_state_dict(encoder_state(state["model"]))
@@ -320,14 +321,7 @@ def _forward(
     model: nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(prediction, target) of one labelled batch: (x, y), or (x, y, observed) for padded series."""
-    return _predict(model, batch, device), batch[1].to(device)
-
-
-def _predict(model: nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device) -> torch.Tensor:
-    """The model's output for a labelled batch; padded series pass their padding mask (True at real steps)."""
-    if len(batch) == 3:
-        return model(batch[0].to(device), batch[2].to(device))
-    return model(batch[0].to(device))
+    return predict(model, batch, device), batch[1].to(device)
 
 
 @dataclass
@@ -377,63 +371,3 @@ def _score_best(
         "best_epoch": best.epoch,
         "epochs": epochs,
     }
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    dataset,
-    task: str,
-    runtime: Runtime,
-    *,
-    batch_size: int,
-    max_batches: int | None = None,
-    precision: str = "fp32",
-) -> dict[str, float]:
-    """Forecasting: mse, mae (over every window, step and channel); classification: loss, log_loss (the mean
-    cross-entropy, continuous where accuracy ties on a small split), accuracy, f1.
-
-    The sums stay on the device until the end (one read per call, not one per batch).
-    """
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    outputs, targets = [], []
-    sums = torch.zeros(2, dtype=torch.float64, device=runtime.device)  # squared and absolute errors
-    count = 0
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        y = batch[1]
-        with autocast(precision, runtime.device):
-            out = _predict(model, batch, runtime.device).float()
-        if task == "classification":
-            outputs.append(out.clone())  # a CUDA graph (compile on CUDA) reuses its output buffer on the next call
-            targets.append(y)
-            continue
-        err = out - y.to(runtime.device)
-        sums += torch.stack([err.pow(2).sum(), err.abs().sum()]).double()
-        count += err.numel()
-    if task == "classification":
-        logits, labels = torch.cat(outputs).cpu(), torch.cat(targets)
-        pred = logits.argmax(dim=1).numpy()
-        return {
-            "loss": F.cross_entropy(logits, labels).item(),
-            "log_loss": F.cross_entropy(logits, labels).item(),  # reported (loss is the early-stopping criterion)
-            "accuracy": float((pred == labels.numpy()).mean()),
-            "f1": macro_f1(labels.numpy(), pred, num_classes=logits.shape[1]),
-        }
-    sq, ab = sums.tolist()
-    return {"loss": sq / count, "mse": sq / count, "mae": ab / count}
-
-
-def macro_f1(labels: np.ndarray, pred: np.ndarray, *, num_classes: int) -> float:
-    """Unweighted mean of per-class F1 over the classes present in labels or predictions."""
-    scores = []
-    for k in range(num_classes):
-        tp = np.sum((pred == k) & (labels == k))
-        fp = np.sum((pred == k) & (labels != k))
-        fn = np.sum((pred != k) & (labels == k))
-        if tp + fp + fn == 0:
-            continue
-        scores.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores)) if scores else 0.0

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from simmtm.config.schema import PretrainConfig, RunConfig
 from simmtm.data.inputs import Inputs, load_inputs, split_batch
 from simmtm.errors import UserError
-from simmtm.method.encoders import build_encoder
+from simmtm.method.encoders import Encoder, build_encoder
 from simmtm.method.masking import make_mask, real_steps_only
 from simmtm.method.model import Gather, SimMTM, to_series
 from simmtm.train.checkpoint import save_pretrain_checkpoints
@@ -38,22 +38,28 @@ from simmtm.train.shared import (
     set_up,
 )
 
-__all__ = ["run", "check_inputs", "build_model", "draw_masks"]
+__all__ = ["run", "check_inputs", "build_simmtm", "build_checked_encoder", "draw_masks", "PRETRAIN_KIND"]
 
 log = logging.getLogger(__name__)
 
+PRETRAIN_KIND = "simmtm-pretrain"  # a pre-training state's "kind": what its readers check
 VAL_MASK_SEED = 2**31 - 1  # validation masks are the same every epoch, so epochs compare
 
 
-def build_model(config: RunConfig, inputs: Inputs) -> SimMTM:
-    """The SimMTM model for the shapes of ``inputs`` (seeded by the caller)."""
+def build_checked_encoder(config: RunConfig, *, seq_len: int, channels: int) -> Encoder:
+    """The configured encoder for series of ``seq_len`` points and ``channels`` channels (pre-training's and
+    fine-tuning's); an architecture that does not fit them is a UserError."""
     try:
-        encoder = build_encoder(config.model, in_channels=inputs.series_channels, seq_len=inputs.seq_len)
+        return build_encoder(config.model, in_channels=channels, seq_len=seq_len)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    return SimMTM(
-        encoder, seq_len=inputs.seq_len, channels=inputs.series_channels, model=config.model, pretrain=config.pretrain
-    )
+
+
+def build_simmtm(config: RunConfig, *, seq_len: int, channels: int) -> SimMTM:
+    """A freshly initialised SimMTM for series of ``seq_len`` points and ``channels`` channels (seeded by the
+    caller): a run's own model, and the one a checkpoint's weights are loaded into (``simmtm.load_pretrained``)."""
+    encoder = build_checked_encoder(config, seq_len=seq_len, channels=channels)
+    return SimMTM(encoder, seq_len=seq_len, channels=channels, model=config.model, pretrain=config.pretrain)
 
 
 def check_inputs(config: RunConfig, *, world_size: int = 1) -> Inputs:
@@ -61,7 +67,7 @@ def check_inputs(config: RunConfig, *, world_size: int = 1) -> Inputs:
     if world_size == 1:  # Ray Train workers resolve their own device (their node's GPUs, checked by the scaling)
         check_device(config.device)
     inputs = _checked_inputs(config, world_size=world_size)
-    build_model(config, inputs)
+    build_simmtm(config, seq_len=inputs.seq_len, channels=inputs.series_channels)
     return inputs
 
 
@@ -202,7 +208,7 @@ class _Training:
     def build(cls, config: RunConfig, inputs: Inputs, runtime: Runtime) -> _Training:
         cfg = config.pretrain
         torch.manual_seed(config.seed)  # the same initial weights on every worker
-        core = build_model(config, inputs)
+        core = build_simmtm(config, seq_len=inputs.seq_len, channels=inputs.series_channels)
         model = prepare_model(core, runtime, compile=config.compile)
         optimizer = torch.optim.Adam(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
         shuffle = torch.Generator().manual_seed(config.seed)
@@ -344,7 +350,7 @@ def _save_epoch(at: _Position, training: _Training, run_path: Path | None) -> di
     if not training.runtime.is_main:
         return None
     state = {
-        "kind": "simmtm-pretrain",
+        "kind": PRETRAIN_KIND,
         "model": training.core.state_dict(),
         "epoch": at.epoch,
         "step": at.step,

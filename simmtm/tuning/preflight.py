@@ -48,12 +48,13 @@ def study_exists(storage_url: str, study_name: str) -> bool:
 
 def check_data(config: RunConfig, spec: SweepSpec) -> str:
     """Load the data (also as the probes see it) and build the model once, so bad input fails before any trial."""
+    # torch: only when a sweep starts (`simmtm sweep --plan` imports this module)
     from simmtm.data.inputs import load_inputs
-    from simmtm.train.pretraining import build_model
+    from simmtm.train.pretraining import build_simmtm
     from simmtm.tuning.trial import probe_config
 
     inputs = load_inputs(config)
-    build_model(config, inputs)
+    build_simmtm(config, seq_len=inputs.seq_len, channels=inputs.series_channels)
     if spec.tune.probe_overrides:
         probe = probe_config(config, steps=1, val_batches=1, overrides=spec.tune.probe_overrides)
         load_inputs(probe, horizon=probe.finetune.horizons[0], labelled=True)
@@ -105,7 +106,7 @@ def check_warm_start(
         )
     import optuna
 
-    from simmtm.tuning.warm_start import warm_start_study
+    from simmtm.tuning.warm_start import warm_start_study  # Optuna, as above: only for a warm start
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" on the console
     study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")

@@ -41,7 +41,7 @@ from simmtm.errors import UserError
 from simmtm.method.encoders import sinusoidal_positions
 from simmtm.method.model import SimMTM
 from simmtm.train.checkpoint import save_state
-from simmtm.weights.loading import build_simmtm
+from simmtm.train.pretraining import build_simmtm
 
 __all__ = ["import_official", "official_state_to_simmtm", "read_official_checkpoint"]
 
