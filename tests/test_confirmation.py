@@ -184,12 +184,17 @@ def test_fixed_seeds_run_one_round_and_auto_stops_at_the_cap(tmp_path):
 
 
 def test_the_power_line_states_the_smallest_difference_the_seeds_detect():
-    from simmtm.tuning.confirm import ConfirmPlan, power_line
+    from simmtm.tuning.confirm import ConfirmPlan, PlanNoise, power_line
     from simmtm.tuning.spec import ConfirmSpec
     from simmtm.verdict.stats import SeedSpread
 
     plan = ConfirmPlan((dict(PAPER_DEFAULTS), CAND), 3)
-    line = power_line(plan, SeedSpread(0.01, 2, 6, 4), ConfirmSpec(seeds=3), "val_mse")
+    line = power_line(plan, PlanNoise(SeedSpread(0.01, 2, 6, 4), "from this sweep's search, 6 runs"),
+                      ConfirmSpec(seeds=3), "val_mse")
     assert "2 configuration(s) x 3 fresh paired seed(s)" in line and "about 0.0351 val_mse or more" in line
-    line = power_line(plan, SeedSpread(None, 0, 0, 0), ConfirmSpec(seeds="auto", max_seeds=8), "val_mse")
-    assert "seed noise not measured yet" in line and "8 at most" in line
+    assert "(seed noise 0.01 SD from this sweep's search, 6 runs;" in line
+    line = power_line(plan, PlanNoise(None, "none measured"), ConfirmSpec(seeds="auto", max_seeds=8), "val_mse")
+    assert "no seed noise figure yet (none measured)" in line and "8 at most" in line
+    one = power_line(ConfirmPlan((dict(PAPER_DEFAULTS), CAND), 1), PlanNoise(SeedSpread(0.01, 2, 6, 4), "x"),
+                     ConfirmSpec(seeds=1), "val_mse")
+    assert "one seed gives no interval" in one  # no t interval from one seed (was a format error on None)

@@ -3,7 +3,8 @@
 ``simmtm.verdict.confirmation.sweep_noise`` computes it (the seed-to-seed SD pooled within configuration over the
 confirmation's paired runs and the search's repeated configurations); the confirmation stage stores it in its
 verdict (``confirmation.json``). Every message and file that quotes the noise (the verdict sentence, the advice to
-widen a range, ``simmtm recommend --json``, best.yaml, the report, the heatmap) reads it through ``seed_noise``.
+widen a range, ``simmtm recommend --json``, best.yaml, the report, the heatmap) reads it through ``seed_noise``;
+the stored figure through ``simmtm.tuning.confirm.stored_noise``, which a later sweep's confirmation plan reads too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from simmtm.analysis.load import Sweep
+from simmtm.tuning.confirm import stored_noise
 from simmtm.verdict.confirmation import sweep_noise
 from simmtm.verdict.stats import SeedSpread
 
@@ -22,9 +24,9 @@ __all__ = ["seed_noise", "search_groups"]
 
 def seed_noise(sweep: Sweep) -> SeedSpread:
     """The figure the confirmation stored, else ``sweep_noise`` of the search's repeats (no confirmation ran)."""
-    verdict = (sweep.confirmation or {}).get("verdict") or {}
-    if verdict.get("seed_spread"):
-        return SeedSpread(**verdict["seed_spread"])
+    stored = stored_noise(sweep.confirmation)
+    if stored is not None:
+        return stored
     done = sweep.finished
     keys = [p for p in sweep.params if p in done]
     return sweep_noise([], search_groups(done, keys, done["score"].to_numpy(float), range(len(done))))

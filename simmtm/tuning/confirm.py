@@ -12,19 +12,23 @@ confirmation run and continues an unfinished one from its checkpoint.
 
 Each confirmation run also scores the test split once (``TrialSpec.score_test``): the verdict reports the confirmed
 pair's test difference beside the validation one. Before the runs a log line states the smallest difference the
-seeds can tell apart, from the search's seed noise when its repeats measure it. ``tune.confirm.seeds: auto`` runs
-seeds in rounds (3 first) until the pair's interval is narrow enough or ``tune.confirm.max_seeds`` ran.
+seeds can tell apart (``power_line``), from the search's seed noise when its repeats measure it, else from the figure
+an earlier sweep stored (``tune.confirm.noise_from``, else the ``--warm-start`` folder: ``plan_noise``).
+``tune.confirm.seeds: auto`` runs seeds in rounds until the pair's interval is narrow enough or
+``tune.confirm.max_seeds`` ran; the first round is 3 seeds, or as many as that noise says a target half-width needs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simmtm.errors import UserError
 from simmtm.tuning.spec import ConfirmSpec
 from simmtm.verdict.confirmation import (
     CONFIRM_SEED_OFFSET,
@@ -45,6 +49,12 @@ __all__ = [
     "ConfirmOutcome",
     "confirm_points",
     "next_seeds",
+    "first_seeds",
+    "PlanNoise",
+    "plan_noise",
+    "stored_noise",
+    "earlier_noise",
+    "check_noise_from",
     "power_line",
     "confirmed_configs",
     "write_confirmation_json",
@@ -97,23 +107,97 @@ def confirmed_configs(rows: Sequence[Any], plan: ConfirmPlan, *, base_seed: int)
     return out
 
 
-def power_line(plan: ConfirmPlan, noise: SeedSpread, confirm: ConfirmSpec, metric: str) -> str:
+@dataclass(frozen=True)
+class PlanNoise:
+    """The seed noise the confirmation plans its seeds with, and where it comes from (in words, for the log line)."""
+
+    spread: SeedSpread | None  # None: no figure yet (``source`` says why)
+    source: str
+
+
+def stored_noise(confirmation: Mapping[str, Any] | None) -> SeedSpread | None:
+    """The seed noise a sweep stored with its verdict (``confirmation.json``'s ``verdict.seed_spread``, which
+    ``sweep_noise`` pooled over its confirmation runs and search repeats); None when it stored none."""
+    verdict = (confirmation or {}).get("verdict") or {}
+    return SeedSpread(**verdict["seed_spread"]) if verdict.get("seed_spread") else None
+
+
+def earlier_noise(folder: str | Path, *, metric: str, key: str) -> SeedSpread | None:
+    """The seed noise the earlier sweep in ``folder`` stored (None: it stored none). UserError (naming ``key``, the
+    setting that named the folder) when ``folder`` is not a sweep directory or its sweep scored another metric."""
+    from simmtm.tuning.outputs import read_sweep_json
+
+    try:
+        meta = read_sweep_json(Path(folder))
+    except UserError as exc:
+        raise UserError(f"{key}: {exc}") from None
+    if meta.metric != metric:
+        raise UserError(
+            f"{key}: the sweep in {folder} scored {meta.metric}, this one scores {metric}; its seed noise does not "
+            "apply (name an earlier sweep of the same metric)"
+        )
+    return stored_noise(read_confirmation_json(Path(folder)))
+
+
+def check_noise_from(confirm: ConfirmSpec, *, metric: str) -> None:
+    """UserError before any trial runs when ``tune.confirm.noise_from`` names no sweep directory of this metric."""
+    if confirm.noise_from and confirm.seeds != 0:
+        earlier_noise(confirm.noise_from, metric=metric, key="tune.confirm.noise_from")
+
+
+def plan_noise(search: SeedSpread, confirm: ConfirmSpec, *, metric: str, warm_start: str | None) -> PlanNoise:
+    """This search's seed noise when its repeats measure it, else the figure an earlier sweep stored:
+    ``tune.confirm.noise_from``, else the ``--warm-start`` folder. One that cannot be read is passed over, warned."""
+    if search.sd is not None:
+        return PlanNoise(search, f"from this sweep's search, {search.n_runs} runs")
+    none = "no searched configuration ran with two seeds"
+    folder, key = (
+        (confirm.noise_from, "tune.confirm.noise_from") if confirm.noise_from else (warm_start, "--warm-start")
+    )
+    if folder is None:
+        return PlanNoise(None, f"{none}, and no earlier sweep is named: tune.confirm.noise_from or --warm-start")
+    try:
+        earlier = earlier_noise(folder, metric=metric, key=key)
+    except UserError as exc:
+        log.warning("%s; the confirmation plans without its seed noise", exc)
+        earlier = None
+    if earlier is None or earlier.sd is None:
+        return PlanNoise(None, f"{none}, and the earlier sweep {folder} has no seed noise figure")
+    return PlanNoise(earlier, f"from the earlier sweep {folder}, {earlier.n_runs} runs")
+
+
+def first_seeds(confirm: ConfirmSpec, noise: SeedSpread | None) -> int:
+    """The seeds of the first round: ``seeds``; with ``auto``, 3, or more when the seed noise says that the target
+    half-width needs more (as ``detectable_difference`` counts: paired runs taken as independent; ``max_seeds`` at
+    most)."""
+    if confirm.seeds != "auto":
+        return confirm.seeds
+    if noise is None or noise.sd is None or confirm.target_half_width is None:
+        return 3
+    needed = seeds_for_half_width(math.sqrt(2) * noise.sd, confirm.target_half_width, cap=confirm.max_seeds)
+    return max(3, needed)
+
+
+def power_line(plan: ConfirmPlan, noise: PlanNoise, confirm: ConfirmSpec, metric: str) -> str:
     """What the confirmation can tell before it runs: the smallest difference its seeds detect, given the noise."""
     what = f"confirmation: {len(plan.candidates)} configuration(s) x {plan.seeds} fresh paired seed(s)"
-    if confirm.seeds == "auto":
+    if confirm.seeds == "auto" and plan.seeds < confirm.max_seeds:
         target = f"{confirm.target_half_width:.3g}" if confirm.target_half_width else "the difference it claims"
         what += (
             f" first, more in rounds until the interval's half-width is at most {target} ({confirm.max_seeds} at most)"
         )
-    if noise.sd is None:
-        return (
-            f"{what}; seed noise not measured yet (no searched configuration ran with two seeds): these runs measure it"
-        )
-    small = detectable_difference(noise.sd, plan.seeds)
+    elif confirm.seeds == "auto":
+        what += " (tune.confirm.max_seeds: the seed noise asks for at least as many; no further round)"
+    spread = noise.spread
+    if spread is None or spread.sd is None:
+        return f"{what}; no seed noise figure yet ({noise.source}): these runs measure it"
+    small = detectable_difference(spread.sd, plan.seeds)
+    if small is None:
+        return f"{what}; one seed gives no interval (seed noise {spread.sd:.3g} SD {noise.source})"
     return (
-        f"{what}; with the search's seed noise ({noise.sd:.3g} SD over {noise.n_runs} runs) {plan.seeds} seeds tell "
-        f"apart a difference of about {small:.3g} {metric} or more (the 95 % interval's half-width were the paired "
-        "runs independent; pairing by seed usually narrows it)"
+        f"{what}; {plan.seeds} seeds tell apart a difference of about {small:.3g} {metric} or more (seed noise "
+        f"{spread.sd:.3g} SD {noise.source}; the 95 % interval's half-width were the paired runs independent; "
+        "pairing by seed usually narrows it)"
     )
 
 
@@ -207,6 +291,7 @@ class StageInputs:
     prunes: bool  # ASHA was on
     rung: str  # what the rung score is: probe or finetune
     max_concurrent: int
+    warm_start: str | None = None  # the earlier sweep --warm-start seeded the study from (sweep.json's warm_start)
 
 
 def confirm_sweep(
@@ -232,8 +317,9 @@ def confirm_sweep(
     verdict = None
     if stage.confirm.seeds != 0:
         candidates = confirmation_candidates([g[0].params for g in groups], default, stage.confirm.top_k)
-        plan = ConfirmPlan(tuple(candidates), 3 if stage.confirm.seeds == "auto" else stage.confirm.seeds)
-        log.info("%s", power_line(plan, sweep_noise([], search), stage.confirm, stage.metric))
+        noise = plan_noise(sweep_noise([], search), stage.confirm, metric=stage.metric, warm_start=stage.warm_start)
+        plan = ConfirmPlan(tuple(candidates), first_seeds(stage.confirm, noise.spread))
+        log.info("%s", power_line(plan, noise, stage.confirm, stage.metric))
         confirm_rows, configs, verdict = _confirm_rounds(stage, plan, run_points, search)
     rows = [*search_rows, *confirm_rows]
     pairs = probe_pairs(rows, rung_scores(rows, stage.rung_epoch))

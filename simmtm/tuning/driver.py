@@ -41,7 +41,7 @@ from simmtm.outdir.process_record import RECORD_FILE, stop_recorded
 from simmtm.outdir.rundir import own, prepare_sweep_dir
 from simmtm.train.trackers import Trackers
 from simmtm.tuning import engine
-from simmtm.tuning.confirm import ConfirmOutcome, StageInputs, confirm_sweep
+from simmtm.tuning.confirm import ConfirmOutcome, StageInputs, check_noise_from, confirm_sweep
 from simmtm.tuning.outputs import (
     FINISHED_STATES,
     SweepMeta,
@@ -168,6 +168,8 @@ def run_sweep(
             warm_start = check_warm_start(
                 warm_start, sweep.spec, out, metric=sweep.metric, mode=sweep.mode, restoring=restoring
             )
+        if not restoring:
+            check_noise_from(sweep.spec.tune.confirm, metric=sweep.metric)
         with _ray(sweep, address) as plan:
             _write_meta(sweep, resolved, restoring=restoring, warm_start=warm_start)
             study = _open_study(sweep, restoring=restoring, warm_start=warm_start)
@@ -341,6 +343,7 @@ def _confirm(sweep: _Sweep, rows: list[TrialRow], plan: TrialPlan, trackers: Tra
         prunes=sched.type == "asha",
         rung=spec.tune.prune_on,
         max_concurrent=plan.max_concurrent,
+        warm_start=read_sweep_json(sweep.out).warm_start,
     )
     trial_spec = sweep.trial_spec(trackers, confirm=True)
     store = sweep.store

@@ -179,12 +179,15 @@ class SchedulerSpec(_Spec):
 
 class ConfirmSpec(_Spec):
     """The search's top ``top_k`` and the paper's default re-run with ``seeds`` fresh paired seeds (0: off; auto: rounds
-    until the interval's half-width is ``target_half_width``, else narrower than the difference, or ``max_seeds``)."""
+    until the interval's half-width is ``target_half_width``, else narrower than the difference, or ``max_seeds``).
+    ``noise_from``: an earlier sweep's folder whose stored seed noise plans the seeds when this search has no repeats
+    (default: the ``--warm-start`` folder, if any)."""
 
     top_k: int = Field(2, ge=1)
     seeds: Annotated[int, Field(ge=0)] | Literal["auto"] = 3
     max_seeds: int = Field(10, ge=3)
     target_half_width: float | None = Field(None, gt=0)
+    noise_from: str | None = Field(None, min_length=1)
 
 
 Tracker = Literal["tensorboard", "wandb", "mlflow"]
