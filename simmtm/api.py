@@ -32,6 +32,7 @@ from simmtm.cluster.resources import Scaling
 from simmtm.config.schema import RunConfig, apply_overrides, config_yaml, parse_config, read_yaml
 from simmtm.outdir.rundir import check_run_all_dir, guard_finetune_dir, own
 from simmtm.outdir.write_targets import check_output_folder
+from simmtm.tuning.outputs import state_counts
 
 if TYPE_CHECKING:
     from simmtm.analysis.recommend import Recommendation
@@ -95,7 +96,7 @@ class SweepResult:
     finished: bool  # every trial reached a final state (else: resume with ``sweep(..., resume=True)``)
     metric: str  # what was optimised (e.g. val_mse) and in which direction
     mode: str
-    counts: Mapping[str, int]  # trials per state: COMPLETE, PRUNED, FAILED, RUNNING, PENDING
+    counts: Mapping[str, int]  # trials per state (simmtm.tuning.outputs.STATES)
     best_params: Mapping[str, Any] = field(default_factory=dict)  # the best configuration (empty: none completed)
     best_score: float | None = None  # its mean validation score over repeats
     test_score: float | None = None  # its mean test score (scored once, after the search)
@@ -207,7 +208,7 @@ def finetune(
     progress: bool = False,
 ) -> FinetuneResult:
     """``simmtm finetune``: fine-tune (or probe) the encoder of ``pretrained``; without it the random-init baseline."""
-    from simmtm.train import finetuning
+    from simmtm.train import finetuning  # lazy: torch only when called (the module docstring)
 
     cfg, _ = resolve_config(config, overrides)
     out = Path(out)
@@ -232,7 +233,7 @@ def run(
     """``simmtm run``: pre-train (OUT/pretrain), fine-tune it (OUT/finetune) and, unless ``baseline=False``, the
     random-init baseline (OUT/baseline); OUT/summary.yaml holds their headline scores. ``overwrite`` discards an
     earlier pre-training in OUT/pretrain (the fine-tunings are always replaced)."""
-    from simmtm.train import finetuning, pretraining
+    from simmtm.train import finetuning, pretraining  # lazy: torch
 
     cfg, _ = resolve_config(config, overrides)
     out = Path(out)
@@ -266,7 +267,7 @@ def export(run: str | Path, *, out: str | Path) -> ExportedEncoder:
     """``simmtm export``: ``run``'s encoder as safetensors weights, config.json and a model card in ``out``
     (load it with ``simmtm.load_encoder(out)``). ``run``: a pretrain, run or finetune folder, or a sweep's
     best/<trial>."""
-    from simmtm.weights.exporting import export_encoder
+    from simmtm.weights.exporting import export_encoder  # lazy: torch
 
     return export_encoder(run, out)
 
@@ -282,7 +283,7 @@ def sweep(
     verbose: int = 0,
 ) -> SweepResult:
     """``simmtm sweep``: the search in a sweep file (or dict), on a local Ray unless ``address``."""
-    from simmtm.tuning.driver import run_sweep
+    from simmtm.tuning.driver import run_sweep  # lazy: Ray and torch
 
     if isinstance(config, Mapping):  # the driver reads a file: hand it the dict as one
         with tempfile.TemporaryDirectory(prefix="simmtm-sweep-") as tmp:
@@ -308,9 +309,7 @@ def sweep(
         verbose=verbose,
         warm_start=warm_start,
     )
-    counts = {
-        s: sum(r.state == s for r in outcome.rows) for s in ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")
-    }
+    counts = state_counts(outcome.rows)
     best = outcome.best
     scores = [r.score for r in best if r.score is not None]  # all of them: the ranking keeps scored trials only
     tests = [r.test_score for r in best if r.test_score is not None]
@@ -337,7 +336,7 @@ def analyze(
     seed: int = 0,
 ) -> AnalysisResult:
     """``simmtm analyze``: report.html, figures and recommendation.json for a sweep directory."""
-    from simmtm.analysis.report import write_report
+    from simmtm.analysis.report import write_report  # lazy: pandas, matplotlib, Optuna
 
     report = write_report(sweep_dir, out, interactive=interactive, n_boot=bootstrap, seed=seed)
     assert report.recommendation is not None  # write_report always recommends (or says why not)
@@ -360,7 +359,7 @@ def recommend(
     """
     from dataclasses import replace
 
-    from simmtm.analysis.load import load_sweep
+    from simmtm.analysis.load import load_sweep  # lazy: pandas and Optuna
     from simmtm.analysis.recommend import recommend as recommend_params
     from simmtm.analysis.recommend import write_best_config
 

@@ -19,6 +19,9 @@ from typing import Any
 
 import yaml
 
+from simmtm.analysis.load import load_sweep
+from simmtm.tuning.outputs import FINISHED_STATES
+
 __all__ = ["SweepStatus", "sweep_status"]
 
 
@@ -27,7 +30,7 @@ class SweepStatus:
     path: Path
     metric: str
     mode: str
-    counts: dict[str, int]  # trials per state (COMPLETE, PRUNED, FAILED, RUNNING, PENDING)
+    counts: dict[str, int]  # trials per state (simmtm.tuning.outputs.STATES)
     planned: int | None  # trials the sweep will run in all (configurations x repeats); None: not recorded
     best_params: dict[str, Any] = field(default_factory=dict)
     best_score: float | None = None  # mean over the best configuration's repeats
@@ -42,7 +45,7 @@ class SweepStatus:
 
     @property
     def finished(self) -> int:
-        return sum(self.counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAILED"))
+        return sum(self.counts.get(s, 0) for s in FINISHED_STATES)
 
     def lines(self) -> list[str]:
         c = self.counts
@@ -87,8 +90,6 @@ class SweepStatus:
 
 def sweep_status(path: str | Path, *, now: float | None = None) -> SweepStatus:
     """Read the sweep directory ``path`` (finished, running or interrupted) without changing anything in it."""
-    from simmtm.analysis.load import load_sweep
-
     sweep = load_sweep(path)
     meta = json.loads((sweep.path / "sweep.json").read_text())
     resolved = (
@@ -160,11 +161,7 @@ def _timing(
             lengths.append(e["time"] - begun)
             spans.append((begun, e["time"]))
     running = counts.get("RUNNING", 0)
-    unfinished = (
-        (planned - sum(counts[s] for s in ("COMPLETE", "PRUNED", "FAILED")))
-        if planned
-        else running + counts.get("PENDING", 0)
-    )
+    unfinished = (planned - sum(counts[s] for s in FINISHED_STATES)) if planned else running + counts.get("PENDING", 0)
     last = max(e["time"] for e in events)
     now = now if now is not None else (time.time() if unfinished > 0 else last)
     elapsed = now - first

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from simmtm.errors import UserError
+from simmtm.tuning.outputs import state_counts
+
 if TYPE_CHECKING:
     from simmtm.analysis.surface import SurfaceNoise
 
@@ -67,17 +70,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from simmtm.errors import UserError
-
     if args.config is None and not args.resume:
         raise UserError("simmtm sweep: give SWEEP.yaml (only --resume --out DIR continues without it)")
     if args.dry_run:
-        from simmtm.tuning.plan import plan_sweep
+        from simmtm.tuning.plan import plan_sweep  # lazy: numpy and Optuna, not for `simmtm --help`
 
         config = args.config if args.config is not None else args.out / "sweep.yaml"
         print("\n".join(plan_sweep(config, args.overrides, address=args.address).lines()))
         return 0
-    from simmtm.tuning.driver import run_sweep
+    from simmtm.tuning.driver import run_sweep  # lazy: Ray and torch, not for `simmtm --help`
 
     outcome = run_sweep(
         args.config,
@@ -88,9 +89,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         verbose=0 if args.quiet_table else 1,
         warm_start=args.warm_start,
     )
-    counts = {
-        s: sum(r.state == s for r in outcome.rows) for s in ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")
-    }
+    counts = state_counts(outcome.rows)
     summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
     print(f"sweep: {len(outcome.rows)} trials ({summary}) in {outcome.wall_s:.0f} s; results in {outcome.out}")
     if not outcome.finished:
@@ -128,7 +127,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _surface(out: Path) -> SurfaceNoise | None:
     """The r x M surface against seed noise, for a sweep with 2+ seeds in some cell (None otherwise)."""
-    from simmtm.analysis import load_sweep, sweep_surface_noise
+    from simmtm.analysis import load_sweep, sweep_surface_noise  # lazy: pandas and Optuna
 
     try:
         surface = sweep_surface_noise(load_sweep(out))

@@ -38,6 +38,7 @@ __all__ = [
     "TRIAL_COLUMNS",
     "STATES",
     "FINISHED_STATES",
+    "state_counts",
     "WARM_START_ATTR",
     "OWNER_ATTR",
     "SweepMeta",
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 TRIAL_COLUMNS = ("trial_id", "state", "score", "val_score", "test_score", "repeat", "epochs", "wall_s", "error")
-STATES = ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")
+STATES = ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")  # a trial's state in trials.csv and TrialRow
 FINISHED_STATES = STATES[:3]  # a trial in one of these never runs again
 # The Optuna user attribute of the trials a warm start copied from an earlier sweep (not this sweep's own).
 WARM_START_ATTR = "warm_start_from"
@@ -282,6 +283,11 @@ def read_trials_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def state_counts(rows: list[TrialRow]) -> dict[str, int]:
+    """How many rows are in each of ``STATES`` (zeros included), in that order."""
+    return {s: sum(r.state == s for r in rows) for s in STATES}
+
+
 def rank_configurations(rows: list[TrialRow], param_keys: list[str], mode: str) -> list[list[TrialRow]]:
     """COMPLETE trials grouped by configuration (repeats together), best mean score first."""
     groups: dict[tuple, list[TrialRow]] = {}
@@ -354,7 +360,7 @@ def write_hparams(tb_dir: Path, rows: list[TrialRow], param_keys: list[str], *, 
     writer = SummaryWriter(str(target))
     try:
         for r in rows:
-            if r.state in ("COMPLETE", "PRUNED", "FAILED"):
+            if r.state in FINISHED_STATES:
                 _add_hparams(writer, r, param_keys, metric=metric)
     finally:
         writer.close()

@@ -19,21 +19,12 @@ from optuna.trial import FrozenTrial, TrialState
 from simmtm.tuning.outputs import TrialRow
 from simmtm.tuning.record import TrialStore, trial_name
 from simmtm.tuning.spec import TrialSpec
-from simmtm.tuning.study import NAME_ATTR, REASON_ATTR, WALL_ATTR, SweepStudy
+from simmtm.tuning.study import NAME_ATTR, OPTUNA_STATES, REASON_ATTR, WALL_ATTR, SweepStudy
 from simmtm.tuning.trial import Trial
 
 __all__ = ["study_rows", "named_rows", "row_of", "score_test"]
 
 log = logging.getLogger(__name__)
-
-_STATES = {
-    TrialState.COMPLETE: "COMPLETE",
-    TrialState.PRUNED: "PRUNED",
-    TrialState.FAIL: "FAILED",
-    TrialState.RUNNING: "RUNNING",
-    TrialState.WAITING: "PENDING",
-}
-
 
 def study_rows(study: SweepStudy, store: TrialStore, spec: TrialSpec, param_keys: list[str]) -> list[TrialRow]:
     """One row per trial of this sweep in the study, with its folder's final result and error."""
@@ -42,7 +33,7 @@ def study_rows(study: SweepStudy, store: TrialStore, spec: TrialSpec, param_keys
 
 def _study_row(t: FrozenTrial, store: TrialStore, spec: TrialSpec, param_keys: list[str]) -> TrialRow:
     name = str(t.user_attrs.get(NAME_ATTR, trial_name(t.number)))
-    state = _STATES.get(t.state, "PENDING")
+    state = OPTUNA_STATES.get(t.state, "PENDING")
     result = store.read_result(name) if state == "COMPLETE" else None
     steps = sorted(t.intermediate_values)
     error = (str(t.user_attrs.get(REASON_ATTR, "")) or store.read_error(name)) if state == "FAILED" else ""

@@ -24,18 +24,27 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from simmtm.tuning.outputs import OWNER_ATTR, WARM_START_ATTR
+from simmtm.tuning.outputs import FINISHED_STATES, OWNER_ATTR, WARM_START_ATTR
 from simmtm.tuning.record import trial_name
 from simmtm.tuning.spec import SearchSpec, condition_holds
 
 __all__ = ["SweepStudy", "Asked", "DefineByRun", "make_sampler", "open_storage"]
-__all__ += ["REASON_ATTR", "NAME_ATTR", "WALL_ATTR"]
+__all__ += ["REASON_ATTR", "NAME_ATTR", "WALL_ATTR", "OPTUNA_STATES"]
 
 log = logging.getLogger(__name__)
 
 REASON_ATTR = "reason"  # why a trial failed (user attribute)
 NAME_ATTR = "trial_id"  # the trial's name: its folder, its trials.csv row, its tb/ run (user attribute)
 WALL_ATTR = "wall_s"  # the trial's time in Tune, set when it ends (user attribute)
+# Each of our trial states (``simmtm.tuning.outputs.STATES``) as the study records it.
+OPTUNA_STATES = {
+    TrialState.COMPLETE: "COMPLETE",
+    TrialState.PRUNED: "PRUNED",
+    TrialState.FAIL: "FAILED",
+    TrialState.RUNNING: "RUNNING",
+    TrialState.WAITING: "PENDING",
+}
+_FINISHED = tuple(s for s, name in OPTUNA_STATES.items() if name in FINISHED_STATES)
 
 
 class DefineByRun:
@@ -165,8 +174,7 @@ class SweepStudy:
         return [t for t in self.trials(states=(TrialState.RUNNING,)) if t.params]
 
     def finished_count(self) -> int:
-        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        return len(self.trials(states=done))
+        return len(self.trials(states=_FINISHED))
 
     def enqueue_start(self, cells: Sequence[dict[str, Any]]) -> None:
         """Queue the grid's cells or the first point, each with its repeats (a new study only)."""
