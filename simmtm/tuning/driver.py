@@ -69,7 +69,7 @@ from simmtm.tuning.results import named_rows, score_test, study_rows
 from simmtm.tuning.resume import continue_config
 from simmtm.tuning.search import SweepSearch
 from simmtm.tuning.sections import resolve_metric, sweep_spec
-from simmtm.tuning.space import first_point, flat_config, sampler_seed, search_distributions
+from simmtm.tuning.space import sampler_seed, search_distributions
 from simmtm.tuning.spec import PAPER_DEFAULTS, SweepSpec, TrialSpec, first_rung, probe_key
 from simmtm.tuning.study import SweepStudy, open_storage
 from simmtm.tuning.timing import TrialClock, write_timing
@@ -275,23 +275,20 @@ def _write_meta(sweep: _Sweep, resolved: dict[str, Any], *, restoring: bool, war
 
 def _open_study(sweep: _Sweep, *, restoring: bool, warm_start: Path | None) -> SweepStudy:
     """The sweep's study; a new one gets its grid or first point queued and, with ``--warm-start``, the copies."""
-    spec, config = sweep.spec, sweep.config
-    study = SweepStudy(
+    spec = sweep.spec
+    study = SweepStudy.of_sweep(
         open_storage(sweep.storage_url),
         sweep.study_name,
-        search=spec.search,
-        base_values=flat_config(config.run_dict()),
-        seed=sampler_seed(spec, config.seed),
+        spec,
+        sweep.config,
         mode=sweep.mode,
         owner=sweep_owner(sweep.out),
-        shared=spec.tune.shared_study,
         repeats=spec.tune.repeats,
+        start=not restoring,
     )
     if restoring:
         log.info("resuming the sweep in %s: %d trial(s) continue", sweep.out, len(study.resumable()))
         return study
-    first = first_point(spec, config.run_dict())
-    study.enqueue_start(spec.search.grid_cells() if spec.search.method == "grid" else [first] if first else [])
     if warm_start is not None:  # checked before Ray started; a resumed sweep has its copies already
         from simmtm.tuning.warm_start import warm_start_study
 

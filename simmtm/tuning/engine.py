@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from simmtm.cluster.resources import Resources
+from simmtm.tuning.plan import asha_rungs
 from simmtm.tuning.record import name_of
 from simmtm.tuning.search import Rungs, StudyPruner, SweepSearch
 from simmtm.tuning.spec import SweepSpec, probe_key
@@ -172,10 +173,8 @@ def _empty_experiment(path: str) -> None:
 
 def make_pruner(study: SweepStudy, spec: SweepSpec, *, metric: str, mode: str, epochs: int) -> StudyPruner:
     """The scheduler: ASHA on the study's rung values (``tune.scheduler.type: asha``), or none (``fifo``)."""
-    from simmtm.tuning.plan import asha_rungs
-
-    sched = spec.tune.scheduler
+    milestones = asha_rungs(spec, epochs)
     rungs = None
-    if sched.type == "asha":
-        rungs = Rungs(asha_rungs(spec, epochs), reduction_factor=sched.reduction_factor, mode=mode)
+    if milestones is not None:
+        rungs = Rungs(milestones, reduction_factor=spec.tune.scheduler.reduction_factor, mode=mode)
     return StudyPruner(study, probe_key(metric), rungs)

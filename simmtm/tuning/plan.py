@@ -2,7 +2,7 @@
 
 The plan says what a trial holds (workers, CPUs and GPUs), how many trials run at once on this machine (or that a
 cluster decides it at start), the first configurations the sampler proposes (the same ``SweepSearch`` as the real
-sweep, on an in-memory study with the same seed), and ASHA's rungs: the pre-training epochs at which it may stop a
+sweep's study, ``SweepStudy.of_sweep``, in memory), and ASHA's rungs: the pre-training epochs at which it may stop a
 trial, as Ray's ``ASHAScheduler`` computes them from the driver's settings.
 """
 
@@ -15,7 +15,6 @@ from typing import Any
 
 from simmtm.config.schema import RunConfig, load_config
 from simmtm.tuning.sections import sweep_spec
-from simmtm.tuning.space import first_point, flat_config, sampler_seed
 from simmtm.tuning.spec import SweepSpec
 
 __all__ = ["SweepPlan", "plan_sweep", "asha_rungs"]
@@ -73,7 +72,7 @@ def plan_sweep(sweep_file: str | Path, overrides: list[str] | None = None, *, ad
     per_trial = f"{r.workers} worker(s) x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU)"
     sched = spec.tune.scheduler
     epochs = config.pretrain.epochs
-    rungs = asha_rungs(spec, epochs) if sched.type == "asha" else []
+    rungs = asha_rungs(spec, epochs) or []
     return SweepPlan(
         trials=configurations * spec.tune.repeats,
         configurations=configurations,
@@ -87,10 +86,13 @@ def plan_sweep(sweep_file: str | Path, overrides: list[str] | None = None, *, ad
     )
 
 
-def asha_rungs(spec: SweepSpec, epochs: int) -> list[int]:
-    """The epochs at which ASHA compares probe scores and may stop a trial (the driver's ``ASHAScheduler``:
-    ``max_t`` = epochs + 1, ``grace_period`` capped at the epochs); the one at ``max_t`` is never reached."""
+def asha_rungs(spec: SweepSpec, epochs: int) -> list[int] | None:
+    """The epochs at which ASHA compares probe scores and may stop a trial (as Ray's ``ASHAScheduler`` places them:
+    ``max_t`` = epochs + 1, ``grace_period`` capped at the epochs; the one at ``max_t`` is never reached); None
+    without ASHA (``tune.scheduler.type: fifo``). The sweep's pruner (``engine.make_pruner``) and the plan read it."""
     sched = spec.tune.scheduler
+    if sched.type != "asha":
+        return None
     min_t, max_t, rf = min(sched.grace_period, epochs), epochs + 1, sched.reduction_factor
     count = int(math.log(max_t / min_t) / math.log(rf) + 1)  # Ray's MAX_RUNGS with one bracket (s = 0)
     milestones = sorted(min_t * rf**k for k in range(count))
@@ -103,18 +105,11 @@ def _first_configurations(config: RunConfig, spec: SweepSpec, count: int) -> lis
     configuration, so one is asked per configuration)."""
     import optuna
 
-    from simmtm.tuning.study import SweepStudy
+    from simmtm.tuning.study import SweepStudy  # lazy, as Optuna: the plan's other lines need neither
 
-    study = SweepStudy(
-        optuna.storages.InMemoryStorage(),
-        "dry-run",
-        search=spec.search,
-        base_values=flat_config(config.run_dict()),
-        seed=sampler_seed(spec, config.seed),
-        mode=spec.tune.mode or "min",
+    study = SweepStudy.of_sweep(
+        optuna.storages.InMemoryStorage(), "dry-run", spec, config, mode=spec.tune.mode or "min"
     )
-    first = first_point(spec, config.run_dict())
-    study.enqueue_start(spec.search.grid_cells() if spec.search.method == "grid" else [first] if first else [])
     return [{k: v for k, v in study.ask().params.items() if k in spec.search.keys} for _ in range(count)]
 
 

@@ -24,9 +24,11 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from simmtm.config.schema import RunConfig
 from simmtm.tuning.outputs import FINISHED_STATES, OWNER_ATTR, WARM_START_ATTR
 from simmtm.tuning.record import trial_name
-from simmtm.tuning.spec import SearchSpec, condition_holds
+from simmtm.tuning.space import first_point, flat_config, sampler_seed
+from simmtm.tuning.spec import SearchSpec, SweepSpec, condition_holds
 
 __all__ = ["SweepStudy", "Asked", "DefineByRun", "make_sampler", "open_storage"]
 __all__ += ["REASON_ATTR", "NAME_ATTR", "WALL_ATTR", "OPTUNA_STATES"]
@@ -157,6 +159,38 @@ class SweepStudy:
         self.study_id = storage.get_study_id_from_name(study_name)
         self._ids: dict[int, int] = {}  # trial number -> storage id
         self._queue = [Asked(t.number, dict(t.params), int(t.user_attrs.get("repeat", 0))) for t in self.resumable()]
+
+    @classmethod
+    def of_sweep(
+        cls,
+        storage: optuna.storages.BaseStorage,
+        study_name: str,
+        spec: SweepSpec,
+        config: RunConfig,
+        *,
+        mode: str,
+        owner: str = "",
+        repeats: int = 1,
+        start: bool = True,
+    ) -> SweepStudy:
+        """The study of the sweep ``spec`` over ``config`` (its search, the run's values, the sampler's seed), as
+        the driver runs it and ``simmtm sweep --dry-run`` shows it; ``start``: queue the grid's cells or the first
+        point (``enqueue_start``)."""
+        study = cls(
+            storage,
+            study_name,
+            search=spec.search,
+            base_values=flat_config(config.run_dict()),
+            seed=sampler_seed(spec, config.seed),
+            mode=mode,
+            owner=owner,
+            shared=spec.tune.shared_study,
+            repeats=repeats,
+        )
+        if start:
+            first = first_point(spec, config.run_dict())
+            study.enqueue_start(spec.search.grid_cells() if spec.search.method == "grid" else [first] if first else [])
+        return study
 
     # --- what belongs to this sweep ---
 
