@@ -8,11 +8,13 @@ Each subcommand module exposes ``register(subparsers)``, which adds its parser a
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from simmtm import __version__
 from simmtm.errors import UserError
 
 __all__ = ["main", "deprecated"]
@@ -49,10 +51,6 @@ class _CommandParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
-    from simmtm import __version__
-
     parser = argparse.ArgumentParser(prog="simmtm", description="SimMTM pre-training that tunes itself.")
     parser.add_argument("--version", action="version", version=f"simmtm {__version__}")
     _global_flags(parser)

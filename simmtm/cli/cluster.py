@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from simmtm.cluster.launcher import check_cluster, cluster_files, sweep_files
 from simmtm.errors import UserError
 
 __all__ = ["register"]
@@ -40,8 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sweep_paths(paths: list[Path] | None) -> list[Path] | None:
-    from simmtm.cluster.launcher import sweep_files
-
     if paths is None:
         return None
     found: list[Path] = []
@@ -56,8 +55,6 @@ def _sweep_paths(paths: list[Path] | None) -> list[Path] | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from simmtm.cluster.launcher import check_cluster, cluster_files
-
     files = args.files or cluster_files(Path("."))
     if not files:
         raise UserError("no cluster.yaml (or cluster/*.yaml) here; name the cluster file to check")

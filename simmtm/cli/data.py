@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from simmtm.data import DATASETS, data_dir
+    from simmtm.data import DATASETS, data_dir  # torch: only when the command runs
 
     root = data_dir()
     print(f"data directory: {root}")
@@ -34,7 +34,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from simmtm.data import data_dir, download, get_dataset
+    from simmtm.data import data_dir, download, get_dataset  # torch: only when the command runs
 
     specs = [get_dataset(name) for name in args.names]  # an unknown name fails before any download
     for spec in specs:

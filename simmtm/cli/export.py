@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from simmtm.weights.exporting import export_encoder
+    from simmtm.weights.exporting import export_encoder  # torch: only when the command runs
 
     exported = export_encoder(args.run, args.out)
     print(f"encoder: {exported.weights}")

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from simmtm.analysis.status import sweep_status
+    from simmtm.analysis.status import sweep_status  # Ray, pandas, Optuna: only when the command runs
 
     status = sweep_status(args.sweep_dir)
     if args.json:

@@ -63,7 +63,7 @@ def pretrain_here(
     cfg: RunConfig, out: Path, *, targets: Trackers | None, overwrite: bool, progress: bool
 ) -> dict[str, float]:
     """Pre-train in this process; its per-step scalars and epochs also go to ``targets`` (``tracker_targets``)."""
-    from simmtm.train import pretraining
+    from simmtm.train import pretraining  # torch: when a run starts (`simmtm --help` imports this module)
     from simmtm.train.runtime import no_report
 
     pretraining.check_inputs(cfg)  # bad input fails before anything is written
@@ -90,7 +90,7 @@ def pretrain_workers(
     max_failures: int,
 ) -> dict[str, Any]:
     """Pre-train on Ray Train workers, with the run-folder semantics of a run in this process."""
-    from simmtm.cluster import distributed
+    from simmtm.cluster import distributed  # torch and Ray: when a run starts
     from simmtm.train import pretraining
 
     scaling.check(cfg)  # a bad worker count fails before anything is touched
@@ -118,7 +118,7 @@ def finetune_here(
     cfg: RunConfig, out: Path, *, pretrained: str | Path | None, targets: Trackers | None, progress: bool
 ) -> dict[str, Any]:
     """Fine-tune in this process (the caller owns ``out`` and has emptied it); its epochs also go to ``targets``."""
-    from simmtm.train import finetuning
+    from simmtm.train import finetuning  # torch: when a run starts
     from simmtm.train.runtime import no_report
 
     trackers = _open(targets, cfg, run=out, stage="finetune" if pretrained is not None else "baseline")

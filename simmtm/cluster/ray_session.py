@@ -12,6 +12,7 @@ from pathlib import Path
 
 from simmtm.cluster.resources import Resources, describe_nodes
 from simmtm.errors import ConfigError
+from simmtm.outdir.process_record import record_children, stop_recorded
 
 __all__ = ["resolve_address", "connect", "disconnect", "is_connected", "alive_nodes", "local_node", "check_resources"]
 
@@ -53,8 +54,7 @@ def connect(address: str | None, *, record: Path | None = None) -> bool:
     import psutil
     import ray
 
-    from simmtm.data.registry import worker_env
-    from simmtm.outdir.process_record import record_children
+    from simmtm.data.registry import worker_env  # torch: only when a driver connects
 
     if ray.is_initialized():
         return False
@@ -75,8 +75,6 @@ def disconnect(*, record: Path | None = None) -> None:
     """Shut Ray down; then stop anything of the recorded local Ray that is still running (agents that outlive
     their raylet) and drop the record."""
     import ray
-
-    from simmtm.outdir.process_record import stop_recorded
 
     ray.shutdown()
     if record is not None:

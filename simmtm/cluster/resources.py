@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from simmtm.config.keys import error_line
+from simmtm.config.schema import RunConfig
 from simmtm.errors import UserError
 
 if TYPE_CHECKING:
     import ray.train
-
-    from simmtm.config.schema import RunConfig
 
 __all__ = ["Resources", "Scaling", "PLACEMENT_STRATEGIES", "describe_nodes"]
 

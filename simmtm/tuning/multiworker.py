@@ -13,8 +13,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from simmtm.cluster.distributed import DistributedRuntime
 from simmtm.data.registry import worker_env
-from simmtm.train.reporting import in_tune
+from simmtm.train.reporting import RayReport, in_tune
 from simmtm.tuning.trial import Trial, trial_loop
 
 __all__ = ["run_multi_worker_trial", "train_run_name"]
@@ -58,9 +59,6 @@ def run_multi_worker_trial(trial: Trial) -> dict[str, Any] | None:
 
 def _worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """One Train worker of a trial: the trial loop with the data-parallel runtime, reporting via ``ray.train``."""
-    from simmtm.cluster.distributed import DistributedRuntime
-    from simmtm.train.reporting import RayReport
-
     for name in ("ray.train", "simmtm"):  # the trial table is the progress display; keep worker logs to warnings
         logging.getLogger(name).setLevel(logging.WARNING)
     runtime = DistributedRuntime.from_context()

@@ -16,6 +16,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from simmtm.train import finetuning
 from simmtm.tuning.outputs import TrialRow
 from simmtm.tuning.record import TrialStore, trial_name
 from simmtm.tuning.spec import TrialSpec
@@ -25,6 +26,7 @@ from simmtm.tuning.trial import Trial
 __all__ = ["study_rows", "named_rows", "row_of", "score_test"]
 
 log = logging.getLogger(__name__)
+
 
 def study_rows(study: SweepStudy, store: TrialStore, spec: TrialSpec, param_keys: list[str]) -> list[TrialRow]:
     """One row per trial of this sweep in the study, with its folder's final result and error."""
@@ -104,8 +106,6 @@ def row_of(
 
 def score_test(ranked: list[list[TrialRow]], out: Path, store: TrialStore, *, metric: str) -> None:
     """Score the test split once for each repeat of the top configurations (re-using an earlier score)."""
-    from simmtm.train import finetuning as finetune
-
     test_metric = metric.removeprefix("val_")
     for group in ranked:
         for row in group:
@@ -122,7 +122,7 @@ def score_test(ranked: list[list[TrialRow]], out: Path, store: TrialStore, *, me
                 state.pop(key, None)
             run_cfg = row.extra["trial"].run_config(pin_threads=False)
             log.info("scoring the test split once for trial %s", row.trial_id)
-            metrics = finetune.run(run_cfg, pretrained=state, run_dir=run_dir)
+            metrics = finetuning.run(run_cfg, pretrained=state, run_dir=run_dir)
             row.test_score = float(metrics[test_metric])
             if not math.isclose(float(metrics[metric]), row.score or math.nan, rel_tol=1e-3):
                 log.warning(

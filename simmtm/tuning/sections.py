@@ -111,7 +111,7 @@ def _check_value(base: dict[str, Any], key: str, value: Any, source: str, *, whe
     except ConfigError as exc:
         raise ConfigError(f"{source}: {where}: value {value!r} is not valid for the run ({exc})") from None
     if key == "model.encoder":
-        from simmtm.method.encoders import ENCODERS
+        from simmtm.method.encoders import ENCODERS  # torch: `simmtm validate` imports this module
 
         if config.model.encoder not in ENCODERS:
             raise ConfigError(f"{source}: {where}: unknown encoder {value!r}; valid: {', '.join(sorted(ENCODERS))}")

@@ -28,7 +28,8 @@ from typing import Any, TypeAlias
 
 from simmtm.config.keys import apply_params
 from simmtm.config.schema import RunConfig, parse_config
-from simmtm.train.runtime import Runtime, no_report
+from simmtm.train import finetuning, pretraining
+from simmtm.train.runtime import LocalRuntime, Runtime, no_report
 from simmtm.train.shared import TrainingDiverged
 from simmtm.train.trackers import TrialSteps
 from simmtm.tuning.record import TrialStore, trial_name, trials_root
@@ -126,9 +127,6 @@ def trial_loop(
 
 
 def _run(trial: Trial, report: TrialReport, store: TrialStore | None, runtime: Runtime | None) -> dict[str, Any]:
-    from simmtm.train import pretraining as pretrain
-    from simmtm.train.runtime import LocalRuntime
-
     started = time.time()
     spec = trial.spec
     run_cfg = trial.run_config()
@@ -152,7 +150,7 @@ def _run(trial: Trial, report: TrialReport, store: TrialStore | None, runtime: R
     recorder.report_resumed()
     steps = _trial_steps(trial) if is_main else None
     try:
-        pretrain.run(
+        pretraining.run(
             run_cfg,
             recorder,
             run_dir=run_dir / "pretrain" if run_dir else None,
@@ -185,10 +183,8 @@ def _final(
     run_cfg: RunConfig, spec: TrialSpec, recorder: _ProbeRecorder, epoch: int, *, runtime: Any, started: float
 ) -> dict[str, Any]:
     """The full fine-tune on the last pre-trained state: the trial's final result."""
-    from simmtm.train import finetuning as finetune
-
     metric = spec.metric
-    final = finetune.run(run_cfg, pretrained=recorder.last_state, runtime=runtime, score_test=spec.score_test)
+    final = finetuning.run(run_cfg, pretrained=recorder.last_state, runtime=runtime, score_test=spec.score_test)
     score, test = float(final[metric]), metric.removeprefix("val_")
     if not math.isfinite(score):
         raise TrainingDiverged(f"the fine-tuned {metric} is {score}; lower finetune.lr or the searched ranges")
@@ -220,7 +216,7 @@ def _trial_steps(trial: Trial) -> TrialSteps | None:
 
 
 class _ProbeRecorder:
-    """The ``report`` given to ``pretrain.run``: keeps the latest state and probes every ``probe_every`` epochs."""
+    """The ``report`` given to ``pretraining.run``: keeps the latest state and probes every ``probe_every`` epochs."""
 
     def __init__(
         self,
@@ -348,12 +344,10 @@ def probe_score(
 ) -> float:
     """The validation score of the rung (a linear probe, or with ``mode`` finetune a short fine-tune) on the
     in-memory state."""
-    from simmtm.train import finetuning as finetune
-
     cfg = probe_config(run_cfg, steps=steps, val_batches=val_batches, overrides=overrides, mode=mode)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = finetune.run(cfg, pretrained=state, runtime=runtime, score_test=False)
+        out = finetuning.run(cfg, pretrained=state, runtime=runtime, score_test=False)
     score = float(out[metric])
     if not math.isfinite(score):
         raise TrainingDiverged(f"the probe's {metric} is {score} at epoch {state['epoch']}; lower finetune.lr")

@@ -24,9 +24,10 @@ import torch
 import yaml
 from torch import nn
 
-from simmtm.config.schema import RunConfig, parse_config
+from simmtm.config.schema import ModelConfig, RunConfig, parse_config
+from simmtm.data.inputs import load_inputs
 from simmtm.errors import UserError
-from simmtm.method.encoders import Encoder
+from simmtm.method.encoders import Encoder, build_encoder
 from simmtm.method.model import masked_instance_norm, to_series
 from simmtm.outdir.rundir import check_export_dir, own
 from simmtm.train.checkpoint import encoder_state, load_state
@@ -296,9 +297,6 @@ def load_encoder(directory: str | Path, *, map_location: str = "cpu") -> SeriesE
 
 
 def _build(description: dict[str, Any]) -> SeriesEncoder:
-    from simmtm.config.schema import ModelConfig
-    from simmtm.method.encoders import build_encoder
-
     model = ModelConfig.model_validate(description["model"])
     channels, ci = int(description["channels"]), bool(description["channel_independent"])
     encoder = build_encoder(model, in_channels=1 if ci else channels, seq_len=int(description["seq_len"]))
@@ -314,8 +312,6 @@ def _build(description: dict[str, Any]) -> SeriesEncoder:
 def _data_shapes(config: RunConfig, *, recorded: dict[str, int] | None) -> dict[str, Any]:
     """L, C and channel independence of the run's series, read off its data; without the data, the series shape an
     imported checkpoint recorded (the encoder's own input: one series of ``channels`` channels)."""
-    from simmtm.data.inputs import load_inputs
-
     try:
         inputs = load_inputs(config)
     except UserError:
