@@ -2,12 +2,10 @@
 
 Two layers, both without cloud credentials or network:
 
-1. Ray's own preparation and validation (``prepare_config`` fills the provider's defaults from the wheel's
-   ``defaults.yaml``, ``validate_config`` applies ``ray-schema.json``): unknown keys, non-integer node resources,
-   a head type missing from ``available_node_types``, min/max worker conflicts. These are private Ray APIs (no
-   public one exists): ``_launcher_prepare`` is the one place that uses them, and says so when a release moves them.
-2. This project's rules: the head node type carries the driver resource (``simmtm_driver``) that sweep jobs ask
-   for, and no worker type does; a cluster that can grow past one node writes to shared storage
+1. Ray's own preparation and schema check (``simmtm.cluster.ray_schema``): unknown keys, non-integer node
+   resources, a head type missing from ``available_node_types``, min/max worker conflicts.
+2. This project's rules (this module): the head node type carries the driver resource (``simmtm_driver``) that
+   sweep jobs ask for, and no worker type does; a cluster that can grow past one node writes to shared storage
    (``metadata.simmtm.storage``); every worker type declares its CPUs and GPUs; each GPU node type can hold one
    trial of every sweep shipped in ``sweeps/``; the AWS security group opens nothing beyond SSH; Ray images run
    the Ray version this machine runs.
@@ -15,7 +13,6 @@ Two layers, both without cloud credentials or network:
 
 from __future__ import annotations
 
-import copy
 import difflib
 import logging
 import re
@@ -26,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from simmtm.cluster.ray_schema import prepare_cluster_config, ray_version
 from simmtm.cluster.resources import Resources
 from simmtm.config.keys import error_line
 from simmtm.config.schema import read_yaml
@@ -40,7 +38,6 @@ __all__ = [
     "TrialDemand",
     "check_cluster",
     "cluster_files",
-    "prepare_cluster_config",
     "sweep_files",
     "trial_demand",
 ]
@@ -110,97 +107,6 @@ class ClusterCheck:
             types.append(f"{node.name} ({role}, {node.resources.get('CPU', 0):g} CPU, {node.gpus:g} GPU)")
         sweeps = f"; {len(self.sweeps)} sweep(s) fit every GPU node type" if self.sweeps else ""
         return f"{self.provider}: {', '.join(types)}; up to {self.max_nodes} node(s); storage {self.storage}{sweeps}"
-
-
-# --- Ray's layer ---------------------------------------------------------------------------------------------
-
-
-def prepare_cluster_config(raw: dict[str, Any], *, source: str = "cluster.yaml") -> dict[str, Any]:
-    """Ray's launcher preparation and schema check on a copy of ``raw``; errors become one-line ConfigErrors.
-
-    Offline: the preparation only merges the provider's ``defaults.yaml`` shipped in the Ray wheel.
-    """
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping (cluster_name, provider, available_node_types, ...)")
-    node_types = raw.get("available_node_types")
-    if node_types is not None and not (
-        isinstance(node_types, dict) and all(isinstance(v, dict) for v in node_types.values())
-    ):
-        raise ConfigError(
-            f"{source}: available_node_types: expected a mapping of node type name -> "
-            "{resources, node_config, min_workers, max_workers}"
-        )
-    return _launcher_prepare(raw, source)
-
-
-def _launcher_prepare(raw: dict[str, Any], source: str) -> dict[str, Any]:
-    """The one use of Ray's private launcher API (no public one checks a cluster file offline); a Ray release that
-    moves it gives a ConfigError saying so. Tests run it on the oldest and newest declared Ray."""
-    import jsonschema
-
-    try:
-        from ray.autoscaler._private.providers import _DEFAULT_CONFIGS
-        from ray.autoscaler._private.util import prepare_config, validate_config
-    except ImportError as exc:
-        raise ConfigError(
-            f"{source}: cannot check cluster files with Ray {_ray_version()}: its launcher's offline check (a private "
-            f"API) has moved ({exc}); `ray up` still validates the file, or use a Ray in pyproject.toml's range"
-        ) from None
-    provider = raw.get("provider")
-    valid = ", ".join(sorted(_DEFAULT_CONFIGS))
-    if not isinstance(provider, dict) or not isinstance(provider.get("type"), str):
-        raise ConfigError(f"{source}: missing key 'provider.type' (one of: {valid})")
-    if provider["type"] not in _DEFAULT_CONFIGS:
-        close = difflib.get_close_matches(provider["type"], list(_DEFAULT_CONFIGS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{source}: provider.type: unknown provider '{provider['type']}'{hint}; valid: {valid}")
-    ray_logger = logging.getLogger(prepare_config.__module__)
-    level = ray_logger.level
-    ray_logger.setLevel(logging.WARNING)  # its INFO lines ("setting max workers ...") are noise here
-    try:
-        config = prepare_config(copy.deepcopy(raw))
-        validate_config(config)
-    except jsonschema.ValidationError as exc:
-        raise ConfigError(f"{source}: {_schema_message(exc)}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {_value_message(str(exc), raw)}") from None
-    except (AssertionError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
-        raise ConfigError(f"{source}: Ray could not prepare the config: {type(exc).__name__}: {exc}") from None
-    finally:
-        ray_logger.setLevel(level)
-    return config
-
-
-def _schema_message(exc: Any) -> str:
-    """A jsonschema error as 'key.path: what is wrong (and what would be valid)'."""
-    path = ".".join(str(p) for p in exc.absolute_path)
-    where = path or "top level"
-    if exc.validator == "additionalProperties" and isinstance(exc.instance, dict):
-        known = list(exc.schema.get("properties", {}))
-        unknown = [k for k in exc.instance if k not in known]
-        if unknown:
-            key = unknown[0]
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            full = f"{path}.{key}" if path else str(key)
-            where_valid = f"in {path}" if path else "at top level"
-            return f"unknown key '{full}'{hint}; valid keys {where_valid}: {', '.join(known)}"
-    if exc.validator == "type" and exc.validator_value == "integer" and ".resources." in f".{path}.":
-        return (
-            f"{path}: {exc.instance!r} is not a whole number; Ray node resources are integers (a node has 1 GPU, "
-            "not 0.5; fractional GPUs per trial belong in the sweep file's resources.gpus_per_worker)"
-        )
-    return f"{where}: {exc.message}"
-
-
-def _value_message(message: str, raw: dict[str, Any]) -> str:
-    if "head_node_type" in message and "available_node_types" in message:
-        names = ", ".join(raw.get("available_node_types") or {}) or "none"
-        head = raw.get("head_node_type")
-        if head is None:
-            return f"missing key 'head_node_type' (one of available_node_types: {names})"
-        return f"head_node_type: '{head}' is not one of available_node_types ({names})"
-    return message
 
 
 # --- this project's layer ------------------------------------------------------------------------------------
@@ -309,15 +215,9 @@ def _check_metadata(config: dict[str, Any], nodes: Sequence[NodeType], max_nodes
     return storage
 
 
-def _ray_version() -> str:
-    import ray
-
-    return ray.__version__
-
-
 def _check_images(config: dict[str, Any], errors: list[str], notes: list[str]) -> None:
     """Ray images must run the Ray this machine runs: launcher, job client and cluster agree."""
-    local = _ray_version()
+    local = ray_version()
     docker = config.get("docker") or {}
     images = {f"docker.{k}": docker[k] for k in ("image", "head_image", "worker_image") if docker.get(k)}
     for name, spec in config["available_node_types"].items():
