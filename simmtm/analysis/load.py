@@ -10,14 +10,14 @@ A sweep directory, as ``simmtm sweep`` writes it:
 
 Either table may be missing or lag behind while a sweep runs; the one holding more finished trials is used. Trials
 that a warm start copied from an earlier sweep (Optuna user attribute ``warm_start_from``) are not this sweep's own
-and are left out of the table (counted in ``Sweep.n_warm_start``).
+and are left out of the table (counted in ``Sweep.n_warm_start``). Each searched parameter's distribution comes from
+``simmtm.analysis.param_space``.
 """
 
 from __future__ import annotations
 
 import csv as csv_module
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +26,15 @@ from typing import Any, Literal
 import numpy as np
 import optuna
 import pandas as pd
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
+from simmtm.analysis.param_space import (
+    merge_distributions,
+    param_value,
+    resolve_distributions,
+    snap_to_distributions,
+)
 from simmtm.config.keys import get_key
 from simmtm.errors import UserError
 from simmtm.tuning.confirm import read_confirmation_json
@@ -128,21 +134,6 @@ class Sweep:
         return {p: param_value(row[p], self.distributions.get(p)) for p in self.params}
 
 
-def param_value(value: Any, dist: BaseDistribution | None) -> Any:
-    """``value`` (as read from a table) as the type ``dist`` holds: int, float or the exact categorical choice."""
-    value = _plain(value)
-    if value is None or _isnan(value):
-        return None
-    if isinstance(dist, IntDistribution):
-        return int(round(float(value)))
-    if isinstance(dist, FloatDistribution):
-        return float(value)
-    if isinstance(dist, CategoricalDistribution):
-        match = match_choice(value, dist.choices)
-        return value if match is None else match
-    return value
-
-
 # --- reading ---------------------------------------------------------------------------------------------------
 
 
@@ -170,8 +161,8 @@ def load_sweep(path: str | Path) -> Sweep:
     elif source == "optuna.db" and csv_frame is not None:
         notes.append("trials.csv holds fewer finished trials than the Optuna study; the study was used")
 
-    distributions = _resolve_distributions(params, dists, search_space, frame)
-    frame = _in_start_order(_snap_to_distributions(frame, distributions), read_timing_events(path))
+    distributions = resolve_distributions(params, dists, search_space, frame)
+    frame = _in_start_order(snap_to_distributions(frame, distributions), read_timing_events(path))
     return Sweep(
         path=path,
         metric=meta.metric,
@@ -242,7 +233,7 @@ def _frame_from_study(
             row[p] = t.params.get(p, np.nan)
         for p, d in t.distributions.items():
             if p in params:
-                dists[p] = _merge(dists.get(p), d)
+                dists[p] = merge_distributions(dists.get(p), d)
         rows.append(row)
     return _typed(pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, *params]), params), dists, n_warm
 
@@ -295,86 +286,6 @@ def _choose(csv: pd.DataFrame | None, study: pd.DataFrame | None) -> tuple[pd.Da
     if study is None or (csv is not None and _n_finished(csv) >= _n_finished(study)):
         return csv, "trials.csv"
     return study, "optuna.db"
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-# --- search space --------------------------------------------------------------------------------------------
-
-
-def _merge(a: BaseDistribution | None, b: BaseDistribution) -> BaseDistribution:
-    """Two distributions seen for one parameter (a define-by-run space may vary): the smallest one holding both."""
-    if a is None or a == b:
-        return b
-    if isinstance(a, CategoricalDistribution) and isinstance(b, CategoricalDistribution):
-        return CategoricalDistribution(list(dict.fromkeys([*a.choices, *b.choices])))
-    if isinstance(a, (FloatDistribution, IntDistribution)) and isinstance(b, (FloatDistribution, IntDistribution)):
-        low, high = min(a.low, b.low), max(a.high, b.high)
-        if isinstance(a, IntDistribution) and isinstance(b, IntDistribution):
-            return IntDistribution(int(low), int(high), log=a.log and b.log)
-        return FloatDistribution(float(low), float(high), log=a.log and b.log)
-    return b
-
-
-def _resolve_distributions(
-    params: Sequence[str], from_study: Mapping[str, BaseDistribution], search: Mapping[str, Any], frame: pd.DataFrame
-) -> dict[str, BaseDistribution]:
-    """Per parameter: the study's own distribution, else the search section's, else one inferred from the values;
-    widened where a recorded value falls outside it."""
-    parsed = search_distributions(search, params)  # the sweep's own SearchSpec, read by the sweep's code
-    out = {}
-    for p in params:
-        dist = from_study.get(p) or parsed.get(p)
-        values = frame[p].dropna() if p in frame.columns else pd.Series([], dtype=float)
-        if dist is None:
-            dist = _infer(values)
-        if dist is None:
-            continue
-        out[p] = _widen(dist, values)
-    return out
-
-
-def _infer(values: pd.Series) -> BaseDistribution | None:
-    if values.empty:
-        return None
-    if pd.api.types.is_numeric_dtype(values):
-        if np.all(np.equal(np.mod(values, 1), 0)):
-            return IntDistribution(int(values.min()), int(values.max()))
-        return FloatDistribution(float(values.min()), float(values.max()))
-    return CategoricalDistribution(sorted({str(v) for v in values}))
-
-
-def _widen(dist: BaseDistribution, values: pd.Series) -> BaseDistribution:
-    if values.empty:
-        return dist
-    if isinstance(dist, CategoricalDistribution):
-        extra = [v for v in dict.fromkeys(_plain(v) for v in values) if match_choice(v, dist.choices) is None]
-        return CategoricalDistribution([*dist.choices, *extra]) if extra else dist
-    if not pd.api.types.is_numeric_dtype(values):
-        return _infer(values) or dist
-    assert isinstance(dist, (FloatDistribution, IntDistribution))
-    low, high = float(values.min()), float(values.max())
-    if low >= dist.low and high <= dist.high:
-        return dist
-    if isinstance(dist, IntDistribution):
-        return IntDistribution(int(min(dist.low, math.floor(low))), int(max(dist.high, math.ceil(high))), log=dist.log)
-    return FloatDistribution(min(dist.low, low), max(dist.high, high), log=dist.log)
-
-
-def _snap_to_distributions(frame: pd.DataFrame, dists: Mapping[str, BaseDistribution]) -> pd.DataFrame:
-    """Replace recorded values of categorical parameters by the exact choice they stand for."""
-    for p, d in dists.items():
-        if isinstance(d, CategoricalDistribution) and p in frame.columns:
-            frame[p] = [(match_choice(_plain(v), d.choices) if not _isnan(v) else v) for v in frame[p]]
-    return frame
-
-
-def _isnan(v: Any) -> bool:
-    return isinstance(v, float) and math.isnan(v)
 
 
 # --- an Optuna study of exactly the analysed trials ----------------------------------------------------------
