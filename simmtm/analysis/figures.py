@@ -2,14 +2,14 @@
 (interactive views in the report and notebooks).
 
 Every function takes a loaded ``Sweep`` (and what was computed from it) and returns a figure; nothing here reads
-files or keeps global pyplot state, so the same calls serve the report and the notebooks.
+files or keeps global pyplot state, so the same calls serve the report and the notebooks. The figures of r against
+M (the r x M heatmap, the best M per r) are drawn in ``simmtm.analysis.r_m_figures`` and named here with the rest.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,19 +18,15 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from simmtm.analysis.evidence import NOISE_SPAN, heatmap_scale
 from simmtm.analysis.importance import Importance
-from simmtm.analysis.levels import levels_of
 from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, SHORT_NAMES, TAU_KEY, Sweep, analysis_study
-from simmtm.analysis.noise import seed_noise
-from simmtm.verdict.confirmation import OFFICIAL_MAX_R
-from simmtm.verdict.stats import tied_with_best
+from simmtm.analysis.r_m_figures import draw_heatmap, heatmap_figure, heatmap_matrix, m_vs_r_figure
 
 __all__ = [
     "heatmap_matrix",
+    "draw_heatmap",
     "heatmap_figure",
     "importance_figure",
     "slices_figure",
@@ -57,120 +53,6 @@ FIGURES = {
 
 def _name(key: str) -> str:
     return SHORT_NAMES.get(key, key)
-
-
-def _better(sweep: Sweep) -> str:
-    return "lower is better" if sweep.mode == "min" else "higher is better"
-
-
-def _cmap(sweep: Sweep) -> str:
-    return "viridis_r" if sweep.mode == "min" else "viridis"  # the better end is always yellow
-
-
-# --- r x M -----------------------------------------------------------------------------------------------------
-
-
-def heatmap_matrix(sweep: Sweep, *, n_bins: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(mean score, trial count) per r level (rows) and M level (columns); NaN where no trial landed."""
-    if R_KEY not in sweep.params or M_KEY not in sweep.params:
-        raise ValueError("the sweep did not search both r (pretrain.mask_ratio) and M (pretrain.num_masked)")
-    done = sweep.finished.dropna(subset=[R_KEY, M_KEY])
-    r = levels_of(done[R_KEY], sweep.distributions.get(R_KEY), n_bins=n_bins)
-    m = levels_of(done[M_KEY], sweep.distributions.get(M_KEY), n_bins=n_bins)
-    sums = np.zeros((len(r.labels), len(m.labels)))
-    counts = np.zeros_like(sums)
-    np.add.at(sums, (r.index, m.index), done["score"].to_numpy(float))
-    np.add.at(counts, (r.index, m.index), 1)
-    with np.errstate(invalid="ignore"):
-        means = np.where(counts > 0, sums / np.where(counts > 0, counts, 1), np.nan)
-    index = pd.Index(r.labels, name="r")
-    columns = pd.Index(m.labels, name="M")
-    return pd.DataFrame(means, index=index, columns=columns), pd.DataFrame(
-        counts.astype(int), index=index, columns=columns
-    )
-
-
-def cell_digits(values: np.ndarray) -> int:
-    """Decimals that tell the cells apart: one below the order of the spread (at least 3; 0.1065 vs 0.1079 needs 4)."""
-    finite = values[np.isfinite(values)]
-    spread = float(finite.max() - finite.min()) if finite.size else 0.0
-    if spread <= 0:
-        return 3
-    return int(min(8, max(3, math.ceil(-math.log10(spread)) + 1)))
-
-
-def draw_heatmap(
-    ax: Any,
-    means: pd.DataFrame,
-    counts: pd.DataFrame,
-    sweep: Sweep,
-    *,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    fontsize: int = 8,
-) -> Any:
-    """The r x M cells on ``ax``: mean score and trial count in each, blank where no trial ran; returns the image."""
-    cmap = matplotlib.colormaps[_cmap(sweep)].with_extremes(bad="white")  # empty cells stay blank
-    image = ax.imshow(
-        np.ma.masked_invalid(means.to_numpy()), cmap=cmap, aspect="auto", origin="lower", vmin=vmin, vmax=vmax
-    )
-    digits = cell_digits(means.to_numpy())
-    for i in range(means.shape[0]):
-        for j in range(means.shape[1]):
-            if counts.iat[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    f"{means.iat[i, j]:.{digits}f}\nn={counts.iat[i, j]}",
-                    ha="center",
-                    va="center",
-                    fontsize=fontsize,
-                    color="black",
-                    bbox=dict(boxstyle="round,pad=0.15", fc="white", alpha=0.6, lw=0),
-                )
-    ax.set_xticks(range(len(means.columns)), means.columns)
-    ax.set_yticks(range(len(means.index)), means.index)
-    return image
-
-
-def heatmap_ties(sweep: Sweep, *, n_bins: int = 5, noise_sd: float | None = None) -> set[tuple[int, int]]:
-    """The (r level, M level) cells statistically tied with the best cell, given the seed noise."""
-    done = sweep.finished.dropna(subset=[R_KEY, M_KEY])
-    r = levels_of(done[R_KEY], sweep.distributions.get(R_KEY), n_bins=n_bins)
-    m = levels_of(done[M_KEY], sweep.distributions.get(M_KEY), n_bins=n_bins)
-    groups: dict[tuple[int, int], list[float]] = {}
-    for i, j, score in zip(r.index, m.index, done["score"].to_numpy(float)):
-        groups.setdefault((int(i), int(j)), []).append(float(score))
-    return {k for k in tied_with_best(groups, mode=sweep.mode, noise_sd=noise_sd) if isinstance(k, tuple)}
-
-
-def heatmap_figure(sweep: Sweep, *, n_bins: int = 5) -> Figure:
-    """Mean score per r x M cell on the searched levels; cells tied with the best (seed noise) outlined, the colour
-    scale at least ``NOISE_SPAN`` noise SDs wide, and r above the official code's reachable 0.75 marked."""
-    means, counts = heatmap_matrix(sweep, n_bins=n_bins)
-    noise = seed_noise(sweep).sd  # the sweep's one noise figure
-    vmin, vmax = heatmap_scale(means.to_numpy(), noise_sd=noise, mode=sweep.mode)
-    fig = Figure(figsize=(1.1 * len(means.columns) + 2.5, 0.6 * len(means.index) + 2.4), layout="constrained")
-    ax = fig.add_subplot()
-    image = draw_heatmap(ax, means, counts, sweep, vmin=vmin, vmax=vmax)
-    ties = heatmap_ties(sweep, n_bins=n_bins, noise_sd=noise)
-    for i, j in ties:
-        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.2, clip_on=False, zorder=5))
-    centres = levels_of(sweep.finished[R_KEY], sweep.distributions.get(R_KEY), n_bins=n_bins).centres
-    labels = [
-        f"{label} (beyond official)" if c > OFFICIAL_MAX_R + 1e-9 else label for label, c in zip(means.index, centres)
-    ]
-    ax.set_yticks(range(len(means.index)), labels)
-    ax.set_xlabel("M (masked series per sample)")
-    ax.set_ylabel("r (masking ratio)")
-    noise_text = (
-        f"red: tied with the best given seed noise {noise:.3g} SD; colours span >= {NOISE_SPAN:g} SD"
-        if noise is not None
-        else "seed noise not measured: no ties marked, colours span the cells' range"
-    )
-    ax.set_title(f"{sweep.metric} by r and M (mean over trials; blank: no trial)\n{noise_text}", fontsize=9)
-    fig.colorbar(image, ax=ax, label=f"{sweep.metric} ({_better(sweep)})")
-    return fig
 
 
 # --- importance ------------------------------------------------------------------------------------------------
@@ -238,7 +120,7 @@ def slices_figure(sweep: Sweep) -> Figure:
         ax.set_visible(False)
     if len(names) > 1 and panels:
         axes[0].legend(title="encoder", fontsize=8)
-    fig.suptitle(f"{sweep.metric} against each parameter ({_better(sweep)})")
+    fig.suptitle(f"{sweep.metric} against each parameter ({sweep.better})")
     return fig
 
 
@@ -261,7 +143,7 @@ def history_figure(sweep: Sweep) -> Figure:
         ax.scatter(failed, np.full(len(failed), best[-1]), marker="x", color="grey", label="failed")
     ax.set_xlabel("trial (in start order)")
     ax.set_ylabel(sweep.metric)
-    ax.set_title(f"optimisation history ({_better(sweep)})")
+    ax.set_title(f"optimisation history ({sweep.better})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
@@ -298,7 +180,7 @@ def parallel_figure(sweep: Sweep) -> Figure:
     ax.set_xticks(range(len(names)), names, fontsize=10)
     ax.set_yticks([])
     ax.set_ylim(-0.15, 1.15)
-    ax.set_title(f"parallel coordinates, {len(done)} finished trials (bright: better; {_better(sweep)})", fontsize=9)
+    ax.set_title(f"parallel coordinates, {len(done)} finished trials (bright: better; {sweep.better})", fontsize=9)
     return fig
 
 
@@ -316,58 +198,6 @@ def _axis_unit(values: pd.Series, dist: Any) -> tuple[np.ndarray, str, str]:
     index = {str(c): i for i, c in enumerate(choices)}
     unit = np.array([index.get(str(v), 0) for v in values], float) / max(len(choices) - 1, 1)
     return unit, str(choices[0]), str(choices[-1])
-
-
-# --- M against r -----------------------------------------------------------------------------------------------
-
-
-def m_vs_r_figure(sweep: Sweep, relation: dict[str, Any]) -> Figure:
-    """The best M per bin of r (marker size: trials in the bin), with the fitted line and its slope interval."""
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.add_subplot()
-    points = relation.get("points") or []
-    has_line = relation.get("slope") is not None and relation.get("intercept") is not None
-    if points:
-        r = np.array([p["r"] for p in points])
-        m = np.array([p["best_M"] for p in points])
-        n = np.array([p["n_trials"] for p in points])
-        ax.scatter(r, m, s=20 + 80 * n / n.max(), label="best mean score in the bin of r")
-    if has_line:  # over the points' r, else over the searched r (no bin of r tried two M: no points)
-        dist = sweep.distributions.get(R_KEY)
-        low, high = (
-            (r.min(), r.max()) if points else (float(getattr(dist, "low", 0.0)), float(getattr(dist, "high", 1.0)))
-        )
-        xs = np.linspace(low, high, 20)
-        ax.plot(
-            xs, relation["intercept"] + relation["slope"] * xs, color="tab:red", label="best M of the fitted surface"
-        )
-    if not points and not has_line:  # too few trials to fit or bin: show where the trials lie, and say why
-        done = sweep.finished.dropna(subset=[R_KEY, M_KEY])
-        dots = ax.scatter(
-            done[R_KEY].astype(float),
-            done[M_KEY].astype(float),
-            c=done["score"].astype(float),
-            cmap=_cmap(sweep),
-            s=40,
-            label="finished trials (colour: score)",
-        )
-        fig.colorbar(dots, ax=ax, label=f"{sweep.metric} ({_better(sweep)})")
-        ax.legend(fontsize=8)
-    ci = relation.get("ci")
-    sub = (
-        f"slope {relation['slope']:.3g} M per unit r"
-        if relation.get("slope") is not None
-        else relation.get("message", "")
-    )
-    if ci:
-        sub += f", {relation.get('confidence', 0.95):.0%} CI [{ci[0]:.3g}, {ci[1]:.3g}]"
-    ax.set_title("does the best M grow with r?\n" + textwrap.fill(sub, 70), fontsize=9)
-    ax.set_xlabel("r (masking ratio)")
-    ax.set_ylabel("best M")
-    ax.grid(alpha=0.3)
-    if points or has_line:
-        ax.legend(fontsize=8)
-    return fig
 
 
 # --- interactive ----------------------------------------------------------------------------------------------

@@ -113,6 +113,11 @@ class Sweep:
         return "minimize" if self.mode == "min" else "maximize"
 
     @property
+    def better(self) -> str:
+        """Which way the metric improves, as figures and the report say it."""
+        return "lower is better" if self.mode == "min" else "higher is better"
+
+    @property
     def sign(self) -> float:
         """+1 when larger scores are better, -1 when smaller are: ``sign * score`` is always 'higher is better'."""
         return 1.0 if self.mode == "max" else -1.0

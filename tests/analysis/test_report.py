@@ -12,7 +12,8 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from PIL import Image
 
-from simmtm.analysis.figures import FIGURES, cell_digits
+from simmtm.analysis.figures import FIGURES
+from simmtm.analysis.r_m_figures import cell_digits
 from simmtm.cli import main
 from simmtm.config.schema import load_config
 
