@@ -216,12 +216,59 @@ def _page(
     skipped: dict[str, str],
     plotly_divs: dict[str, str],
 ) -> str:
+    parts = _header(sweep)
+    parts.append(_recommendation_section(rec))
+    parts.append(_evidence_section("confirmation", "Confirmation: paired runs with fresh seeds", pngs, skipped))
+    probe_line = (sweep.confirmation or {}).get("probe_check", {}).get("line", "")
+    parts.append(
+        _evidence_section(
+            "probe",
+            "Does the pruning score predict the final score?",
+            pngs,
+            skipped,
+            f"<p>{_esc(probe_line)}</p>" if probe_line else "",
+        )
+    )
+    parts.append(_figure_section("importance", "Parameter importance", pngs, skipped, _importance_text(importance)))
+    parts.append(_figure_section("heatmap", "r x M", pngs, skipped, _surface_text(sweep)))
+    parts.append(_figure_section("slices", "Slices", pngs, skipped))
+    parts.append(_figure_section("history", "Optimisation history", pngs, skipped, plotly_divs.get("history", "")))
+    parts.append(_figure_section("parallel", "Parallel coordinates", pngs, skipped))
+    rel = rec.m_vs_r or {}
+    parts.append(
+        _figure_section(
+            "m_vs_r",
+            "Does the best M grow with r?",
+            pngs,
+            skipped,
+            f"<p>{_esc(rel.get('message', ''))}</p>" if rel.get("message") else "",
+        )
+    )
+    if plotly_divs:
+        inter = "".join(f"<h3>{_esc(name)}</h3>{div}" for name, div in plotly_divs.items() if name != "history")
+        parts.append(f'<section id="interactive"><h2>Interactive views</h2>{inter}</section>')
+    parts.extend(_trial_tables(sweep))
+
+    script = ""
+    if plotly_divs:
+        from plotly.offline import get_plotlyjs
+
+        script = f'<script type="text/javascript">{get_plotlyjs()}</script>'
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>simmtm sweep report: {_esc(sweep.label())}</title>"
+        f"<style>{_CSS}</style>{script}</head><body>{''.join(parts)}</body></html>\n"
+    )
+
+
+def _header(sweep: Sweep) -> list[str]:
+    """The title, what the sweep searched, its trials by state, and a note when too few have finished."""
     counts = sweep.counts()
     n = counts["COMPLETE"]
     parts = [
         f"<h1>Sensitivity report: {_esc(sweep.path)}</h1>",
         f'<p class="muted">metric {_esc(sweep.metric)} '
-        f"({_esc('lower' if sweep.mode == 'min' else 'higher')} is better), method {_esc(sweep.method)}, "
+        f"({_esc(sweep.better)}), method {_esc(sweep.method)}, "
         f"searched {_esc(', '.join(sweep.params) or 'nothing')}; read from {_esc(sweep.source)}; "
         f"written {dt.datetime.now().isoformat(timespec='seconds')}</p>",
         "<p>Trials: "
@@ -243,81 +290,55 @@ def _page(
             f"(importances {MIN_TRIALS}).{more} Run the report again when more trials have finished.</p>"
         )
     parts.extend(f'<p class="note">{_esc(note)}</p>' for note in sweep.notes)
-    parts.append(_recommendation_section(rec))
-    parts.append(_evidence_section("confirmation", "Confirmation: paired runs with fresh seeds", pngs, skipped))
-    probe_line = (sweep.confirmation or {}).get("probe_check", {}).get("line", "")
-    parts.append(
-        _evidence_section(
-            "probe",
-            "Does the pruning score predict the final score?",
-            pngs,
-            skipped,
-            f"<p>{_esc(probe_line)}</p>" if probe_line else "",
-        )
-    )
+    return parts
 
-    imp_extra = ""
+
+def _importance_text(importance: Importance | None) -> str:
+    """The importance table and whether PED-ANOVA and fANOVA agree, shown above the importance figure."""
+    text = ""
     if importance is not None:
         if importance.ok:
             shown = importance.table[["ped_anova", "fanova", "rank_ped_anova", "rank_fanova"]]
             shown = shown.rename(index=lambda p: f"{SHORT_NAMES.get(p, p)} ({p})")
-            imp_extra += _table(shown, css_id="importance-table")
+            text += _table(shown, css_id="importance-table")
             dis = importance.disagreements()
-            imp_extra += (
+            text += (
                 f'<p class="note">The methods disagree: {_esc("; ".join(dis))}. PED-ANOVA looks at the top '
                 f"{importance.target_quantile:.0%} of trials, fANOVA at the whole score variance.</p>"
                 if dis
                 else '<p class="muted">Both methods rank the parameters the same way.</p>'
             )
         if importance.note:
-            imp_extra += f'<p class="note">{_esc(importance.note)}</p>'
-    parts.append(_figure_section("importance", "Parameter importance", pngs, skipped, imp_extra))
-    surface_extra = ""
-    if n >= MIN_FINISHED:  # the searched (validation) score, and the test split where every trial was scored on it
+            text += f'<p class="note">{_esc(importance.note)}</p>'
+    return text
+
+
+def _surface_text(sweep: Sweep) -> str:
+    """How noisy the r x M surface is: the searched (validation) score, and the test split where every trial was
+    scored on it."""
+    text = ""
+    if sweep.counts()["COMPLETE"] >= MIN_FINISHED:
         for column, label in (("score", sweep.metric), ("test_score", f"test {sweep.metric.removeprefix('val_')}")):
             surface = sweep_surface_noise(sweep, column)
-            surface_extra += f"<p>{_esc(surface.line(label))}</p>" if surface is not None else ""
-    parts.append(_figure_section("heatmap", "r x M", pngs, skipped, surface_extra))
-    parts.append(_figure_section("slices", "Slices", pngs, skipped))
-    parts.append(_figure_section("history", "Optimisation history", pngs, skipped, plotly_divs.get("history", "")))
-    parts.append(_figure_section("parallel", "Parallel coordinates", pngs, skipped))
-    rel = rec.m_vs_r or {}
-    parts.append(
-        _figure_section(
-            "m_vs_r",
-            "Does the best M grow with r?",
-            pngs,
-            skipped,
-            f"<p>{_esc(rel.get('message', ''))}</p>" if rel.get("message") else "",
-        )
-    )
-    if plotly_divs:
-        inter = "".join(f"<h3>{_esc(name)}</h3>{div}" for name, div in plotly_divs.items() if name != "history")
-        parts.append(f'<section id="interactive"><h2>Interactive views</h2>{inter}</section>')
+            text += f"<p>{_esc(surface.line(label))}</p>" if surface is not None else ""
+    return text
 
+
+def _trial_tables(sweep: Sweep) -> list[str]:
+    """The top configurations, and the failed trials with their errors (when any failed)."""
     top = top_configurations(sweep)
     top_html = _table(top, css_id="top-configurations") if not top.empty else '<p class="note">No finished trials.</p>'
-    parts.append(
+    parts = [
         f'<section id="top"><h2>Top configurations</h2><p class="muted">Trials with equal parameters '
         f"(repeats) are one row; scores are their means; test results where scored.</p>{top_html}</section>"
-    )
+    ]
     failed = failed_trials(sweep)
     if not failed.empty:
         parts.append(
             '<section id="failed"><h2>Failed trials</h2>'
             f"{_table(failed, css_id='failed-trials', index=False)}</section>"
         )
-
-    script = ""
-    if plotly_divs:
-        from plotly.offline import get_plotlyjs
-
-        script = f'<script type="text/javascript">{get_plotlyjs()}</script>'
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>simmtm sweep report: {_esc(sweep.label())}</title>"
-        f"<style>{_CSS}</style>{script}</head><body>{''.join(parts)}</body></html>\n"
-    )
+    return parts
 
 
 def _evidence_section(name: str, title: str, pngs: dict[str, Path], skipped: dict[str, str], extra: str = "") -> str:
