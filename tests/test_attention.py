@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from simmtm.config.schema import ModelConfig
 from simmtm.method import attention as attention_module
+from simmtm.method import attention_kernel
 from simmtm.method.attention import (
     attention,
     small_head_attention,
@@ -17,7 +18,7 @@ from simmtm.method.attention import (
 )
 from simmtm.method.encoders import build_encoder
 
-needs_kernel = pytest.mark.skipif(not small_head_kernel_available(), reason="no C compiler for the small-head kernel")
+needs_kernel = pytest.mark.skipif(not small_head_kernel_available(), reason="no C++ compiler for the small-head kernel")
 
 
 def reference_and_ours(q, k, v, grad):
@@ -278,15 +279,18 @@ def test_every_transformer_layer_calls_the_attention_function(monkeypatch: pytes
     assert calls == [torch.Size([5, 2, 24, 4])] * 3  # (N, heads, T, head size) per layer
 
 
-def test_without_a_compiler_auto_falls_back_to_sdpa(sdpa_sizes, monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(attention_module, "_lib", None)
-    monkeypatch.setattr(attention_module, "_lib_error", None)
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setenv("SIMMTM_CACHE_DIR", str(tmp_path / "cache"))
+def test_without_a_compiler_auto_falls_back_to_sdpa(sdpa_sizes, monkeypatch, tmp_path, caplog) -> None:
+    # a fresh build (an empty extension folder) with a C++ compiler that does not exist
+    monkeypatch.setattr(attention_kernel, "_loaded", False)
+    monkeypatch.setattr(attention_kernel, "_error", None)
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "cache"))
     assert not small_head_kernel_available()
     x = torch.randn(2, 4, 10, 2)
     torch.testing.assert_close(attention(x, x, x), F.scaled_dot_product_attention(x, x, x))
     assert sdpa_sizes == [2, 2]
+    warnings = [r for r in caplog.records if "small-head attention kernel unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()  # one line, once
 
 
 # --- zero-padded heads on a GPU (moved here with the padding from encoders.py) --------------------------------
