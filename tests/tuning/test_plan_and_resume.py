@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from simmtm.cli import main
 from simmtm.errors import UserError
 from simmtm.tuning.outputs import read_sweep_json, read_sweep_yaml, read_trials_csv, write_sweep_yaml
 from simmtm.tuning.plan import plan_sweep
@@ -22,22 +22,22 @@ SEARCH = {
 }
 
 
-def test_dry_run_prints_the_plan_and_starts_no_ray(tiny_sweep, tmp_path: Path) -> None:
+def test_dry_run_prints_the_plan_and_starts_no_ray(tiny_sweep, tmp_path: Path, monkeypatch, capsys) -> None:
     path = tiny_sweep(
         SEARCH,
         tune={"num_samples": 6, "repeats": 2, "scheduler": {"type": "asha", "grace_period": 1}},
         run={"pretrain": {"epochs": 4}},
     )
-    code = (
-        "import sys, ray\n"
-        "from simmtm.cli import main\n"
-        f"rc = main(['sweep', {str(path)!r}, '--out', {str(tmp_path / 'out')!r}, '--dry-run'])\n"
-        "assert not ray.is_initialized(), 'ray started'\n"
-        "sys.exit(rc)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
+    import ray
+
+    initialized = ray.is_initialized()  # the suite's shared Ray may be up already
+    # In this process, not a fresh interpreter (10-30 s of imports): with ray unimportable, a dry run that reached
+    # for Ray at all (to start it, or to ask an already running one) fails here.
+    with monkeypatch.context() as blocked:
+        blocked.setitem(sys.modules, "ray", None)
+        assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert ray.is_initialized() == initialized, "ray started"
+    out = capsys.readouterr().out
     assert "trials: 12 (6 configurations x 2 repeats)" in out
     assert "per trial: 1 worker(s) x (1 CPU, 0 GPU)" in out
     assert "ASHA rungs at epochs 1, 2, 4 (3 rungs)" in out  # grace 1, factor 2, max_t = 5
@@ -84,26 +84,22 @@ def test_resume_reads_the_saved_sweep_and_refuses_a_set_that_may_not_change(tiny
 
 
 @pytest.mark.slow
-def test_resume_with_only_out_continues_and_a_larger_num_samples_adds_trials(tiny_sweep, tmp_path: Path) -> None:
+def test_resume_with_only_out_continues_and_a_larger_num_samples_adds_trials(
+    tiny_sweep, tmp_path: Path, shared_ray, capsys
+) -> None:
     path = tiny_sweep(
         SEARCH, tune={"num_samples": 2, "scheduler": {"type": "fifo"}, "test_top_k": 0}, run={"pretrain": {"epochs": 1}}
     )
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "simmtm", "sweep", "--out", str(out), "--quiet-table"]
-    first = subprocess.run(
-        [*cmd[:4], str(path), *cmd[4:], "--set", "pretrain.lr=0.002"], capture_output=True, text=True, timeout=300
-    )
-    assert first.returncode == 0, first.stderr[-3000:]
+    cmd = ["sweep", "--out", str(out), "--quiet-table"]  # the CLI in this process, on the suite's shared Ray
+    assert main([*cmd[:1], str(path), *cmd[1:], "--set", "pretrain.lr=0.002"]) == 0, capsys.readouterr().err[-3000:]
     assert len(read_trials_csv(out / "trials.csv")) == 2
-    refused = subprocess.run(
-        [*cmd, "--resume", "--set", "pretrain.mask_ratio=0.3"], capture_output=True, text=True, timeout=120
-    )
-    assert refused.returncode != 0 and "cannot change when a sweep continues" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
-    more = subprocess.run(
-        [*cmd, "--resume", "--set", "tune.num_samples=3"], capture_output=True, text=True, timeout=300
-    )
-    assert more.returncode == 0, more.stderr[-3000:]
+    capsys.readouterr()
+    assert main([*cmd, "--resume", "--set", "pretrain.mask_ratio=0.3"]) != 0
+    refused = capsys.readouterr().err
+    assert "cannot change when a sweep continues" in refused
+    assert len(refused.strip().splitlines()) == 1
+    assert main([*cmd, "--resume", "--set", "tune.num_samples=3"]) == 0, capsys.readouterr().err[-3000:]
     rows = read_trials_csv(out / "trials.csv")
     assert len(rows) == 3 and {r["state"] for r in rows} == {"COMPLETE"}
     assert read_sweep_yaml(out)["tune"]["num_samples"] == 3 and read_sweep_json(out).num_samples == 3

@@ -6,13 +6,11 @@ as it ends; a trial's checkpoint is kept once (in its own folder), not in tb/.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from simmtm.cli import main
 from simmtm.tuning.spec import TrialSpec
 
 pytestmark = pytest.mark.slow
@@ -21,7 +19,9 @@ SEARCH = {"method": "grid", "grid": {"pretrain.mask_ratio": [0.3, 0.6]}}
 
 
 @pytest.mark.timeout(900)  # a sweep with its confirmation, two trackers writing
-def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_path: Path) -> None:
+def test_trackers_and_per_trial_outputs_through_simmtm_sweep(
+    tiny_sweep, tmp_path: Path, shared_ray, monkeypatch, capsys
+) -> None:
     import mlflow
     import wandb  # noqa: F401
     from wandb_offline import read_run  # here: Ray's workers import this module (for _ends) without tests/ on the path
@@ -34,16 +34,10 @@ def test_trackers_and_per_trial_outputs_through_simmtm_sweep(tiny_sweep, tmp_pat
         run={"pretrain": {"epochs": 2}},
     )
     out = tmp_path / "out"
-    env = {**os.environ, "WANDB_MODE": "offline", "RAY_memory_monitor_refresh_ms": "0"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "simmtm", "sweep", str(path), "--out", str(out), "--quiet-table"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # The CLI in this process, on the suite's shared Ray (the trackers take the driver's WANDB_MODE explicitly)
+    assert main(["sweep", str(path), "--out", str(out), "--quiet-table"]) == 0, capsys.readouterr().err[-3000:]
 
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("out").experiment_id])
@@ -105,7 +99,7 @@ def _ends(config: dict) -> None:
         raise RuntimeError("this trial fails")
 
 
-def test_each_trials_hparams_run_is_written_when_it_ends(local_ray, tmp_path: Path, make_config, tiny_csv) -> None:
+def test_each_trials_hparams_run_is_written_when_it_ends(shared_ray, tmp_path: Path, make_config, tiny_csv) -> None:
     from ray import tune
 
     from simmtm.config.schema import parse_config
