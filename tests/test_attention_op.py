@@ -1,8 +1,13 @@
 """simmtm.method.attention_kernel: the small-head kernel is a torch operator. torch.library.opcheck passes on every
 operator (schema, autograd registration, fake implementation, AOT dispatch with dynamic shapes, forward and backward),
-and a compiled Transformer encoder that runs on it gives eager's values and gradients."""
+a compiled Transformer encoder that runs on it gives eager's values and gradients, and a second process reuses the
+build."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +114,17 @@ def test_compiled_encoder_with_attention_dropout_traces_the_seed_without_a_graph
     encoder.eval()  # no dropout: the compiled module gives eager's values
     torch.testing.assert_close(compiled(x), encoder(x), rtol=1e-5, atol=2e-6)
     assert attention_module.KERNEL == "auto"
+
+
+@needs_kernel
+@pytest.mark.slow  # a fresh interpreter that imports torch: 10-45 s
+def test_a_second_process_loads_the_built_kernel_without_rebuilding() -> None:
+    (library,) = [Path(p) for p in torch.ops.loaded_libraries if "simmtm_attention" in Path(p).name]
+    built = {p: p.stat().st_mtime_ns for p in library.parent.iterdir() if p.suffix in (".so", ".o")}
+    probe = (
+        "import torch; from simmtm.method.attention import small_head_kernel_available as ok; "
+        "assert ok(); print(*[p for p in torch.ops.loaded_libraries if 'simmtm_attention' in p])"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, check=True)
+    assert Path(done.stdout.strip()) == library
+    assert {p: p.stat().st_mtime_ns for p in built} == built  # neither compiled nor linked again
