@@ -96,10 +96,10 @@ def test_an_unknown_logger_is_refused_before_anything_is_written(tmp_path: Path,
 @pytest.mark.slow
 def test_a_run_with_tensorboard_only_imports_neither_tracker(tmp_path: Path, tiny_config, write_config) -> None:
     path = write_config(tiny_config())
-    code = (
-        "import sys, simmtm; "
+    code = (  # also a sweep trial's module (tests/tuning/test_trackers.py runs a trial in-process, with both blocked)
+        "import sys, simmtm, simmtm.tuning.trial; "
         f"simmtm.pretrain({str(path)!r}, out={str(tmp_path / 'pre')!r}); "
-        "print(sorted(m for m in ('wandb', 'mlflow') if m in sys.modules))"
+        "print(sorted(m for m in ('wandb', 'mlflow', 'ray.air.integrations.wandb') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"

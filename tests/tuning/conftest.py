@@ -1,9 +1,9 @@
-"""Tiny sweep files over the shared tiny CSV: each trial pre-trains and fine-tunes in about a second."""
+"""Tiny sweep files over the shared tiny CSV: each trial pre-trains and fine-tunes in about a second. A test that
+runs a sweep in this process asks for ``shared_ray`` (tests/conftest.py): the suite's one Ray, up until its end."""
 
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,13 +34,3 @@ def tiny_sweep(tmp_path: Path, csv_writer, make_config) -> Callable[..., Path]:
         return path
 
     return write
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray (2 CPUs) for the sweeps of one test module; the driver uses it instead of starting its own."""
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()

@@ -16,7 +16,7 @@ from simmtm.train.checkpoint import encoder_state, load_state
 pytestmark = pytest.mark.slow
 
 
-def test_the_api_sweep_and_the_export_of_its_best_trial(tiny_sweep, tmp_path: Path, local_ray, capsys) -> None:
+def test_the_api_sweep_and_the_export_of_its_best_trial(tiny_sweep, tmp_path: Path, shared_ray, capsys) -> None:
     path = tiny_sweep({"method": "random", "params": {"pretrain.mask_ratio": {"type": "float", "low": 0.2, "high": 0.8}}},
                       tune={"num_samples": 2, "probe_every": 1, "test_top_k": 1, "scheduler": {"type": "fifo"}})
     result = simmtm.sweep(path, out=tmp_path / "sweep")

@@ -151,7 +151,7 @@ def test_the_stage_plans_with_the_warm_starts_noise(tmp_path: Path, caplog):
 
 
 @pytest.mark.slow
-def test_confirmation_runs_every_pair_once_and_resume_reruns_nothing(local_ray, tiny_config, tmp_path: Path):
+def test_confirmation_runs_every_pair_once_and_resume_reruns_nothing(shared_ray, tiny_config, tmp_path: Path):
     from simmtm.cluster.resources import Resources
 
     raw = tiny_config({"pretrain": {"epochs": 2, "max_steps": None}, "finetune": {"horizons": [4]}})
@@ -187,7 +187,7 @@ def test_confirmation_runs_every_pair_once_and_resume_reruns_nothing(local_ray, 
 
 
 @pytest.mark.slow
-def test_a_sweep_ends_with_the_confirmation_and_every_output_says_the_same(local_ray, tiny_sweep, tmp_path: Path, capsys):
+def test_a_sweep_ends_with_the_confirmation_and_every_output_says_the_same(shared_ray, tiny_sweep, tmp_path: Path, capsys):
     import json
 
     from optuna.trial import TrialState
@@ -231,7 +231,7 @@ def test_a_sweep_ends_with_the_confirmation_and_every_output_says_the_same(local
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # two sweeps of 3 runs each, 4 Tune experiments (145 s at load 20 on 2 cores)
 def test_a_warm_started_sweep_plans_its_confirmation_with_the_earlier_sweeps_noise(
-        local_ray, tiny_sweep, tmp_path: Path, caplog) -> None:
+        shared_ray, tiny_sweep, tmp_path: Path, caplog) -> None:
     """Two real tiny sweeps, 3 runs each: one trial (the paper's point) and its confirmation (the default alone, 2
     seeds: it stores a noise figure); the second, warm-started from the first, has no repeats of its own."""
     import json

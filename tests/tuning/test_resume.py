@@ -2,14 +2,16 @@
 record (the Optuna study and the trial folders), even with Ray Tune's folder deleted: finished trials are not run
 again, the trial that was running continues from its own checkpoint, and the result equals an uninterrupted sweep's.
 
-The driver runs as `simmtm sweep` in its own process group (with its own local Ray). Ctrl-C reaches the whole
-group, as from a terminal; kill -9 hits the driver alone, as a crash would, and the test then cleans up what is
-left of that group before it resumes.
+The driver that a test interrupts runs as `simmtm sweep` in its own process group (with its own local Ray). Ctrl-C
+reaches the whole group, as from a terminal; kill -9 hits the driver alone, as a crash would, and the test then
+cleans up what is left of that group before it resumes. What nothing interrupts (the uninterrupted sweep to compare
+with, the resumes) runs the CLI in this process, on the suite's shared Ray.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -23,6 +25,7 @@ import torch
 import yaml
 from studies import study_of
 
+from simmtm.cli import main
 from simmtm.tuning.outputs import read_trials_csv
 
 pytestmark = pytest.mark.slow
@@ -56,6 +59,11 @@ def _wait_for(driver: subprocess.Popen, ready, what: str, timeout: float = 240) 
         time.sleep(0.1)
 
 
+def _sweep(path: Path | None, out: Path, *extra: str) -> int:
+    """``simmtm sweep [PATH] --out OUT --quiet-table EXTRA`` in this process (the test's ``shared_ray``)."""
+    return main(["sweep", *([str(path)] if path else []), "--out", str(out), "--quiet-table", *extra])
+
+
 def _stop_group(driver: subprocess.Popen) -> None:
     """What the driver started (its local Ray) shares its process group: stop it, by that group's id."""
     time.sleep(1)
@@ -79,7 +87,9 @@ def _weights(out: Path, trial: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.timeout(900)  # three sweeps of five trials, one after the other
-def test_a_driver_killed_mid_trial_resumes_without_tunes_folder_to_the_uninterrupted_result(tiny_sweep, tmp_path):
+def test_a_driver_killed_mid_trial_resumes_without_tunes_folder_to_the_uninterrupted_result(
+    tiny_sweep, tmp_path, shared_ray
+):
     """kill -9 of the driver while trial 1 is between epochs, DIR/ray deleted, --resume: trials.csv, the study and
     the killed trial's final weights equal those of the same sweep run without interruption (exact). ASHA prunes
     on the way, so the rung values after the resume include the trials reported before the kill."""
@@ -87,8 +97,7 @@ def test_a_driver_killed_mid_trial_resumes_without_tunes_folder_to_the_uninterru
                                     "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}},
                       run={"pretrain": {"epochs": 4}})
     whole = tmp_path / "whole"
-    done = subprocess.run(_sweep_cmd(path, whole), env=ENV, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert _sweep(path, whole) == 0
     states = {r["trial_id"]: r["state"] for r in read_trials_csv(whole / "trials.csv")}
     assert states["trial-0001"] == "COMPLETE" and "PRUNED" in states.values()  # ASHA pruned after the victim
 
@@ -106,8 +115,7 @@ def test_a_driver_killed_mid_trial_resumes_without_tunes_folder_to_the_uninterru
     assert "trial-0000" in finished_before and victim not in finished_before
     shutil.rmtree(out / "ray")  # Tune's folder is disposable
 
-    again = subprocess.run(_sweep_cmd(path, out, "--resume"), env=ENV, capture_output=True, text=True, timeout=400)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert _sweep(path, out, "--resume") == 0
     resumed = json.loads((out / "trials" / victim / "result.json").read_text())["resumed_from"]
     assert resumed >= 1  # the victim continued from its own checkpoint, not from scratch
     assert json.loads((whole / "trials" / victim / "result.json").read_text())["resumed_from"] is None
@@ -119,7 +127,9 @@ def test_a_driver_killed_mid_trial_resumes_without_tunes_folder_to_the_uninterru
         assert sum(e["event"] == "start" and e["trial_id"] == trial for e in _events(out)) == 1, trial
 
 
-def test_ctrl_c_leaves_a_partial_table_and_resume_finishes_every_trial_once(tiny_sweep, tmp_path: Path) -> None:
+def test_ctrl_c_leaves_a_partial_table_and_resume_finishes_every_trial_once(
+    tiny_sweep, tmp_path: Path, shared_ray
+) -> None:
     path = tiny_sweep(SEARCH, tune={"num_samples": 6, "scheduler": {"type": "fifo"}}, run={"pretrain": {"epochs": 4}})
     out = tmp_path / "out"
     driver = _start(path, out)
@@ -133,8 +143,7 @@ def test_ctrl_c_leaves_a_partial_table_and_resume_finishes_every_trial_once(tiny
     assert {r["state"] for r in rows} - {"COMPLETE"}  # a partial table: some trials were not done
     finished_before = {r["trial_id"] for r in rows if r["state"] == "COMPLETE"}
 
-    done = subprocess.run(_sweep_cmd(path, out, "--resume"), env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert _sweep(path, out, "--resume") == 0
     table = read_trials_csv(out / "trials.csv")
     assert len(table) == 6 and {r["state"] for r in table} == {"COMPLETE"}
     assert finished_before <= {r["trial_id"] for r in table}
@@ -145,7 +154,7 @@ def test_ctrl_c_leaves_a_partial_table_and_resume_finishes_every_trial_once(tiny
     assert all(t.value == pytest.approx(float(r["score"])) for t, r in zip(study.get_trials(), table))
 
 
-def test_resume_with_trial_folders_under_a_storage_uri_outside_out(local_ray, tiny_sweep, tmp_path: Path) -> None:
+def test_resume_with_trial_folders_under_a_storage_uri_outside_out(shared_ray, tiny_sweep, tmp_path: Path) -> None:
     """tune.storage_path a URI (file:// here, s3:// on a cluster): trial folders and Tune's folder live there, and
     --resume reads them back from there (nothing runs again)."""
     from simmtm.tuning.driver import run_sweep
@@ -166,7 +175,9 @@ def test_resume_with_trial_folders_under_a_storage_uri_outside_out(local_ray, ti
     assert [e["trial_id"] for e in _events(out) if e["event"] == "start"] == started  # nothing ran again
 
 
-def test_a_sweep_resumed_with_a_new_time_budget_stops_by_that_budget(tiny_sweep, tmp_path: Path) -> None:
+def test_a_sweep_resumed_with_a_new_time_budget_stops_by_that_budget(
+    tiny_sweep, tmp_path: Path, shared_ray, caplog: pytest.LogCaptureFixture
+) -> None:
     """`--resume --set tune.time_budget_s=...` (one of the keys a resume may change): the continued run keeps the
     new budget (sweep.yaml records it) and stops by it, counted from the resume, where the first run's hour would
     have let it run all its 200 trials; the trials it cut short end PRUNED with the reason in the study."""
@@ -185,11 +196,9 @@ def test_a_sweep_resumed_with_a_new_time_budget_stops_by_that_budget(tiny_sweep,
     assert yaml.safe_load((out / "sweep.yaml").read_text())["tune"]["time_budget_s"] == 3600
 
     resumed_at = time.time()
-    done = subprocess.run([sys.executable, "-m", "simmtm", "sweep", "--resume", "--out", str(out), "--quiet-table",
-                           "--set", f"tune.time_budget_s={budget:g}"], env=ENV, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming with tune.time_budget_s=25" in done.stderr
+    with caplog.at_level(logging.INFO, logger="simmtm"):
+        assert _sweep(None, out, "--resume", "--set", f"tune.time_budget_s={budget:g}") == 0
+    assert "resuming with tune.time_budget_s=25" in caplog.text
     assert yaml.safe_load((out / "sweep.yaml").read_text())["tune"]["time_budget_s"] == budget  # the saved spec
     after = _events(out)[before:]
     assert all(e["time"] >= resumed_at for e in after)

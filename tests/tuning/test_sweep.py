@@ -25,7 +25,7 @@ R, M, TAU = "pretrain.mask_ratio", "pretrain.num_masked", "pretrain.temperature"
 pytestmark = pytest.mark.slow
 
 
-def test_a_four_trial_sweep_writes_the_sweep_directory(local_ray, tiny_sweep, tmp_path: Path) -> None:
+def test_a_four_trial_sweep_writes_the_sweep_directory(shared_ray, tiny_sweep, tmp_path: Path) -> None:
     search = {"method": "tpe", "params": {
         R: {"type": "float", "low": 0.1, "high": 0.9},
         M: {"type": "int", "low": 1, "high": 4},
@@ -96,7 +96,7 @@ def test_a_four_trial_sweep_writes_the_sweep_directory(local_ray, tiny_sweep, tm
     assert timing["trials"] and all(v["trial_s"] > 0 for v in timing["trials"].values())
 
 
-def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(local_ray, tiny_sweep, tmp_path: Path, capsys) -> None:
+def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(shared_ray, tiny_sweep, tmp_path: Path, capsys) -> None:
     search = {"method": "grid", "grid": {"pretrain.lr": [0.001, 1.0e10]}}  # lr 1e10: the loss is NaN at step 1
     path = tiny_sweep(search, tune={"scheduler": {"type": "fifo"}})
     out = tmp_path / "out"
@@ -113,7 +113,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(local_ray
     assert load_config(out / "best.yaml").pretrain.lr == 0.001
 
 
-def test_a_grid_with_seeds_a_cell_ends_on_the_surface_against_seed_noise(local_ray, tiny_sweep, tmp_path: Path,
+def test_a_grid_with_seeds_a_cell_ends_on_the_surface_against_seed_noise(shared_ray, tiny_sweep, tmp_path: Path,
                                                                          capsys) -> None:
     # No confirmation stage (the fixture's default here): the repeats of each cell tell the seed noise instead.
     search = {"method": "grid", "grid": {"pretrain.mask_ratio": [0.3, 0.6], "pretrain.num_masked": [2]}}

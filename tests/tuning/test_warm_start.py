@@ -24,7 +24,7 @@ TUNE = {"num_samples": 2, "scheduler": {"type": "fifo"}, "test_top_k": 0}
 
 
 def test_a_warm_started_sweep_learns_from_the_earlier_one_and_reports_only_its_own(
-        local_ray, tiny_sweep, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        shared_ray, tiny_sweep, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     first = tmp_path / "a"
     assert main(["sweep", str(tiny_sweep(SEARCH, tune=TUNE)), "--out", str(first), "--quiet-table"]) == 0
     earlier = {r["trial_id"]: float(r["score"]) for r in read_trials_csv(first / "trials.csv") if r["state"] == "COMPLETE"}
