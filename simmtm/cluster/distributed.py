@@ -48,6 +48,7 @@ from simmtm.config.schema import RunConfig, dump_config
 from simmtm.data.registry import worker_env
 from simmtm.errors import ConfigError, UserError
 from simmtm.outdir.process_record import RECORD_FILE, stop_recorded
+from simmtm.train import pretraining
 from simmtm.train.checkpoint import ray_checkpoint_state
 from simmtm.train.history import write_json
 from simmtm.train.reporting import EpochHook, RayReport, RunDirCallback, train_checkpoint_state
@@ -232,8 +233,6 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     driver's working directory, entered when it exists on this node, so relative data paths resolve as there),
     ``initial_state`` (a state to start from when Ray holds no newer checkpoint) and ``after_epoch`` (an EpochHook).
     """
-    from simmtm.train import pretraining as pretrain
-
     config = RunConfig.model_validate(loop_config["config"])
     config.threads = loop_config.get("threads") or config.threads
     cwd = loop_config.get("cwd")
@@ -244,7 +243,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     state = train_checkpoint_state()
     if state is not None and (resume is None or state["step"] >= resume["step"]):
         resume = state
-    return pretrain.run(config, RayReport(runtime, loop_config.get("after_epoch")), runtime=runtime, resume=resume)
+    return pretraining.run(config, RayReport(runtime, loop_config.get("after_epoch")), runtime=runtime, resume=resume)
 
 
 # --- the driver --------------------------------------------------------------------------------------------
@@ -326,25 +325,15 @@ def pretrain_distributed(
         _check_resources(scaling, address=address)
         out.mkdir(parents=True, exist_ok=True)
         dump_config(config, out / "config.yaml")
-        env = worker_env()
-        trainer = ray.train.torch.TorchTrainer(
-            train_worker,
-            train_loop_config={
-                "config": config.run_dict(),
-                "threads": max(1, int(scaling.cpus_per_worker)),
-                "cwd": os.getcwd(),
-                "initial_state": resume,
-                "after_epoch": after_epoch,
-            },
-            scaling_config=scaling.scaling_config(),
-            run_config=ray.train.RunConfig(
-                name=name,
-                storage_path=storage,
-                failure_config=ray.train.FailureConfig(max_failures=max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                callbacks=[RunDirCallback(str(out))],
-                worker_runtime_env={"env_vars": env} if env else None,
-            ),
+        trainer = _trainer(
+            config,
+            out=out,
+            scaling=scaling,
+            name=name,
+            storage=storage,
+            max_failures=max_failures,
+            resume=resume,
+            after_epoch=after_epoch,
         )
         log.info("pre-training on %d Ray Train worker(s); checkpoints in %s/%s", scaling.workers, storage, name)
         try:
@@ -355,9 +344,49 @@ def pretrain_distributed(
     finally:
         if connected:
             disconnect(record=record)
+    metrics = _last_metrics(result)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _trainer(
+    config: RunConfig,
+    *,
+    out: Path,
+    scaling: Scaling,
+    name: str,
+    storage: str,
+    max_failures: int,
+    resume: dict[str, Any] | None,
+    after_epoch: EpochHook | None,
+) -> ray.train.torch.TorchTrainer:
+    """The TorchTrainer of ``train_worker`` on ``scaling``'s workers: Ray's checkpoints in ``storage/name``, each
+    one copied into ``out`` by the driver's ``RunDirCallback``."""
+    env = worker_env()
+    return ray.train.torch.TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "config": config.run_dict(),
+            "threads": max(1, int(scaling.cpus_per_worker)),
+            "cwd": os.getcwd(),
+            "initial_state": resume,
+            "after_epoch": after_epoch,
+        },
+        scaling_config=scaling.scaling_config(),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[RunDirCallback(str(out))],
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+    )
+
+
+def _last_metrics(result: ray.train.Result) -> dict[str, float]:
+    """The last epoch's metrics: what rank 0 returned, else what its last checkpoint holds."""
     metrics = result.return_value
     if metrics is None and result.checkpoint is not None:
         metrics = ray_checkpoint_state(result.checkpoint).get("metrics", {})
-    metrics = dict(metrics or {})
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    return dict(metrics or {})
