@@ -32,7 +32,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             config = load_config(path, args.overrides)
             validate_sweep_sections(config, path)
             if args.data:
-                from simmtm.train.pretraining import check_inputs  # loads the data, builds the model; writes nothing
+                from simmtm.train.pretraining import check_inputs  # torch: with --data only (loads the data)
 
                 check_inputs(config)
         except UserError as exc:

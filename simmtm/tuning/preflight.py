@@ -106,7 +106,7 @@ def check_warm_start(
         )
     import optuna
 
-    from simmtm.tuning.warm_start import warm_start_study  # Optuna, as above: only for a warm start
+    from simmtm.tuning.warm_start import warm_start_study  # Optuna: only for a warm start
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" on the console
     study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
