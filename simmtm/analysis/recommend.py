@@ -34,7 +34,7 @@ from simmtm.analysis.noise import seed_noise
 from simmtm.config.keys import apply_params
 from simmtm.config.schema import RunConfig, parse_config
 from simmtm.errors import UserError
-from simmtm.tuning.outputs import write_run_yaml
+from simmtm.tuning.outputs import write_recommended_yaml
 from simmtm.verdict.confirmation import beyond_official_r
 
 __all__ = [
@@ -381,19 +381,12 @@ def best_config(sweep: Sweep, rec: Recommendation) -> RunConfig:
 def write_best_config(sweep: Sweep, rec: Recommendation, path: str | Path) -> RunConfig:
     """Write the recommended run config as YAML, with a header saying where it comes from and how to run it."""
     config = best_config(sweep, rec)
-    path = Path(path)
     ci = f" ({rec.confidence:.0%} CI {_score(rec.ci[0])} to {_score(rec.ci[1])})" if rec.ci else ""
-    values = ", ".join(f"{k}={fmt_value(v)}" for k, v in rec.params.items())
-    write_run_yaml(
-        path,
-        config.run_dict(),
-        [
-            f"{path.name}: the run config recommended by `simmtm recommend {sweep.path}`",
-            values,
-            rec.sentence
-            or f"expected {rec.metric} {_score(rec.expected_score)}{ci} from {rec.n_support} of {rec.n_finished} "
-            "finished trials",
-            f"Run it:   simmtm pretrain {path} --out runs/{path.stem}",
-        ],
+    evidence = (
+        rec.sentence
+        or f"expected {rec.metric} {_score(rec.expected_score)}{ci} from {rec.n_support} of {rec.n_finished} "
+        "finished trials"
     )
+    params = ", ".join(f"{k}={fmt_value(v)}" for k, v in rec.params.items())
+    write_recommended_yaml(Path(path), config.run_dict(), sweep_dir=sweep.path, params=params, evidence=evidence)
     return config

@@ -9,10 +9,7 @@ from pathlib import Path
 
 from simmtm.outdir.rundir import check_report_dir, own
 from simmtm.outdir.write_targets import check_output_file, check_output_folder
-
-# The first line of a config `simmtm recommend --write` wrote (simmtm.analysis.recommend.write_best_config): such a
-# file may be replaced; any other needs --force.
-RECOMMENDED_MARK = "the run config recommended by `simmtm recommend"
+from simmtm.tuning.outputs import RECOMMENDED_MARK
 
 __all__ = ["register"]
 
@@ -56,7 +53,7 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from simmtm.analysis.report import default_report_dir, write_report
+    from simmtm.analysis.report import default_report_dir, write_report  # lazy: pandas, matplotlib, Optuna
 
     out = args.out or default_report_dir(args.sweep_dir)
     check_output_folder(out)
@@ -82,7 +79,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from simmtm.analysis.load import load_sweep
+    from simmtm.analysis.load import load_sweep  # lazy, as the next: pandas and Optuna
     from simmtm.analysis.recommend import recommend, write_best_config
 
     if args.write is not None:

@@ -1,7 +1,7 @@
 """The files a sweep leaves under its directory, each read and written here, side by side.
 
 ``sweep.yaml`` (the resolved sweep file), ``sweep.json`` (``SweepMeta``: what the analysis needs to read the rest),
-``trials.csv``, ``best.yaml`` (a runnable run config; ``write_run_yaml`` also writes ``simmtm recommend --write``),
+``trials.csv``, ``best.yaml`` (a runnable run config; ``write_recommended_yaml`` writes ``simmtm recommend --write``'s),
 and a TensorBoard HParams summary (``timing.json``: ``simmtm.tuning.timing``).
 
 ``trials.csv`` has one row per Tune trial with the columns ``TRIAL_COLUMNS`` and then one column per searched
@@ -33,28 +33,10 @@ from simmtm.errors import UserError
 if TYPE_CHECKING:
     import optuna
 
-__all__ = [
-    "TrialRow",
-    "TRIAL_COLUMNS",
-    "STATES",
-    "FINISHED_STATES",
-    "state_counts",
-    "WARM_START_ATTR",
-    "OWNER_ATTR",
-    "SweepMeta",
-    "write_sweep_json",
-    "read_sweep_json",
-    "write_sweep_yaml",
-    "read_sweep_yaml",
-    "read_study",
-    "write_trials_csv",
-    "read_trials_csv",
-    "rank_configurations",
-    "write_run_yaml",
-    "write_best_yaml",
-    "write_hparams",
-    "write_trial_hparams",
-]
+__all__ = ["TrialRow", "TRIAL_COLUMNS", "STATES", "FINISHED_STATES", "state_counts", "WARM_START_ATTR", "OWNER_ATTR"]
+__all__ += ["SweepMeta", "write_sweep_json", "read_sweep_json", "write_sweep_yaml", "read_sweep_yaml", "read_study"]
+__all__ += ["write_trials_csv", "read_trials_csv", "rank_configurations", "write_run_yaml", "write_recommended_yaml"]
+__all__ += ["RECOMMENDED_MARK", "write_best_yaml", "write_hparams", "write_trial_hparams"]
 
 TRIAL_COLUMNS = ("trial_id", "state", "score", "val_score", "test_score", "repeat", "epochs", "wall_s", "error")
 STATES = ("COMPLETE", "PRUNED", "FAILED", "RUNNING", "PENDING")  # a trial's state in trials.csv and TrialRow
@@ -300,11 +282,22 @@ def rank_configurations(rows: list[TrialRow], param_keys: list[str], mode: str) 
 
 # --- best.yaml (and any run config a sweep recommends) --------------------------------------------------------
 
+# The first line of a config `simmtm recommend --write` wrote (``write_recommended_yaml``): such a file may be
+# replaced; any other needs --force.
+RECOMMENDED_MARK = "the run config recommended by `simmtm recommend"
+
 
 def write_run_yaml(path: Path, raw: dict[str, Any], header: list[str]) -> None:
     """A runnable run config under a ``#`` header saying where it comes from and how to run it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"# {line}\n" for line in header) + yaml.safe_dump(raw, sort_keys=False))
+
+
+def write_recommended_yaml(path: Path, raw: dict[str, Any], *, sweep_dir: Path, params: str, evidence: str) -> None:
+    """``simmtm recommend --write``: the recommended run config (``raw``) under a header naming the sweep, the
+    recommended ``params`` and the ``evidence`` line (``simmtm.verdict.recommendation.Recommendation``)."""
+    run = f"Run it:   simmtm pretrain {path} --out runs/{path.stem}"
+    write_run_yaml(path, raw, [f"{path.name}: {RECOMMENDED_MARK} {sweep_dir}`", params, evidence, run])
 
 
 def write_best_yaml(
