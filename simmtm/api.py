@@ -35,7 +35,7 @@ from simmtm.outdir.write_targets import check_output_folder
 from simmtm.tuning.outputs import state_counts
 
 if TYPE_CHECKING:
-    from simmtm.analysis.recommend import Recommendation
+    from simmtm.verdict.recommendation import Recommendation
     from simmtm.weights.exporting import ExportedEncoder
 
 __all__ = [
@@ -359,7 +359,7 @@ def recommend(
     """
     from dataclasses import replace
 
-    from simmtm.analysis.load import load_sweep  # lazy: pandas and Optuna
+    from simmtm.analysis.load import load_sweep  # lazy, as the next: pandas and Optuna
     from simmtm.analysis.recommend import recommend as recommend_params
     from simmtm.analysis.recommend import write_best_config
 

@@ -17,7 +17,15 @@ from pydantic import BaseModel, ValidationError
 
 from simmtm.errors import ConfigError
 
-__all__ = ["get_key", "set_key", "flatten", "apply_params", "known_keys", "diff_keys", "error_line"]
+__all__ = ["get_key", "set_key", "flatten", "apply_params", "known_keys", "diff_keys", "error_line", "SHORT_NAMES"]
+
+# Short names of the keys the paper is about, for tables, axes and messages.
+SHORT_NAMES = {
+    "pretrain.mask_ratio": "r",
+    "pretrain.num_masked": "M",
+    "pretrain.temperature": "tau",
+    "model.encoder": "encoder",
+}
 
 
 def get_key(raw: Mapping[str, Any], key: str, default: Any = None) -> Any:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simmtm.cluster.resources import Resources
-from simmtm.config.keys import apply_params, get_key, known_keys, set_key
+from simmtm.config.keys import SHORT_NAMES, apply_params, get_key, known_keys, set_key
 from simmtm.config.schema import SWEEP_SECTIONS, RunConfig, parse_config
 from simmtm.train.trackers import Trackers
 
@@ -44,13 +44,6 @@ __all__ = [
 # The first trial of a TPE/random sweep: the paper's settings (Dong et al. 2023) for r, M and tau; any other
 # searched key starts from the schema default.
 PAPER_DEFAULTS = {"pretrain.mask_ratio": 0.5, "pretrain.num_masked": 3, "pretrain.temperature": 0.2}
-# Short names of the keys the paper is about, for tables and axes.
-SHORT_NAMES = {
-    "pretrain.mask_ratio": "r",
-    "pretrain.num_masked": "M",
-    "pretrain.temperature": "tau",
-    "model.encoder": "encoder",
-}
 
 # Keys a sweep may not search: they decide where and how a trial runs, not what it learns.
 NOT_SEARCHABLE = {"device", "threads", "data.name", "data.path", "data.task", "data.num_workers"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -134,24 +133,6 @@ def test_widening_is_advised_only_beyond_seed_noise(tmp_path: Path, synth: Simpl
         assert not edge["can_widen"] and "within seed noise" in edge["message"] and "no need to widen" in edge["message"]
     else:
         assert edge["can_widen"] and "widen the search" in edge["message"]
-
-
-def test_stability_by_counts_equals_picking_in_every_resample() -> None:
-    from simmtm.analysis.recommend import _pick, _stability
-
-    rng = np.random.default_rng(0)
-    for case in range(10):
-        n = int(rng.integers(3, 60))
-        u = rng.random((n, 2))
-        near = (np.abs(u[:, None, :] - u[None, :, :]) <= 0.2).all(-1)
-        good = -rng.random(n)  # continuous scores: no two neighbourhood means tie
-        need, centre = int(rng.integers(1, 6)), int(rng.integers(0, n))
-        draws = np.random.default_rng(case).integers(0, n, size=(40, n))
-        hits = 0
-        for idx in draws:  # the definition: pick a centre among the resample's own rows
-            sub = near[np.ix_(idx, idx)]
-            hits += bool(near[centre, idx[_pick(sub, good[idx], min(need, int(sub.sum(axis=1).max())))]])
-        assert _stability(near, good, need, centre, n_boot=40, rng=np.random.default_rng(case)) == hits / 40
 
 
 def test_recommend_says_how_many_cells_tie_with_the_best_within_seed_noise(tmp_path: Path, synth: SimpleNamespace) -> None:
