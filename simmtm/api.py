@@ -359,9 +359,9 @@ def recommend(
     """
     from dataclasses import replace
 
-    from simmtm.analysis.load import load_sweep  # lazy, as the next: pandas and Optuna
-    from simmtm.analysis.recommend import recommend as recommend_params
-    from simmtm.analysis.recommend import write_best_config
+    from simmtm.analysis.load import load_sweep  # lazy: pandas and Optuna
+    from simmtm.analysis.recommend import recommend as recommend_params  # lazy: pandas, scipy and Optuna
+    from simmtm.analysis.recommend import write_best_config  # lazy, as the line above
 
     loaded = load_sweep(sweep_dir)
     rec = recommend_params(loaded, n_boot=bootstrap, seed=seed)

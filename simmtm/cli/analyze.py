@@ -79,8 +79,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from simmtm.analysis.load import load_sweep  # lazy, as the next: pandas and Optuna
-    from simmtm.analysis.recommend import recommend, write_best_config
+    from simmtm.analysis.load import load_sweep  # lazy: pandas and Optuna
+    from simmtm.analysis.recommend import recommend, write_best_config  # lazy: pandas, scipy and Optuna
 
     if args.write is not None:
         check_output_file(args.write, option="--write", marker=RECOMMENDED_MARK, force=args.force)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from simmtm.errors import UserError
 from simmtm.tuning.outputs import state_counts
+from simmtm.tuning.plan import plan_sweep
 
 if TYPE_CHECKING:
     from simmtm.analysis.surface import SurfaceNoise
@@ -73,8 +74,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.config is None and not args.resume:
         raise UserError("simmtm sweep: give SWEEP.yaml (only --resume --out DIR continues without it)")
     if args.dry_run:
-        from simmtm.tuning.plan import plan_sweep  # lazy: numpy and Optuna, not for `simmtm --help`
-
         config = args.config if args.config is not None else args.out / "sweep.yaml"
         print("\n".join(plan_sweep(config, args.overrides, address=args.address).lines()))
         return 0

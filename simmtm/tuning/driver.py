@@ -42,6 +42,7 @@ from simmtm.outdir.rundir import own, prepare_sweep_dir
 from simmtm.train.trackers import Trackers
 from simmtm.tuning import engine
 from simmtm.tuning.confirm import ConfirmOutcome, StageInputs, check_noise_from, confirm_sweep
+from simmtm.tuning.live import TrialEndHParams
 from simmtm.tuning.outputs import (
     FINISHED_STATES,
     SweepMeta,
@@ -64,6 +65,7 @@ from simmtm.tuning.preflight import (
     plan_trials,
     study_exists,
 )
+from simmtm.tuning.progress import trial_table
 from simmtm.tuning.record import TrialStore, name_of, trials_root
 from simmtm.tuning.results import named_rows, score_test, study_rows
 from simmtm.tuning.resume import continue_config
@@ -73,6 +75,7 @@ from simmtm.tuning.space import sampler_seed, search_distributions
 from simmtm.tuning.spec import PAPER_DEFAULTS, SweepSpec, TrialSpec, first_rung, probe_key
 from simmtm.tuning.study import SweepStudy, open_storage
 from simmtm.tuning.timing import TrialClock, write_timing
+from simmtm.tuning.warm_start import warm_start_study
 
 __all__ = ["run_sweep", "SweepOutcome", "concurrency", "plan_trials", "TrialPlan", "sweep_owner"]
 
@@ -290,16 +293,11 @@ def _open_study(sweep: _Sweep, *, restoring: bool, warm_start: Path | None) -> S
         log.info("resuming the sweep in %s: %d trial(s) continue", sweep.out, len(study.resumable()))
         return study
     if warm_start is not None:  # checked before Ray started; a resumed sweep has its copies already
-        from simmtm.tuning.warm_start import warm_start_study
-
         warm_start_study(study.study, warm_start, search_distributions(spec.search), metric=sweep.metric)
     return study
 
 
 def _search(sweep: _Sweep, study: SweepStudy, plan: TrialPlan, trackers: Trackers, *, verbose: int) -> None:
-    from simmtm.tuning.live import TrialEndHParams
-    from simmtm.tuning.progress import trial_table
-
     spec = sweep.spec
     pruner = engine.make_pruner(study, spec, metric=sweep.metric, mode=sweep.mode, epochs=sweep.config.pretrain.epochs)
     searcher = SweepSearch(study, pruner, sweep.store, metric=sweep.metric, mode=sweep.mode)

@@ -34,7 +34,7 @@ _TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes a multi-worker trial's driver reserv
 def trainable(resources: Resources):
     from ray import tune
 
-    from simmtm.tuning.trainable import run_trial
+    from simmtm.tuning.trainable import run_trial  # lazy: torch, only when trials are to run
 
     if resources.workers == 1:
         return tune.with_resources(run_trial, {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker})

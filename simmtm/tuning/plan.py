@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simmtm.cluster import ray_session
 from simmtm.config.schema import RunConfig, load_config
+from simmtm.tuning.preflight import concurrency as trials_at_once
 from simmtm.tuning.sections import sweep_spec
 from simmtm.tuning.spec import SweepSpec
 
@@ -62,9 +64,6 @@ def plan_sweep(sweep_file: str | Path, overrides: list[str] | None = None, *, ad
     configurations = spec.tune.resolved_samples(spec.search)
     concurrency = None
     if address is None:
-        from simmtm.cluster import ray_session
-        from simmtm.tuning.preflight import concurrency as trials_at_once
-
         concurrency = trials_at_once(
             spec, ray_session.check_resources(spec.resources, nodes=[ray_session.local_node()])
         )
