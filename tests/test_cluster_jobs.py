@@ -28,6 +28,7 @@ import optuna
 import pytest
 from ray_nodes import free_port
 
+from simmtm.cli import main
 from simmtm.cluster.launcher import DRIVER_REQUEST, DRIVER_RESOURCE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,7 +203,7 @@ resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
 @pytest.mark.usefixtures("shared_data")
 @pytest.mark.parametrize("layout", ["shared-out", "storage-uri"])
 def test_sweep_job_runs_trials_on_both_nodes_into_shared_storage(local_cluster: LocalCluster, tmp_path: Path,
-                                                                  layout: str) -> None:
+                                                                  layout: str, capsys) -> None:
     """shared-out: --out on a folder every node mounts (EFS/NFS). storage-uri: --out on the head's own disk and
     Ray's experiment (checkpoints, results) under tune.storage_path, a URI as s3:// is (file:// here)."""
     cluster = local_cluster
@@ -265,10 +266,10 @@ def test_sweep_job_runs_trials_on_both_nodes_into_shared_storage(local_cluster: 
     assert sorted({where for names in logged_in.values() for where in names}) == ["worker1", "worker2"], logged_in
     assert all(len(names) == 1 for names in logged_in.values()), logged_in
 
-    # `simmtm analyze` reads the sweep folder.
-    analyze = subprocess.run([str(BIN / "simmtm"), "analyze", str(out), "--bootstrap", "50", "--no-interactive"],
-                             env=cluster.env, capture_output=True, text=True, timeout=180)
-    assert analyze.returncode == 0, analyze.stderr[-3000:]
-    [report] = [line.split(": ", 1)[1] for line in analyze.stdout.splitlines() if line.startswith("report: ")]
-    assert report.endswith("report.html") and Path(report).stat().st_size > 0, analyze.stdout
+    # `simmtm analyze` reads the sweep folder (in this process: it needs no Ray and no fresh interpreter).
+    capsys.readouterr()
+    assert main(["analyze", str(out), "--bootstrap", "50", "--no-interactive"]) == 0
+    printed = capsys.readouterr().out
+    [report] = [line.split(": ", 1)[1] for line in printed.splitlines() if line.startswith("report: ")]
+    assert report.endswith("report.html") and Path(report).stat().st_size > 0, printed
     print(f"{layout}: sweep job {job_s:.0f} s; trials per node: {[names[0] for names in logged_in.values()]}")

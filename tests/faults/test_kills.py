@@ -1,6 +1,7 @@
 """The fault suite, kills: ``kill -9`` at a random point of a pre-training, of a sweep driver, of a trial's worker
 process and of one Ray Train worker. Each run resumes (or recovers by itself) with nothing lost and nothing run
-twice. Every process runs as a real ``simmtm`` command in its own session; a test stops only what it started.
+twice. Every process a test kills runs as a real ``simmtm`` command in its own session; a test stops only what it
+started. What no test kills (the resumes, the second of two drivers) runs in this process, on the suite's shared Ray.
 
 The kill points are drawn from ``$SIMMTM_FAULT_SEED`` (a fresh seed when unset); a failure message names the seed.
 """
@@ -50,6 +51,12 @@ def simmtm(*args: str, log: Path) -> subprocess.Popen:
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
+
+
+def resume_in_process(argv: list[str]) -> int:
+    """``simmtm ARGV --resume`` in this process, on the suite's shared Ray (the test's ``shared_ray``): a resume
+    that no test kills needs no interpreter and no Ray of its own."""
+    return main([*argv, "--resume"])
 
 
 def descendants(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -151,8 +158,8 @@ def test_a_pretraining_killed_at_a_random_point_resumes_bit_identical(
     killed_at = len(history(split, "pretrain_epoch"))
     assert killed_at < epochs
 
-    done = simmtm("pretrain", str(config), "--out", str(split), "--no-progress", log=log)
-    assert done.wait(timeout=300) == 0, log.read_text()[-3000:]
+    # The resume kills nothing: it runs in this process, as the uninterrupted run did.
+    assert main(["pretrain", str(config), "--out", str(split), "--no-progress"]) == 0
 
     # Each epoch once, with the uninterrupted run's numbers, and the same weights and optimiser state to the bit.
     assert [r["epoch"] for r in history(split, "pretrain_epoch")] == list(range(1, epochs + 1)), (
@@ -189,7 +196,7 @@ def events(out: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(900)  # a sweep, its interruption and its resume, one after the other
 def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(
-    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property
+    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property, shared_ray
 ) -> None:
     from optuna.trial import TrialState
     from studies import study_of
@@ -262,11 +269,7 @@ def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(
     ended_before = {e["trial_id"] for e in events(out) if e["event"] == "end"}
     shutil.rmtree(out / "ray")  # Tune's folder is disposable: the sweep resumes from its study and trial folders
 
-    resumed = simmtm(*argv, "--resume", log=log)
-    try:
-        assert resumed.wait(timeout=400) == 0, f"seed {SEED}:\n{log.read_text()[-4000:]}"
-    finally:
-        stop_session(resumed, [])
+    assert resume_in_process(argv) == 0, f"seed {SEED}"
     record_property("faults", 2)
 
     rows = read_trials_csv(out / "trials.csv")
@@ -282,19 +285,19 @@ def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(
         )
     study = study_of(out)
     tagged = [t.user_attrs.get("trial_id") for t in study.get_trials()]
-    assert len(tagged) == len(set(tagged)) == TRIALS  # one Optuna trial per trial
+    assert len(tagged) == len(set(tagged)) == TRIALS, f"seed {SEED}: {tagged}"  # one Optuna trial per trial
     assert {t.user_attrs["trial_id"] for t in study.get_trials() if t.state == TrialState.COMPLETE} == complete
-    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    assert not [t.number for t in study.get_trials() if t.state == TrialState.RUNNING], f"seed {SEED}"
 
 
-@pytest.mark.timeout(900)  # a sweep, its interruption and its resume, one after the other
-@pytest.mark.parametrize("stage", ["confirmation", "result collection"])
+@pytest.mark.timeout(900)  # a sweep, two interruptions and two resumes, one after the other
 def test_a_driver_killed_after_its_search_resumes_without_running_a_finished_trial_again(
-    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property, stage: str
+    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property, shared_ray
 ) -> None:
-    """kill -9 of the driver during the confirmation stage (a confirmation run under way) or while it collects the
-    results (scoring the test split of the best configuration); Tune's folders deleted; --resume ends the sweep
-    with every output, re-running no finished trial and no finished confirmation run."""
+    """kill -9 of the driver during the confirmation stage (a confirmation run under way), then of the resumed
+    driver while it collects the results (scoring the test split of the best configuration); Tune's folders deleted
+    after each; the second --resume ends the sweep with every output, re-running no finished trial and no finished
+    confirmation run. (One sweep for both stages: the search and its two trials run once.)"""
     from simmtm.tuning.outputs import read_trials_csv
 
     raw = make_config(tiny_csv, {"pretrain": {"epochs": 2, "max_steps": None}})
@@ -306,31 +309,31 @@ def test_a_driver_killed_after_its_search_resumes_without_running_a_finished_tri
     sweep_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     argv = ["sweep", str(sweep_file), "--out", str(out), "--quiet-table"]
 
-    def under_way() -> bool:
+    def under_way(stage: str) -> bool:
         if stage == "confirmation":  # a confirmation run has a checkpoint (or a result): the stage is under way
             return any((out / "trials").glob("confirm-*/checkpoint.pt"))
         return (out / "best").is_dir()  # the test split of the best configuration is being scored
 
-    driver = simmtm(*argv, log=log)
-    try:
-        wait_for(stage, under_way, driver, log, timeout=400)
-        time.sleep(rng.uniform(0, 0.5))
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        stop_session(driver, descendants(driver))
-    assert not (out / "trials.csv").exists()
-    done_before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "trials").glob("*/result.json")}
-    assert {"trial-0000", "trial-0001"} <= set(done_before)
-    for folder in ("ray", "confirm"):
-        shutil.rmtree(out / folder, ignore_errors=True)
+    done_before: dict[str, int] = {}
+    for stage, extra in (("confirmation", ()), ("result collection", ("--resume",))):
+        driver = simmtm(*argv, *extra, log=log)
+        try:
+            wait_for(stage, lambda stage=stage: under_way(stage), driver, log, timeout=400)
+            time.sleep(rng.uniform(0, 0.5))
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(timeout=30)
+        finally:
+            stop_session(driver, descendants(driver))
+        assert not (out / "trials.csv").exists(), stage
+        done = {p.parent.name: p.stat().st_mtime_ns for p in (out / "trials").glob("*/result.json")}
+        assert {name: done[name] for name in done_before} == done_before, stage  # the resume re-ran nothing
+        done_before = done
+        assert {"trial-0000", "trial-0001"} <= set(done_before)
+        for folder in ("ray", "confirm"):
+            shutil.rmtree(out / folder, ignore_errors=True)
 
-    resumed = simmtm(*argv, "--resume", log=log)
-    try:
-        assert resumed.wait(timeout=500) == 0, f"seed {SEED}:\n{log.read_text()[-4000:]}"
-    finally:
-        stop_session(resumed, [])
-    record_property("faults", 1)
+    assert resume_in_process(argv) == 0, f"seed {SEED}"
+    record_property("faults", 2)
     after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "trials").glob("*/result.json")}
     assert {name: after[name] for name in done_before} == done_before  # no finished run ran again
     assert len([n for n in after if n.startswith("confirm-")]) == 4  # 2 configurations x 2 paired seeds
@@ -378,7 +381,7 @@ def test_a_killed_ray_train_worker_is_replaced_and_the_run_ends_as_planned(
 
 @pytest.mark.timeout(900)  # a sweep, its interruption and its resume, one after the other
 def test_two_drivers_feed_one_shared_study_and_each_reports_only_its_own_trials(
-    make_config, tiny_csv: Path, tmp_path: Path
+    make_config, tiny_csv: Path, tmp_path: Path, shared_ray
 ) -> None:
     from optuna.trial import TrialState
 
@@ -399,18 +402,18 @@ def test_two_drivers_feed_one_shared_study_and_each_reports_only_its_own_trials(
     raw["resources"] = {"workers": 1, "cpus_per_worker": 1}
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-    drivers = {
-        name: simmtm(
-            "sweep", str(sweep_file), "--out", str(tmp_path / name), "--quiet-table", log=tmp_path / f"{name}.log"
-        )
-        for name in ("a", "b")
-    }
+
+    def argv(name: str) -> list[str]:
+        return ["sweep", str(sweep_file), "--out", str(tmp_path / name), "--quiet-table"]
+
+    # Driver b in its own process, driver a meanwhile in this one (on the shared Ray): two drivers at once.
+    other = simmtm(*argv("b"), log=tmp_path / "b.log")
     try:
-        for name, proc in drivers.items():
-            assert proc.wait(timeout=500) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+        assert main(argv("a")) == 0
+        assert other.wait(timeout=500) == 0, (tmp_path / "b.log").read_text()[-3000:]
     finally:
-        for proc in drivers.values():
-            stop_session(proc, [])
+        stop_session(other, [])
+    drivers = ("a", "b")
     rows = {name: read_trials_csv(tmp_path / name / "trials.csv") for name in drivers}
     for name, table in rows.items():  # each driver's table: its own two trials, finished; none of the other's
         assert [r["state"] for r in table] == ["COMPLETE", "COMPLETE"], (name, table)
