@@ -168,7 +168,7 @@ def write_study(out: Path, trials: int, *, seed: int = 0) -> None:
 
 
 def run_confirm(out: Path, trials: int, *, concurrent: int) -> dict:
-    """The confirmation stage (``simmtm.tuning.confirm.confirm_sweep``, as the driver calls it) after the search in
+    """The confirmation stage (``simmtm.tuning.confirm_stage.confirm_sweep``, as the driver calls it) after the search in
     ``out``, with the synthetic trainable: quick.yaml's top 1 and the paper's default, 3 paired seeds each (6 runs).
     What grows with N is ranking the search's configurations and reading its rung scores (the probe check); the
     confirmation runs themselves are a fixed number. Printed: the whole stage and those two parts."""
@@ -177,7 +177,7 @@ def run_confirm(out: Path, trials: int, *, concurrent: int) -> dict:
     from ray import tune
 
     from simmtm.tuning import engine
-    from simmtm.tuning.confirm import StageInputs, confirm_sweep, rung_scores
+    from simmtm.tuning.confirm_stage import StageInputs, confirm_sweep, rung_scores
     from simmtm.tuning.outputs import rank_configurations
     from simmtm.tuning.record import TrialStore, trials_root
     from simmtm.tuning.results import named_rows, study_rows

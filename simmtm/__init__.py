@@ -16,7 +16,7 @@ from simmtm.errors import ConfigError, DataError, UserError
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and editors
     from simmtm.api import analyze, export, finetune, pretrain, recommend, run, sweep
     from simmtm.weights.exporting import load_encoder
-    from simmtm.weights.loading import load_pretrained
+    from simmtm.weights.from_run import load_pretrained
 
 __version__ = "0.1.0"
 
@@ -49,7 +49,7 @@ _LAZY = {
     "run": "simmtm.api",
     "sweep": "simmtm.api",
     "load_encoder": "simmtm.weights.exporting",
-    "load_pretrained": "simmtm.weights.loading",
+    "load_pretrained": "simmtm.weights.from_run",
 }
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from simmtm.cluster import launch as runs
+from simmtm.cluster import single_run as runs
 from simmtm.cluster.resources import Scaling
 from simmtm.config.schema import RunConfig, apply_overrides, config_yaml, parse_config, read_yaml
 from simmtm.outdir.rundir import check_run_all_dir, guard_finetune_dir, own

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from simmtm.cli import main
-from simmtm.cluster.launcher import DRIVER_RESOURCE, check_cluster, cluster_files, trial_demand
+from simmtm.cluster.cluster_check import DRIVER_RESOURCE, check_cluster, cluster_files, trial_demand
 from simmtm.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

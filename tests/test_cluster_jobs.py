@@ -29,7 +29,7 @@ import pytest
 from ray_nodes import free_port
 
 from simmtm.cli import main
-from simmtm.cluster.launcher import DRIVER_REQUEST, DRIVER_RESOURCE
+from simmtm.cluster.cluster_check import DRIVER_REQUEST, DRIVER_RESOURCE
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

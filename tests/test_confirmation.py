@@ -127,7 +127,7 @@ def test_power_the_detectable_difference_and_the_seeds_a_half_width_needs():
 
 
 def _stage(tmp_path, confirm):
-    from simmtm.tuning.confirm import StageInputs
+    from simmtm.tuning.confirm_stage import StageInputs
     from simmtm.tuning.spec import ConfirmSpec
 
     return StageInputs(
@@ -141,7 +141,7 @@ def _rounds(tmp_path, confirm, gain):
     the runner runs the named points that have no result yet and returns the rows of all; each round's new seeds."""
     import numpy as np
 
-    from simmtm.tuning.confirm import ConfirmPlan, _confirm_rounds
+    from simmtm.tuning.confirm_stage import ConfirmPlan, _confirm_rounds
     from simmtm.tuning.outputs import TrialRow
 
     rounds, rows = [], {}
@@ -184,7 +184,7 @@ def test_fixed_seeds_run_one_round_and_auto_stops_at_the_cap(tmp_path):
 
 
 def test_the_power_line_states_the_smallest_difference_the_seeds_detect():
-    from simmtm.tuning.confirm import ConfirmPlan, PlanNoise, power_line
+    from simmtm.tuning.confirm_stage import ConfirmPlan, PlanNoise, power_line
     from simmtm.tuning.spec import ConfirmSpec
     from simmtm.verdict.stats import SeedSpread
 

@@ -5,6 +5,8 @@
     recommend(sweep).summary()
 
 The notebooks in ``analysis/`` and the ``simmtm analyze`` / ``simmtm recommend`` commands call these functions.
+
+May import: ``simmtm.tuning`` (the sweep's own readers), ``simmtm.verdict`` and the layers below them.
 """
 
 from simmtm.analysis.best_m import m_vs_r

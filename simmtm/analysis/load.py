@@ -37,7 +37,7 @@ from simmtm.analysis.param_space import (
 )
 from simmtm.config.keys import get_key
 from simmtm.errors import UserError
-from simmtm.tuning.confirm import read_confirmation_json
+from simmtm.tuning.confirm_stage import read_confirmation_json
 from simmtm.tuning.outputs import (
     STATES,
     TRIAL_COLUMNS,
@@ -49,6 +49,7 @@ from simmtm.tuning.outputs import (
 )
 from simmtm.tuning.space import match_choice, search_distributions
 from simmtm.tuning.spec import SHORT_NAMES
+from simmtm.tuning.study import OPTUNA_STATES
 from simmtm.tuning.timing import read_timing_events
 
 __all__ = [
@@ -73,13 +74,6 @@ R_KEY = "pretrain.mask_ratio"
 M_KEY = "pretrain.num_masked"
 TAU_KEY = "pretrain.temperature"
 ENCODER_KEY = "model.encoder"
-_OPTUNA_STATES = {
-    TrialState.COMPLETE: "COMPLETE",
-    TrialState.PRUNED: "PRUNED",
-    TrialState.FAIL: "FAILED",
-    TrialState.RUNNING: "RUNNING",
-    TrialState.WAITING: "PENDING",
-}
 
 
 @dataclass
@@ -100,7 +94,7 @@ class Sweep:
     source: str  # "trials.csv", "optuna.db" or "none"
     n_warm_start: int = 0  # trials in the study copied from an earlier sweep
     notes: list[str] = field(default_factory=list)  # things a reader should know (stale files, ...)
-    confirmation: dict[str, Any] | None = None  # confirmation.json (simmtm.tuning.confirm); None: none was run
+    confirmation: dict[str, Any] | None = None  # confirmation.json (simmtm.tuning.confirm_stage); None: none was run
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -220,7 +214,7 @@ def _frame_from_study(
         if WARM_START_ATTR in t.user_attrs:
             n_warm += 1
             continue
-        state = _OPTUNA_STATES.get(t.state, str(t.state.name))
+        state = OPTUNA_STATES.get(t.state, str(t.state.name))
         value = t.value if t.state == TrialState.COMPLETE and t.values else np.nan
         attrs = t.user_attrs
         row = {

@@ -4,7 +4,7 @@
 confirmation's paired runs and the search's repeated configurations); the confirmation stage stores it in its
 verdict (``confirmation.json``). Every message and file that quotes the noise (the verdict sentence, the advice to
 widen a range, ``simmtm recommend --json``, best.yaml, the report, the heatmap) reads it through ``seed_noise``;
-the stored figure through ``simmtm.tuning.confirm.stored_noise``, which a later sweep's confirmation plan reads too.
+the stored figure through ``tuning.confirm_stage.stored_noise``, which a later sweep's confirmation plan reads too.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from simmtm.analysis.load import Sweep
-from simmtm.tuning.confirm import stored_noise
+from simmtm.tuning.confirm_stage import stored_noise
 from simmtm.verdict.confirmation import sweep_noise
 from simmtm.verdict.stats import SeedSpread
 

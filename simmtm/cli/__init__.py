@@ -3,6 +3,8 @@
 Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets ``func``. A ``UserError``
 (bad config, data or path) prints one line and exits with code 2; nothing else is touched. The global flags
 (``-v``, ``-q``) work anywhere on the line: every subcommand's parser takes them too (``_CommandParser``).
+
+May import every package (``simmtm.api`` included); nothing imports it but ``simmtm.__main__``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from simmtm.cluster.launcher import check_cluster, cluster_files, sweep_files
+from simmtm.cluster.cluster_check import check_cluster, cluster_files, sweep_files
 from simmtm.errors import UserError
 
 __all__ = ["register"]

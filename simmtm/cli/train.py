@@ -8,8 +8,8 @@ from typing import Any
 
 from simmtm import api
 from simmtm.cli import deprecated
-from simmtm.cluster.launch import headline
 from simmtm.cluster.resources import PLACEMENT_STRATEGIES
+from simmtm.cluster.single_run import headline
 from simmtm.config.schema import load_config
 
 __all__ = ["register", "format_metrics", "comparison_table"]

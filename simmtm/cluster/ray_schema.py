@@ -1,5 +1,5 @@
 """Ray's own offline check of a cluster launcher file (``cluster.yaml``, ``cluster/*.yaml``): the first layer of
-``simmtm cluster check`` (``simmtm.cluster.launcher`` adds this project's rules).
+``simmtm cluster check`` (``simmtm.cluster.cluster_check`` adds this project's rules).
 
 ``prepare_config`` fills the provider's defaults from the wheel's ``defaults.yaml``, ``validate_config`` applies
 ``ray-schema.json``: unknown keys, non-integer node resources, a head type missing from ``available_node_types``,

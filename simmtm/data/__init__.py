@@ -2,6 +2,8 @@
 
 ``load_splits(cfg)`` is the entry point: it resolves ``data.name`` / ``data.path`` (see ``registry``) and calls
 ``load_forecasting`` or ``load_classification``. ``download(name)`` fetches a named data set.
+
+May import: ``simmtm.config``, ``simmtm.errors``.
 """
 
 from simmtm.data.classification import (

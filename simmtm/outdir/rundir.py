@@ -164,13 +164,17 @@ def prepare_pretrain_dir(out: Path, config: RunConfig, *, restart: bool) -> dict
     if restart:
         _empty(out, entries)
         return None
-    from simmtm.train.checkpoint import latest_checkpoint, load_state  # torch: only for commands that train
+    from simmtm.train.checkpoint import (  # torch: only for commands that train
+        PRETRAIN_KIND,
+        latest_checkpoint,
+        load_state,
+    )
 
     ckpt = latest_checkpoint(out)
     if ckpt is None:
         return None
     state = load_state(ckpt)
-    if state.get("kind") != "simmtm-pretrain":
+    if state.get("kind") != PRETRAIN_KIND:
         raise UserError(f"--out {out}: holds a {state.get('kind', 'foreign')} checkpoint, not a pre-training run")
     _refuse_changed(out, state["config"], config)
     return state

@@ -20,6 +20,7 @@ __all__ = [
     "latest_checkpoint",
     "run_checkpoint",
     "encoder_state",
+    "PRETRAIN_KIND",
 ]
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -60,6 +61,9 @@ def ray_checkpoint_state(checkpoint: Any) -> dict[str, Any]:
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest checkpoint of a run directory (``checkpoints/last.pt``), or None."""
     return run_checkpoint(run_dir, "last")
+
+
+PRETRAIN_KIND = "simmtm-pretrain"  # a pre-training state's "kind": what its readers check
 
 
 def run_checkpoint(run_dir: str | Path, which: str) -> Path | None:

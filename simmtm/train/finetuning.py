@@ -27,9 +27,9 @@ from simmtm.config.schema import ModelConfig, RunConfig
 from simmtm.data.inputs import Inputs, load_inputs
 from simmtm.errors import UserError
 from simmtm.method.heads import Classifier, Forecaster
-from simmtm.train.checkpoint import encoder_state, load_state, run_checkpoint, save_state
+from simmtm.train.checkpoint import PRETRAIN_KIND, encoder_state, load_state, run_checkpoint, save_state
 from simmtm.train.history import RunLog, write_json
-from simmtm.train.pretraining import PRETRAIN_KIND, build_checked_encoder
+from simmtm.train.pretraining import build_checked_encoder
 from simmtm.train.runtime import LocalRuntime, Report, Runtime, check_device, no_report, pick_device
 from simmtm.train.scoring import evaluate, predict
 from simmtm.train.shared import Loop, open_run_dir, prepare_model, set_up

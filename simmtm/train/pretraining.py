@@ -24,7 +24,7 @@ from simmtm.errors import UserError
 from simmtm.method.encoders import Encoder, build_encoder
 from simmtm.method.masking import make_mask, real_steps_only
 from simmtm.method.model import Gather, SimMTM, to_series
-from simmtm.train.checkpoint import save_pretrain_checkpoints
+from simmtm.train.checkpoint import PRETRAIN_KIND, save_pretrain_checkpoints
 from simmtm.train.history import RunLog, StepLog, write_json
 from simmtm.train.runtime import LocalRuntime, Report, Runtime, check_device, no_report, pick_device
 from simmtm.train.shared import (
@@ -38,11 +38,10 @@ from simmtm.train.shared import (
     set_up,
 )
 
-__all__ = ["run", "check_inputs", "build_simmtm", "build_checked_encoder", "draw_masks", "PRETRAIN_KIND"]
+__all__ = ["run", "check_inputs", "build_simmtm", "build_checked_encoder", "draw_masks"]
 
 log = logging.getLogger(__name__)
 
-PRETRAIN_KIND = "simmtm-pretrain"  # a pre-training state's "kind": what its readers check
 VAL_MASK_SEED = 2**31 - 1  # validation masks are the same every epoch, so epochs compare
 
 

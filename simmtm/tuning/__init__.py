@@ -1,10 +1,16 @@
 """Sweeps over SimMTM's pre-training settings: Ray Tune trials, an Optuna study, ASHA on a downstream probe.
 
-``spec`` (the sweep file schema and the ``TrialSpec`` every trial shares), ``trial`` (one trial as a plain
-function), ``trainable`` and ``multiworker`` (a trial in Tune, on one process or on Ray Train workers), ``search``
-(the Optuna searcher), ``warm_start`` (seeding the study from an earlier sweep), ``driver`` (the entry and the Tune
-experiment), ``results`` (rows, study reconciliation, test scores) and ``outputs`` (every file of a sweep directory,
-read and written). Importing this package imports neither Ray nor torch.
+The sweep file: ``spec`` (its schema and the ``TrialSpec`` every trial shares), ``sections`` (validating it),
+``space`` (the search space), ``resume`` (the file a resumed sweep continues from). Before Ray starts:
+``preflight`` (data, model and resource checks), ``plan`` (``--dry-run``). The record: ``study`` (the Optuna study,
+public API only), ``record`` (one folder per trial), ``warm_start`` (an earlier sweep's trials). The run:
+``driver`` (the entry), ``engine`` (a fresh Tune experiment), ``search`` (the Tune searcher and scheduler over the
+study), ``trainable`` and ``multiworker`` (a trial in Tune, on one process or on Ray Train workers), ``trial`` (one
+trial as a plain function), ``live`` and ``progress`` (what the terminal shows), ``timing``. Afterwards:
+``confirm_stage`` (the confirmation runs), ``results`` (rows, test scores), ``outputs`` (every file of a sweep
+directory, read and written). Importing this package imports neither Ray nor torch.
+
+May import: ``simmtm.verdict``, ``simmtm.cluster`` and the layers below them; never ``simmtm.analysis``.
 """
 
 from simmtm.tuning.sections import sweep_spec, validate_sweep_sections

@@ -16,7 +16,7 @@ The sweep directory (read by the analysis notebooks; keep it stable):
 - ``trials/<trial>/``: each trial's checkpoint, final result and error (under ``tune.storage_path`` when set);
 - ``trials.csv``, ``best.yaml``, ``best/<trial>/`` (the test-scored fine-tunes), ``timing.json``;
 - ``tb/<trial>/`` (per-trial TensorBoard: pre-training losses, probe and final scores), ``tb/hparams/``;
-- ``confirmation.json``: the confirmation stage (``simmtm.tuning.confirm``): the top configurations and the paper's
+- ``confirmation.json``: the confirmation stage (``confirm_stage``): the top configurations and the paper's
   default re-run with fresh paired seeds (``trials/confirm-*``), its verdict, the seed noise and the probe check;
 - ``ray/``, ``confirm/``: Ray Tune's experiment folders of the last run (disposable: nothing reads them back).
 """
@@ -41,7 +41,7 @@ from simmtm.outdir.process_record import RECORD_FILE, stop_recorded
 from simmtm.outdir.rundir import own, prepare_sweep_dir
 from simmtm.train.trackers import Trackers
 from simmtm.tuning import engine
-from simmtm.tuning.confirm import ConfirmOutcome, StageInputs, check_noise_from, confirm_sweep
+from simmtm.tuning.confirm_stage import ConfirmOutcome, StageInputs, check_noise_from, confirm_sweep
 from simmtm.tuning.live import TrialEndHParams
 from simmtm.tuning.outputs import (
     FINISHED_STATES,

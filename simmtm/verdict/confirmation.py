@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from scipy import stats as scipy_stats
 
+from simmtm.config.keys import SHORT_NAMES
 from simmtm.verdict.stats import PairedDifference, SeedSpread, paired_difference, seed_spread
 
 __all__ = [
@@ -48,12 +49,6 @@ __all__ = [
 OFFICIAL_MAX_R = 0.75
 # Confirmation seeds start this far above the sweep's seed, away from the seeds the search trained with.
 CONFIRM_SEED_OFFSET = 1000
-_SHORT = {
-    "pretrain.mask_ratio": "r",
-    "pretrain.num_masked": "M",
-    "pretrain.temperature": "tau",
-    "model.encoder": "encoder",
-}
 
 
 def confirmation_seeds(base_seed: int, n: int) -> list[int]:
@@ -93,7 +88,7 @@ def format_params(params: Mapping[str, Any]) -> str:
     parts = []
     for key, value in params.items():
         text = f"{value:.3g}" if isinstance(value, float) else str(value)
-        parts.append(f"{_SHORT.get(key, key)} = {text}")
+        parts.append(f"{SHORT_NAMES.get(key, key)} = {text}")
     return ", ".join(parts) + (" [r beyond the official code's reachable 0.75]" if beyond_official_r(params) else "")
 
 

@@ -30,7 +30,8 @@ from simmtm.errors import UserError
 from simmtm.method.encoders import Encoder, build_encoder
 from simmtm.method.model import masked_instance_norm, to_series
 from simmtm.outdir.rundir import check_export_dir, own
-from simmtm.train.checkpoint import encoder_state, load_state
+from simmtm.train.checkpoint import encoder_state, load_state, run_checkpoint
+from simmtm.train.finetuning import load_pretraining_state
 from simmtm.weights.model_card import model_card
 
 __all__ = ["FORMAT", "ExportedEncoder", "SeriesEncoder", "export_encoder", "load_encoder"]
@@ -108,10 +109,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _pretrain_checkpoint(run: Path) -> Path | None:
-    for name in ("best.pt", "last.pt"):
-        if (run / "checkpoints" / name).is_file():
-            return run / "checkpoints" / name
-    return None
+    return run_checkpoint(run, "best") or run_checkpoint(run, "last")
 
 
 def _finetune_checkpoint(run: Path) -> Path | None:
@@ -120,9 +118,7 @@ def _finetune_checkpoint(run: Path) -> Path | None:
 
 
 def _from_pretrain(run: Path, checkpoint: Path, kind: str = "pre-training") -> _Source:
-    state = load_state(checkpoint)
-    if state.get("kind") != "simmtm-pretrain":
-        raise UserError(f"{checkpoint}: not a simmtm pre-training checkpoint")
+    state = load_pretraining_state(checkpoint)
     config = parse_config(state["config"], source=f"{checkpoint} (config)")
     scores = {"pre-training (validation losses)": _losses(_read_json(run / "metrics.json") or state.get("metrics", {}))}
     return _Source(

@@ -40,7 +40,7 @@ from simmtm.data.torch_files import UnreadableTorchFile, load_weights_only
 from simmtm.errors import UserError
 from simmtm.method.encoders import sinusoidal_positions
 from simmtm.method.model import SimMTM
-from simmtm.train.checkpoint import save_state
+from simmtm.train.checkpoint import PRETRAIN_KIND, save_state
 from simmtm.train.pretraining import build_simmtm
 
 __all__ = ["import_official", "official_state_to_simmtm", "read_official_checkpoint"]
@@ -225,7 +225,7 @@ def import_official(checkpoint: str | Path, config: RunConfig, out: str | Path) 
         )
     epoch = extra.get("epoch")
     state = {
-        "kind": "simmtm-pretrain",
+        "kind": PRETRAIN_KIND,
         "model": model.state_dict(),
         "epoch": int(epoch) + 1 if isinstance(epoch, int) else 0,  # the official epoch counter starts at 0
         "step": 0,

@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from simmtm.analysis import load_sweep, recommend, seed_noise, write_best_config
-from simmtm.tuning.confirm import ConfirmOutcome, write_confirmation_json
+from simmtm.tuning.confirm_stage import ConfirmOutcome, write_confirmation_json
 from simmtm.tuning.spec import PAPER_DEFAULTS
 from simmtm.verdict.confirmation import ConfirmedConfig, confirmation_seeds, judge
 from simmtm.verdict.probe_check import check_probe

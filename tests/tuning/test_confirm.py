@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from simmtm.errors import UserError
-from simmtm.tuning.confirm import (
+from simmtm.tuning.confirm_stage import (
     ConfirmOutcome,
     ConfirmPlan,
     StageInputs,
@@ -142,7 +142,7 @@ def test_the_stage_plans_with_the_warm_starts_noise(tmp_path: Path, caplog):
         return [TrialRow(n, "COMPLETE", {k: v for k, v in p.items() if k != "repeat"}, repeat=p["repeat"],
                          score=1.0 + (0.0 if p[R] == CAND[R] else 0.5)) for n, p in points.items()]
 
-    caplog.set_level(logging.INFO, logger="simmtm.tuning.confirm")
+    caplog.set_level(logging.INFO, logger="simmtm.tuning.confirm_stage")
     confirm_sweep(stage, [TrialRow("t0", "COMPLETE", dict(CAND), score=1.0)], run_points=run, default=PAPER_DEFAULTS)
     first = seeds_for_half_width(math.sqrt(2) * spread.sd, target, cap=12)
     assert first > 3 and asked[0] == first
@@ -246,7 +246,7 @@ def test_a_warm_started_sweep_plans_its_confirmation_with_the_earlier_sweeps_noi
     stored = json.loads((first / "confirmation.json").read_text())["verdict"]["seed_spread"]
     assert stored["sd"] is not None and stored["n_runs"] == 2
 
-    caplog.set_level(logging.INFO, logger="simmtm.tuning.confirm")
+    caplog.set_level(logging.INFO, logger="simmtm.tuning.confirm_stage")
     assert main(["sweep", str(path), "--out", str(second), "--warm-start", str(first), "--quiet-table"]) == 0
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("confirmation: "))
     assert f"2 seeds tell apart a difference of about {detectable_difference(stored['sd'], 2):.3g} val_mse" in line

@@ -29,18 +29,20 @@ from pathlib import Path
 from typing import Any
 
 from simmtm.errors import UserError
+from simmtm.tuning.outputs import rank_configurations, read_sweep_json
 from simmtm.tuning.spec import ConfirmSpec
 from simmtm.verdict.confirmation import (
     CONFIRM_SEED_OFFSET,
     ConfirmedConfig,
     Verdict,
+    confirmation_candidates,
     detectable_difference,
     judge,
     same_params,
     seeds_for_half_width,
     sweep_noise,
 )
-from simmtm.verdict.probe_check import ProbeCheck
+from simmtm.verdict.probe_check import ProbeCheck, check_probe
 from simmtm.verdict.stats import SeedSpread
 
 __all__ = [
@@ -125,7 +127,6 @@ def stored_noise(confirmation: Mapping[str, Any] | None) -> SeedSpread | None:
 def earlier_noise(folder: str | Path, *, metric: str, key: str) -> SeedSpread | None:
     """The seed noise the earlier sweep in ``folder`` stored (None: it stored none). UserError (naming ``key``, the
     setting that named the folder) when ``folder`` is not a sweep directory or its sweep scored another metric."""
-    from simmtm.tuning.outputs import read_sweep_json
 
     try:
         meta = read_sweep_json(Path(folder))
@@ -306,9 +307,6 @@ def confirm_sweep(
     ``run_points(points)`` runs the named points (``confirm_points``) that have not finished and returns the rows of
     all of them; ``default``: the paper's values of the searched keys.
     """
-    from simmtm.tuning.outputs import rank_configurations
-    from simmtm.verdict.confirmation import confirmation_candidates
-    from simmtm.verdict.probe_check import check_probe
 
     groups = rank_configurations(list(search_rows), stage.param_keys, stage.mode)
     search = {i: [r.score for r in g if r.score is not None] for i, g in enumerate(groups)}
