@@ -230,6 +230,15 @@ class _Writer:
         raise NotImplementedError
 
     def _mlflow(self) -> _Sink | None:
+        if self.trackers.mlflow_uri is None:
+            return None
+        from mlflow.tracking import MlflowClient  # lazy: MLflow is an extra
+
+        client = MlflowClient(tracking_uri=self.trackers.mlflow_uri)
+        return _mlflow_sink(client, self._mlflow_run(client))
+
+    def _mlflow_run(self, client: Any) -> str:
+        """The id of the MLflow run this writer logs its steps to."""
         raise NotImplementedError
 
 
@@ -295,14 +304,6 @@ class TrialSteps(_Writer):
         )
         self._closers.append(run.finish)
         return _wandb_sink(run)
-
-    def _mlflow(self) -> _Sink | None:
-        if self.trackers.mlflow_uri is None:
-            return None
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=self.trackers.mlflow_uri)
-        return _mlflow_sink(client, self._mlflow_run(client))
 
     def _mlflow_run(self, client: Any) -> str:
         """The callback's run of this trial: the newest running run tagged with its trial id."""
@@ -379,13 +380,10 @@ class RunTrackers(_Writer):
         self._closers.append(run.finish)
         return _wandb_sink(run)
 
-    def _mlflow(self) -> _Sink | None:
-        if self.trackers.mlflow_uri is None:
-            return None
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
+    def _mlflow_run(self, client: Any) -> str:
+        """A new run named for this run folder, with its parameters, ended when the writer closes."""
+        from mlflow.entities import Param  # lazy: MLflow is an extra
 
-        client = MlflowClient(tracking_uri=self.trackers.mlflow_uri)
         experiment = client.get_experiment_by_name(self.trackers.study)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.trackers.study)
         run = client.create_run(experiment_id, run_name=self.run_name, tags={STAGE_TAG: self.stage})
@@ -394,4 +392,4 @@ class RunTrackers(_Writer):
         for start in range(0, len(params), 100):  # log_batch takes at most 100 parameters per call
             client.log_batch(run_id, params=params[start : start + 100])
         self._closers.append(lambda: client.set_terminated(run_id))
-        return _mlflow_sink(client, run_id)
+        return run_id
