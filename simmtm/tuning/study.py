@@ -158,7 +158,8 @@ class SweepStudy:
         )
         self.study_id = storage.get_study_id_from_name(study_name)
         self._ids: dict[int, int] = {}  # trial number -> storage id
-        self._queue = [Asked(t.number, dict(t.params), int(t.user_attrs.get("repeat", 0))) for t in self.resumable()]
+        running = [Asked(t.number, dict(t.params), int(t.user_attrs.get("repeat", 0))) for t in self.resumable()]
+        self._queue = [self._propose_for(t.number) for t in self._unproposed()] + running  # killed while asking
 
     @classmethod
     def of_sweep(
@@ -207,6 +208,11 @@ class SweepStudy:
         """Trials that were running when their driver stopped: run again, with their number and parameters."""
         return [t for t in self.trials(states=(TrialState.RUNNING,)) if t.params]
 
+    def _unproposed(self) -> list[FrozenTrial]:
+        """Trials a driver asked for and died before their parameters were drawn (RUNNING, no parameters). In a
+        shared study another driver may be drawing them now; they carry no owner yet, so ``trials`` leaves them out."""
+        return [t for t in self.trials(states=(TrialState.RUNNING,)) if not t.params and OWNER_ATTR not in t.user_attrs]
+
     def finished_count(self) -> int:
         return len(self.trials(states=_FINISHED))
 
@@ -227,9 +233,20 @@ class SweepStudy:
             self.storage.set_trial_user_attr(self._id(asked.number), OWNER_ATTR, self.owner)
             return asked
         number = self.storage.get_n_trials(self.study_id)  # the number this trial most likely gets: its seed
+        return self._propose(self._seeded(number).ask())
+
+    def _seeded(self, number: int) -> optuna.Study:
+        """The study with the sampler of trial ``number`` (seeded by the sweep's seed and the number)."""
         sampler = make_sampler(self.search, self.seed * 100_003 + number)
-        study = optuna.load_study(study_name=self.name, storage=self.storage, sampler=sampler)
-        trial = study.ask()
+        return optuna.load_study(study_name=self.name, storage=self.storage, sampler=sampler)
+
+    def _propose_for(self, number: int) -> Asked:
+        """Draw the parameters of trial ``number``, already in the study, as ``ask`` would have."""
+        log.info("optuna: trial %d was asked for by a driver that stopped before drawing it: drawing it now", number)
+        return self._propose(optuna.trial.Trial(self._seeded(number), self._id(number)))
+
+    def _propose(self, trial: optuna.Trial) -> Asked:
+        """Draw the trial's searched values (its repeats follow it) and name it."""
         self.space(trial)
         attrs = trial.user_attrs
         if "repeat" not in attrs:  # proposed by the sampler: its repeats follow it

@@ -303,6 +303,34 @@ def test_a_resumed_study_proposes_what_an_uninterrupted_one_would(tiny_config, t
     assert parts == whole  # TPE's proposals after its 10 random ones included
 
 
+def test_a_trial_whose_driver_died_while_asking_is_drawn_on_resume_as_it_would_have_been(tiny_config, tmp_path) -> None:
+    """A driver killed between Optuna's ask and drawing the trial's values leaves a RUNNING trial without parameters:
+    the next driver draws it (its number, its seeded sampler) before anything else, so no trial stays RUNNING and the
+    values equal those an uninterrupted driver drew; a repeat left the same way keeps its enqueued values."""
+    search = {**copy.deepcopy(SEARCH), "first": "none"}
+
+    def complete(searcher, numbers):
+        for i in numbers:
+            config = searcher.suggest(f"t{i}")
+            searcher.on_trial_complete(f"t{i}", {"val_mse": config[R] ** 2, "stage": "final"})
+
+    whole, _ = _searcher(tiny_config, search=search, repeats=2)
+    complete(whole, range(4))
+    expected = [whole.suggest(f"t{i}") for i in (4, 5)]  # trial 4 and its repeat
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    first, study = _searcher(tiny_config, search=search, repeats=2, storage=storage)
+    complete(first, range(4))
+    optuna.load_study(study_name="s", storage=storage).ask()  # the driver dies here: trial 4 has no values
+    assert [t.params for t in study.get_trials()][4] == {}
+
+    again, study = _searcher(tiny_config, search=search, repeats=2, storage=storage)
+    resumed = [again.suggest(f"r{i}") for i in (4, 5)]
+    assert resumed == expected, (resumed, expected)
+    assert [t.number for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))] == [4, 5]
+    assert all(t.params and t.user_attrs["trial_id"] == f"trial-{t.number:04d}" for t in study.get_trials())
+
+
 def test_searcher_runs_each_configuration_once_per_repeat(tiny_config) -> None:
     searcher, study = _searcher(tiny_config, repeats=2)
     configs = [searcher.suggest(f"t{i}") for i in range(6)]
