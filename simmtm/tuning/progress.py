@@ -50,7 +50,8 @@ class TrialProgress(ProgressReporter):
 
     params: dict[str, str]  # config key -> column name
     metric: str
-    stream: TextIO = field(default_factory=lambda: sys.stdout)
+    stream: TextIO | None = None  # None: sys.stdout as it is at each write (Tune pickles the reporter, and a
+    # notebook's or pytest's captured stdout cannot be pickled)
     _seen: dict[str, _Seen] = field(default_factory=dict)
     _pending: list[str] = field(default_factory=list)
     _drawn: int = 0  # lines of the table on the terminal now
@@ -61,7 +62,11 @@ class TrialProgress(ProgressReporter):
 
     @property
     def live(self) -> bool:
-        return self.stream.isatty()
+        return self.out.isatty()
+
+    @property
+    def out(self) -> TextIO:
+        return self.stream if self.stream is not None else sys.stdout
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
         """Nothing to set up: the metric comes from the sweep, and the table needs no start time."""
@@ -79,8 +84,8 @@ class TrialProgress(ProgressReporter):
             lines, self._pending = self._pending, []
             if done:
                 lines.append(_summary(trials, self.metric))
-            self.stream.write("".join(line + "\n" for line in lines))
-        self.stream.flush()
+            self.out.write("".join(line + "\n" for line in lines))
+        self.out.flush()
 
     def table(self, trials: Sequence[Any]) -> list[str]:
         """One row per trial: name, state, the searched parameters, epoch, probe and final score."""
@@ -98,7 +103,7 @@ class TrialProgress(ProgressReporter):
     def _redraw(self, lines: list[str]) -> None:
         # Back to the first line of the table drawn last ("\x1b[nF"), erase to the end of the screen ("\x1b[J").
         up = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
-        self.stream.write(up + "".join(line + "\n" for line in lines))
+        self.out.write(up + "".join(line + "\n" for line in lines))
         self._drawn = len(lines)
         self._last_draw = time.monotonic()
 

@@ -99,3 +99,18 @@ def test_trial_table_names_the_searched_parameters_by_short_name():
     reporter = trial_table(sweep_spec(load_config(path), path), "val_mse", "min")
     assert reporter.params == {"pretrain.mask_ratio": "r", "pretrain.num_masked": "M", "pretrain.temperature": "tau"}
     assert reporter.probe == "probe_val_mse"
+
+
+def test_the_reporter_pickles_under_a_captured_stdout_and_writes_to_the_stdout_of_the_moment():
+    """Tune pickles its progress reporter; in a notebook or under pytest sys.stdout cannot be pickled, so the reporter
+    keeps no stream of its own and writes to sys.stdout as it is when it reports."""
+    import contextlib
+    import pickle
+
+    with contextlib.redirect_stdout(io.StringIO()) as captured:
+        reporter = pickle.loads(pickle.dumps(TrialProgress(PARAMS, metric="val_mse")))
+        a = FakeTrial("trial-0000")
+        a.status, a.last_result = "RUNNING", {"epoch": 1, "probe_val_mse": 0.5}
+        assert reporter.should_report([a])
+        reporter.report([a], False)
+    assert captured.getvalue().splitlines() == ["trial-0000 started: r=0.5 M=3", "trial-0000 epoch 1: probe 0.5"]
