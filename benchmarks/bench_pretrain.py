@@ -124,6 +124,7 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
     from simmtm.method.masking import geometric_mask
     from simmtm.method.memory import apply_malloc_setting
     from simmtm.method.model import SimMTM, to_series
+    from simmtm.train.shared import apply_denormal_setting
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -131,6 +132,7 @@ def measure(cfg: dict, *, steps: int, warmup: int, threads: int, device: str) ->
     attention.KERNEL = cfg.get("attention", "auto")
     dev = torch.device(device)
     returns_freed = apply_malloc_setting(cfg.get("return_freed_memory", "auto"), dev)
+    apply_denormal_setting(cfg.get("flush_denormal", "auto"), dev)  # as a run does (train.shared.set_up)
     projector = cfg.get("projector", "lean")
     native = "projector" in config.ModelConfig.model_fields  # the faithful config has model.projector
     extra = {"projector": projector, "head_dropout": 0.1 if projector == "official" else 0.0} if native else {}

@@ -134,3 +134,19 @@ def test_pretraining_on_the_cpu_makes_malloc_return_large_freed_blocks(tiny_conf
                               cwd=root, check=True, env={**os.environ, "PYTHONPATH": root})
         mmapped[setting] = int(done.stdout.strip().splitlines()[-1])
     assert mmapped == {"auto": 1, False: 0}  # default glibc would serve the block from the heap
+
+
+def test_flush_denormal_auto_flushes_on_the_cpu_and_false_does_not() -> None:
+    from simmtm.train.shared import apply_denormal_setting
+
+    torch.set_flush_denormal(False)  # an earlier run in this thread may have set it (the flag is the thread's)
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32 (created while nothing flushes)
+    try:
+        apply_denormal_setting("auto", torch.device("cpu"))
+        assert (tiny * 1.0).item() == 0.0
+        apply_denormal_setting(False, torch.device("cpu"))
+        assert (tiny * 1.0).item() > 0.0
+        apply_denormal_setting("auto", torch.device("cuda"))  # a GPU run leaves the host's setting as it is
+        assert (tiny * 1.0).item() > 0.0
+    finally:
+        torch.set_flush_denormal(False)

@@ -198,6 +198,11 @@ def test_kill_9_at_a_random_moment_then_the_same_command_ends_bit_identically(
         proc.send_signal(signal.SIGKILL)
     finally:
         assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    # TensorBoard orders a folder's event files by name (events.out.tfevents.<second>.<host>.<pid>...): a resume in
+    # the killed run's second, here with this process's lower pid, would sort first and have its steps purged by the
+    # killed file's restart at step 1. A resumed command is a later process; wait for the next second as one would.
+    started = max(int(f.name.split(".")[3]) for f in (out / "tb").glob("events.out.tfevents.*"))
+    time.sleep(max(0.0, started + 1.05 - time.time()))
     assert main(command(out)) == 0
 
     assert_same_weights(

@@ -200,6 +200,10 @@ class RunConfig(_Section):
     # peak RSS is what a step's tensors need, not that plus the heap fragmentation of earlier steps (-0.6 GB at the
     # paper's ETTh1 config), for ~10 % more CPU time (page faults). auto: on for runs on the CPU. Not a model change.
     return_freed_memory: Literal["auto", True, False] = "auto"
+    # float32 values below ~1.2e-38 (denormals) count as zero in CPU arithmetic (torch.set_flush_denormal), which
+    # is otherwise far slower on them. auto: on for runs on the CPU, as it was while the small-head kernel was a
+    # ctypes library (its -ffast-math start-up code did it to the process); docs/fidelity.md P8. Not a model change.
+    flush_denormal: Literal["auto", True, False] = "auto"
     log_every: int = Field(50, ge=1)  # steps between host reads of the losses (TensorBoard, finite check, progress)
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -26,6 +26,26 @@
 #include <memory>
 #include <optional>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+// The caller's floating-point mode (flush denormals to zero or not: the run's flush_denormal) for torch's worker
+// threads, which started before the run set it; restored when the block of work is done.
+struct CallerFpMode {
+    unsigned int caller = _mm_getcsr();
+    struct Scope {
+        unsigned int saved;
+        explicit Scope(unsigned int mode) : saved(_mm_getcsr()) { _mm_setcsr(mode); }
+        ~Scope() { _mm_setcsr(saved); }
+    };
+    Scope apply() const { return Scope(caller); }
+};
+#else
+struct CallerFpMode {
+    struct Scope {};
+    Scope apply() const { return {}; }
+};
+#endif
+
 namespace {
 
 // exp(x) for x <= 0 (every softmax argument here, after the row maximum or the log-sum-exp is subtracted):
@@ -248,7 +268,9 @@ void over_problems(int64_t P, int64_t buf_floats, const Fn &fn) {
     const int64_t step = threads > 1 ? (P + threads * kBlocksPerThread - 1) / (threads * kBlocksPerThread) : P;
     const int64_t blocks = (P + step - 1) / step;
     std::atomic<int64_t> next{0};
+    const CallerFpMode fp_mode;
     at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+        const auto in_callers_mode = fp_mode.apply();
         std::unique_ptr<float[]> buf(new float[buf_floats]);
         for (int64_t b = next++; b < blocks; b = next++) fn(b * step, std::min(P, (b + 1) * step), buf.get());
     });

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 _CFLAGS = ["-O3", "-march=native", "-ffast-math"]
 if platform.machine() in ("x86_64", "AMD64"):
     _CFLAGS.append("-mprefer-vector-width=512")  # AVX-512 where there is any: GCC prefers 256-bit vectors otherwise
+# at::parallel_for is a header template around "#pragma omp parallel" when torch uses OpenMP (its CPU builds on
+# Linux do): without -fopenmp the pragma is dropped and the kernel runs on one thread.
+_OPENMP = ["-fopenmp"] if torch.backends.openmp.is_available() and platform.system() == "Linux" else []
 
 _loaded = False
 _error: str | None = None
@@ -80,7 +83,11 @@ def _build() -> None:
     with importlib.resources.as_file(importlib.resources.files(__package__).joinpath("attention_kernel.cpp")) as src:
         with _ninja_on_path():
             cpp_extension.load(
-                name=f"simmtm_attention_{cpu}", sources=[str(src)], extra_cflags=_CFLAGS, is_python_module=False
+                name=f"simmtm_attention_{cpu}",
+                sources=[str(src)],
+                extra_cflags=_CFLAGS + _OPENMP,
+                extra_ldflags=_OPENMP,
+                is_python_module=False,
             )
 
 

@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from simmtm.train.runtime import Runtime
 
 __all__ = [
     "TrainingDiverged",
+    "apply_denormal_setting",
     "Loop",
     "LossParts",
     "set_up",
@@ -64,8 +65,19 @@ def set_up(config: RunConfig, runtime: Runtime) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
     apply_malloc_setting(config.return_freed_memory, runtime.device)
+    apply_denormal_setting(config.flush_denormal, runtime.device)
     if runtime.device.type == "cuda":
         _allow_tf32(config.precision == "tf32")
+
+
+def apply_denormal_setting(setting: bool | Literal["auto"], device: torch.device) -> None:
+    """Apply a run's ``flush_denormal``: ``auto`` flushes denormals on the CPU and leaves a GPU run's host as it is.
+    The flag belongs to the calling thread (the run's), as the x86 MXCSR register it sets."""
+    if setting == "auto":
+        if device.type != "cpu":
+            return
+        setting = True
+    torch.set_flush_denormal(setting)
 
 
 def _allow_tf32(allowed: bool) -> None:
