@@ -97,7 +97,7 @@ def tiny_sweep_config(tiny_config) -> dict:
     """The tiny run config plus the sweep sections of sweeps/quick.yaml, cut down to a tiny search."""
     raw = tiny_config({"finetune": {"horizons": [4]}})
     raw["search"] = {"method": "random", "params": {"pretrain.mask_ratio": {"type": "float", "low": 0.2, "high": 0.8}}}
-    raw["tune"] = {"probe_steps": 5}
+    raw["tune"] = {"probe_steps": 5, "scheduler": {"type": "fifo"}}  # as quick.yaml: no pruning, every trial ends
     raw["resources"] = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
     return raw
 
