@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from simmtm.analysis.figures import draw_heatmap, heatmap_matrix
 from simmtm.analysis.importance import Importance, param_importances
 from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, SHORT_NAMES, TAU_KEY, Sweep
+from simmtm.analysis.r_m_figures import draw_heatmap, heatmap_matrix
 from simmtm.analysis.recommend import Recommendation, recommend
 
 __all__ = [

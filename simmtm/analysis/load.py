@@ -64,7 +64,6 @@ __all__ = [
     "finished_trials",
     "search_distributions",
     "analysis_study",
-    "param_value",
     "match_choice",
 ]
 

@@ -26,8 +26,9 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from simmtm.analysis.best_m import m_vs_r
 from simmtm.analysis.edges import find_edges, inside_groups, unit
-from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, TAU_KEY, Sweep, param_value
+from simmtm.analysis.load import ENCODER_KEY, M_KEY, R_KEY, TAU_KEY, Sweep
 from simmtm.analysis.noise import seed_noise
+from simmtm.analysis.param_space import param_value
 from simmtm.analysis.surface import sweep_surface_noise
 from simmtm.config.keys import apply_params
 from simmtm.config.schema import RunConfig, parse_config
