@@ -5,6 +5,8 @@ build."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import simmtm
 from simmtm.config.schema import ModelConfig
 from simmtm.method import attention as attention_module
 from simmtm.method.attention import small_head_kernel_available
@@ -118,13 +121,19 @@ def test_compiled_encoder_with_attention_dropout_traces_the_seed_without_a_graph
 
 @needs_kernel
 @pytest.mark.slow  # a fresh interpreter that imports torch: 10-45 s
-def test_a_second_process_loads_the_built_kernel_without_rebuilding() -> None:
+def test_a_second_process_loads_the_built_kernel_without_rebuilding(tmp_path: Path) -> None:
+    """...even from a copy of simmtm at another path, as each Ray job's unpacked working dir is: the compile command
+    names the source file, and a per-path command had every trial process of a cluster job rebuild the kernel."""
     (library,) = [Path(p) for p in torch.ops.loaded_libraries if "simmtm_attention" in Path(p).name]
     built = {p: p.stat().st_mtime_ns for p in library.parent.iterdir() if p.suffix in (".so", ".o")}
+    elsewhere = tmp_path / "unpacked"
+    shutil.copytree(Path(simmtm.__file__).parent, elsewhere / "simmtm", ignore=shutil.ignore_patterns("__pycache__"))
     probe = (
-        "import torch; from simmtm.method.attention import small_head_kernel_available as ok; "
-        "assert ok(); print(*[p for p in torch.ops.loaded_libraries if 'simmtm_attention' in p])"
+        "import torch, simmtm; from simmtm.method.attention import small_head_kernel_available as ok; "
+        "assert ok(); print(simmtm.__file__, *[p for p in torch.ops.loaded_libraries if 'simmtm_attention' in p])"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, check=True)
-    assert Path(done.stdout.strip()) == library
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, check=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(elsewhere)})
+    package, loaded = map(Path, done.stdout.split())
+    assert package.is_relative_to(elsewhere) and loaded == library
     assert {p: p.stat().st_mtime_ns for p in built} == built  # neither compiled nor linked again

@@ -13,9 +13,10 @@ torch.compile traces the draw that makes it instead of breaking the graph on it.
 ``lse`` (A, B, T) holds the log-sum-exp of each row of scores, from which the backward pass recomputes the weights.
 
 The build: ``torch.utils.cpp_extension.load`` into torch's extension folder (``TORCH_EXTENSIONS_DIR`` moves it),
-one build per CPU kind, since it is compiled for the CPU that runs it (-march=native; the extension's name carries
-a hash of the CPU's flags). ninja rebuilds only when the source or the flags change, and torch's lock file makes
-parallel workers wait for one build. If it fails (no compiler, no ninja) ``load()`` says so in one warning and
+from a copy of the source kept there (one path wherever simmtm is installed or unpacked), one build per CPU kind,
+since it is compiled for the CPU that runs it (-march=native; the extension's name carries a hash of the CPU's
+flags). ninja rebuilds only when the source or the flags change, and torch's lock file makes parallel workers wait
+for one build. If it fails (no compiler, no ninja) ``load()`` says so in one warning and
 returns False, and the caller stays on torch's kernel.
 """
 
@@ -80,15 +81,31 @@ def _build() -> None:
     from torch.utils import cpp_extension
 
     cpu = hashlib.sha256(_cpu_flags().encode()).hexdigest()[:12]
-    with importlib.resources.as_file(importlib.resources.files(__package__).joinpath("attention_kernel.cpp")) as src:
-        with _ninja_on_path():
-            cpp_extension.load(
-                name=f"simmtm_attention_{cpu}",
-                sources=[str(src)],
-                extra_cflags=_CFLAGS + _OPENMP,
-                extra_ldflags=_OPENMP,
-                is_python_module=False,
-            )
+    with _ninja_on_path():
+        cpp_extension.load(
+            name=f"simmtm_attention_{cpu}",
+            sources=[str(_stable_source(cpp_extension.get_default_build_root()))],
+            extra_cflags=_CFLAGS + _OPENMP,
+            extra_ldflags=_OPENMP,
+            is_python_module=False,
+        )
+
+
+def _stable_source(root: str) -> Path:
+    """The kernel's source, copied once per content to a path that does not depend on where simmtm is installed.
+
+    ninja rebuilds when a command changes, and the compile command names the source file: a package unpacked at a
+    new path per Ray job and node (``ray job submit --working-dir``) rebuilt the kernel in every trial process, each
+    node's path undoing the other's build. ``root`` is torch's extension folder (``TORCH_EXTENSIONS_DIR`` moves it)."""
+    text = importlib.resources.files(__package__).joinpath("attention_kernel.cpp").read_bytes()
+    path = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or root) / "simmtm_sources"
+    path = path / f"attention_kernel_{hashlib.sha256(text).hexdigest()[:12]}.cpp"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_bytes(text)
+        os.replace(partial, path)  # atomic: a process building beside this one never reads half a file
+    return path
 
 
 class _ninja_on_path:
