@@ -132,16 +132,33 @@ def tiny_run(make_config, csv: Path, tmp_path: Path, **pretrain: Any) -> Path:
 # --- pre-training ---------------------------------------------------------------------------------------------
 
 
+def epoch_seconds(run: Path) -> float:
+    """How long one pre-training epoch of ``run`` took (history.jsonl's times)."""
+    rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines() if line.strip()]
+    times = [r["time"] for r in rows if r.get("kind") == "pretrain_epoch"]
+    return (times[-1] - times[0]) / (len(times) - 1)
+
+
+def tensorboard_steps(tb: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tb))
+    board.Reload()
+    return [e.step for e in board.Scalars(tag)]
+
+
 def test_a_pretraining_killed_at_a_random_point_resumes_bit_identical(
     make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property
 ) -> None:
-    config = tiny_run(make_config, tiny_csv, tmp_path)
+    """kill -9 of `simmtm pretrain` after a random number of epochs (0: before the first checkpoint) plus a random
+    fraction of one; the same command again ends with the uninterrupted run's history, weights and step count to the
+    bit, and TensorBoard holds each step once."""
+    config = tiny_run(make_config, tiny_csv, tmp_path, epochs=10)
     whole, split, log = tmp_path / "whole", tmp_path / "split", tmp_path / "split.log"
     assert main(["pretrain", str(config), "--out", str(whole), "--no-progress"]) == 0
-    epochs = len(history(whole, "pretrain_epoch"))
+    epochs, one_epoch = len(history(whole, "pretrain_epoch")), epoch_seconds(whole)
 
-    # Kill after a random number of finished epochs (0: before the first checkpoint) plus a random fraction of one.
-    after = rng.randrange(epochs - 1)
+    after = rng.randrange(epochs - 2)  # the fraction of an epoch below never reaches the last one
     proc = simmtm("pretrain", str(config), "--out", str(split), "--no-progress", log=log)
     try:
         wait_for(
@@ -150,28 +167,33 @@ def test_a_pretraining_killed_at_a_random_point_resumes_bit_identical(
             proc,
             log,
         )
-        time.sleep(rng.uniform(0, 0.4))
+        time.sleep(rng.uniform(0, 1) * one_epoch)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL, f"seed {SEED}: the run ended before the kill"
     finally:
         stop_session(proc, [])
     killed_at = len(history(split, "pretrain_epoch"))
-    assert killed_at < epochs
+    assert killed_at < epochs, f"seed {SEED}: killed after the last epoch"
 
+    # TensorBoard orders a folder's event files by name (events.out.tfevents.<second>.<host>.<pid>...): a resume in
+    # the killed run's second, from this process's lower pid, would sort first and have its steps purged by the
+    # killed file's restart. A resumed command is a later process; wait for the next second as one would.
+    written = [int(f.name.split(".")[3]) for f in (split / "tb").glob("events.out.tfevents.*")]
+    time.sleep(max(0.0, max(written, default=0) + 1.05 - time.time()))
     # The resume kills nothing: it runs in this process, as the uninterrupted run did.
     assert main(["pretrain", str(config), "--out", str(split), "--no-progress"]) == 0
 
     # Each epoch once, with the uninterrupted run's numbers, and the same weights and optimiser state to the bit.
-    assert [r["epoch"] for r in history(split, "pretrain_epoch")] == list(range(1, epochs + 1)), (
-        f"seed {SEED}, killed after {killed_at}"
-    )
-    assert history(split, "pretrain_epoch") == history(whole, "pretrain_epoch"), (
-        f"seed {SEED}, killed after {killed_at}"
-    )
+    where = f"seed {SEED}, killed after {killed_at}"
+    assert [r["epoch"] for r in history(split, "pretrain_epoch")] == list(range(1, epochs + 1)), where
+    assert history(split, "pretrain_epoch") == history(whole, "pretrain_epoch"), where
     a, b = checkpoint(whole), checkpoint(split)
     for key, tensor in a["model"].items():
-        assert torch.equal(b["model"][key], tensor), f"seed {SEED}, killed after {killed_at}: {key} differs"
+        assert torch.equal(b["model"][key], tensor), f"{where}: {key} differs"
     assert b["epoch"] == a["epoch"] and b["step"] == a["step"]
+    for group_a, group_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(group_a[k], group_b[k]) for k in group_a), f"{where}: optimiser state differs"
+    assert tensorboard_steps(split / "tb", "pretrain/loss") == list(range(1, a["step"] + 1)), where
     record_property("faults", 1)
 
 
