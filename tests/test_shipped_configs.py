@@ -4,10 +4,7 @@ run it."""
 from __future__ import annotations
 
 import glob
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,25 +92,19 @@ def readme_tour() -> list[list[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # six commands: 13 min at load average 30 on the shared 2 cores, each in its own process
-def test_the_readme_tour_runs_as_written(tmp_path: Path, shared_data, monkeypatch, capsys) -> None:
+@pytest.mark.timeout(1200)  # six commands: 13 min at load average 30 on the shared 2 cores
+def test_the_readme_tour_runs_as_written(tmp_path: Path, shared_data, shared_ray, monkeypatch, capsys) -> None:
     """Each command as a user types it (in the folder the README's paths are relative to), each shrunk by --set to a
-    few steps (SMALL). The sweep, with its live table on a real terminal stream, runs as `python -m simmtm` in a
-    process of its own; the others call the CLI's main() in this one (no interpreter start each)."""
+    few steps (SMALL). Each calls the CLI's main() in this process (no interpreter start each); the sweep joins the
+    suite's shared Ray."""
     commands = readme_tour()
     assert [c[:2] for c in commands] == [["simmtm", v] for v in
                                          ("validate", "run", "sweep", "analyze", "recommend", "export")], commands
     (tmp_path / "sweeps").symlink_to(SWEEPS)
     monkeypatch.chdir(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_memory_monitor_refresh_ms": "0"}
     for command in commands:
         argv = [arg for word in command[1:] for arg in (sorted(glob.glob(str(tmp_path / word))) if "*" in word else [word])]
         for key in SMALL.get(argv[0], []):
             argv += ["--set", key]
-        if argv[0] == "sweep":
-            done = subprocess.run([sys.executable, "-m", "simmtm", *argv], cwd=tmp_path, env=env, capture_output=True,
-                                  text=True, timeout=600, check=False)
-            assert done.returncode == 0, (argv, done.stderr[-3000:])
-        else:
-            assert main(argv) == 0, (argv, capsys.readouterr().err[-3000:])
+        assert main(argv) == 0, (argv, capsys.readouterr().err[-3000:])
     assert (tmp_path / "best.yaml").is_file() and (tmp_path / "runs" / "encoder" / "encoder.safetensors").is_file()
