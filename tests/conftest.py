@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic forecasting CSV, a tiny run-config factory, the shared data folder, one local Ray."""
+"""Shared fixtures: a tiny synthetic forecasting CSV, a tiny run-config factory, the shared data folder, one local Ray,
+one local two-node Ray cluster."""
 
 from __future__ import annotations
 
@@ -117,3 +118,14 @@ def shared_ray() -> Iterator[None]:
     yield
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def two_node_ray() -> Iterator[tuple[str, dict[str, str]]]:
+    """``(address, env)`` of a head and a worker node of one CPU each (``ray_nodes.two_nodes``): started by the first
+    multi-node test, kept for the others (a start and stop of two nodes each saved), stopped at the end of the
+    session. Each test's driver runs in a process of its own and leaves nothing behind when it ends."""
+    from ray_nodes import two_nodes
+
+    with two_nodes("simmtm-2n-") as cluster:
+        yield cluster

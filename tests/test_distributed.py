@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from ray_nodes import two_nodes
 
 from simmtm.config.schema import RunConfig, parse_config
 
@@ -291,15 +290,15 @@ with open(result, "w") as f:
 
 
 @pytest.mark.slow
-def test_two_node_cluster_runs_one_worker_per_node_with_shared_storage(tiny_csv: Path, tmp_path: Path) -> None:
+def test_two_node_cluster_runs_one_worker_per_node_with_shared_storage(tiny_csv: Path, tmp_path: Path, two_node_ray) -> None:
     from simmtm.train.checkpoint import load_state
 
-    with two_nodes("simmtm-ray-") as (address, env):
-        storage, out, nodes_log, result = tmp_path / "shared", tmp_path / "out", tmp_path / "nodes.log", tmp_path / "result.json"
-        args = [tiny_raw(tiny_csv), address, str(out), str(storage), str(nodes_log), str(result)]
-        done = subprocess.run([sys.executable, "-c", _MULTI_NODE_DRIVER, json.dumps(args)], env=env, capture_output=True,
-                              text=True, timeout=300, cwd=tmp_path, check=False)
-        assert done.returncode == 0, done.stderr[-3000:]
+    address, env = two_node_ray
+    storage, out, nodes_log, result = tmp_path / "shared", tmp_path / "out", tmp_path / "nodes.log", tmp_path / "result.json"
+    args = [tiny_raw(tiny_csv), address, str(out), str(storage), str(nodes_log), str(result)]
+    done = subprocess.run([sys.executable, "-c", _MULTI_NODE_DRIVER, json.dumps(args)], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
 
     report = json.loads(result.read_text())
     assert len(report["nodes"]) == 2

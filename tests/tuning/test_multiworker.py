@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
-from ray_nodes import two_nodes
 from studies import study_of
 
 from simmtm.tuning.outputs import read_trials_csv
@@ -21,15 +20,15 @@ from simmtm.tuning.outputs import read_trials_csv
 pytestmark = pytest.mark.slow
 
 
-def test_a_two_worker_trial_runs_a_named_torchtrainer_across_two_nodes(tiny_sweep, tmp_path: Path) -> None:
+def test_a_two_worker_trial_runs_a_named_torchtrainer_across_two_nodes(tiny_sweep, tmp_path: Path, two_node_ray) -> None:
     search = {"method": "grid", "grid": {"pretrain.mask_ratio": [0.5], "pretrain.num_masked": [2]}}
     path = tiny_sweep(search, tune={"scheduler": {"type": "fifo"}}, resources={"workers": 2, "cpus_per_worker": 1})
     out = tmp_path / "out"
-    with two_nodes("simmtm-sw-") as (address, env):  # one CPU per node: two workers need both nodes
-        # If the second node has not joined yet, the driver starts anyway and the trial waits for it.
-        done = subprocess.run([sys.executable, "-m", "simmtm", "sweep", str(path), "--out", str(out), "--address", address,
-                               "--quiet-table"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-3000:]
+    address, env = two_node_ray  # one CPU per node: two workers need both nodes
+    # If the second node has not joined yet, the driver starts anyway and the trial waits for it.
+    done = subprocess.run([sys.executable, "-m", "simmtm", "sweep", str(path), "--out", str(out), "--address", address,
+                           "--quiet-table"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
 
     (row,) = read_trials_csv(out / "trials.csv")
     assert row["state"] == "COMPLETE" and float(row["score"]) > 0 and int(row["epochs"]) == 3
