@@ -26,7 +26,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from ray_nodes import free_port
+from ray_nodes import free_port, stop_nodes
 
 from simmtm.cli import main
 from simmtm.cluster.cluster_check import DRIVER_REQUEST, DRIVER_RESOURCE
@@ -87,23 +87,14 @@ def _wait_for(check, what: str, timeout: float, processes: list[subprocess.Popen
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
-    """SIGTERM each `ray start --block` we started: the workers together, then the head (a worker whose head is gone
-    waits for it a while). What a node leaves behind is in the session the test made for it: SIGKILL that group."""
-    workers, head = processes[1:], processes[:1]
-    for group in (workers, head):
-        for proc in group:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in group:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    """Stop each `ray start --block` we started (``ray_nodes.stop_nodes``); what a node leaves behind is in the
+    session the test made for it: SIGKILL that group."""
+    stop_nodes(processes)
+    for proc in processes:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture(scope="module")

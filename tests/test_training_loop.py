@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tensorboard_view import scalars
 
 from simmtm.cli import main
 from simmtm.config.schema import parse_config
@@ -40,14 +41,6 @@ def load_checkpoint(path: Path) -> dict:
 def history(run_dir: Path, kind: str) -> list[dict]:
     lines = (run_dir / "history.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
-
-
-def scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(tb_dir))
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

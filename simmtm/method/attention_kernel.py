@@ -81,10 +81,11 @@ def _build() -> None:
     from torch.utils import cpp_extension
 
     cpu = hashlib.sha256(_cpu_flags().encode()).hexdigest()[:12]
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()  # as torch's load() does
     with _ninja_on_path():
         cpp_extension.load(
             name=f"simmtm_attention_{cpu}",
-            sources=[str(_stable_source(cpp_extension.get_default_build_root()))],
+            sources=[str(_stable_source(root))],
             extra_cflags=_CFLAGS + _OPENMP,
             extra_ldflags=_OPENMP,
             is_python_module=False,
@@ -96,10 +97,9 @@ def _stable_source(root: str) -> Path:
 
     ninja rebuilds when a command changes, and the compile command names the source file: a package unpacked at a
     new path per Ray job and node (``ray job submit --working-dir``) rebuilt the kernel in every trial process, each
-    node's path undoing the other's build. ``root`` is torch's extension folder (``TORCH_EXTENSIONS_DIR`` moves it)."""
+    node's path undoing the other's build. ``root``: torch's extension folder."""
     text = importlib.resources.files(__package__).joinpath("attention_kernel.cpp").read_bytes()
-    path = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or root) / "simmtm_sources"
-    path = path / f"attention_kernel_{hashlib.sha256(text).hexdigest()[:12]}.cpp"
+    path = Path(root) / "simmtm_sources" / f"attention_kernel_{hashlib.sha256(text).hexdigest()[:12]}.cpp"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")

@@ -127,6 +127,12 @@ class Asked:
         return trial_name(self.number)
 
 
+def _unproposed(trial: FrozenTrial) -> bool:
+    """A trial a driver asked for and died before its parameters were drawn (RUNNING, no parameters). In a shared
+    study another driver may be drawing it now; it carries no owner yet, so ``SweepStudy.trials`` leaves it out."""
+    return not trial.params and OWNER_ATTR not in trial.user_attrs
+
+
 class SweepStudy:
     """The study of one sweep (its driver's trials, in a shared study), read and written through public calls."""
 
@@ -158,8 +164,9 @@ class SweepStudy:
         )
         self.study_id = storage.get_study_id_from_name(study_name)
         self._ids: dict[int, int] = {}  # trial number -> storage id
-        running = [Asked(t.number, dict(t.params), int(t.user_attrs.get("repeat", 0))) for t in self.resumable()]
-        self._queue = [self._propose_for(t.number) for t in self._unproposed()] + running  # killed while asking
+        running = self.trials(states=(TrialState.RUNNING,))  # one read: the resumable and the unproposed
+        resumed = [Asked(t.number, dict(t.params), int(t.user_attrs.get("repeat", 0))) for t in running if t.params]
+        self._queue = [self._propose_for(t.number) for t in running if _unproposed(t)] + resumed  # killed asking
 
     @classmethod
     def of_sweep(
@@ -207,11 +214,6 @@ class SweepStudy:
     def resumable(self) -> list[FrozenTrial]:
         """Trials that were running when their driver stopped: run again, with their number and parameters."""
         return [t for t in self.trials(states=(TrialState.RUNNING,)) if t.params]
-
-    def _unproposed(self) -> list[FrozenTrial]:
-        """Trials a driver asked for and died before their parameters were drawn (RUNNING, no parameters). In a
-        shared study another driver may be drawing them now; they carry no owner yet, so ``trials`` leaves them out."""
-        return [t for t in self.trials(states=(TrialState.RUNNING,)) if not t.params and OWNER_ATTR not in t.user_attrs]
 
     def finished_count(self) -> int:
         return len(self.trials(states=_FINISHED))
