@@ -76,10 +76,7 @@ def run_search(
             num_samples=remaining,
             max_concurrent_trials=max_concurrent,
             time_budget_s=spec.tune.time_budget_s,
-            # One-worker trials run in a reused actor: no process start and no torch import per trial. Not with
-            # retries: Tune counts a reused actor that dies while it is being reset for its next trial twice (the
-            # actor's failure and its reset task's), so with tune.max_failures 1 the trial ends ERROR, never retried.
-            reuse_actors=spec.resources.workers == 1 and spec.tune.max_failures == 0,
+            reuse_actors=_reuse_actors(spec.resources, spec.tune.max_failures),
             trial_name_creator=name_of,
             trial_dirname_creator=name_of,
         ),
@@ -117,12 +114,20 @@ def run_points(
         tune_config=tune.TuneConfig(
             search_alg=BasicVariantGenerator(points_to_evaluate=configs, max_concurrent=max_concurrent),
             num_samples=len(configs),
+            reuse_actors=_reuse_actors(resources, max_failures),
             trial_name_creator=name_of,
             trial_dirname_creator=name_of,
         ),
         run_config=_run_config(CONFIRM_EXPERIMENT, storage_root, max_failures, callbacks, verbose=0),
     )
     tuner.fit()
+
+
+def _reuse_actors(resources: Resources, max_failures: int) -> bool:
+    """One-worker trials (search and confirmation runs alike) run in reused actors: no process start and no torch
+    import per trial. Not with retries: Tune counts a reused actor that dies while it is being reset for its next trial
+    twice (the actor's failure and its reset task's): with max_failures 1 the trial would end ERROR, never retried."""
+    return resources.workers == 1 and max_failures == 0
 
 
 def _choices(sweep_entry: Mapping[str, Any], points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

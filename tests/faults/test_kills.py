@@ -232,6 +232,7 @@ def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(
         "max_failures": 1,
         "scheduler": {"type": "fifo"},
         "test_top_k": 1,
+        "confirm": {"seeds": 0},  # the search is what is killed here (the confirmation's kills: the next test)
     }
     raw["resources"] = {"workers": 1, "cpus_per_worker": 1}
     sweep_file, out, log = tmp_path / "sweep.yaml", tmp_path / "out", tmp_path / "sweep.log"
@@ -410,6 +411,7 @@ def test_two_drivers_feed_one_shared_study_and_each_reports_only_its_own_trials(
         "probe_steps": 5,
         "scheduler": {"type": "fifo"},
         "test_top_k": 0,
+        "confirm": {"seeds": 0},  # a driver's own trials are the point; its confirmation is the search's top k rerun
         "storage": url,
         "study_name": "team",
         "shared_study": True,

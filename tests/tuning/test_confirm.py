@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -175,6 +176,10 @@ def test_confirmation_runs_every_pair_once_and_resume_reruns_nothing(shared_ray,
     assert judge(configs, metric="val_mse", mode="min").status in ("beats", "keep_default")
 
     assert all(r.test_score is not None for r in rows)  # the test split, scored once a run
+    # The runs reuse their trial processes as the search's do: two at a time, so at most two processes for four runs.
+    pids = {json.loads(line)["pid"] for f in (tmp_path / "confirm").glob("*/result.json")
+            for line in f.read_text().splitlines()}
+    assert 1 <= len(pids) <= 2, pids
     rungs = rung_scores(rows, 2)
     assert set(rungs) == {r.trial_id for r in rows} and all(rungs[r.trial_id] == r.val_score for r in rows)
 
