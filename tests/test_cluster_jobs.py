@@ -165,11 +165,12 @@ def _alive(pid: int) -> bool:
 
 
 # One CPU per worker node and two trials at once: the two concurrent trials run on different nodes. Both workers
-# start cold (each sets up the job's code before its first trial process), so neither finishes its trials before the
+# start cold (each sets up the job's code before its first trial process), so neither finishes its trial before the
 # other is ready; a head that ran trials too would win that race (it holds the job's code already) and, as the
 # sweep reuses trial processes, could take every trial. 90 pre-training steps keep each trial several seconds long.
 TINY_SWEEP = """\
-# A sweep small enough for the multi-node test: 4 random (r, M) trials of a tiny Transformer on ETTh1.
+# A sweep small enough for the multi-node test: 2 random (r, M) trials of a tiny Transformer on ETTh1 at once, then
+# the better one and the paper's r = 0.5, M = 3 again on a fresh seed.
 # Run it:   simmtm sweep tiny.yaml --out runs/tiny
 seed: 0
 threads: 1
@@ -183,10 +184,11 @@ search:
     pretrain.mask_ratio: {type: float, low: 0.2, high: 0.8}
     pretrain.num_masked: {type: int, low: 1, high: 3}
 tune:
-  num_samples: 4
+  num_samples: 2
   max_concurrent_trials: 2
   probe_steps: 3
   scheduler: {type: fifo}
+  confirm: {top_k: 1, seeds: 1}
 resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
 """
 
@@ -218,14 +220,14 @@ def test_sweep_job_runs_trials_on_both_nodes_into_shared_storage(local_cluster: 
     )
     logs = job.stdout + job.stderr
     assert job.returncode == 0 and "succeeded" in logs, logs[-4000:]
-    assert "sweep: 4 trials (4 complete)" in logs, logs[-4000:]
+    assert "sweep: 2 trials (2 complete)" in logs, logs[-4000:]
     job_s = time.monotonic() - started
 
     # Every result landed in shared storage: each trial's folder (checkpoint, result) and Tune's results; the tables
     # and study in --out.
     with (out / "trials.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 4 and {r["state"] for r in rows} == {"COMPLETE"}
+    assert len(rows) == 2 and {r["state"] for r in rows} == {"COMPLETE"}
     for name in ("sweep.json", "optuna.db", "best.yaml"):
         assert (out / name).is_file(), name
     pids = {}
@@ -237,10 +239,11 @@ def test_sweep_job_runs_trials_on_both_nodes_into_shared_storage(local_cluster: 
         assert (own / "checkpoint.pt").is_file() and (own / "result.json").is_file(), f"no record of {own}"
         [pids[row["trial_id"]]] = {r["pid"] for r in results}
     cluster.trial_pids.update(pids.values())
+    assert len(list((experiment.parent / "trials").glob("confirm-*/result.json"))) == 2  # 2 configurations x 1 seed
     if layout == "storage-uri":
         assert not (out / "ray").exists()  # nothing of Ray's experiment on the head's disk
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 4
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2
     # Nothing was checkpointed on a node's own disk.
     for node_dir in cluster.nodes.values():
         assert not [p for p in node_dir.rglob("checkpoint_*") if p.is_dir()], node_dir
