@@ -1,4 +1,5 @@
-"""Distributed pre-training on Ray Train: faithful SimMTM under data parallelism, recovery, resumption, multi-node.
+"""Distributed pre-training on Ray Train: faithful SimMTM under data parallelism, resumption, multi-node (a killed
+worker: tests/faults/test_kills.py).
 
 The Ray tests (marked slow) start real Ray Train worker groups on 2 CPU cores with a tiny model; each takes well
 under two minutes. The in-process path is checked to stay free of Ray.
@@ -7,13 +8,9 @@ under two minutes. The in-process path is checked to stay free of Ray.
 from __future__ import annotations
 
 import copy
-import functools
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -147,49 +144,6 @@ def test_two_workers_with_gather_match_one_process_with_the_global_batch(local_r
     assert abs(off["loss"].item() - loss.item()) > 1e-3
     worst = max((off["grads"][k] - g).abs().max().item() for k, g in grads.items())
     assert worst > 1e-3
-
-
-# --- recovery from a killed worker ---------------------------------------------------------------------------
-
-
-def _kill_once(metrics: dict[str, Any], runtime: Any, *, marker: str, log: str, history: str, epoch: int, rank: int) -> None:
-    """After-epoch hook: rank 0 logs (pid, epoch); rank ``rank`` kills its own process after ``epoch``, once.
-
-    The kill waits until the driver's copy shows that epoch: Ray's controller collects reports only at its poll
-    interval (2 s), and reports not yet collected when a worker dies are lost (these tiny epochs take < 1 s).
-    """
-    if runtime.rank == 0:
-        with open(log, "a") as f:
-            f.write(f"{os.getpid()} {metrics['epoch']}\n")
-    if runtime.rank == rank and metrics["epoch"] == epoch and not os.path.exists(marker):
-        deadline = time.time() + 60
-        while epoch not in (history_epochs(Path(history).parent) if os.path.exists(history) else []):
-            assert time.time() < deadline, f"epoch {epoch} never reached {history}"
-            time.sleep(0.2)
-        Path(marker).touch()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-@pytest.mark.slow
-def test_a_killed_worker_resumes_from_the_last_checkpoint(local_ray, tiny_csv: Path, tmp_path: Path) -> None:
-    from simmtm.cluster.distributed import Scaling, pretrain_distributed
-    from simmtm.train.checkpoint import load_state
-
-    config = parse_config(tiny_raw(tiny_csv, epochs=4))
-    marker, log, out = tmp_path / "killed", tmp_path / "epochs.log", tmp_path / "out"
-    hook = functools.partial(_kill_once, marker=str(marker), log=str(log), history=str(out / "history.jsonl"), epoch=2, rank=1)
-    metrics = pretrain_distributed(config, out=out, scaling=Scaling(workers=2), max_failures=1, after_epoch=hook)
-
-    assert marker.exists()  # the worker really died
-    assert metrics["epoch"] == 4 and load_state(out / "checkpoints" / "last.pt")["epoch"] == 4
-    reports = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
-    pids = list(dict.fromkeys(pid for pid, _ in reports))
-    assert len(pids) == 2, reports  # a second worker group took over
-    resumed_at = next(epoch for pid, epoch in reports if pid == pids[1])
-    assert resumed_at == 3, reports  # resumed from epoch 2's checkpoint, not from scratch
-    epochs = history_epochs(out)
-    assert sorted(set(epochs)) == [1, 2, 3, 4]
-    assert len(epochs) - len(set(epochs)) <= 1, epochs  # at most one epoch repeated
 
 
 # --- the CLI: re-running resumes, --restart starts afresh, the checkpoint fine-tunes on one process ---------------

@@ -1,13 +1,15 @@
 """The fault suite, kills: ``kill -9`` at a random point of a pre-training, of a sweep driver, of a trial's worker
 process and of one Ray Train worker. Each run resumes (or recovers by itself) with nothing lost and nothing run
-twice. Every process a test kills runs as a real ``simmtm`` command in its own session; a test stops only what it
-started. What no test kills (the resumes, the second of two drivers) runs in this process, on the suite's shared Ray.
+twice. Every driver a test kills runs as a real ``simmtm`` command in its own session; a test stops only what it
+started. What no test kills (the resumes, the second of two drivers, the driver whose Ray Train worker is killed) runs
+in this process, on the suite's shared Ray.
 
 The kill points are drawn from ``$SIMMTM_FAULT_SEED`` (a fresh seed when unset); a failure message names the seed.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -15,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +30,7 @@ import yaml
 from tensorboard_view import scalars
 
 from simmtm.cli import main
+from simmtm.config.schema import parse_config
 
 pytestmark = pytest.mark.slow
 
@@ -60,9 +64,9 @@ def resume_in_process(argv: list[str]) -> int:
     return main([*argv, "--resume"])
 
 
-def descendants(proc: subprocess.Popen) -> list[psutil.Process]:
+def descendants(pid: int) -> list[psutil.Process]:
     try:
-        return psutil.Process(proc.pid).children(recursive=True)
+        return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
 
@@ -95,10 +99,11 @@ def stop_session(proc: subprocess.Popen, known: list[psutil.Process]) -> None:
     proc.wait(timeout=30)
 
 
-def titled(proc: subprocess.Popen, prefix: str) -> list[psutil.Process]:
-    """The driver's descendants whose process title starts with ``prefix`` (Ray names its workers ray::Class.method)."""
+def titled(pid: int, prefix: str) -> list[psutil.Process]:
+    """The descendants of process ``pid`` (a driver) whose title starts with ``prefix`` (Ray names its workers
+    ray::Class.method)."""
     found = []
-    for p in descendants(proc):
+    for p in descendants(pid):
         try:
             if " ".join(p.cmdline()).startswith(prefix):
                 found.append(p)
@@ -248,17 +253,17 @@ def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(
             "a trial's epoch",
             lambda: (
                 any(len(e) >= max(epochs_first, 0) for e in trial_epochs(out).values())
-                and titled(driver, "ray::ImplicitFunc")
+                and titled(driver.pid, "ray::ImplicitFunc")
             ),
             driver,
             log,
         )
         time.sleep(rng.uniform(0, 0.5))
-        victims = titled(driver, "ray::ImplicitFunc")
+        victims = titled(driver.pid, "ray::ImplicitFunc")
         assert victims, f"seed {SEED}: no trial process to kill"
         victim = rng.choice(victims)
         victim.kill()
-        seen += descendants(driver)
+        seen += descendants(driver.pid)
 
         # 2. kill -9 of the driver once a random number of trials (1 or 2) has finished
         finished = rng.randint(1, 2)
@@ -269,7 +274,7 @@ def test_a_sweep_survives_a_killed_trial_worker_and_a_killed_driver(
             log,
         )
         time.sleep(rng.uniform(0, 1.0))
-        seen += descendants(driver)
+        seen += descendants(driver.pid)
         recorded = json.loads((out / "processes.json").read_text())["children"]
         assert {"raylet", "gcs_server"} <= {p["name"] for p in recorded}, recorded
         driver.send_signal(signal.SIGKILL)
@@ -339,7 +344,7 @@ def test_a_driver_killed_after_its_search_resumes_without_running_a_finished_tri
             driver.send_signal(signal.SIGKILL)
             driver.wait(timeout=30)
         finally:
-            stop_session(driver, descendants(driver))
+            stop_session(driver, descendants(driver.pid))
         assert not (out / "trials.csv").exists(), stage
         done = {p.parent.name: p.stat().st_mtime_ns for p in (out / "trials").glob("*/result.json")}
         assert {name: done[name] for name in done_before} == done_before, stage  # the resume re-ran nothing
@@ -362,34 +367,61 @@ def test_a_driver_killed_after_its_search_resumes_without_running_a_finished_tri
 # --- data-parallel pre-training: one Ray Train worker ------------------------------------------------------------
 
 
-def test_a_killed_ray_train_worker_is_replaced_and_the_run_ends_as_planned(
-    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, record_property
+def rank0_epochs(metrics: dict[str, Any], runtime: Any, *, log: str) -> None:
+    """After-epoch hook in each Ray Train worker: rank 0 appends ``PID EPOCH`` to ``log``."""
+    if runtime.rank == 0:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {metrics['epoch']}\n")
+
+
+def kill_a_train_worker(out: Path, rng: random.Random, finished: threading.Event, record: dict[str, Any]) -> None:
+    """In a thread beside the run: once the driver's history shows a random number of epochs (0-2) and both Ray
+    Train workers are up, wait a random moment and kill -9 one of them; ``record`` receives what the kill saw."""
+    after, pause, deadline = rng.randrange(3), rng.uniform(0, 0.5), time.time() + 180
+    while len(history(out, "pretrain_epoch")) < after or len(titled(os.getpid(), "ray::RayTrainWorker")) != 2:
+        if finished.is_set() or time.time() > deadline:
+            record["missed"] = f"the run ended or stalled before epoch {after} with two workers"
+            return
+        time.sleep(0.05)
+    time.sleep(pause)
+    victims = titled(os.getpid(), "ray::RayTrainWorker")
+    record["collected"] = len(history(out, "pretrain_epoch"))  # checkpointed epochs the driver holds at the kill
+    rng.choice(victims).kill()
+    record["victim_group"] = {v.pid for v in victims}
+
+
+def test_a_killed_ray_train_worker_is_replaced_and_resumes_from_the_last_checkpoint(
+    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, shared_ray, record_property
 ) -> None:
-    config = tiny_run(make_config, tiny_csv, tmp_path, epochs=4)
-    out, log = tmp_path / "dp", tmp_path / "dp.log"
-    proc = simmtm(
-        "pretrain", str(config), "--out", str(out), "--workers", "2", "--max-failures", "2", "--no-progress", log=log
-    )
-    seen: list[psutil.Process] = []
+    """kill -9 of one of two Ray Train workers at a random point: a new worker group takes over from the last
+    checkpoint the driver collected (not from scratch), and the run ends as planned with every epoch once. The
+    driver runs in this process on the shared Ray (what is killed is a Ray worker, not the driver)."""
+    import ray
+
+    from simmtm.cluster.distributed import Scaling, pretrain_distributed
+
+    config = parse_config(yaml.safe_load(tiny_run(make_config, tiny_csv, tmp_path, epochs=4).read_text()))
+    out, log, record, finished = tmp_path / "dp", tmp_path / "epochs.log", {}, threading.Event()
+    killer = threading.Thread(target=kill_a_train_worker, args=(out, rng, finished, record), daemon=True)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hook travels to the workers by value
     try:
-        after = rng.randrange(3)
-        wait_for(
-            f"epoch {after} with two workers",
-            lambda: len(history(out, "pretrain_epoch")) >= after and len(titled(proc, "ray::RayTrainWorker")) == 2,
-            proc,
-            log,
-        )
-        time.sleep(rng.uniform(0, 0.5))
-        victims = titled(proc, "ray::RayTrainWorker")
-        assert len(victims) == 2, f"seed {SEED}: {victims}"
-        seen += descendants(proc)
-        rng.choice(victims).kill()
-        assert proc.wait(timeout=400) == 0, f"seed {SEED}:\n{log.read_text()[-4000:]}"
+        killer.start()
+        hook = functools.partial(rank0_epochs, log=str(log))
+        metrics = pretrain_distributed(config, out=out, scaling=Scaling(workers=2), max_failures=2, after_epoch=hook)
     finally:
-        stop_session(proc, seen)
+        finished.set()
+        killer.join(timeout=30)
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert "victim_group" in record, f"seed {SEED}: no kill: {record}"
     record_property("faults", 1)
-    assert [r["epoch"] for r in history(out, "pretrain_epoch")] == [1, 2, 3, 4], f"seed {SEED}"
-    assert checkpoint(out)["epoch"] == 4
+
+    assert metrics["epoch"] == 4 and checkpoint(out)["epoch"] == 4
+    assert [r["epoch"] for r in history(out, "pretrain_epoch")] == [1, 2, 3, 4], f"seed {SEED}"  # each epoch once
+    reports = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+    replacement = [(pid, epoch) for pid, epoch in reports if pid not in record["victim_group"]]
+    assert len({pid for pid, _ in replacement}) == 1, f"seed {SEED}: {reports}, {record}"  # one new group took over
+    resumed_at = replacement[0][1]
+    assert resumed_at >= record["collected"] + 1, f"seed {SEED}: {reports}, {record}"  # from a checkpoint, not afresh
 
 
 # --- several drivers, one study (tune.shared_study) --------------------------------------------------------------
