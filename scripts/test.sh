@@ -8,4 +8,6 @@ bash scripts/setup.sh
 . .venv/bin/activate
 export SIMMTM_DATA_DIR=${SIMMTM_DATA_DIR:-$(cd .. && pwd)/shared/data}
 export RAY_memory_monitor_refresh_ms=0
-python -m pytest -m "slow or not slow" "$@"
+# Two test processes (pytest-xdist; SIMMTM_TEST_WORKERS=N for more, 0 for one): the Ray tests mostly wait on
+# process starts and polls, so two of them share the 2 cores well. loadgroup keeps each shared cluster's tests together.
+python -m pytest -m "slow or not slow" -n "${SIMMTM_TEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -110,10 +110,27 @@ def shared_data() -> Path:
     return Path(value)
 
 
+# Clusters that their tests start once and share: under pytest-xdist (scripts/test.sh runs 2 processes) each one's
+# tests go to one process (--dist loadgroup), so no cluster is started twice.
+SHARED_CLUSTERS = ("two_node_ray", "local_cluster")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests first (in file order), so that the long ones start early and the short ones fill the end of
+    a parallel run; each shared cluster's tests in one xdist group."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            for name in SHARED_CLUSTERS:
+                if name in getattr(item, "fixturenames", ()):
+                    item.add_marker(pytest.mark.xdist_group(name))
+
+
 @pytest.fixture(scope="session")
 def shared_ray() -> Iterator[None]:
     """One local Ray (2 CPUs) for every test that kills no Ray process: started by the first test that asks, shut
-    down at the end of the session. Drivers called in-process join it (``simmtm.cluster.ray_session.connect`` leaves an
+    down at the end of the session (one per process under pytest-xdist). Drivers called in-process join it (``simmtm.cluster.ray_session.connect`` leaves an
     initialised Ray alone), so each test saves a Ray start and stop (5-15 s on this machine)."""
     import ray
 
