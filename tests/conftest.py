@@ -130,8 +130,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def shared_ray() -> Iterator[None]:
     """One local Ray (2 CPUs) for every test that kills no Ray process: started by the first test that asks, shut
-    down at the end of the session (one per process under pytest-xdist). Drivers called in-process join it (``simmtm.cluster.ray_session.connect`` leaves an
-    initialised Ray alone), so each test saves a Ray start and stop (5-15 s on this machine)."""
+    down at the end of the session (one per process under pytest-xdist). Drivers called in-process join it
+    (``simmtm.cluster.ray_session.connect`` leaves an initialised Ray alone), so each test saves a Ray start and stop
+    (5-15 s on this machine)."""
     import ray
 
     os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
@@ -141,6 +142,17 @@ def shared_ray() -> Iterator[None]:
     yield
     if started:
         ray.shutdown()
+
+
+@pytest.fixture
+def ray_by_value(shared_ray: None, request: pytest.FixtureRequest) -> Iterator[None]:
+    """The shared Ray, with the test module's functions sent to its workers by value (tests/ is not importable
+    there): for hooks and worker functions a test defines."""
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(request.module)
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(request.module)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import copy
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +46,6 @@ def tiny_raw(csv: Path, **pretrain: Any) -> dict[str, Any]:
 def history_epochs(out: Path) -> list[int]:
     lines = (out / "history.jsonl").read_text().splitlines()
     return [json.loads(line)["epoch"] for line in lines if json.loads(line)["kind"] == "pretrain_epoch"]
-
-
-@pytest.fixture(scope="module")
-def local_ray(shared_ray: None) -> Iterator[None]:
-    import ray
-
-    # Test functions below travel to the workers by value (this module is not importable there).
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 # --- faithful SimMTM: 2 workers x b with gather == 1 worker x 2b ---------------------------------------------
@@ -115,7 +104,7 @@ def _single_process_first_step(config: RunConfig) -> tuple[torch.Tensor, torch.T
 
 
 @pytest.mark.slow
-def test_two_workers_with_gather_match_one_process_with_the_global_batch(local_ray, tiny_csv: Path, tmp_path: Path) -> None:
+def test_two_workers_with_gather_match_one_process_with_the_global_batch(ray_by_value, tiny_csv: Path, tmp_path: Path) -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -150,7 +139,7 @@ def test_two_workers_with_gather_match_one_process_with_the_global_batch(local_r
 
 
 @pytest.mark.slow
-def test_cli_rerun_resumes_and_the_checkpoint_finetunes_on_one_process(local_ray, tiny_csv: Path, tmp_path: Path) -> None:
+def test_cli_rerun_resumes_and_the_checkpoint_finetunes_on_one_process(ray_by_value, tiny_csv: Path, tmp_path: Path) -> None:
     from simmtm.cli import main
     from simmtm.train import finetuning as finetune
     from simmtm.train.checkpoint import load_state

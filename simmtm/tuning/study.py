@@ -127,6 +127,11 @@ class Asked:
         return trial_name(self.number)
 
 
+def _resumable(trial: FrozenTrial) -> bool:
+    """A trial that was running when its driver stopped (RUNNING with its parameters): run again, as it was."""
+    return bool(trial.params)
+
+
 def _unproposed(trial: FrozenTrial) -> bool:
     """A trial a driver asked for and died before its parameters were drawn (RUNNING, no parameters). In a shared
     study another driver may be drawing it now; it carries no owner yet, so ``SweepStudy.trials`` leaves it out."""
@@ -165,8 +170,10 @@ class SweepStudy:
         self.study_id = storage.get_study_id_from_name(study_name)
         self._ids: dict[int, int] = {}  # trial number -> storage id
         running = self.trials(states=(TrialState.RUNNING,))  # one read: the resumable and the unproposed
-        resumed = [Asked(t.number, dict(t.params), int(t.user_attrs.get("repeat", 0))) for t in running if t.params]
-        self._queue = [self._propose_for(t.number) for t in running if _unproposed(t)] + resumed  # killed asking
+        resumed = [
+            Asked(t.number, dict(t.params), int(t.user_attrs.get("repeat", 0))) for t in filter(_resumable, running)
+        ]
+        self._queue = [self._propose_for(t.number) for t in filter(_unproposed, running)] + resumed  # killed asking
 
     @classmethod
     def of_sweep(
@@ -213,7 +220,7 @@ class SweepStudy:
 
     def resumable(self) -> list[FrozenTrial]:
         """Trials that were running when their driver stopped: run again, with their number and parameters."""
-        return [t for t in self.trials(states=(TrialState.RUNNING,)) if t.params]
+        return list(filter(_resumable, self.trials(states=(TrialState.RUNNING,))))
 
     def finished_count(self) -> int:
         return len(self.trials(states=_FINISHED))

@@ -391,19 +391,16 @@ def kill_a_train_worker(out: Path, rng: random.Random, finished: threading.Event
 
 
 def test_a_killed_ray_train_worker_is_replaced_and_resumes_from_the_last_checkpoint(
-    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, shared_ray, record_property
+    make_config, tiny_csv: Path, tmp_path: Path, rng: random.Random, ray_by_value, record_property
 ) -> None:
     """kill -9 of one of two Ray Train workers at a random point: a new worker group takes over from the last
     checkpoint the driver collected (not from scratch), and the run ends as planned with every epoch once. The
     driver runs in this process on the shared Ray (what is killed is a Ray worker, not the driver)."""
-    import ray
-
     from simmtm.cluster.distributed import Scaling, pretrain_distributed
 
     config = parse_config(yaml.safe_load(tiny_run(make_config, tiny_csv, tmp_path, epochs=4).read_text()))
     out, log, record, finished = tmp_path / "dp", tmp_path / "epochs.log", {}, threading.Event()
     killer = threading.Thread(target=kill_a_train_worker, args=(out, rng, finished, record), daemon=True)
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hook travels to the workers by value
     try:
         killer.start()
         hook = functools.partial(rank0_epochs, log=str(log))
@@ -411,7 +408,6 @@ def test_a_killed_ray_train_worker_is_replaced_and_resumes_from_the_last_checkpo
     finally:
         finished.set()
         killer.join(timeout=30)
-        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert "victim_group" in record, f"seed {SEED}: no kill: {record}"
     record_property("faults", 1)
 
