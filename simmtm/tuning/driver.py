@@ -91,7 +91,7 @@ class SweepOutcome:
     metric: str
     mode: str
     param_keys: list[str]
-    finished: bool  # every trial reached a final state
+    finished: bool  # the search ran its course (every planned trial, or the time budget) and each trial ended
     best: list[TrialRow] = field(default_factory=list)  # the best configuration's repeats
     wall_s: float = 0.0
     overhead_s: float | None = None  # mean orchestration overhead per one-worker trial (driver view - trial's own)
@@ -176,11 +176,11 @@ def run_sweep(
         with _ray(sweep, address) as plan:
             _write_meta(sweep, resolved, restoring=restoring, warm_start=warm_start)
             study = _open_study(sweep, restoring=restoring, warm_start=warm_start)
-            _search(sweep, study, plan, trackers, verbose=verbose)
+            searched = _search(sweep, study, plan, trackers, verbose=verbose)
             rows = study_rows(study, sweep.store, sweep.trial_spec(None), sweep.spec.search.keys)
-            finished = all(r.state in FINISHED_STATES for r in rows)
+            finished = searched and all(r.state in FINISHED_STATES for r in rows)
             confirmation = _confirm(sweep, rows, plan, trackers) if finished else None
-        return _finish(sweep, rows, confirmation, started)
+        return _finish(sweep, rows, confirmation, started, finished=finished)
 
 
 def _resolve(out: Path, sweep_file: str | Path | None, overrides: list[str] | None, resume: bool) -> _Sweep:
@@ -297,8 +297,11 @@ def _open_study(sweep: _Sweep, *, restoring: bool, warm_start: Path | None) -> S
     return study
 
 
-def _search(sweep: _Sweep, study: SweepStudy, plan: TrialPlan, trackers: Trackers, *, verbose: int) -> None:
+def _search(sweep: _Sweep, study: SweepStudy, plan: TrialPlan, trackers: Trackers, *, verbose: int) -> bool:
+    """Run the search; return whether it ran its course: every planned trial finished, or the time budget ran out
+    (a Ctrl-C between two trials leaves each trial so far finished, not the search)."""
     spec = sweep.spec
+    planned = spec.tune.resolved_samples(spec.search) * spec.tune.repeats
     pruner = engine.make_pruner(study, spec, metric=sweep.metric, mode=sweep.mode, epochs=sweep.config.pretrain.epochs)
     searcher = SweepSearch(study, pruner, sweep.store, metric=sweep.metric, mode=sweep.mode)
     spent = engine.run_search(
@@ -308,7 +311,7 @@ def _search(sweep: _Sweep, study: SweepStudy, plan: TrialPlan, trackers: Tracker
         spec=spec,
         sweep_entry=sweep.trial_spec(trackers).model_dump(mode="json"),
         storage_root=sweep.root,
-        planned=spec.tune.resolved_samples(spec.search) * spec.tune.repeats,
+        planned=planned,
         max_concurrent=plan.max_concurrent,
         callbacks=[
             TrialClock(sweep.out),
@@ -321,6 +324,7 @@ def _search(sweep: _Sweep, study: SweepStudy, plan: TrialPlan, trackers: Tracker
     if spent:  # the budget ends the search: the trials it cut short end as stopped early (PRUNED), with the reason
         cut = study.stop_running(f"tune.time_budget_s ({spec.tune.time_budget_s:g} s) ran out")
         log.info("tune.time_budget_s ran out: %d trial(s) stopped early", cut)
+    return spent or study.finished_count() >= planned
 
 
 def _confirm(sweep: _Sweep, rows: list[TrialRow], plan: TrialPlan, trackers: Trackers) -> ConfirmOutcome:
@@ -360,10 +364,11 @@ def _confirm(sweep: _Sweep, rows: list[TrialRow], plan: TrialPlan, trackers: Tra
     return confirm_sweep(stage, rows, run_points=run_points, default=default)
 
 
-def _finish(sweep: _Sweep, rows: list[TrialRow], confirmation: ConfirmOutcome | None, started: float) -> SweepOutcome:
+def _finish(
+    sweep: _Sweep, rows: list[TrialRow], confirmation: ConfirmOutcome | None, started: float, *, finished: bool
+) -> SweepOutcome:
     """Score the test split for the best configurations; write best.yaml, trials.csv, TensorBoard's tab, timing."""
     out, keys = sweep.out, sweep.spec.search.keys
-    finished = all(r.state in FINISHED_STATES for r in rows)
     outcome = SweepOutcome(
         out=out, rows=rows, metric=sweep.metric, mode=sweep.mode, param_keys=keys, finished=finished,
         confirmation=confirmation,
