@@ -8,6 +8,7 @@ piece of one serialised ``wandb.proto.wandb_internal_pb2.Record``; a block's tai
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ def records(path: Path) -> list[Any]:
             pos += left
             continue
         length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
-        if kind == 0:  # zero padding to the end of the file
+        if kind == 0 or pos + _HEADER + length > len(data):  # zero padding to the end, or a record being written
             break
         pieces += data[pos + _HEADER : pos + _HEADER + length]
         pos += _HEADER + length
@@ -40,16 +41,30 @@ def records(path: Path) -> list[Any]:
 
 @dataclass
 class OfflineRun:
-    """One offline run: its id, group, job type and the history rows it logged (step -> {key: value})."""
+    """One offline run: its id, group, job type, the history rows it logged (step -> {key: value}) and whether its
+    exit record (written when the run finished) is there."""
 
     run_id: str = ""
     group: str = ""
     job_type: str = ""
+    finished: bool = False
     history: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-def read_run(run_dir: Path) -> OfflineRun:
-    """The run in ``run_dir`` (``offline-run-<time>-<id>``), from its ``.wandb`` file."""
+def read_run(run_dir: Path, *, wait_s: float = 30.0) -> OfflineRun:
+    """The run in ``run_dir`` (``offline-run-<time>-<id>``), from its ``.wandb`` file.
+
+    W&B's service can still be writing the file when ``finish()`` has returned (seen on the loaded 2 cores: a file
+    without its run record): read again until its exit record is there, for up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        run = _read(run_dir)
+        if run.finished or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _read(run_dir: Path) -> OfflineRun:
     (path,) = run_dir.glob("*.wandb")
     run = OfflineRun()
     for record in records(path):
@@ -59,4 +74,5 @@ def read_run(run_dir: Path) -> OfflineRun:
         elif kind == "history":
             items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
             run.history.setdefault(record.history.step.num, {}).update(items)
+        run.finished |= kind == "exit"
     return run
