@@ -109,6 +109,22 @@ def test_compiled_encoder_on_the_kernel_equals_eager(monkeypatch: pytest.MonkeyP
 
 
 @needs_kernel
+def test_a_model_compiled_before_the_kernel_is_loaded_loads_it_without_a_graph_break(monkeypatch) -> None:
+    """The first call of the kernel can be the compiled model's (compile: true): torch.compile runs the load while
+    tracing instead of tracing its lock and build (a graph break in every attention layer). Here the load is made
+    to look first-time again (the build and registration already happened in this process)."""
+    from simmtm.method import attention_kernel
+
+    monkeypatch.setattr(attention_kernel, "_loaded", False)
+    monkeypatch.setattr(attention_kernel, "_build", lambda: None)
+    monkeypatch.setattr(attention_kernel, "_register", lambda: None)
+    encoder, x = encoder_and_batch()
+    torch._dynamo.reset()  # no compiled code of another test's encoder is reused
+    out, _ = values_and_gradients(torch.compile(encoder, fullgraph=True, backend="aot_eager"), encoder, x)
+    assert attention_kernel._loaded and torch.isfinite(out).all()
+
+
+@needs_kernel
 def test_compiled_encoder_with_attention_dropout_traces_the_seed_without_a_graph_break() -> None:
     encoder, x = encoder_and_batch(attention_dropout=0.1)
     compiled = torch.compile(encoder, fullgraph=True, backend="aot_eager")  # fullgraph: a graph break would raise

@@ -162,7 +162,11 @@ def small_head_dropout_mask(shape: Sequence[int], dropout_p: float, seed: int) -
     return mask.reshape(*lead, length, length)
 
 
+@torch.compiler.assume_constant_result
 def small_head_kernel_available() -> bool:
     """True once the kernel's operators are built and loaded (built on the first call); False, with one warning, if
-    they cannot be (no compiler): ``attention`` then takes ``scaled_dot_product_attention``."""
+    they cannot be (no compiler): ``attention`` then takes ``scaled_dot_product_attention``.
+
+    torch.compile calls it while tracing and keeps its answer: the build and its lock cannot be traced (they broke
+    the graph of a compiled model with small heads in every attention layer)."""
     return attention_kernel.load()
