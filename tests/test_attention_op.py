@@ -109,11 +109,14 @@ def test_compiled_encoder_on_the_kernel_equals_eager(monkeypatch: pytest.MonkeyP
 
 
 @needs_kernel
-def test_a_model_compiled_before_the_kernel_is_loaded_loads_it_without_a_graph_break(monkeypatch) -> None:
-    """The first call of the kernel can be the compiled model's (compile: true): torch.compile runs the load while
-    tracing instead of tracing its lock and build (a graph break in every attention layer). Here the load is made
-    to look first-time again (the build and registration already happened in this process)."""
+def test_compiling_before_the_kernel_is_loaded_breaks_no_graph_and_compile_true_loads_it_first(monkeypatch) -> None:
+    """torch.compile cannot trace the kernel's build and its lock (they broke the graph in every attention layer). An
+    encoder compiled before any load traces whole, on torch's kernel; a model that ``compile: true`` compiles
+    (prepare_model) gets the kernel loaded before it is traced. Here the load is made to look first-time again (the
+    build and registration already happened in this process)."""
     from simmtm.method import attention_kernel
+    from simmtm.train.runtime import LocalRuntime
+    from simmtm.train.shared import prepare_model
 
     monkeypatch.setattr(attention_kernel, "_loaded", False)
     monkeypatch.setattr(attention_kernel, "_build", lambda: None)
@@ -121,7 +124,9 @@ def test_a_model_compiled_before_the_kernel_is_loaded_loads_it_without_a_graph_b
     encoder, x = encoder_and_batch()
     torch._dynamo.reset()  # no compiled code of another test's encoder is reused
     out, _ = values_and_gradients(torch.compile(encoder, fullgraph=True, backend="aot_eager"), encoder, x)
-    assert attention_kernel._loaded and torch.isfinite(out).all()
+    assert not attention_kernel.loaded() and torch.isfinite(out).all()  # fullgraph: a graph break would raise
+    prepare_model(encoder, LocalRuntime(torch.device("cpu")), compile=True)
+    assert attention_kernel.loaded()
 
 
 @needs_kernel

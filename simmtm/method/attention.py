@@ -97,8 +97,16 @@ def _small_head_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bo
         and q.dtype == torch.float32
         and q.shape[-1] < SMALL_HEAD_LIMIT
         and q.shape == k.shape == v.shape
-        and small_head_kernel_available()
+        and _kernel_ready()
     )
+
+
+def _kernel_ready() -> bool:
+    # torch.compile cannot trace the build and its lock (a graph break in every attention layer): while tracing, only
+    # whether the kernel is loaded (simmtm.train.shared.prepare_model loads it before it compiles a model that uses it)
+    if torch.compiler.is_compiling():
+        return attention_kernel.loaded()
+    return small_head_kernel_available()
 
 
 def _is_split_of(packed: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -162,11 +170,7 @@ def small_head_dropout_mask(shape: Sequence[int], dropout_p: float, seed: int) -
     return mask.reshape(*lead, length, length)
 
 
-@torch.compiler.assume_constant_result
 def small_head_kernel_available() -> bool:
     """True once the kernel's operators are built and loaded (built on the first call); False, with one warning, if
-    they cannot be (no compiler): ``attention`` then takes ``scaled_dot_product_attention``.
-
-    torch.compile calls it while tracing and keeps its answer: the build and its lock cannot be traced (they broke
-    the graph of a compiled model with small heads in every attention layer)."""
+    they cannot be (no compiler): ``attention`` then takes ``scaled_dot_product_attention``."""
     return attention_kernel.load()

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["failure", "load"]
+__all__ = ["failure", "load", "loaded"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ def load() -> bool:
                 lines = str(exc).strip().splitlines() or [repr(exc)]
                 _error = lines[-1][-500:]
                 log.warning("small-head attention kernel unavailable (%s); using scaled_dot_product_attention", _error)
+    return _loaded
+
+
+def loaded() -> bool:
+    """Whether the kernel's operators are loaded (never builds them)."""
     return _loaded
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simmtm.config.schema import ModelConfig
-from simmtm.method.attention import attention
+from simmtm.method.attention import SMALL_HEAD_LIMIT, attention
 from simmtm.method.memory import Dropout
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "PatchEncoder",
     "ResNet1dEncoder",
     "TFCEncoder",
+    "uses_small_heads",
 ]
 
 
@@ -84,6 +85,13 @@ def build_encoder(cfg: ModelConfig, *, in_channels: int, seq_len: int) -> Encode
 
 
 # --- Transformer building blocks -----------------------------------------------------------------------------
+
+
+def uses_small_heads(model: nn.Module) -> bool:
+    """Whether an attention layer of ``model`` has heads small enough for the small-head kernel (on the CPU)."""
+    return any(
+        isinstance(m, SelfAttention) and m.qkv.in_features // m.n_heads < SMALL_HEAD_LIMIT for m in model.modules()
+    )
 
 
 class SelfAttention(nn.Module):

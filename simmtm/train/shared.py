@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader
 
 from simmtm.config.schema import RunConfig, dump_config
 from simmtm.errors import UserError
+from simmtm.method.attention import small_head_kernel_available
+from simmtm.method.encoders import uses_small_heads
 from simmtm.method.memory import apply_malloc_setting
 from simmtm.train.history import RunLog, StepLog, progress_bar
 from simmtm.train.runtime import Runtime
@@ -101,6 +103,8 @@ def prepare_model(model: nn.Module, runtime: Runtime, *, compile: bool) -> nn.Mo
     prepared = runtime.prepare_model(model)
     if not compile:
         return prepared
+    if runtime.device.type == "cpu" and uses_small_heads(model):
+        small_head_kernel_available()  # built and loaded before tracing, which cannot build it
     # CUDA graphs remove the launch overhead of the many small kernels of a step; on CPU they do not exist.
     compiled = torch.compile(prepared, mode="reduce-overhead" if runtime.device.type == "cuda" else None)
     # torch.compile's stub types the result as the callable it was given; a module comes back as an OptimizedModule
