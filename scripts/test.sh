@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the environment, then run the whole test suite (unit and the slow integration tests).
 # Usage: bash scripts/test.sh [pytest args]      e.g. bash scripts/test.sh -m "not slow" for the unit tests only
-# (plain `pytest` runs only the unit tests: pyproject.toml's addopts deselect the slow ones; -m here selects all)
+# (plain `pytest` runs only the unit tests, one process per core: pyproject.toml's addopts; -m here selects all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -23,12 +23,12 @@ if ! "$ENV/bin/python" -c "import torch" 2>/dev/null; then
     || "$ENV/bin/python" -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
 fi
 # the wandb and mlflow extras: the tracker tests among the sweep's run them for real (their ranges are the extras')
-"$ENV/bin/python" -m pip install --quiet ".[wandb,mlflow]" "ray[tune,train]==$RAY" "optuna==$OPTUNA" pytest pytest-timeout
+"$ENV/bin/python" -m pip install --quiet ".[wandb,mlflow]" "ray[tune,train]==$RAY" "optuna==$OPTUNA" pytest pytest-timeout pytest-xdist
 "$ENV/bin/python" -c "import ray, optuna; print(f'oldest declared: ray {ray.__version__}, optuna {optuna.__version__}'); \
 assert ray.__version__.startswith('$RAY') and optuna.__version__.startswith('$OPTUNA')"
 export PATH="$PWD/$ENV/bin:$PATH"  # the `simmtm` and `ray` commands the tests start are this environment's
 export SIMMTM_DATA_DIR=${SIMMTM_DATA_DIR:-$(cd .. && pwd)/shared/data}
 export RAY_memory_monitor_refresh_ms=0
-"$ENV/bin/python" -m pytest -m "slow or not slow" -p no:cacheprovider \
+"$ENV/bin/python" -m pytest -m "slow or not slow" -n 0 -p no:cacheprovider \
   tests/tuning tests/test_confirmation.py tests/test_distributed.py tests/test_cluster_check.py \
   tests/analysis/test_importance.py "$@"
