@@ -20,6 +20,12 @@ import yaml
 # Rays it starts and the processes the tests start inherit it) saves 4-8 s a Ray Train run; what is collected and when
 # a failure is handled do not change.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# Ray's background work that no test looks at, trimmed for the 2 shared cores (the suite is CPU-bound there): Ray
+# Train's spot-preemption watcher (an actor per run), the log monitor's search for new log files on every 0.1 s pass
+# (every 0.5 s instead, as Ray does past 1000 files), the dashboard agent's node statistics every 5 s (every 60 s).
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
+os.environ.setdefault("REPORTER_UPDATE_INTERVAL_MS", "60000")
 
 # Small enough that a pre-training step takes milliseconds on one CPU core.
 TINY_MODEL = {"encoder": "transformer", "d_model": 8, "n_heads": 2, "n_layers": 1, "d_ff": 16, "dropout": 0.0,
