@@ -8,6 +8,7 @@ bash scripts/setup.sh
 . .venv/bin/activate
 export SIMMTM_DATA_DIR=${SIMMTM_DATA_DIR:-$(cd .. && pwd)/shared/data}
 export RAY_memory_monitor_refresh_ms=0
-# Two test processes (pytest-xdist; SIMMTM_TEST_WORKERS=N for more, 0 for one): the Ray tests mostly wait on
-# process starts and polls, so two of them share the 2 cores well. loadgroup keeps each shared cluster's tests together.
+# Two test processes (pytest-xdist; SIMMTM_TEST_WORKERS=N for more, 0 for one): on the 2-core machine they keep
+# both cores busy (about 4 % idle over a run; a third process only adds contention). loadgroup keeps each shared
+# cluster's tests together.
 python -m pytest -m "slow or not slow" -n "${SIMMTM_TEST_WORKERS:-2}" --dist loadgroup "$@"

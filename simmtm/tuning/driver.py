@@ -301,7 +301,7 @@ def _search(sweep: _Sweep, study: SweepStudy, plan: TrialPlan, trackers: Tracker
     """Run the search; return whether it ran its course: every planned trial finished, or the time budget ran out
     (a Ctrl-C between two trials leaves each trial so far finished, not the search)."""
     spec = sweep.spec
-    planned = spec.tune.resolved_samples(spec.search) * spec.tune.repeats
+    planned = spec.tune.planned_trials(spec.search)
     pruner = engine.make_pruner(study, spec, metric=sweep.metric, mode=sweep.mode, epochs=sweep.config.pretrain.epochs)
     searcher = SweepSearch(study, pruner, sweep.store, metric=sweep.metric, mode=sweep.mode)
     spent = engine.run_search(

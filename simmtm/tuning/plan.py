@@ -73,7 +73,7 @@ def plan_sweep(sweep_file: str | Path, overrides: list[str] | None = None, *, ad
     epochs = config.pretrain.epochs
     rungs = asha_rungs(spec, epochs) or []
     return SweepPlan(
-        trials=configurations * spec.tune.repeats,
+        trials=spec.tune.planned_trials(spec.search),
         configurations=configurations,
         repeats=spec.tune.repeats,
         per_trial=per_trial,

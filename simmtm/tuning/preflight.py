@@ -150,6 +150,6 @@ def plan_trials(
 
 def concurrency(spec: SweepSpec, worker_slots: int) -> int:
     """Trials at once: the configured value, or as many as the cluster's worker slots hold (no idle drivers)."""
-    total = spec.tune.resolved_samples(spec.search) * spec.tune.repeats
+    total = spec.tune.planned_trials(spec.search)
     derived = max(1, worker_slots // spec.resources.workers)
     return max(1, min(spec.tune.max_concurrent_trials or derived, total))

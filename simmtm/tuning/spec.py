@@ -237,6 +237,10 @@ class TuneSpec(_Spec):
             return len(search.grid_cells())
         return self.num_samples or 8
 
+    def planned_trials(self, search: SearchSpec) -> int:
+        """Trials the search runs: each configuration ``repeats`` times."""
+        return self.resolved_samples(search) * self.repeats
+
 
 # What one trial occupies: ``workers`` data-parallel processes with these CPUs and GPUs each.
 ResourcesSpec = Resources
