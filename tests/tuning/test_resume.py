@@ -175,19 +175,13 @@ def test_resume_with_trial_folders_under_a_storage_uri_outside_out(shared_ray, t
     assert [e["trial_id"] for e in _events(out) if e["event"] == "start"] == started  # nothing ran again
 
 
-def test_ctrl_c_between_two_trials_then_a_resume_with_a_new_time_budget_stops_by_that_budget(
-    tiny_sweep, tmp_path: Path, shared_ray, monkeypatch, caplog, capsys
-) -> None:
-    """Ctrl-C when a trial has just ended and the next has not started (one trial at a time): each trial so far is
-    finished, the search is not; the sweep exits 130 and writes no best.yaml (it was taken for a finished sweep of
-    one trial). Then `--resume --set tune.time_budget_s=...` (one of the keys a resume may change): the continued
-    run keeps the new budget (sweep.yaml records it) and stops by it, counted from the resume, where the first run's
-    hour would have let it run all its 200 trials; the trials it cut short end PRUNED with the reason in the study.
-    The Ctrl-C is a real SIGINT to this process, which Tune's own handler takes, sent when the first trial ends."""
+def _ctrl_c_when_the_first_trial_ends(monkeypatch) -> list[str]:
+    """A real SIGINT to this process (Tune's own Ctrl-C handler takes it) when the sweep's first trial ends, sent by
+    a Tune callback of the sweep; returns the list that gets the trial's name."""
     from simmtm.tuning import driver
     from simmtm.tuning.record import name_of
 
-    sent: list[str] = []  # the trial whose end sent it
+    sent: list[str] = []
 
     class CtrlCAfterFirstTrial(driver.TrialClock):
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -196,21 +190,45 @@ def test_ctrl_c_between_two_trials_then_a_resume_with_a_new_time_budget_stops_by
                 sent.append(name_of(trial))
                 os.kill(os.getpid(), signal.SIGINT)
 
-    # a tiny trial takes 0.2-5 s, one at a time (the budget is all this test waits on: a second trial at a time would
-    # only add CPU): 200 need minutes. 30 s: on the 2 shared cores, beside a second test process and a cold kernel
-    # build, a 15 s budget once ran out before the resumed sweep's first trial ended.
-    many, budget = 200, 30.0
-    path = tiny_sweep(SEARCH, tune={"num_samples": many, "scheduler": {"type": "fifo"}, "time_budget_s": 3600,
-                                    "test_top_k": 0, "max_concurrent_trials": 1}, run={"pretrain": {"epochs": 2}})
+    monkeypatch.setattr(driver, "TrialClock", CtrlCAfterFirstTrial)
+    return sent
+
+
+def test_ctrl_c_between_two_trials_is_an_interrupted_sweep(tiny_sweep, tmp_path: Path, shared_ray, monkeypatch,
+                                                           capsys) -> None:
+    """Ctrl-C when a trial has just ended and the next has not started (one trial at a time): each trial so far is
+    finished, the search is not; the sweep exits 130 and writes no best.yaml (it was taken for a finished sweep of
+    one trial), and --resume runs the rest."""
+    path = tiny_sweep(SEARCH, tune={"num_samples": 2, "max_concurrent_trials": 1, "scheduler": {"type": "fifo"},
+                                    "test_top_k": 0}, run={"pretrain": {"epochs": 1}})
     out = tmp_path / "out"
     with monkeypatch.context() as patched:
-        patched.setattr(driver, "TrialClock", CtrlCAfterFirstTrial)
+        sent = _ctrl_c_when_the_first_trial_ends(patched)
         assert _sweep(path, out) == 130
     assert "continue it with: simmtm sweep --resume" in capsys.readouterr().err
     assert [e["trial_id"] for e in _events(out) if e["event"] == "end"] == sent == ["trial-0000"]
     assert not (out / "best.yaml").exists() and [r["state"] for r in read_trials_csv(out / "trials.csv")] == ["COMPLETE"]
-    assert yaml.safe_load((out / "sweep.yaml").read_text())["tune"]["time_budget_s"] == 3600
+    assert _sweep(None, out, "--resume") == 0
+    assert [r["state"] for r in read_trials_csv(out / "trials.csv")] == ["COMPLETE"] * 2 and (out / "best.yaml").is_file()
 
+
+def test_a_sweep_resumed_with_a_new_time_budget_stops_by_that_budget(tiny_sweep, tmp_path: Path, shared_ray,
+                                                                    monkeypatch, caplog) -> None:
+    """`--resume --set tune.time_budget_s=...` (one of the keys a resume may change): the continued run keeps the
+    new budget (sweep.yaml records it) and stops by it, counted from the resume, where the first run's hour would
+    have let it run all its 200 trials; the trials it cut short end PRUNED with the reason in the study. The first
+    run is stopped by Ctrl-C once a trial has ended, in this process on the shared Ray."""
+    # a tiny trial takes 0.2-5 s, two at a time (a trial is under way whenever the budget runs out, so one is cut):
+    # 200 need minutes. 30 s: on the 2 shared cores, beside a second test process and a cold kernel build, a 15 s
+    # budget once ran out before the resumed sweep's first trial ended.
+    many, budget = 200, 30.0
+    path = tiny_sweep(SEARCH, tune={"num_samples": many, "scheduler": {"type": "fifo"}, "time_budget_s": 3600,
+                                    "test_top_k": 0}, run={"pretrain": {"epochs": 2}})
+    out = tmp_path / "out"
+    with monkeypatch.context() as patched:
+        _ctrl_c_when_the_first_trial_ends(patched)
+        assert _sweep(path, out) == 130
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["tune"]["time_budget_s"] == 3600
     before = len(_events(out))
 
     resumed_at = time.time()
